@@ -1,0 +1,1 @@
+"""Alembic migrations of the saev-ops registry (installed as ``saev_ops._migrations``)."""

@@ -1,0 +1,66 @@
+"""The ``saev-ops`` command line: a thin click layer (parse, call the library, print).
+
+Heavy packages (torch, alembic, submitit) are imported inside the commands that need them, so ``saev-ops --help`` and
+the registry queries start fast. Every :class:`~saev_ops.errors.SaevOpsError` becomes one ``Error:`` line and exit
+code 1; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from saev_ops import __version__
+from saev_ops.cli.context import CliContext
+
+
+class _Group(click.Group):
+    """A click group that turns saev-ops errors into one clean line (or a traceback with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from saev_ops.errors import SaevOpsError
+
+        try:
+            return super().invoke(ctx)
+        except SaevOpsError as exc:
+            obj = ctx.find_object(CliContext)
+            if obj is not None and obj.debug:
+                raise
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option(
+    "--db",
+    envvar="SAEV_OPS_DB_URL",
+    metavar="URL",
+    help="Registry database URL or SQLite path. Default: $SAEV_OPS_DB_URL, else $SAEV_OPS_HOME/registry.sqlite "
+    "($SAEV_OPS_HOME defaults to ~/.saev-ops).",
+)
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.version_option(__version__, prog_name="saev-ops")
+@click.pass_context
+def cli(ctx: click.Context, db: str | None, debug: bool) -> None:
+    """saev-ops: record ViT activations, train many SAEs, run inference, explore -- all tracked in a SQL registry."""
+    ctx.obj = CliContext(db, debug)
+
+
+def _register() -> None:
+    from saev_ops.cli import datasets, db, runs, sql
+
+    for module in (db, datasets, runs, sql):
+        cli.add_command(module.group)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        cli.main(args=argv, prog_name="saev-ops")
+    except KeyboardInterrupt:  # pragma: no cover - interactive
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)

@@ -1,0 +1,41 @@
+"""The object every command receives: the resolved database URL and a lazily opened registry."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from saev_ops.registry import Registry
+
+
+class CliContext:
+    def __init__(self, db: str | None, debug: bool) -> None:
+        from saev_ops.settings import resolve_db_url
+
+        self.db_url = resolve_db_url(db)
+        self.debug = debug
+        self._registry: Registry | None = None
+
+    @property
+    def registry(self) -> Registry:
+        """The registry, opened (and its schema checked) on first use."""
+        if self._registry is None:
+            from saev_ops.registry import Registry
+
+            self._registry = Registry(self.db_url)
+        return self._registry
+
+
+pass_ctx = click.make_pass_decorator(CliContext)
+
+
+def format_option(f):  # noqa: ANN001, ANN201 - click decorator
+    from saev_ops.cli.fmt import FORMATS
+
+    return click.option(
+        "--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True, help="Output format."
+    )(f)
+
+

@@ -1,0 +1,66 @@
+"""Output formatting for the CLI: aligned text tables, CSV and JSON. No third-party imports (start-up time)."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+FORMATS = ("table", "csv", "json")
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isnan(value) or math.isinf(value):
+            return str(value)
+        return f"{value:.6g}"
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def jsonable(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    return value
+
+
+def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> str:
+    """Render rows in ``fmt`` (table, csv or json)."""
+    if fmt == "json":
+        return json.dumps([{c: jsonable(v) for c, v in zip(columns, r)} for r in rows], indent=2, default=str)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow([cell(v) for v in r])
+        return buf.getvalue().rstrip("\n")
+    texts = [[cell(v) for v in r] for r in rows]
+    widths = [len(c) for c in columns]
+    for r in texts:
+        for i, v in enumerate(r):
+            widths[i] = max(widths[i], len(v))
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in texts:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def render_mapping(pairs: Sequence[tuple[str, Any]]) -> str:
+    """Key: value lines, keys aligned."""
+    width = max((len(k) for k, _ in pairs), default=0)
+    return "\n".join(f"{k.ljust(width)}  {cell(v)}" for k, v in pairs)

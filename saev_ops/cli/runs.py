@@ -1,0 +1,105 @@
+"""``saev-ops runs``: list, show and inspect training runs."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from saev_ops.cli import fmt
+from saev_ops.cli.context import CliContext, format_option, pass_ctx
+
+_RUN_COLUMNS = ("id", "sweep", "dataset", "status", "attempts", "host")
+
+
+@click.group("runs")
+def group() -> None:
+    """Training runs: list with filters, show one, its metric history."""
+
+
+@group.command("list")
+@click.option("--dataset", help="Only runs on this dataset (name).")
+@click.option("--sweep", help="Only runs of this sweep (name).")
+@click.option("--status", "statuses", multiple=True, help="Only runs in this status (repeatable).")
+@click.option("--where", "where", multiple=True, metavar="EXPR",
+              help="Filter on a summary metric or column, e.g. 'nmse<0.2', 'l0<=64', 'status=completed' (repeatable).")
+@click.option("--sort", metavar="KEY", help="Sort by a metric or column; prefix '-' for descending (e.g. -nmse).")
+@click.option("--limit", type=int, metavar="N", help="Show at most N runs.")
+@format_option
+@pass_ctx
+def list_(obj: CliContext, dataset: str | None, sweep: str | None, statuses: tuple[str, ...], where: tuple[str, ...],
+          sort: str | None, limit: int | None, **kw: str) -> None:
+    """List runs with their summary metrics."""
+    from saev_ops.registry import RunQuery
+
+    rows = obj.registry.list_runs(
+        RunQuery(dataset=dataset, sweep=sweep, statuses=statuses, where=where, sort=sort, limit=limit)
+    )
+    leading = [w.split("<")[0].split(">")[0].split("=")[0].split("!")[0].strip() for w in where]
+    if sort:
+        leading.insert(0, sort.lstrip("-"))
+    keys = sorted({k for r in rows for k in r.summary})
+    metric_cols = [k for k in dict.fromkeys(leading) if k in keys] + [k for k in keys if k not in leading]
+    data = [
+        [r.run.id, r.sweep, r.dataset, r.run.status, r.run.attempts, r.run.host]
+        + [r.summary.get(k) for k in metric_cols]
+        for r in rows
+    ]
+    click.echo(fmt.render(list(_RUN_COLUMNS) + metric_cols, data, kw["fmt"]))
+
+
+@group.command("show")
+@click.argument("run_id", type=int)
+@format_option
+@pass_ctx
+def show(obj: CliContext, run_id: int, **kw: str) -> None:
+    """Show a run: config, status, summary metrics and lineage."""
+    d = obj.registry.run_detail(run_id)
+    r = d.row.run
+    if kw["fmt"] == "json":
+        payload = {
+            "id": r.id, "sweep": d.row.sweep, "dataset": d.row.dataset, "status": r.status, "config": r.config,
+            "config_hash": r.config_hash, "executor": r.executor, "slurm_job_id": r.slurm_job_id,
+            "slurm_array_index": r.slurm_array_index, "attempts": r.attempts, "host": r.host,
+            "created_at": r.created_at, "started_at": r.started_at, "ended_at": r.ended_at,
+            "heartbeat_at": r.heartbeat_at, "checkpoint_path": r.checkpoint_path, "error": r.error,
+            "summary": d.row.summary,
+            "lineage": {
+                "image_source": d.dataset.source_path, "dataset": d.dataset.name, "dataset_hash": d.dataset.content_hash,
+                "outputs": [{"id": o.id, "dataset_id": o.dataset_id, "path": o.path, "shape": list(o.shape),
+                             "nnz": o.nnz} for o in d.outputs],
+            },
+        }
+        click.echo(json.dumps(payload, indent=2, default=fmt.jsonable))
+        return
+    pairs = [
+        ("id", r.id), ("sweep", d.row.sweep), ("dataset", d.row.dataset), ("status", r.status),
+        ("executor", r.executor), ("slurm_job", f"{r.slurm_job_id}" + (f"_{r.slurm_array_index}" if r.slurm_array_index is not None else "") if r.slurm_job_id else None),
+        ("attempts", r.attempts), ("host", r.host), ("created_at", r.created_at), ("started_at", r.started_at),
+        ("ended_at", r.ended_at), ("heartbeat_at", r.heartbeat_at), ("checkpoint", r.checkpoint_path),
+        ("config_hash", r.config_hash),
+    ]
+    click.echo(fmt.render_mapping(pairs))
+    click.echo("\nconfig:")
+    click.echo("  " + json.dumps(r.config, indent=2, sort_keys=True).replace("\n", "\n  "))
+    click.echo("\nsummary:")
+    click.echo(fmt.render_mapping(sorted(d.row.summary.items())) if d.row.summary else "  (no metrics yet)")
+    click.echo("\nlineage:")
+    click.echo(f"  images {d.dataset.source_path or '?'} -> dataset {d.dataset.name} ({d.dataset.content_hash[:12]}) "
+               f"-> run {r.id}")
+    for o in d.outputs:
+        click.echo(f"  run {r.id} -> output {o.id}: {o.path} shape {o.n_rows}x{o.n_cols} nnz {o.nnz}")
+    if r.error:
+        click.echo("\nerror:")
+        click.echo("  " + r.error.rstrip().replace("\n", "\n  "))
+
+
+@group.command("metrics")
+@click.argument("run_id", type=int)
+@click.option("--key", help="Only this metric key.")
+@format_option
+@pass_ctx
+def metrics(obj: CliContext, run_id: int, key: str | None, **kw: str) -> None:
+    """Print a run's metric history (one row per logged point)."""
+    points = obj.registry.metric_history(run_id, key)
+    click.echo(fmt.render(("key", "step", "value", "time"), [(p.key, p.step, p.value, p.time) for p in points], kw["fmt"]))

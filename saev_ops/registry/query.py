@@ -1,0 +1,167 @@
+"""``runs list`` filters and sorting: parse ``--where``/``--sort`` and build one SQL statement.
+
+A ``--where`` term is ``KEY OP VALUE`` with OP one of ``< <= > >= = == !=``. KEY is a run column (see
+:data:`RUN_COLUMNS`) or else the name of a summary metric (the last logged value of that key). Metric terms and a metric
+sort key become joins on ``metric_summaries`` (primary key ``(run_id, key)``), so a filtered, sorted, limited listing
+touches only the runs of the chosen dataset/sweep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from saev_ops import errors
+from saev_ops.registry.models import RUN_STATUSES, MetricSummaryModel, RunModel
+
+_WHERE_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_./-]*)\s*(<=|>=|==|!=|<|>|=)\s*(\S.*?)\s*$")
+_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+    "=": operator.eq,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+# Run columns usable in --where and --sort, with the Python type their values are parsed as.
+RUN_COLUMNS: dict[str, tuple[Any, type]] = {
+    "id": (RunModel.id, int),
+    "status": (RunModel.status, str),
+    "executor": (RunModel.executor, str),
+    "host": (RunModel.host, str),
+    "slurm_job_id": (RunModel.slurm_job_id, str),
+    "attempts": (RunModel.attempts, int),
+    "config_hash": (RunModel.config_hash, str),
+    "created_at": (RunModel.created_at, str),
+    "started_at": (RunModel.started_at, str),
+    "ended_at": (RunModel.ended_at, str),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    key: str
+    op: str
+    value: float | int | str
+    is_metric: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class SortKey:
+    key: str
+    descending: bool
+    is_metric: bool
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunQuery:
+    """What ``runs list`` asks for. Every field is optional."""
+
+    dataset: str | None = None
+    """Only runs trained on this dataset (by name)."""
+    sweep: str | None = None
+    """Only runs of this sweep (by name)."""
+    statuses: tuple[str, ...] = ()
+    """Only runs in one of these statuses."""
+    where: tuple[str, ...] = ()
+    """Filters such as ``nmse<0.2`` or ``status=completed``; all must hold."""
+    sort: str | None = None
+    """A metric or column to sort by; a leading ``-`` sorts descending. Default: run id."""
+    limit: int | None = None
+    """At most this many rows."""
+
+
+def parse_condition(text: str) -> Condition:
+    m = _WHERE_RE.match(text)
+    if m is None:
+        raise errors.QueryError(
+            f"bad --where expression {text!r}: expected KEY OP VALUE with OP one of < <= > >= = == != (e.g. 'nmse<0.2')"
+        )
+    key, op, raw = m.groups()
+    if key in RUN_COLUMNS:
+        kind = RUN_COLUMNS[key][1]
+        if key == "status" and raw not in RUN_STATUSES:
+            raise errors.QueryError(
+                f"bad --where expression {text!r}: status must be one of {', '.join(RUN_STATUSES)}, got {raw!r}"
+            )
+        if kind is int:
+            try:
+                return Condition(key, op, int(raw), is_metric=False)
+            except ValueError:
+                raise errors.QueryError(
+                    f"bad --where expression {text!r}: {key} is an integer column, got {raw!r}"
+                ) from None
+        # Ordering comparisons on text columns are allowed: timestamps compare as ISO strings.
+        return Condition(key, op, raw, is_metric=False)
+    try:
+        value = float(raw)
+    except ValueError:
+        raise errors.QueryError(
+            f"bad --where expression {text!r}: {key!r} is a metric, so its value must be a number, got {raw!r}"
+        ) from None
+    if math.isnan(value):
+        raise errors.QueryError(f"bad --where expression {text!r}: NaN compares false with everything")
+    return Condition(key, op, value, is_metric=True)
+
+
+def parse_sort(text: str) -> SortKey:
+    descending = text.startswith("-")
+    key = text[1:] if descending else text
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_./-]*", key):
+        raise errors.QueryError(f"bad --sort key {text!r}: expected a metric or column name, '-' prefix for descending")
+    return SortKey(key, descending, is_metric=key not in RUN_COLUMNS)
+
+
+def build_run_select(
+    conditions: Sequence[Condition],
+    sort: SortKey | None,
+    *,
+    dataset_id: int | None,
+    sweep_id: int | None,
+    statuses: Sequence[str],
+    limit: int | None,
+) -> sa.Select:
+    """SELECT of run ids matching the query, in order. Metric keys share one join each."""
+    stmt = sa.select(RunModel.id)
+    joins: dict[str, Any] = {}
+
+    def summary_alias(key: str, *, outer: bool) -> Any:
+        nonlocal stmt
+        if key in joins:
+            return joins[key]
+        alias = sa.orm.aliased(MetricSummaryModel, name=f"ms{len(joins)}")
+        on = sa.and_(alias.run_id == RunModel.id, alias.key == key)
+        stmt = stmt.outerjoin(alias, on) if outer else stmt.join(alias, on)
+        joins[key] = alias
+        return alias
+
+    for cond in conditions:
+        if cond.is_metric:
+            alias = summary_alias(cond.key, outer=False)
+            stmt = stmt.where(_OPS[cond.op](alias.value, cond.value))
+    if dataset_id is not None:
+        stmt = stmt.where(RunModel.dataset_id == dataset_id)
+    if sweep_id is not None:
+        stmt = stmt.where(RunModel.sweep_id == sweep_id)
+    if statuses:
+        stmt = stmt.where(RunModel.status.in_(list(statuses)))
+    for cond in conditions:
+        if not cond.is_metric:
+            stmt = stmt.where(_OPS[cond.op](RUN_COLUMNS[cond.key][0], cond.value))
+    if sort is not None:
+        col = summary_alias(sort.key, outer=True).value if sort.is_metric else RUN_COLUMNS[sort.key][0]
+        order = col.desc() if sort.descending else col.asc()
+        stmt = stmt.order_by(order.nulls_last(), RunModel.id)
+    else:
+        stmt = stmt.order_by(RunModel.id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return stmt

@@ -1,0 +1,165 @@
+"""Frozen records returned by :class:`saev_ops.registry.Registry`. ORM rows never leave the registry package."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+from saev_ops.registry import models
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetRecord:
+    id: int
+    name: str
+    content_hash: str
+    path: str
+    status: str
+    source_path: str | None
+    model_family: str
+    model_ckpt: str
+    layers: tuple[int, ...]
+    d_model: int
+    tokens_per_example: int
+    n_examples: int
+    dtype: str
+    extra: dict[str, Any]
+    created_at: dt.datetime
+    completed_at: dt.datetime | None
+
+    @classmethod
+    def from_model(cls, m: models.DatasetModel) -> DatasetRecord:
+        return cls(
+            id=m.id,
+            name=m.name,
+            content_hash=m.content_hash,
+            path=m.path,
+            status=m.status,
+            source_path=m.source_path,
+            model_family=m.model_family,
+            model_ckpt=m.model_ckpt,
+            layers=tuple(m.layers),
+            d_model=m.d_model,
+            tokens_per_example=m.tokens_per_example,
+            n_examples=m.n_examples,
+            dtype=m.dtype,
+            extra=dict(m.extra or {}),
+            created_at=m.created_at,
+            completed_at=m.completed_at,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRecord:
+    id: int
+    name: str
+    grid_yaml: str
+    created_at: dt.datetime
+
+    @classmethod
+    def from_model(cls, m: models.SweepModel) -> SweepRecord:
+        return cls(id=m.id, name=m.name, grid_yaml=m.grid_yaml, created_at=m.created_at)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    id: int
+    sweep_id: int | None
+    dataset_id: int
+    config: dict[str, Any]
+    config_hash: str
+    status: str
+    executor: str | None
+    slurm_job_id: str | None
+    slurm_array_index: int | None
+    attempts: int
+    host: str | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    heartbeat_at: dt.datetime | None
+    checkpoint_path: str | None
+    error: str | None
+
+    @classmethod
+    def from_model(cls, m: models.RunModel) -> RunRecord:
+        return cls(
+            id=m.id,
+            sweep_id=m.sweep_id,
+            dataset_id=m.dataset_id,
+            config=dict(m.config),
+            config_hash=m.config_hash,
+            status=m.status,
+            executor=m.executor,
+            slurm_job_id=m.slurm_job_id,
+            slurm_array_index=m.slurm_array_index,
+            attempts=m.attempts,
+            host=m.host,
+            created_at=m.created_at,
+            started_at=m.started_at,
+            ended_at=m.ended_at,
+            heartbeat_at=m.heartbeat_at,
+            checkpoint_path=m.checkpoint_path,
+            error=m.error,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRow:
+    """One line of ``runs list``: the run, its dataset and sweep names, and its metric summary."""
+
+    run: RunRecord
+    dataset: str
+    sweep: str | None
+    summary: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricPoint:
+    run_id: int
+    key: str
+    step: int
+    value: float
+    time: dt.datetime
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputRecord:
+    id: int
+    run_id: int
+    dataset_id: int
+    path: str
+    n_rows: int
+    n_cols: int
+    nnz: int
+    extra: dict[str, Any]
+    created_at: dt.datetime
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_rows, self.n_cols)
+
+    @classmethod
+    def from_model(cls, m: models.InferenceOutputModel) -> OutputRecord:
+        return cls(
+            id=m.id,
+            run_id=m.run_id,
+            dataset_id=m.dataset_id,
+            path=m.path,
+            n_rows=m.n_rows,
+            n_cols=m.n_cols,
+            nnz=m.nnz,
+            extra=dict(m.extra or {}),
+            created_at=m.created_at,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDetail:
+    """``runs show``: the run with its names, summary and lineage (dataset, sweep, outputs)."""
+
+    row: RunRow
+    dataset: DatasetRecord
+    sweep: SweepRecord | None
+    outputs: tuple[OutputRecord, ...]

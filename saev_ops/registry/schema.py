@@ -1,0 +1,15 @@
+"""Schema identity: the Alembic version table's name and the head revision this code expects.
+
+``HEAD_REVISION`` mirrors the single head of ``migrations/versions``; ``tests/test_migrations.py`` fails if the two
+disagree or if the migrations ever grow a second head. Keeping it here lets opening a registry check the schema without
+importing Alembic (which costs start-up time on every CLI call).
+"""
+
+from __future__ import annotations
+
+VERSION_TABLE = "saev_ops_alembic_version"
+HEAD_REVISION = "0002_query_views"
+KNOWN_REVISIONS = ("0001_initial", "0002_query_views")
+
+# Columns of the run_table view that come from metric summaries (see migrations/versions/0002_query_views.py).
+RUN_TABLE_METRICS = ("loss", "mse", "nmse", "explained_variance", "l0", "dead_frac", "dense_frac")

@@ -1,0 +1,608 @@
+"""The :class:`Registry`: saev-ops' one gateway to its SQL database.
+
+Contract:
+- Every method opens and closes its own transaction and returns frozen records (:mod:`saev_ops.registry.records`).
+- Writes retry on transient lock/deadlock errors, at most :data:`MAX_RETRIES` times with a random 0-2 s sleep: Slurm array
+  tasks write at the same moment, and SQLite (even with WAL and a busy timeout) or Postgres (deadlocks) can refuse one.
+- Run status changes follow :data:`saev_ops.registry.models.RUN_TRANSITIONS`; only the job that owns a run writes it
+  ``running``; heartbeats use the database clock.
+- A Registry pickles as its URL and reopens on unpickling, so submitit jobs can carry one.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from saev_ops import errors
+from saev_ops.registry import migrate, models, query
+from saev_ops.registry.engine import BEGIN_MODE_OPTION, create_registry_engine, normalise_url, safe_url
+from saev_ops.registry.records import (
+    DatasetRecord,
+    MetricPoint,
+    OutputRecord,
+    RunDetail,
+    RunRecord,
+    RunRow,
+    SweepRecord,
+)
+from saev_ops.settings import resolve_db_url
+
+T = TypeVar("T")
+MAX_RETRIES = 5
+
+
+def config_hash(dataset_hash: str, config: dict[str, Any]) -> str:
+    """The identity of a run: SHA-256 of its dataset's content hash and its full config as canonical JSON."""
+    payload = json.dumps({"dataset": dataset_hash, "config": config}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _is_transient(exc: sa.exc.DBAPIError) -> bool:
+    orig = exc.orig
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate in ("40001", "40P01", "55P03"):  # serialization failure, deadlock, lock not available
+        return True
+    text = str(orig).lower()
+    return "database is locked" in text or "database is busy" in text or "database table is locked" in text
+
+
+class Registry:
+    """The saev-ops registry at ``url`` (``--db`` / ``SAEV_OPS_DB_URL`` / the default SQLite file).
+
+    Args:
+        url: database URL or SQLite path; None resolves it from the environment.
+        check_schema: verify (and, for an empty database, create) the schema on open.
+
+    Raises:
+        RegistryUnavailableError, NotASaevOpsDatabaseError, SchemaOutdatedError: see :func:`migrate.ensure_schema`.
+    """
+
+    def __init__(self, url: str | None = None, *, check_schema: bool = True) -> None:
+        self._url_text = resolve_db_url(url)
+        self._check_schema = check_schema
+        self._open()
+
+    def _open(self) -> None:
+        self.url = normalise_url(self._url_text)
+        self.engine = create_registry_engine(self.url)
+        self._write_engine = self.engine.execution_options(**{BEGIN_MODE_OPTION: "IMMEDIATE"})
+        if self._check_schema:
+            migrate.ensure_schema(self.engine)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self._url_text, "check_schema": self._check_schema}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._url_text = state["url"]
+        self._check_schema = state["check_schema"]
+        self._open()
+
+    def __repr__(self) -> str:
+        return f"Registry({safe_url(self.url)!r})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    # -- transactions ------------------------------------------------------------------------------------------------
+    def _read(self, fn: Callable[[Session], T]) -> T:
+        try:
+            with Session(self.engine) as session, session.begin():
+                return fn(session)
+        except sa.exc.OperationalError as exc:
+            raise errors.RegistryUnavailableError(f"registry read failed at {safe_url(self.url)}: {exc.orig}") from None
+
+    def _write(self, fn: Callable[[Session], T]) -> T:
+        for attempt in range(MAX_RETRIES + 1):
+            try:
+                with Session(self._write_engine) as session, session.begin():
+                    return fn(session)
+            except sa.exc.IntegrityError as exc:
+                raise errors.DuplicateError(f"registry refused a duplicate or dangling row: {exc.orig}") from None
+            except sa.exc.DBAPIError as exc:
+                if attempt < MAX_RETRIES and _is_transient(exc):
+                    time.sleep(random.random() * 2.0)
+                    continue
+                raise errors.RegistryError(f"registry write failed at {safe_url(self.url)}: {exc.orig}") from None
+        raise AssertionError("unreachable")
+
+    # -- datasets ----------------------------------------------------------------------------------------------------
+    def create_dataset(
+        self,
+        *,
+        name: str,
+        content_hash: str,
+        path: str,
+        model_family: str,
+        model_ckpt: str,
+        layers: Sequence[int],
+        d_model: int,
+        tokens_per_example: int,
+        n_examples: int,
+        dtype: str,
+        source_path: str | None = None,
+        status: str = "writing",
+        extra: dict[str, Any] | None = None,
+    ) -> DatasetRecord:
+        """Register a dataset. Raises DuplicateError if the name or content hash is taken."""
+        if status not in models.DATASET_STATUSES:
+            raise errors.ConfigError(f"dataset status must be one of {models.DATASET_STATUSES}, got {status!r}")
+
+        def fn(s: Session) -> DatasetRecord:
+            clash = s.scalars(
+                sa.select(models.DatasetModel).where(
+                    sa.or_(models.DatasetModel.name == name, models.DatasetModel.content_hash == content_hash)
+                )
+            ).first()
+            if clash is not None:
+                what = f"name {name!r}" if clash.name == name else f"content hash {content_hash}"
+                raise errors.DuplicateError(f"a dataset with {what} is already registered (dataset {clash.name!r})")
+            row = models.DatasetModel(
+                name=name,
+                content_hash=content_hash,
+                path=path,
+                status=status,
+                source_path=source_path,
+                model_family=model_family,
+                model_ckpt=model_ckpt,
+                layers=list(layers),
+                d_model=d_model,
+                tokens_per_example=tokens_per_example,
+                n_examples=n_examples,
+                dtype=dtype,
+                extra=dict(extra or {}),
+                completed_at=models.utcnow() if status == "complete" else None,
+            )
+            s.add(row)
+            s.flush()
+            return DatasetRecord.from_model(row)
+
+        return self._write(fn)
+
+    def get_dataset(self, name: str) -> DatasetRecord:
+        return self._read(lambda s: DatasetRecord.from_model(models.DatasetModel.find_or_raise_by_name(s, name)))
+
+    def get_dataset_by_id(self, dataset_id: int) -> DatasetRecord:
+        def fn(s: Session) -> DatasetRecord:
+            row = s.get(models.DatasetModel, dataset_id)
+            if row is None:
+                raise errors.NotFoundError(f"no dataset with id {dataset_id} in the registry")
+            return DatasetRecord.from_model(row)
+
+        return self._read(fn)
+
+    def find_dataset_by_hash(self, content_hash: str) -> DatasetRecord | None:
+        def fn(s: Session) -> DatasetRecord | None:
+            row = s.scalars(
+                sa.select(models.DatasetModel).where(models.DatasetModel.content_hash == content_hash)
+            ).one_or_none()
+            return None if row is None else DatasetRecord.from_model(row)
+
+        return self._read(fn)
+
+    def list_datasets(self) -> list[DatasetRecord]:
+        return self._read(
+            lambda s: [
+                DatasetRecord.from_model(m)
+                for m in s.scalars(sa.select(models.DatasetModel).order_by(models.DatasetModel.name))
+            ]
+        )
+
+    def update_dataset(self, name: str, **fields: Any) -> DatasetRecord:
+        """Set fields of a dataset (status, n_examples, extra, ...). Setting status ``complete`` stamps completed_at."""
+        allowed = {"status", "n_examples", "extra", "path", "tokens_per_example", "d_model", "dtype", "layers"}
+        unknown = sorted(set(fields) - allowed)
+        if unknown:
+            raise errors.ConfigError(f"cannot update dataset fields {unknown}; allowed: {sorted(allowed)}")
+        if "status" in fields and fields["status"] not in models.DATASET_STATUSES:
+            raise errors.ConfigError(f"dataset status must be one of {models.DATASET_STATUSES}, got {fields['status']!r}")
+
+        def fn(s: Session) -> DatasetRecord:
+            row = models.DatasetModel.find_or_raise_by_name(s, name)
+            for key, value in fields.items():
+                setattr(row, key, value)
+            if fields.get("status") == "complete":
+                row.completed_at = models.utcnow()
+            s.flush()
+            return DatasetRecord.from_model(row)
+
+        return self._write(fn)
+
+    def delete_dataset(self, name: str, *, force: bool = False) -> int:
+        """Remove a dataset's registry entry. Refuses while runs or outputs depend on it unless ``force``, which also
+        removes those runs (with their metrics) and outputs. Returns the number of dependent runs removed."""
+
+        def fn(s: Session) -> int:
+            row = models.DatasetModel.find_or_raise_by_name(s, name)
+            run_ids = s.scalars(sa.select(models.RunModel.id).where(models.RunModel.dataset_id == row.id)).all()
+            n_outputs = s.scalar(
+                sa.select(sa.func.count())
+                .select_from(models.InferenceOutputModel)
+                .where(
+                    sa.or_(
+                        models.InferenceOutputModel.dataset_id == row.id,
+                        models.InferenceOutputModel.run_id.in_(run_ids),
+                    )
+                )
+            )
+            if (run_ids or n_outputs) and not force:
+                raise errors.DuplicateError(
+                    f"dataset {name!r} has {len(run_ids)} run(s) and {n_outputs} inference output(s) that depend on it; "
+                    "pass --force to remove them too"
+                )
+            s.execute(
+                sa.delete(models.InferenceOutputModel).where(
+                    sa.or_(
+                        models.InferenceOutputModel.dataset_id == row.id,
+                        models.InferenceOutputModel.run_id.in_(run_ids),
+                    )
+                )
+            )
+            if run_ids:
+                for model in (models.MetricPointModel, models.MetricSummaryModel):
+                    s.execute(sa.delete(model).where(model.run_id.in_(run_ids)))
+                s.execute(sa.delete(models.RunModel).where(models.RunModel.id.in_(run_ids)))
+            s.delete(row)
+            return len(run_ids)
+
+        return self._write(fn)
+
+    # -- sweeps ------------------------------------------------------------------------------------------------------
+    def get_or_create_sweep(self, name: str, grid_yaml: str = "") -> SweepRecord:
+        def fn(s: Session) -> SweepRecord:
+            row = s.scalars(sa.select(models.SweepModel).where(models.SweepModel.name == name)).one_or_none()
+            if row is None:
+                row = models.SweepModel(name=name, grid_yaml=grid_yaml)
+                s.add(row)
+                s.flush()
+            elif grid_yaml and row.grid_yaml != grid_yaml:
+                row.grid_yaml = grid_yaml
+            return SweepRecord.from_model(row)
+
+        return self._write(fn)
+
+    def get_sweep(self, name: str) -> SweepRecord:
+        return self._read(lambda s: SweepRecord.from_model(models.SweepModel.find_or_raise_by_name(s, name)))
+
+    def list_sweeps(self) -> list[tuple[SweepRecord, dict[str, int]]]:
+        """Every sweep with its run counts by status."""
+
+        def fn(s: Session) -> list[tuple[SweepRecord, dict[str, int]]]:
+            counts: dict[int, dict[str, int]] = collections.defaultdict(dict)
+            for sweep_id, status, n in s.execute(
+                sa.select(models.RunModel.sweep_id, models.RunModel.status, sa.func.count())
+                .where(models.RunModel.sweep_id.is_not(None))
+                .group_by(models.RunModel.sweep_id, models.RunModel.status)
+            ):
+                counts[sweep_id][status] = n
+            sweeps = s.scalars(sa.select(models.SweepModel).order_by(models.SweepModel.id))
+            return [(SweepRecord.from_model(m), dict(counts[m.id])) for m in sweeps]
+
+        return self._read(fn)
+
+    # -- runs --------------------------------------------------------------------------------------------------------
+    def add_runs(
+        self, dataset: str, configs: Sequence[dict[str, Any]], *, sweep: str | None = None
+    ) -> list[tuple[RunRecord, bool]]:
+        """Register runs by config; a config already registered (same hash) is returned as is.
+
+        Returns (record, created) per config, in order.
+        """
+
+        def fn(s: Session) -> list[tuple[RunRecord, bool]]:
+            ds = models.DatasetModel.find_or_raise_by_name(s, dataset)
+            sweep_id = models.SweepModel.find_or_raise_by_name(s, sweep).id if sweep is not None else None
+            hashes = [config_hash(ds.content_hash, c) for c in configs]
+            existing = {
+                r.config_hash: r
+                for r in s.scalars(sa.select(models.RunModel).where(models.RunModel.config_hash.in_(hashes)))
+            }
+            out: list[tuple[models.RunModel, bool]] = []
+            for cfg, h in zip(configs, hashes, strict=True):
+                if h in existing:
+                    out.append((existing[h], False))
+                    continue
+                row = models.RunModel(sweep_id=sweep_id, dataset_id=ds.id, config=dict(cfg), config_hash=h)
+                s.add(row)
+                existing[h] = row
+                out.append((row, True))
+            s.flush()
+            return [(RunRecord.from_model(r), created) for r, created in out]
+
+        return self._write(fn)
+
+    def get_run(self, run_id: int) -> RunRecord:
+        return self._read(lambda s: RunRecord.from_model(models.RunModel.find_or_raise_by_id(s, run_id)))
+
+    def transition_run(self, run_id: int, status: str, **fields: Any) -> RunRecord:
+        """Move a run to ``status`` (checked against RUN_TRANSITIONS) and set other fields in the same transaction.
+
+        Entering ``running`` counts an attempt and stamps started_at and the heartbeat; entering a terminal status
+        stamps ended_at. Allowed fields: executor, slurm_job_id, slurm_array_index, host, checkpoint_path, error.
+        """
+        if status not in models.RUN_STATUSES:
+            raise errors.ConfigError(f"run status must be one of {models.RUN_STATUSES}, got {status!r}")
+        allowed = {"executor", "slurm_job_id", "slurm_array_index", "host", "checkpoint_path", "error"}
+        unknown = sorted(set(fields) - allowed)
+        if unknown:
+            raise errors.ConfigError(f"cannot set run fields {unknown}; allowed: {sorted(allowed)}")
+
+        def fn(s: Session) -> RunRecord:
+            row = models.RunModel.find_or_raise_by_id(s, run_id, for_update=True)
+            if status not in models.RUN_TRANSITIONS[row.status] and status != row.status:
+                raise errors.InvalidTransitionError(f"run {run_id} cannot go from {row.status} to {status}")
+            if status == "running" and row.status != "running":
+                row.attempts += 1
+                row.started_at = models.utcnow()
+                row.heartbeat_at = models.utcnow_sql()  # type: ignore[assignment]
+                row.ended_at = None
+                row.error = None
+            if status in models.TERMINAL_RUN_STATUSES:
+                row.ended_at = models.utcnow()
+            row.status = status
+            for key, value in fields.items():
+                setattr(row, key, value)
+            s.flush()
+            s.refresh(row)
+            return RunRecord.from_model(row)
+
+        return self._write(fn)
+
+    def set_run_fields(self, run_id: int, **fields: Any) -> None:
+        """Set bookkeeping fields without a status change (job ids at submission, checkpoint path, ...)."""
+        allowed = {"executor", "slurm_job_id", "slurm_array_index", "host", "checkpoint_path", "error"}
+        unknown = sorted(set(fields) - allowed)
+        if unknown:
+            raise errors.ConfigError(f"cannot set run fields {unknown}; allowed: {sorted(allowed)}")
+        self._write(
+            lambda s: s.execute(sa.update(models.RunModel).where(models.RunModel.id == run_id).values(**fields))
+        )
+
+    def heartbeat(self, run_ids: Iterable[int]) -> None:
+        """Stamp the database's clock on runs' heartbeats."""
+        ids = list(run_ids)
+        self._write(
+            lambda s: s.execute(
+                sa.update(models.RunModel).where(models.RunModel.id.in_(ids)).values(heartbeat_at=models.utcnow_sql())
+            )
+        )
+
+    def stale_running_runs(self, grace_s: float) -> list[RunRecord]:
+        """Running runs whose heartbeat is older than ``grace_s`` seconds by the database clock."""
+
+        def fn(s: Session) -> list[RunRecord]:
+            rows = s.scalars(sa.select(models.RunModel).where(models.RunModel.status == "running")).all()
+            now = s.scalar(sa.select(models.utcnow_sql()))
+            if isinstance(now, str):  # SQLite returns CURRENT_TIMESTAMP as text in a bare SELECT
+                now = sa.DateTime().result_processor(s.bind.dialect, None)(now)  # type: ignore[union-attr,misc]
+            return [
+                RunRecord.from_model(r)
+                for r in rows
+                if r.heartbeat_at is None or (now - r.heartbeat_at).total_seconds() > grace_s
+            ]
+
+        return self._read(fn)
+
+    def list_runs(self, q: query.RunQuery = query.RunQuery()) -> list[RunRow]:
+        """Runs matching ``q``, each with its dataset/sweep names and metric summary. See :mod:`query`."""
+        conditions = [query.parse_condition(w) for w in q.where]
+        sort = query.parse_sort(q.sort) if q.sort else None
+        for st in q.statuses:
+            if st not in models.RUN_STATUSES:
+                raise errors.QueryError(f"unknown status {st!r}: expected one of {', '.join(models.RUN_STATUSES)}")
+        if q.limit is not None and q.limit < 0:
+            raise errors.QueryError(f"--limit must be >= 0, got {q.limit}")
+
+        def fn(s: Session) -> list[RunRow]:
+            dataset_id = models.DatasetModel.find_or_raise_by_name(s, q.dataset).id if q.dataset else None
+            sweep_id = models.SweepModel.find_or_raise_by_name(s, q.sweep).id if q.sweep else None
+            metric_keys = {c.key for c in conditions if c.is_metric} | ({sort.key} if sort and sort.is_metric else set())
+            for key in sorted(metric_keys):
+                self._check_metric_key(s, key)
+            stmt = query.build_run_select(
+                conditions, sort, dataset_id=dataset_id, sweep_id=sweep_id, statuses=q.statuses, limit=q.limit
+            )
+            ids = list(s.scalars(stmt))
+            return self._run_rows(s, ids)
+
+        return self._read(fn)
+
+    @staticmethod
+    def _check_metric_key(s: Session, key: str) -> None:
+        hit = s.scalar(sa.select(models.MetricSummaryModel.run_id).where(models.MetricSummaryModel.key == key).limit(1))
+        if hit is None:
+            known = s.scalars(sa.select(models.MetricSummaryModel.key).distinct().order_by(models.MetricSummaryModel.key))
+            names = ", ".join(list(known)[:30]) or "none yet"
+            cols = ", ".join(query.RUN_COLUMNS)
+            raise errors.QueryError(f"no run has a metric named {key!r}. Metrics: {names}. Columns: {cols}")
+
+    @staticmethod
+    def _run_rows(s: Session, ids: list[int]) -> list[RunRow]:
+        if not ids:
+            return []
+        rows: dict[int, RunRow] = {}
+        summaries: dict[int, dict[str, float]] = collections.defaultdict(dict)
+        for chunk_start in range(0, len(ids), 5000):
+            chunk = ids[chunk_start : chunk_start + 5000]
+            for run_id, key, value in s.execute(
+                sa.select(
+                    models.MetricSummaryModel.run_id, models.MetricSummaryModel.key, models.MetricSummaryModel.value
+                ).where(models.MetricSummaryModel.run_id.in_(chunk))
+            ):
+                summaries[run_id][key] = value
+            stmt = (
+                sa.select(models.RunModel, models.DatasetModel.name, models.SweepModel.name)
+                .join(models.DatasetModel, models.DatasetModel.id == models.RunModel.dataset_id)
+                .outerjoin(models.SweepModel, models.SweepModel.id == models.RunModel.sweep_id)
+                .where(models.RunModel.id.in_(chunk))
+            )
+            for run, dname, sname in s.execute(stmt):
+                rows[run.id] = RunRow(RunRecord.from_model(run), dname, sname, dict(summaries[run.id]))
+        return [rows[i] for i in ids if i in rows]
+
+    def run_detail(self, run_id: int) -> RunDetail:
+        """``runs show``: the run, its summary and its lineage."""
+
+        def fn(s: Session) -> RunDetail:
+            run = models.RunModel.find_or_raise_by_id(s, run_id)
+            (row,) = self._run_rows(s, [run_id])
+            outputs = s.scalars(
+                sa.select(models.InferenceOutputModel)
+                .where(models.InferenceOutputModel.run_id == run_id)
+                .order_by(models.InferenceOutputModel.id)
+            )
+            return RunDetail(
+                row=row,
+                dataset=DatasetRecord.from_model(run.dataset),
+                sweep=SweepRecord.from_model(run.sweep) if run.sweep is not None else None,
+                outputs=tuple(OutputRecord.from_model(o) for o in outputs),
+            )
+
+        return self._read(fn)
+
+    # -- metrics -----------------------------------------------------------------------------------------------------
+    def log_metrics(self, run_id: int, points: Iterable[tuple[str, int, float]]) -> int:
+        """Append metric points ``(key, step, value)`` and update the run's summary (last value by step) atomically.
+
+        NaN values are not stored (SQLite cannot hold them); returns the number of points stored.
+        """
+        now = models.utcnow()
+        rows = []
+        last: dict[str, tuple[int, float]] = {}
+        for key, step, value in points:
+            value = float(value)
+            if math.isnan(value):
+                continue
+            step = int(step)
+            rows.append({"run_id": run_id, "key": key, "step": step, "value": value, "time": now})
+            if key not in last or step >= last[key][0]:
+                last[key] = (step, value)
+        if not rows:
+            return 0
+        summary_rows = [
+            {"run_id": run_id, "key": k, "step": st, "value": v, "updated_at": now} for k, (st, v) in sorted(last.items())
+        ]
+
+        def fn(s: Session) -> int:
+            s.execute(sa.insert(models.MetricPointModel), rows)
+            s.execute(self._upsert_summaries(summary_rows))
+            return len(rows)
+
+        try:
+            return self._write(fn)
+        except errors.DuplicateError:
+            raise errors.NotFoundError(f"cannot log metrics: no run with id {run_id} in the registry") from None
+
+    def _upsert_summaries(self, summary_rows: list[dict[str, Any]]) -> Any:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        table = models.MetricSummaryModel.__table__
+        stmt = insert(table).values(summary_rows)
+        return stmt.on_conflict_do_update(
+            index_elements=[table.c.run_id, table.c.key],
+            set_={"value": stmt.excluded.value, "step": stmt.excluded.step, "updated_at": stmt.excluded.updated_at},
+            where=table.c.step <= stmt.excluded.step,
+        )
+
+    def metric_history(self, run_id: int, key: str | None = None) -> list[MetricPoint]:
+        def fn(s: Session) -> list[MetricPoint]:
+            models.RunModel.find_or_raise_by_id(s, run_id)
+            m = models.MetricPointModel
+            stmt = sa.select(m.run_id, m.key, m.step, m.value, m.time).where(m.run_id == run_id)
+            if key is not None:
+                stmt = stmt.where(m.key == key)
+            stmt = stmt.order_by(m.key, m.step, m.id)
+            return [MetricPoint(*r) for r in s.execute(stmt)]
+
+        return self._read(fn)
+
+    def summary(self, run_id: int) -> dict[str, float]:
+        m = models.MetricSummaryModel
+        return self._read(lambda s: dict(s.execute(sa.select(m.key, m.value).where(m.run_id == run_id)).all()))
+
+    # -- inference outputs -------------------------------------------------------------------------------------------
+    def add_output(
+        self,
+        *,
+        run_id: int,
+        dataset: str,
+        path: str,
+        n_rows: int,
+        n_cols: int,
+        nnz: int,
+        extra: dict[str, Any] | None = None,
+        replace: bool = False,
+    ) -> OutputRecord:
+        """Register an inference output of ``run_id`` over ``dataset``; ``replace`` overwrites an existing one."""
+
+        def fn(s: Session) -> OutputRecord:
+            models.RunModel.find_or_raise_by_id(s, run_id)
+            ds = models.DatasetModel.find_or_raise_by_name(s, dataset)
+            o = models.InferenceOutputModel
+            row = s.scalars(sa.select(o).where(o.run_id == run_id, o.dataset_id == ds.id)).one_or_none()
+            if row is not None and not replace:
+                raise errors.DuplicateError(
+                    f"run {run_id} already has an inference output over dataset {dataset!r} (output {row.id})"
+                )
+            if row is None:
+                row = o(run_id=run_id, dataset_id=ds.id, path=path, n_rows=n_rows, n_cols=n_cols, nnz=nnz)
+                s.add(row)
+            row.path, row.n_rows, row.n_cols, row.nnz = path, n_rows, n_cols, nnz
+            row.extra = dict(extra or {})
+            row.created_at = models.utcnow()
+            s.flush()
+            return OutputRecord.from_model(row)
+
+        return self._write(fn)
+
+    def get_output(self, output_id: int) -> OutputRecord:
+        def fn(s: Session) -> OutputRecord:
+            row = s.get(models.InferenceOutputModel, output_id)
+            if row is None:
+                raise errors.NotFoundError(f"no inference output with id {output_id} in the registry")
+            return OutputRecord.from_model(row)
+
+        return self._read(fn)
+
+    def find_output(self, run_id: int, dataset_id: int) -> OutputRecord | None:
+        o = models.InferenceOutputModel
+
+        def fn(s: Session) -> OutputRecord | None:
+            row = s.scalars(sa.select(o).where(o.run_id == run_id, o.dataset_id == dataset_id)).one_or_none()
+            return None if row is None else OutputRecord.from_model(row)
+
+        return self._read(fn)
+
+    def list_outputs(self, *, run_id: int | None = None, dataset_id: int | None = None) -> list[OutputRecord]:
+        o = models.InferenceOutputModel
+
+        def fn(s: Session) -> list[OutputRecord]:
+            stmt = sa.select(o).order_by(o.id)
+            if run_id is not None:
+                stmt = stmt.where(o.run_id == run_id)
+            if dataset_id is not None:
+                stmt = stmt.where(o.dataset_id == dataset_id)
+            return [OutputRecord.from_model(r) for r in s.scalars(stmt)]
+
+        return self._read(fn)
+
+    def runs_of_dataset(self, dataset_id: int) -> list[RunRecord]:
+        r = models.RunModel
+        return self._read(
+            lambda s: [RunRecord.from_model(m) for m in s.scalars(sa.select(r).where(r.dataset_id == dataset_id))]
+        )
