@@ -76,6 +76,7 @@ class Registry:
         self.url = normalise_url(self._url_text)
         self.engine = create_registry_engine(self.url)
         self._write_engine = self.engine.execution_options(**{BEGIN_MODE_OPTION: "IMMEDIATE"})
+        self._summary_upsert: Any = None
         if self._check_schema:
             migrate.ensure_schema(self.engine)
 
@@ -498,7 +499,9 @@ class Registry:
 
         def fn(s: Session) -> int:
             s.execute(sa.insert(models.MetricPointModel), rows)
-            s.execute(self._upsert_summaries(summary_rows))
+            if self._summary_upsert is None:
+                self._summary_upsert = self._upsert_summaries()
+            s.execute(self._summary_upsert, summary_rows)
             return len(rows)
 
         try:
@@ -506,13 +509,14 @@ class Registry:
         except errors.DuplicateError:
             raise errors.NotFoundError(f"cannot log metrics: no run with id {run_id} in the registry") from None
 
-    def _upsert_summaries(self, summary_rows: list[dict[str, Any]]) -> Any:
+    def _upsert_summaries(self) -> Any:
+        """INSERT .. ON CONFLICT DO UPDATE for executemany (no inline VALUES, so SQLAlchemy caches its compilation)."""
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert
         table = models.MetricSummaryModel.__table__
-        stmt = insert(table).values(summary_rows)
+        stmt = insert(table)
         return stmt.on_conflict_do_update(
             index_elements=[table.c.run_id, table.c.key],
             set_={"value": stmt.excluded.value, "step": stmt.excluded.step, "updated_at": stmt.excluded.updated_at},

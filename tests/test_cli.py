@@ -1,0 +1,136 @@
+"""The click layer: output formats, one-line errors with non-zero exit, no torch for registry queries."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from saev_ops.cli import cli
+from saev_ops.registry import Registry
+from tests.conftest import make_dataset
+
+
+@pytest.fixture
+def seeded(tmp_path) -> str:  # noqa: ANN001
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    reg = Registry(url)
+    make_dataset(reg, name="inat21")
+    reg.get_or_create_sweep("sweep-a", "dataset: inat21\n")
+    for i in range(6):
+        (run, _), = reg.add_runs("inat21", [{"k": 2**i}], sweep="sweep-a")
+        reg.log_metrics(run.id, [("nmse", 100, 0.1 * (6 - i)), ("l0", 100, 2.0**i)])
+    reg.transition_run(1, "running", host="node7")
+    reg.transition_run(1, "failed", error="Traceback (most recent call last):\nRuntimeError: out of memory")
+    reg.close()
+    return url
+
+
+def invoke(url: str, *args: str):  # noqa: ANN201
+    return CliRunner().invoke(cli, ["--db", url, *args], catch_exceptions=False)
+
+
+def test_runs_list_filters_sort_and_formats(seeded: str) -> None:
+    res = invoke(seeded, "runs", "list", "--dataset", "inat21", "--where", "nmse<0.45", "--where", "l0<=16",
+                 "--sort", "-nmse", "--format", "json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.output)
+    assert [r["id"] for r in rows] == [3, 4, 5]
+    assert rows[0]["nmse"] == pytest.approx(0.4) and rows[0]["sweep"] == "sweep-a"
+    res = invoke(seeded, "runs", "list", "--sort", "nmse", "--limit", "2", "--format", "csv")
+    lines = res.output.strip().splitlines()
+    assert lines[0].startswith("id,sweep,dataset,status,attempts,host,nmse") and len(lines) == 3
+    assert lines[1].startswith("6,")
+    res = invoke(seeded, "runs", "list", "--status", "failed")
+    assert "failed" in res.output and "node7" in res.output and len(res.output.strip().splitlines()) == 3
+
+
+def test_runs_show_and_metrics(seeded: str) -> None:
+    res = invoke(seeded, "runs", "show", "1")
+    assert res.exit_code == 0
+    for text in ("status        failed", '"k": 1', "nmse", "RuntimeError: out of memory", "lineage", "/images/inat21"):
+        assert text in res.output
+    payload = json.loads(invoke(seeded, "runs", "show", "2", "--format", "json").output)
+    assert payload["config"] == {"k": 2} and payload["lineage"]["dataset"] == "inat21"
+    res = invoke(seeded, "runs", "metrics", "2", "--key", "l0", "--format", "csv")
+    assert res.output.splitlines()[1].startswith("l0,100,2")
+
+
+def test_datasets_and_sql(seeded: str) -> None:
+    assert "inat21" in invoke(seeded, "datasets", "list").output
+    assert "ViT-B-16/openai" in invoke(seeded, "datasets", "show", "inat21").output
+    res = invoke(seeded, "sql", "SELECT run_id, nmse FROM run_table WHERE nmse < 0.25 ORDER BY run_id", "--format", "csv")
+    assert res.output.strip().splitlines() == ["run_id,nmse", "5,0.2", "6,0.1"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("datasets", "show", "nope"), "no dataset named 'nope'"),
+        (("runs", "list", "--dataset", "nope"), "no dataset named 'nope'"),
+        (("runs", "list", "--sweep", "nope"), "no sweep named 'nope'"),
+        (("runs", "show", "999"), "no run with id 999"),
+        (("runs", "list", "--where", "nmse<<1"), "bad --where expression"),
+        (("sql", "DELETE FROM runs"), "read-only"),
+    ],
+)
+def test_errors_are_one_line_and_nonzero(seeded: str, args: tuple[str, ...], message: str) -> None:
+    res = CliRunner().invoke(cli, ["--db", seeded, *args])
+    assert res.exit_code == 1
+    assert message in res.output
+    assert "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_non_saev_and_unreachable_databases(tmp_path) -> None:  # noqa: ANN001
+    import sqlite3
+
+    foreign = tmp_path / "other.sqlite"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER)")
+    res = CliRunner().invoke(cli, ["--db", str(foreign), "runs", "list"])
+    assert res.exit_code == 1 and "not a saev-ops registry" in res.output
+    res = CliRunner().invoke(cli, ["--db", "postgresql://x@127.0.0.1:1/none", "runs", "list"])
+    assert res.exit_code == 1 and "cannot open the registry database" in res.output
+
+
+def test_db_commands(tmp_path) -> None:  # noqa: ANN001
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    assert "no saev-ops schema" in invoke(url, "db", "current").output
+    assert "(empty) -> 0001_initial" in invoke(url, "db", "upgrade", "--revision", "0001_initial").output
+    res = CliRunner().invoke(cli, ["--db", url, "runs", "list"])
+    assert res.exit_code == 1 and "saev-ops db upgrade" in res.output
+    assert "0001_initial -> 0002_query_views" in invoke(url, "db", "upgrade").output
+    assert "(head)" in invoke(url, "db", "current").output
+    assert "0002_query_views -> 0001_initial" in invoke(url, "db", "downgrade", "0001_initial").output
+    res = CliRunner().invoke(cli, ["--db", url, "db", "downgrade", "bogus"])
+    assert res.exit_code == 1 and "unknown revision" in res.output
+
+
+def test_db_url_from_env_and_home(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.delenv("SAEV_OPS_DB_URL", raising=False)
+    monkeypatch.setenv("SAEV_OPS_HOME", str(tmp_path / "home"))
+    res = CliRunner().invoke(cli, ["datasets", "list"])
+    assert res.exit_code == 0
+    assert (tmp_path / "home" / "registry.sqlite").exists()
+    monkeypatch.setenv("SAEV_OPS_DB_URL", f"sqlite:///{tmp_path / 'env.sqlite'}")
+    assert CliRunner().invoke(cli, ["datasets", "list"]).exit_code == 0
+    assert (tmp_path / "env.sqlite").exists()
+
+
+def test_registry_queries_do_not_import_torch(seeded: str) -> None:
+    code = (
+        "import sys\n"
+        "from saev_ops.cli import main\n"
+        "try:\n"
+        f"    main(['--db', {seeded!r}, 'runs', 'list', '--where', 'nmse<1', '--sort', 'nmse'])\n"
+        "except SystemExit as e:\n"
+        "    assert e.code in (0, None), e.code\n"
+        "heavy = [m for m in ('torch', 'alembic', 'submitit', 'scipy', 'matplotlib') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out

@@ -1,0 +1,114 @@
+"""Schema migrations: one head, up and down on SQLite and PostgreSQL, outdated/foreign databases, racing first opens."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+import sqlalchemy as sa
+
+from saev_ops import errors
+from saev_ops.registry import Registry, migrate
+from saev_ops.registry.engine import create_registry_engine
+from saev_ops.registry.schema import HEAD_REVISION, KNOWN_REVISIONS, VERSION_TABLE
+from tests.conftest import make_dataset
+
+TABLES = {"datasets", "sweeps", "runs", "metric_points", "metric_summaries", "inference_outputs", VERSION_TABLE}
+VIEWS = {"run_table", "metric_history", "inference_lineage"}
+
+
+def test_exactly_one_head_and_it_is_the_expected_one() -> None:
+    assert migrate.heads() == [HEAD_REVISION]
+    assert KNOWN_REVISIONS[-1] == HEAD_REVISION
+
+
+def _tables_and_views(engine: sa.Engine) -> tuple[set[str], set[str]]:
+    insp = sa.inspect(engine)
+    return set(insp.get_table_names()), set(insp.get_view_names())
+
+
+def test_upgrade_downgrade_roundtrip(shared_db_url: str) -> None:
+    engine = create_registry_engine(shared_db_url)
+    migrate.run_upgrade(engine, "0001_initial")
+    tables, views = _tables_and_views(engine)
+    assert TABLES <= tables and not (VIEWS & views)
+    migrate.run_upgrade(engine, "head")
+    tables, views = _tables_and_views(engine)
+    assert VIEWS <= views
+    with engine.connect() as conn:
+        assert migrate.current_revision(conn) == HEAD_REVISION
+    migrate.run_downgrade(engine, "0001_initial")
+    assert not (VIEWS & _tables_and_views(engine)[1])
+    migrate.run_downgrade(engine, "base")
+    tables, views = _tables_and_views(engine)
+    assert tables <= {VERSION_TABLE} and not views
+    migrate.run_upgrade(engine, "head")  # and back up again on the same database
+    reg = Registry(shared_db_url)
+    make_dataset(reg)
+    assert reg.get_dataset("inat21").name == "inat21"
+    reg.close()
+    engine.dispose()
+
+
+def test_outdated_schema_names_the_upgrade_command(shared_db_url: str) -> None:
+    engine = create_registry_engine(shared_db_url)
+    migrate.run_upgrade(engine, "0001_initial")
+    with pytest.raises(errors.SchemaOutdatedError, match=r"saev-ops db upgrade --db .*Back up|Back up.*saev-ops db upgrade"):
+        Registry(shared_db_url)
+    migrate.run_upgrade(engine)
+    Registry(shared_db_url).close()
+    engine.dispose()
+
+
+def test_newer_unknown_revision_is_refused(shared_db_url: str) -> None:
+    Registry(shared_db_url).close()
+    engine = create_registry_engine(shared_db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE {VERSION_TABLE} SET version_num = '9999_future'"))
+    with pytest.raises(errors.SchemaOutdatedError, match="newer saev-ops"):
+        Registry(shared_db_url)
+    engine.dispose()
+
+
+def test_foreign_database_is_refused(shared_db_url: str) -> None:
+    engine = create_registry_engine(shared_db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE someone_elses (x INTEGER)"))
+    with pytest.raises(errors.NotASaevOpsDatabaseError, match="not a saev-ops registry"):
+        Registry(shared_db_url)
+    engine.dispose()
+
+
+def test_garbage_file_is_refused(tmp_path) -> None:  # noqa: ANN001
+    path = tmp_path / "junk.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(errors.RegistryError, match="junk.sqlite"):
+        Registry(str(path))
+
+
+def test_unreachable_postgres_is_one_clear_error() -> None:
+    with pytest.raises(errors.RegistryUnavailableError, match="cannot open the registry database.*127.0.0.1:1"):
+        Registry("postgresql://nobody@127.0.0.1:1/none")
+
+
+def _open(url: str, barrier) -> str:  # noqa: ANN001
+    barrier.wait()
+    reg = Registry(url)
+    with reg.engine.connect() as conn:
+        rev = migrate.current_revision(conn)
+    reg.close()
+    return rev
+
+
+def test_concurrent_first_open_creates_one_schema(shared_db_url: str) -> None:
+    n = 8
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(n)
+        with ctx.Pool(n) as pool:
+            revs = pool.starmap(_open, [(shared_db_url, barrier)] * n)
+    assert revs == [HEAD_REVISION] * n
+    engine = create_registry_engine(shared_db_url)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text(f"SELECT count(*) FROM {VERSION_TABLE}")).scalar() == 1
+    engine.dispose()

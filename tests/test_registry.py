@@ -1,0 +1,162 @@
+"""The registry contract, run against in-memory SQLite, an SQLite file and PostgreSQL."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from saev_ops import errors
+from saev_ops.registry import Registry, RunQuery
+from tests.conftest import make_dataset
+
+
+def test_dataset_roundtrip_and_uniqueness(registry: Registry) -> None:
+    d = make_dataset(registry, extra={"images": {"n_files": 3}})
+    assert registry.get_dataset("inat21") == d
+    assert registry.find_dataset_by_hash(d.content_hash) == d
+    assert d.layers == (6, 11) and d.status == "writing" and d.extra == {"images": {"n_files": 3}}
+    with pytest.raises(errors.DuplicateError, match="name 'inat21'"):
+        make_dataset(registry)
+    with pytest.raises(errors.DuplicateError, match="content hash"):
+        make_dataset(registry, name="other", content_hash=d.content_hash)
+    done = registry.update_dataset("inat21", status="complete", n_examples=5)
+    assert done.status == "complete" and done.completed_at is not None and done.n_examples == 5
+    assert [x.name for x in registry.list_datasets()] == ["inat21"]
+
+
+def test_unknown_names_list_known_ones(registry: Registry) -> None:
+    make_dataset(registry, name="a")
+    with pytest.raises(errors.NotFoundError, match="no dataset named 'zzz'.*Known datasets: a"):
+        registry.get_dataset("zzz")
+    with pytest.raises(errors.NotFoundError, match="no sweep named 'nope'"):
+        registry.get_sweep("nope")
+    with pytest.raises(errors.NotFoundError, match="no run with id 99"):
+        registry.get_run(99)
+
+
+def test_runs_are_identified_by_config_hash(registry: Registry) -> None:
+    make_dataset(registry)
+    registry.get_or_create_sweep("s", "grid: {}")
+    first = registry.add_runs("inat21", [{"k": 32, "lr": 1e-3}, {"k": 64, "lr": 1e-3}], sweep="s")
+    assert [c for _, c in first] == [True, True]
+    again = registry.add_runs("inat21", [{"lr": 1e-3, "k": 32}, {"k": 128, "lr": 1e-3}], sweep="s")
+    assert again[0] == (first[0][0], False)  # same config, key order irrelevant
+    assert again[1][1] is True
+    assert len(registry.list_runs(RunQuery(sweep="s"))) == 3
+
+
+def test_run_state_machine(registry: Registry) -> None:
+    make_dataset(registry)
+    (run, _), = registry.add_runs("inat21", [{"k": 1}])
+    assert run.status == "queued" and run.attempts == 0
+    r = registry.transition_run(run.id, "running", host="node1", executor="local")
+    assert r.attempts == 1 and r.started_at is not None and r.heartbeat_at is not None and r.host == "node1"
+    r = registry.transition_run(run.id, "failed", error="Traceback ...\nValueError: boom")
+    assert r.ended_at is not None and "boom" in r.error
+    with pytest.raises(errors.InvalidTransitionError, match="cannot go from failed to completed"):
+        registry.transition_run(run.id, "completed")
+    r = registry.transition_run(run.id, "queued")
+    r = registry.transition_run(run.id, "running")
+    assert r.attempts == 2 and r.error is None and r.ended_at is None
+    r = registry.transition_run(run.id, "completed", checkpoint_path="/ckpt")
+    assert r.status == "completed" and r.checkpoint_path == "/ckpt"
+    with pytest.raises(errors.InvalidTransitionError):
+        registry.transition_run(run.id, "queued")
+    with pytest.raises(errors.ConfigError, match="run status must be one of"):
+        registry.transition_run(run.id, "exploded")
+
+
+def test_heartbeat_staleness_uses_database_clock(registry: Registry) -> None:
+    make_dataset(registry)
+    (run, _), = registry.add_runs("inat21", [{"k": 1}])
+    registry.transition_run(run.id, "running")
+    registry.heartbeat([run.id])
+    assert registry.stale_running_runs(grace_s=3600) == []
+    assert [r.id for r in registry.stale_running_runs(grace_s=-5)] == [run.id]
+
+
+def test_metrics_history_and_summary_take_highest_step(registry: Registry) -> None:
+    make_dataset(registry)
+    (run, _), = registry.add_runs("inat21", [{"k": 1}])
+    registry.log_metrics(run.id, [("nmse", 10, 0.5), ("l0", 10, 40.0)])
+    registry.log_metrics(run.id, [("nmse", 20, 0.3), ("nmse", 15, 0.4)])
+    registry.log_metrics(run.id, [("nmse", 5, 0.9)])  # a late, older point must not replace the summary
+    assert registry.summary(run.id) == {"nmse": 0.3, "l0": 40.0}
+    hist = registry.metric_history(run.id, "nmse")
+    assert [(p.step, p.value) for p in hist] == [(5, 0.9), (10, 0.5), (15, 0.4), (20, 0.3)]
+    assert registry.log_metrics(run.id, [("loss", 1, float("nan"))]) == 0
+    with pytest.raises(errors.NotFoundError):
+        registry.log_metrics(12345, [("nmse", 1, 0.1)])
+
+
+def _fill(registry: Registry) -> list[int]:
+    make_dataset(registry, name="a")
+    make_dataset(registry, name="b")
+    registry.get_or_create_sweep("s1")
+    ids = []
+    for i in range(12):
+        ds = "a" if i % 3 else "b"
+        (run, _), = registry.add_runs(ds, [{"i": i}], sweep="s1" if i < 8 else None)
+        registry.log_metrics(run.id, [("nmse", 1, 0.05 * i), ("l0", 1, float(10 * i))])
+        ids.append(run.id)
+    registry.transition_run(ids[4], "running")
+    return ids
+
+
+def test_list_runs_filters_and_sorts(registry: Registry) -> None:
+    ids = _fill(registry)
+    rows = registry.list_runs(RunQuery(dataset="a", where=("nmse<0.4", "l0>=20"), sort="-nmse"))
+    got = [r.run.id for r in rows]
+    expected = [ids[i] for i in (7, 5, 4, 2)]  # dataset a = i%3 != 0, nmse<0.4 -> i<8, l0>=20 -> i>=2
+    assert got == expected
+    assert rows[0].summary == {"nmse": pytest.approx(0.35), "l0": 70.0} and rows[0].dataset == "a"
+    assert [r.run.id for r in registry.list_runs(RunQuery(sort="nmse", limit=3))] == ids[:3]
+    assert [r.run.id for r in registry.list_runs(RunQuery(statuses=("running",)))] == [ids[4]]
+    assert [r.run.id for r in registry.list_runs(RunQuery(where=("status=running",)))] == [ids[4]]
+    assert len(registry.list_runs(RunQuery(sweep="s1"))) == 8
+    assert [r.run.id for r in registry.list_runs(RunQuery(where=(f"id>{ids[9]}",), sort="-id"))] == [ids[11], ids[10]]
+
+
+@pytest.mark.parametrize(
+    "where, message",
+    [
+        ("nmse<<0.2", "bad --where expression"),
+        ("nmse<abc", "must be a number"),
+        ("bogus<1", "no run has a metric named 'bogus'"),
+        ("status=happy", "status must be one of"),
+        ("attempts>x", "integer column"),
+        ("nmse", "expected KEY OP VALUE"),
+    ],
+)
+def test_list_runs_bad_where(registry: Registry, where: str, message: str) -> None:
+    _fill(registry)
+    with pytest.raises(errors.QueryError, match=message):
+        registry.list_runs(RunQuery(where=(where,)))
+
+
+def test_outputs_and_lineage(registry: Registry) -> None:
+    make_dataset(registry, name="train")
+    make_dataset(registry, name="eval")
+    (run, _), = registry.add_runs("train", [{"k": 1}])
+    out = registry.add_output(run_id=run.id, dataset="eval", path="/o.npz", n_rows=10, n_cols=64, nnz=33)
+    assert out.shape == (10, 64)
+    with pytest.raises(errors.DuplicateError, match="already has an inference output"):
+        registry.add_output(run_id=run.id, dataset="eval", path="/o.npz", n_rows=10, n_cols=64, nnz=33)
+    replaced = registry.add_output(run_id=run.id, dataset="eval", path="/o2.npz", n_rows=10, n_cols=64, nnz=40,
+                                   replace=True)
+    assert replaced.id == out.id and replaced.nnz == 40
+    detail = registry.run_detail(run.id)
+    assert detail.dataset.name == "train" and [o.path for o in detail.outputs] == ["/o2.npz"]
+    with pytest.raises(errors.DuplicateError, match="depend on it"):
+        registry.delete_dataset("train")
+    assert registry.delete_dataset("train", force=True) == 1
+    assert registry.list_outputs() == []
+
+
+def test_registry_pickles_as_url(tmp_path) -> None:  # noqa: ANN001
+    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    make_dataset(reg)
+    clone = pickle.loads(pickle.dumps(reg))
+    assert clone.get_dataset("inat21").name == "inat21"
+    assert "engine" not in reg.__getstate__()
