@@ -1,0 +1,186 @@
+"""Registry at scale: fill 100,000 runs and 10,000,000 metric points, then time the queries researchers run.
+
+    python benchmarks/registry.py                       # SQLite (temp file) and Postgres if reachable
+    python benchmarks/registry.py --runs 10000 --points 1000000 --backend sqlite
+
+Timed (median of --repeat runs, in this process, after one warm-up):
+- list: `runs list --dataset ds3 --where nmse<0.2 --where l0<=64 --sort nmse --limit 50` (Registry.list_runs)
+- show: `runs show ID` (Registry.run_detail)
+- history: one run's metric history (Registry.metric_history)
+- baseline: plain `SELECT count(*) FROM runs`, measured in the same run, so the ratio is comparable across machines.
+Also the wall time of the `saev-ops runs list ...` command as a subprocess (start-up included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import sqlalchemy as sa
+
+from saev_ops.registry import Registry, RunQuery
+from saev_ops.registry.engine import create_registry_engine
+
+KEYS = ("loss", "mse", "nmse", "l0", "dead_frac")
+N_DATASETS = 10
+N_SWEEPS = 100
+PG_URL = os.environ.get("SAEV_OPS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def fill(reg: Registry, n_runs: int, n_points: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    steps_per_key = max(1, n_points // (n_runs * len(KEYS)))
+    now = "2026-01-01 00:00:00"
+    with reg.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO datasets (name, content_hash, path, status, source_path, model_family, model_ckpt, layers,"
+                " d_model, tokens_per_example, n_examples, dtype, extra, created_at) VALUES (:n, :h, '/d', 'complete',"
+                " '/img', 'clip', 'b16', '[11]', 768, 197, 1000000, 'float32', '{}', :t)"
+            ),
+            [{"n": f"ds{i}", "h": uuid.uuid4().hex, "t": now} for i in range(N_DATASETS)],
+        )
+        conn.execute(
+            sa.text("INSERT INTO sweeps (name, grid_yaml, created_at) VALUES (:n, '', :t)"),
+            [{"n": f"sweep{i}", "t": now} for i in range(N_SWEEPS)],
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO runs (id, sweep_id, dataset_id, config, config_hash, status, attempts, created_at)"
+                " VALUES (:id, :sw, :ds, :cfg, :h, 'completed', 1, :t)"
+            ),
+            [
+                {"id": i + 1, "sw": i % N_SWEEPS + 1, "ds": i % N_DATASETS + 1, "cfg": f'{{"k": {i % 512}}}',
+                 "h": uuid.uuid4().hex, "t": now}
+                for i in range(n_runs)
+            ],
+        )
+    summaries = []
+    for run in range(1, n_runs + 1):
+        nmse = rng.random() * 0.6
+        l0 = float(rng.randint(8, 256))
+        summaries += [(run, "loss", nmse + 0.01), (run, "mse", nmse * 3), (run, "nmse", nmse), (run, "l0", l0),
+                      (run, "dead_frac", rng.random() * 0.1)]
+    final = {(r, k): v for r, k, v in summaries}
+    t0 = time.perf_counter()
+    if reg.dialect == "postgresql":
+        raw = reg.engine.raw_connection()
+        try:
+            cur = raw.driver_connection.cursor()
+            with cur.copy("COPY metric_summaries (run_id, key, value, step, updated_at) FROM STDIN") as cp:
+                for (r, k), v in final.items():
+                    cp.write_row((r, k, v, steps_per_key - 1, now))
+            with cur.copy("COPY metric_points (run_id, key, step, value, time) FROM STDIN") as cp:
+                for run in range(1, n_runs + 1):
+                    for k in KEYS:
+                        last = final[(run, k)]
+                        for step in range(steps_per_key):
+                            cp.write_row((run, k, step, last * (1 + (steps_per_key - 1 - step) * 0.01), now))
+            raw.driver_connection.commit()
+            cur.execute("ANALYZE")
+            raw.driver_connection.commit()
+        finally:
+            raw.close()
+    else:
+        raw = reg.engine.raw_connection()
+        try:
+            dbapi = raw.driver_connection
+            dbapi.execute("BEGIN")
+            dbapi.executemany(
+                "INSERT INTO metric_summaries (run_id, key, value, step, updated_at) VALUES (?, ?, ?, ?, ?)",
+                (((r, k, v, steps_per_key - 1, now) for (r, k), v in final.items())),
+            )
+            dbapi.executemany(
+                "INSERT INTO metric_points (run_id, key, step, value, time) VALUES (?, ?, ?, ?, ?)",
+                (
+                    (run, k, step, final[(run, k)] * (1 + (steps_per_key - 1 - step) * 0.01), now)
+                    for run in range(1, n_runs + 1)
+                    for k in KEYS
+                    for step in range(steps_per_key)
+                ),
+            )
+            dbapi.execute("COMMIT")
+            dbapi.execute("ANALYZE")
+        finally:
+            raw.close()
+    print(f"  filled {n_runs:,} runs, {n_runs * len(KEYS) * steps_per_key:,} metric points "
+          f"in {time.perf_counter() - t0:.1f} s", flush=True)
+
+
+def timed(fn, repeat: int) -> float:  # noqa: ANN001
+    fn()
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def bench(url: str, label: str, n_runs: int, n_points: int, repeat: int) -> None:
+    print(f"\n== {label}", flush=True)
+    reg = Registry(url)
+    fill(reg, n_runs, n_points)
+    q = RunQuery(dataset="ds3", where=("nmse<0.2", "l0<=64"), sort="nmse", limit=50)
+    rows = reg.list_runs(q)
+    assert rows and all(r.summary["nmse"] < 0.2 and r.summary["l0"] <= 64 for r in rows)
+    assert [r.summary["nmse"] for r in rows] == sorted(r.summary["nmse"] for r in rows)
+
+    def count() -> None:
+        with reg.engine.connect() as conn:
+            conn.execute(sa.text("SELECT count(*) FROM runs")).scalar()
+
+    t_count = timed(count, repeat)
+    t_list = timed(lambda: reg.list_runs(q), repeat)
+    show_id = rows[0].run.id
+    t_show = timed(lambda: reg.run_detail(show_id), repeat)
+    t_hist = timed(lambda: reg.metric_history(show_id), repeat)
+    cmd = [sys.executable, "-m", "saev_ops", "--db", url, "runs", "list", "--dataset", "ds3", "--where", "nmse<0.2",
+           "--where", "l0<=64", "--sort", "nmse", "--limit", "50"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    t_cli = time.perf_counter() - t0
+    print(f"  baseline SELECT count(*) FROM runs : {t_count * 1e3:8.2f} ms")
+    print(f"  runs list (where x2, sort, limit 50): {t_list * 1e3:8.2f} ms  = {t_list / t_count:6.1f}x baseline"
+          f"  (target < 200 ms on SQLite)")
+    print(f"  runs show                          : {t_show * 1e3:8.2f} ms  = {t_show / t_count:6.1f}x baseline")
+    print(f"  metric history of one run          : {t_hist * 1e3:8.2f} ms  = {t_hist / t_count:6.1f}x baseline")
+    print(f"  `saev-ops runs list ...` subprocess : {t_cli * 1e3:8.0f} ms (interpreter start-up included)")
+    reg.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=100_000)
+    ap.add_argument("--points", type=int, default=10_000_000)
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--backend", choices=("all", "sqlite", "postgres"), default="all")
+    args = ap.parse_args()
+    if args.backend in ("all", "sqlite"):
+        with tempfile.TemporaryDirectory() as tmp:
+            bench(f"sqlite:///{tmp}/bench.sqlite", "SQLite", args.runs, args.points, args.repeat)
+    if args.backend in ("all", "postgres"):
+        schema = "bench_" + uuid.uuid4().hex[:8]
+        try:
+            admin = create_registry_engine(PG_URL, connect_args={"connect_timeout": 3})
+            with admin.begin() as conn:
+                conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        except Exception as exc:  # noqa: BLE001
+            print(f"\n== PostgreSQL skipped: {PG_URL} unreachable ({str(exc).splitlines()[0]})")
+            return
+        try:
+            bench(f"{PG_URL}?options=-csearch_path%3D{schema}", "PostgreSQL", args.runs, args.points, args.repeat)
+        finally:
+            with admin.begin() as conn:
+                conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""``IndexedDataset``: random access to single rows by global index, or to whole examples by id or image path.
+
+A global index ``i`` enumerates the selected rows in the same order as :class:`OrderedDataLoader`:
+``example = i // rows_per_example``, then layer, then token. Works as a ``torch.utils.data.Dataset`` (with
+``__getitems__`` for batched fetches).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from saev_ops import errors
+from saev_ops.loaders.blocks import read_examples
+from saev_ops.loaders.selection import Batch, ShardSelection, plan, to_batch
+from saev_ops.shards import dtypes
+from saev_ops.shards.reader import ShardReader
+
+
+class IndexedDataset:
+    def __init__(self, root: str | os.PathLike[str] | ShardReader, selection: ShardSelection = ShardSelection()) -> None:
+        self.reader = root if isinstance(root, ShardReader) else ShardReader(root)
+        self.selection = selection
+        self.plan = plan(self.reader, selection)
+        md = self.reader.md
+        self._rpe = self.plan.rows_per_example
+        self._n_tok = len(self.plan.token_idx)
+        self._tokens = self.plan.token_idx.tolist()
+        self._layer_idx = list(self.plan.layer_idx)
+        self._eps = md.examples_per_shard
+        self._item = self.reader.disk_dtype.itemsize
+        self._row_bytes = md.d_model * self._item
+        self._example_bytes = self.reader.example_bytes
+        self._layer_bytes = self.reader.layer_bytes
+        self._len = md.n_examples * self._rpe
+        self._fds = [self.reader.fd(s) for s in range(md.n_shards)]
+        self._memmaps: dict[int, np.ndarray] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"root": str(self.reader.root), "selection": self.selection}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["root"], state["selection"])  # type: ignore[misc]
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _locate(self, i: int) -> tuple[int, int, int, int, int]:
+        if i < 0:
+            i += self._len
+        if not 0 <= i < self._len:
+            raise IndexError(f"index {i} out of range for {self._len} rows")
+        ex, within = divmod(i, self._rpe)
+        li, ti = divmod(within, self._n_tok)
+        shard, row = divmod(ex, self._eps)
+        tok = self._tokens[ti]
+        offset = row * self._example_bytes + self._layer_idx[li] * self._layer_bytes + tok * self._row_bytes
+        return ex, shard, offset, li, tok
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """One row: ``act`` (d_model,) float32 tensor, ``example_idx``, ``token_idx``, ``layer`` ints."""
+        ex, shard, offset, li, tok = self._locate(int(i))
+        arr = np.empty(self.reader.md.d_model, dtype=self.reader.disk_dtype)
+        if os.preadv(self._fds[shard], [arr], offset) != self._row_bytes:
+            raise errors.DataError(f"{self.reader.paths.shard(shard)}: short read at byte {offset}")
+        if self.reader.storage_dtype != "float32":
+            arr = dtypes.decode(arr, self.reader.storage_dtype)
+        return {"act": torch.from_numpy(arr), "example_idx": ex,
+                "token_idx": tok, "layer": self.plan.layer_numbers[li]}
+
+    def _memmap(self, shard: int) -> np.ndarray:
+        mm = self._memmaps.get(shard)
+        if mm is None:
+            md = self.reader.md
+            mm = np.memmap(self.reader.paths.shard(shard), dtype=self.reader.disk_dtype, mode="r",
+                           shape=(self._eps * md.n_layers * md.tokens_per_example, md.d_model))
+            self._memmaps[shard] = mm
+        return mm
+
+    def get_batch(self, indices: Any) -> Batch:
+        """Many rows at once (vectorised): a :class:`Batch` in the order of ``indices``."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < -self._len or idx.max() >= self._len):
+            raise IndexError(f"indices out of range for {self._len} rows")
+        idx = np.where(idx < 0, idx + self._len, idx)
+        md = self.reader.md
+        ex, within = np.divmod(idx, self._rpe)
+        li, ti = np.divmod(within, self._n_tok)
+        shard, row = np.divmod(ex, self._eps)
+        layer_pos = np.asarray(self._layer_idx, dtype=np.int64)[li]
+        tok = self.plan.token_idx[ti]
+        flat = (row * md.n_layers + layer_pos) * md.tokens_per_example + tok
+        out = np.empty((len(idx), md.d_model), dtype=np.float32)
+        for s in np.unique(shard):
+            sel = np.nonzero(shard == s)[0]
+            rows = self._memmap(int(s))[flat[sel]]
+            out[sel] = rows if self.reader.storage_dtype == "float32" else dtypes.decode(rows, self.reader.storage_dtype)
+        layers = np.asarray(self.plan.layer_numbers, dtype=np.int64)[li]
+        return to_batch(out, ex, tok, layers)
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        return self.get_batch(indices)
+
+    def example(self, key: int | str) -> dict[str, Any]:
+        """A whole example by id or image path: ``act`` (layers_selected, tokens_selected, d_model) plus its index
+        entry (image path, label)."""
+        if isinstance(key, str):
+            example_id = self.reader.index.find_path(key)
+        else:
+            example_id = int(key)
+            if not 0 <= example_id < self.reader.n_examples:
+                raise errors.NotFoundError(f"example {example_id} out of range (dataset has {self.reader.n_examples})")
+        entry = self.reader.index.get(example_id)
+        block = read_examples(self.reader, self.plan, example_id, 1)[0]
+        return {"act": torch.from_numpy(np.ascontiguousarray(block[:, self.plan.token_idx])),
+                "example_idx": example_id, "path": entry.path, "label": entry.label, "label_name": entry.label_name}

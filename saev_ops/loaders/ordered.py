@@ -1,0 +1,126 @@
+"""``OrderedDataLoader``: the dataset in exact order, for inference, with large sequential reads.
+
+Rows come example by example; inside an example, layer by layer (selection order), then token by token. Chunks of about
+``chunk_mb`` are read by a small thread pool (``preadv`` releases the GIL) ahead of the consumer; batches are views into
+those chunks when every token is selected, so the reads are the only copy. ``start``/``stop`` split a dataset between
+jobs by example.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import dataclasses
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from saev_ops import errors
+from saev_ops.loaders.blocks import read_examples, select_rows
+from saev_ops.loaders.selection import Batch, ShardSelection, plan, to_batch
+from saev_ops.shards.reader import ShardReader
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OrderedConfig:
+    selection: ShardSelection = ShardSelection()
+    """Layers and tokens to read."""
+    batch_size: int = 16384
+    """Rows (patches) per batch; the last batch may be shorter."""
+    start: int = 0
+    """First example (inclusive)."""
+    stop: int | None = None
+    """Last example (exclusive); None for the end of the dataset."""
+    chunk_mb: float = 64.0
+    """Bytes read per request, in MiB."""
+    n_threads: int = 2
+    """Reader threads."""
+    prefetch: int = 4
+    """Chunks read ahead of the consumer (memory: about prefetch x chunk_mb)."""
+    pin_memory: bool = False
+    """Pin batches (needs CUDA)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.batch_size <= 0:
+            problems.append(f"batch_size must be > 0, got {self.batch_size}")
+        if self.start < 0 or (self.stop is not None and self.stop < self.start):
+            problems.append(f"need 0 <= start <= stop, got start={self.start} stop={self.stop}")
+        if self.chunk_mb <= 0 or self.n_threads <= 0 or self.prefetch <= 0:
+            problems.append("chunk_mb, n_threads and prefetch must be > 0")
+        if problems:
+            raise errors.ConfigError("OrderedConfig: " + "; ".join(problems))
+
+
+class OrderedDataLoader:
+    """Iterate ``root`` (a dataset directory or an open :class:`ShardReader`) in order. Each ``iter()`` is one pass."""
+
+    def __init__(self, root: str | os.PathLike[str] | ShardReader, cfg: OrderedConfig = OrderedConfig()) -> None:
+        self.reader = root if isinstance(root, ShardReader) else ShardReader(root)
+        self.cfg = cfg
+        self.plan = plan(self.reader, cfg.selection)
+        self.stop = self.reader.n_examples if cfg.stop is None else cfg.stop
+        if self.stop > self.reader.n_examples:
+            raise errors.ConfigError(f"stop={cfg.stop} is past the dataset's {self.reader.n_examples} examples")
+        self.start = cfg.start
+        bytes_per_example = len(self.plan.layer_idx) * self.reader.tokens_per_example * self.reader.d_model * 4
+        self.chunk_examples = max(1, int(cfg.chunk_mb * 2**20) // bytes_per_example)
+
+    @property
+    def n_rows(self) -> int:
+        return (self.stop - self.start) * self.plan.rows_per_example
+
+    def __len__(self) -> int:
+        return -(-self.n_rows // self.cfg.batch_size)
+
+    def _load(self, start: int, n: int) -> np.ndarray:
+        return select_rows(read_examples(self.reader, self.plan, start, n), self.plan)
+
+    def __iter__(self) -> Iterator[Batch]:
+        cfg = self.cfg
+        chunks = [(s, min(self.chunk_examples, self.stop - s)) for s in range(self.start, self.stop, self.chunk_examples)]
+        rpe = self.plan.rows_per_example
+        n_tok = len(self.plan.token_idx)
+        token_idx = self.plan.token_idx
+        layer_numbers = np.asarray(self.plan.layer_numbers, dtype=np.int64)
+        pending: list[np.ndarray] = []
+        n_pending = 0
+        row = 0  # global row counter (from start)
+
+        def emit(parts: list[np.ndarray]) -> Batch:
+            nonlocal row
+            act = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            r = np.arange(row, row + len(act), dtype=np.int64)
+            ex, within = np.divmod(r, rpe)
+            li, ti = np.divmod(within, n_tok)
+            row += len(act)
+            return to_batch(act, ex + self.start, token_idx[ti], layer_numbers[li], cfg.pin_memory)
+
+        with cf.ThreadPoolExecutor(cfg.n_threads, thread_name_prefix="saev-ordered") as pool:
+            futures: collections.deque[cf.Future[np.ndarray]] = collections.deque()
+            it = iter(chunks)
+            for s, n in it:
+                futures.append(pool.submit(self._load, s, n))
+                if len(futures) >= cfg.prefetch:
+                    break
+            try:
+                while futures:
+                    rows = futures.popleft().result()
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        futures.append(pool.submit(self._load, *nxt))
+                    pos = 0
+                    while pos < len(rows):
+                        take = min(cfg.batch_size - n_pending, len(rows) - pos)
+                        pending.append(rows[pos : pos + take])
+                        n_pending += take
+                        pos += take
+                        if n_pending == cfg.batch_size:
+                            yield emit(pending)
+                            pending, n_pending = [], 0
+                if pending:
+                    yield emit(pending)
+            finally:
+                for f in futures:
+                    f.cancel()

@@ -1,0 +1,82 @@
+"""What a loader reads: which recorded layers and which tokens. Shared by every loader config."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TypedDict
+
+import numpy as np
+import torch
+
+from saev_ops.shards.reader import ShardReader
+
+
+class Batch(TypedDict):
+    """One batch from any loader. ``act`` is float32 (B, d_model); the index tensors are int64 (B,)."""
+
+    act: "torch.Tensor"
+    example_idx: "torch.Tensor"
+    token_idx: "torch.Tensor"
+    layer: "torch.Tensor"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ShardSelection:
+    """Which activations to read."""
+
+    layers: tuple[int, ...] = (-1,)
+    """Model layer numbers as recorded (``-1``: the last recorded layer). Several layers give one row per
+    (example, layer, token)."""
+    tokens: str = "patches"
+    """``all``, ``patches`` (no CLS, no registers), ``cls``, ``special`` (CLS + registers) or ``no-registers``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A selection resolved against one dataset: layer positions and token indices."""
+
+    layer_idx: tuple[int, ...]
+    layer_numbers: tuple[int, ...]
+    token_idx: np.ndarray  # int64, selected positions on the token axis
+    n_tokens: int  # tokens per example on disk
+
+    @property
+    def rows_per_example(self) -> int:
+        return len(self.layer_idx) * len(self.token_idx)
+
+    @property
+    def all_tokens(self) -> bool:
+        return len(self.token_idx) == self.n_tokens
+
+    def row_offsets(self) -> np.ndarray:
+        """Selected row positions inside one example's (n_layers_selected, T) block, in order."""
+        base = np.arange(len(self.layer_idx), dtype=np.int64)[:, None] * self.n_tokens
+        return (base + self.token_idx[None, :]).ravel()
+
+    def decode_rows(self, local_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows of a (examples, layers_selected, T) block -> (example position, layer number, token index)."""
+        per_ex = len(self.layer_idx) * self.n_tokens
+        ex, rem = np.divmod(local_rows, per_ex)
+        li, tok = np.divmod(rem, self.n_tokens)
+        layers = np.asarray(self.layer_numbers, dtype=np.int64)[li]
+        return ex, layers, tok
+
+
+def plan(reader: ShardReader, selection: ShardSelection) -> Plan:
+    if not selection.layers:
+        from saev_ops import errors
+
+        raise errors.ConfigError("selection.layers must name at least one layer")
+    idx = tuple(reader.layer_index(layer) for layer in selection.layers)
+    numbers = tuple(reader.md.layers[i] for i in idx)
+    tokens = np.asarray(reader.layout.indices(selection.tokens), dtype=np.int64)
+    return Plan(idx, numbers, tokens, reader.tokens_per_example)
+
+
+def to_batch(act: np.ndarray, example_idx: np.ndarray, token_idx: np.ndarray, layer: np.ndarray,
+             pin_memory: bool = False) -> Batch:
+    t = torch.from_numpy(act)
+    if pin_memory:
+        t = t.pin_memory()
+    return Batch(act=t, example_idx=torch.from_numpy(example_idx), token_idx=torch.from_numpy(token_idx),
+                 layer=torch.from_numpy(layer))

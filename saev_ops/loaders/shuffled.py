@@ -1,0 +1,260 @@
+"""``ShuffledDataLoader``: every selected (example, layer, token) row exactly once per epoch, well mixed, resumable.
+
+How it reads at disk speed and still mixes across the whole dataset:
+
+1. The dataset is cut into *blocks* of consecutive examples, each at least ``read_mb`` of data, so each read is one
+   large contiguous ``preadv``.
+2. Each epoch permutes the blocks (seeded by ``seed`` and the epoch) and groups consecutive blocks of that permutation
+   into *groups* that fit a third of ``buffer_mb`` (one group is consumed, one waits, one is being read).
+3. A group's blocks are read by a thread pool into one buffer; its selected rows are permuted (seeded by seed, epoch and
+   group) and gathered into batches by a second thread while the next group loads.
+
+So a batch holds rows from hundreds of examples spread over every shard, and the epoch's row order is a pure function of
+(seed, epoch, dataset, selection, buffer and block sizes). The loader's state is (epoch, batches consumed): resuming
+recomputes the plan and skips to the row where it stopped, so the batches after a resume equal the batches without one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from saev_ops import errors
+from saev_ops.loaders import blocks
+from saev_ops.loaders.selection import Batch, ShardSelection, plan, to_batch
+from saev_ops.shards.reader import ShardReader
+
+STATE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ShuffledConfig:
+    selection: ShardSelection = ShardSelection()
+    """Layers and tokens to read."""
+    batch_size: int = 16384
+    """Rows (patches) per batch."""
+    seed: int = 0
+    """Seeds every permutation; with the epoch it fixes the order."""
+    buffer_mb: float = 1536.0
+    """Memory for loaded example groups, in MiB (three groups in flight). Bigger mixes better."""
+    read_mb: float = 1.0
+    """Smallest contiguous read, in MiB (sets examples per block)."""
+    n_threads: int = 4
+    """Reader threads."""
+    prefetch_batches: int = 4
+    """Batches gathered ahead of the consumer (memory: prefetch x batch bytes)."""
+    drop_last: bool = False
+    """Drop the epoch's last, short batch."""
+    pin_memory: bool = False
+    """Pin batches (needs CUDA)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("batch_size", "buffer_mb", "read_mb", "n_threads", "prefetch_batches"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if problems:
+            raise errors.ConfigError("ShuffledConfig: " + "; ".join(problems))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Group:
+    blocks: np.ndarray  # (n_blocks, 2): example start, count
+    n_examples: int
+    row_start: int  # first row of this group in the epoch's row stream
+    n_rows: int
+
+
+class ShuffledDataLoader:
+    """Shuffled batches from ``root`` (a dataset directory or an open :class:`ShardReader`).
+
+    ``iter(loader)`` runs the rest of the current epoch, then advances the epoch. ``state_dict()`` after any batch and
+    ``load_state_dict()`` on a new loader continue exactly from there.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | ShardReader, cfg: ShuffledConfig = ShuffledConfig()) -> None:
+        self.reader = root if isinstance(root, ShardReader) else ShardReader(root)
+        self.cfg = cfg
+        self.plan = plan(self.reader, cfg.selection)
+        md = self.reader.md
+        self._example_f32 = len(self.plan.layer_idx) * md.tokens_per_example * md.d_model * 4
+        read_bytes = len(self.plan.layer_idx) * self.reader.layer_bytes
+        self.block_examples = max(1, -(-int(cfg.read_mb * 2**20) // read_bytes))
+        group_budget = int(cfg.buffer_mb * 2**20) // 3
+        self.group_examples = max(self.block_examples, group_budget // self._example_f32)
+        self.blocks_per_group = max(1, self.group_examples // self.block_examples)
+        self.n_rows = md.n_examples * self.plan.rows_per_example
+        self.epoch = 0
+        self.batches_in_epoch = 0
+        self._row_offsets = self.plan.row_offsets()
+
+    # -- the plan of an epoch -----------------------------------------------------------------------------------------
+    def _groups(self, epoch: int) -> list[_Group]:
+        n = self.reader.n_examples
+        starts = np.arange(0, n, self.block_examples, dtype=np.int64)
+        counts = np.minimum(self.block_examples, n - starts)
+        order = np.random.default_rng([self.cfg.seed, epoch]).permutation(len(starts))
+        groups = []
+        row = 0
+        for g in range(0, len(order), self.blocks_per_group):
+            sel = order[g : g + self.blocks_per_group]
+            blk = np.stack([starts[sel], counts[sel]], axis=1)
+            n_ex = int(blk[:, 1].sum())
+            n_rows = n_ex * self.plan.rows_per_example
+            groups.append(_Group(blk, n_ex, row, n_rows))
+            row += n_rows
+        return groups
+
+    def _group_perm(self, epoch: int, g: int, n_rows: int) -> np.ndarray:
+        return np.random.default_rng([self.cfg.seed, epoch, g, 1]).permutation(n_rows)
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        full, rest = divmod(self.n_rows, self.cfg.batch_size)
+        return full + (1 if rest and not self.cfg.drop_last else 0)
+
+    # -- state ---------------------------------------------------------------------------------------------------------
+    def _fingerprint(self) -> dict[str, Any]:
+        return {
+            "dataset": self.reader.md.content_hash,
+            "layers": list(self.plan.layer_numbers),
+            "tokens": self.cfg.selection.tokens,
+            "batch_size": self.cfg.batch_size,
+            "seed": self.cfg.seed,
+            "block_examples": self.block_examples,
+            "blocks_per_group": self.blocks_per_group,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the consumer is: (epoch, batches consumed in it), plus what must match to resume."""
+        return {"version": STATE_VERSION, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
+                **self._fingerprint()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        mine = self._fingerprint()
+        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        if state.get("version") != STATE_VERSION or diff:
+            raise errors.ConfigError(
+                "cannot resume: the loader state was saved with other settings "
+                + ", ".join(f"{k}: saved {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            )
+        self.epoch = int(state["epoch"])
+        self.batches_in_epoch = int(state["batches_in_epoch"])
+
+    # -- iteration ------------------------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch
+        start_row = self.batches_in_epoch * self.cfg.batch_size
+        groups = self._groups(epoch)
+        first = next((i for i, g in enumerate(groups) if g.row_start + g.n_rows > start_row), len(groups))
+        stop = threading.Event()
+        group_q: queue.Queue[Any] = queue.Queue(maxsize=1)
+        batch_q: queue.Queue[Any] = queue.Queue(maxsize=self.cfg.prefetch_batches)
+        loader = threading.Thread(target=self._load_groups, args=(epoch, groups, first, group_q, stop),
+                                  name="saev-shuffled-load", daemon=True)
+        gatherer = threading.Thread(target=self._gather, args=(groups, first, start_row, group_q, batch_q, stop),
+                                    name="saev-shuffled-gather", daemon=True)
+        loader.start()
+        gatherer.start()
+        try:
+            while True:
+                item = blocks.get_or_raise(batch_q, "shuffled loader")
+                if item is None:
+                    break
+                self.batches_in_epoch += 1
+                yield item
+            self.epoch = epoch + 1
+            self.batches_in_epoch = 0
+        finally:
+            stop.set()
+            for q in (batch_q, group_q):  # unblock producers waiting on a full queue
+                try:
+                    while True:
+                        q.get_nowait()
+                except queue.Empty:
+                    pass
+            loader.join(timeout=5)
+            gatherer.join(timeout=5)
+
+    def _load_groups(self, epoch: int, groups: list[_Group], first: int, group_q: queue.Queue[Any],
+                     stop: threading.Event) -> None:
+        import concurrent.futures as cf
+
+        md = self.reader.md
+        try:
+            with cf.ThreadPoolExecutor(self.cfg.n_threads, thread_name_prefix="saev-shuffled-read") as pool:
+                for gi in range(first, len(groups)):
+                    g = groups[gi]
+                    buf = np.empty((g.n_examples, len(self.plan.layer_idx), md.tokens_per_example, md.d_model),
+                                   dtype=np.float32)
+                    pos = np.concatenate([[0], np.cumsum(g.blocks[:, 1])])
+                    futs = [pool.submit(blocks.read_examples, self.reader, self.plan, int(s), int(c),
+                                        buf[pos[j] : pos[j + 1]])
+                            for j, (s, c) in enumerate(g.blocks)]
+                    for f in futs:
+                        f.result()
+                    perm = self._group_perm(epoch, gi, g.n_rows)
+                    blocks.put_or_stop(group_q, (gi, buf, perm), stop)
+            blocks.put_or_stop(group_q, None, stop)
+        except blocks.Stop:
+            return
+        except BaseException:  # noqa: BLE001 - forwarded to the consumer with its traceback
+            try:
+                blocks.put_or_stop(group_q, blocks.failure(), stop)
+            except blocks.Stop:
+                pass
+
+    def _gather(self, groups: list[_Group], first: int, start_row: int, group_q: queue.Queue[Any],
+                batch_q: queue.Queue[Any], stop: threading.Event) -> None:
+        B = self.cfg.batch_size
+        rpe_sel = self.plan.rows_per_example
+        per_ex_all = len(self.plan.layer_idx) * self.reader.tokens_per_example
+        carry: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        n_carry = 0
+        try:
+            while True:
+                item = blocks.get_or_raise(group_q, "shuffled loader (reader thread)")
+                if item is None:
+                    break
+                gi, buf, perm = item
+                g = groups[gi]
+                flat = buf.reshape(-1, buf.shape[-1])
+                ex_ids = np.concatenate([np.arange(s, s + c, dtype=np.int64) for s, c in g.blocks])
+                pos = max(0, start_row - g.row_start)
+                while pos < g.n_rows:
+                    take = min(B - n_carry, g.n_rows - pos)
+                    sel = perm[pos : pos + take]
+                    ex_local, r = np.divmod(sel, rpe_sel)
+                    local = ex_local * per_ex_all + self._row_offsets[r]
+                    act = np.take(flat, local, axis=0)
+                    ex_pos, layer, tok = self.plan.decode_rows(local)
+                    carry.append((act, ex_ids[ex_pos], tok, layer))
+                    n_carry += take
+                    pos += take
+                    if n_carry == B:
+                        blocks.put_or_stop(batch_q, self._batch(carry), stop)
+                        carry, n_carry = [], 0
+                del buf, flat
+            if carry and not self.cfg.drop_last:
+                blocks.put_or_stop(batch_q, self._batch(carry), stop)
+            blocks.put_or_stop(batch_q, None, stop)
+        except blocks.Stop:
+            return
+        except BaseException:  # noqa: BLE001
+            try:
+                blocks.put_or_stop(batch_q, blocks.failure(), stop)
+            except blocks.Stop:
+                pass
+
+    def _batch(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> Batch:
+        if len(parts) == 1:
+            act, ex, tok, layer = parts[0]
+        else:
+            act, ex, tok, layer = (np.concatenate([p[i] for p in parts]) for i in range(4))
+        return to_batch(act, ex, tok, layer, self.cfg.pin_memory)

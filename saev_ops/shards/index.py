@@ -1,0 +1,109 @@
+"""The LMDB index beside a dataset: example id -> (shard, row, image path, label), and image path -> example id.
+
+Keys: ``e`` + 8-byte big-endian example id, and ``p`` + UTF-8 image path. Values are compact JSON. The LMDB
+environment is opened per process (never pickled) and read-only for readers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+from saev_ops import errors
+
+_MAP_SIZE = 1 << 36  # 64 GiB of address space; LMDB only uses what it writes
+_META_KEY = b"__meta__"
+
+
+def _ekey(example_id: int) -> bytes:
+    return b"e" + struct.pack(">Q", example_id)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleEntry:
+    example_id: int
+    shard: int
+    row: int
+    path: str | None
+    label: int | None
+    label_name: str | None = None
+
+
+class IndexWriter:
+    def __init__(self, path: pathlib.Path) -> None:
+        import lmdb
+
+        self.path = path
+        self.env = lmdb.open(str(path), map_size=_MAP_SIZE, subdir=True, lock=True, sync=True, max_dbs=0)
+
+    def put_many(self, entries: Iterable[ExampleEntry]) -> None:
+        with self.env.begin(write=True) as txn:
+            for e in entries:
+                value = json.dumps([e.shard, e.row, e.path, e.label, e.label_name], separators=(",", ":")).encode()
+                txn.put(_ekey(e.example_id), value)
+                if e.path is not None:
+                    txn.put(b"p" + e.path.encode(), struct.pack(">Q", e.example_id))
+
+    def put_meta(self, meta: dict[str, Any]) -> None:
+        with self.env.begin(write=True) as txn:
+            txn.put(_META_KEY, json.dumps(meta).encode())
+
+    def close(self) -> None:
+        self.env.sync()
+        self.env.close()
+
+
+class IndexReader:
+    def __init__(self, path: pathlib.Path) -> None:
+        import lmdb
+
+        if not (path / "data.mdb").exists():
+            raise errors.DataError(f"{path}: missing LMDB index (expected {path / 'data.mdb'}); "
+                                   "rebuild it with `saev-ops datasets import`")
+        self.path = path
+        self.env = lmdb.open(str(path), readonly=True, lock=False, subdir=True, readahead=False, max_dbs=0)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"])  # type: ignore[misc]
+
+    def get(self, example_id: int) -> ExampleEntry:
+        with self.env.begin() as txn:
+            raw = txn.get(_ekey(example_id))
+        if raw is None:
+            raise errors.NotFoundError(f"example {example_id} is not in the index {self.path}")
+        shard, row, path, label, label_name = json.loads(raw)
+        return ExampleEntry(example_id, shard, row, path, label, label_name)
+
+    def find_path(self, image_path: str) -> int:
+        with self.env.begin() as txn:
+            raw = txn.get(b"p" + image_path.encode())
+        if raw is None:
+            raise errors.NotFoundError(f"image {image_path!r} is not in the index {self.path}")
+        return struct.unpack(">Q", raw)[0]
+
+    def meta(self) -> dict[str, Any]:
+        with self.env.begin() as txn:
+            raw = txn.get(_META_KEY)
+        return {} if raw is None else json.loads(raw)
+
+    def count(self) -> int:
+        """Number of example entries."""
+        n = 0
+        with self.env.begin() as txn:
+            cur = txn.cursor()
+            if cur.set_range(b"e"):
+                for key in cur.iternext(keys=True, values=False):
+                    if not key.startswith(b"e"):
+                        break
+                    n += 1
+        return n
+
+    def close(self) -> None:
+        self.env.close()

@@ -1,0 +1,235 @@
+"""``ShardWriter``: append examples to a dataset directory with bounded memory, resumably.
+
+Each shard is written to ``actsNNNNNN.bin.tmp`` (pre-sized, so the last one has saev's full size too), hashed as it is
+written, fsynced and renamed. After each shard the LMDB index gets its examples and ``.progress.json`` records the shard,
+its checksum and its partial statistics. An interrupted write is resumed by opening the same directory again:
+:attr:`ShardWriter.resume_from` says which example comes next. ``metadata.json``, ``shards.json``, ``labels.bin``,
+``stats.npz`` are written by :meth:`finalize`, and ``saev_ops.json`` (``"complete": true``) last of all, so a directory
+never looks complete before it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from saev_ops import __version__, errors
+from saev_ops.shards import dtypes
+from saev_ops.shards.format import (
+    SIDECAR_SCHEMA,
+    Metadata,
+    ShardPaths,
+    TokenLayout,
+    read_json,
+    shard_name,
+    write_json_atomic,
+)
+from saev_ops.shards.index import ExampleEntry, IndexReader, IndexWriter
+from saev_ops.shards.stats import StatsAccumulator, save_stats
+
+CHECKSUM_ALGO = "blake2b-128"
+_ZERO_CHUNK = bytes(1 << 22)
+
+
+def new_checksum() -> Any:
+    return hashlib.blake2b(digest_size=16)
+
+
+class ShardWriter:
+    """Write a dataset described by ``metadata`` into ``root``.
+
+    Args:
+        root: the dataset directory (``<data_root>/saev/shards/<hash>`` for saev compatibility).
+        metadata: saev metadata; ``n_examples`` must be the final count.
+        layout: CLS/register/patch positions on the token axis (CLS + registers + patches = tokens per example).
+        extra: anything to keep in ``saev_ops.json`` (provenance).
+    """
+
+    def __init__(self, root: pathlib.Path, metadata: Metadata, layout: TokenLayout, *,
+                 extra: dict[str, Any] | None = None) -> None:
+        if layout.n_tokens != metadata.tokens_per_example or layout.n_cls != (1 if metadata.cls_token else 0):
+            raise errors.ConfigError(
+                f"token layout {layout} does not match metadata ({metadata.tokens_per_example} tokens, "
+                f"cls_token={metadata.cls_token})"
+            )
+        self.paths = ShardPaths(pathlib.Path(root))
+        self.md = metadata
+        self.layout = layout
+        self.extra = dict(extra or {})
+        self.paths.root.mkdir(parents=True, exist_ok=True)
+        if self.paths.sidecar.exists() and read_json(self.paths.sidecar).get("complete"):
+            raise errors.DuplicateError(f"{self.paths.root} is already a complete dataset")
+        self._disk_dtype = dtypes.disk_dtype(metadata.dtype)
+        self._row_bytes = metadata.n_layers * metadata.tokens_per_example * metadata.d_model * self._disk_dtype.itemsize
+        self._completed: list[dict[str, Any]] = self._load_progress()
+        self.resume_from = sum(s["n_examples"] for s in self._completed)
+        self._next = self.resume_from
+        self._index = IndexWriter(self.paths.index)
+        self._fh: Any = None
+        self._hash: Any = None
+        self._shard_stats: StatsAccumulator | None = None
+        self._shard_entries: list[ExampleEntry] = []
+
+    # -- progress ----------------------------------------------------------------------------------------------------
+    def _load_progress(self) -> list[dict[str, Any]]:
+        if not self.paths.progress.exists():
+            return []
+        progress = read_json(self.paths.progress)
+        if progress.get("content_hash") != self.md.content_hash:
+            raise errors.DataError(
+                f"{self.paths.progress}: an unfinished write of a different dataset is in this directory "
+                f"(hash {progress.get('content_hash', '?')[:8]}, expected {self.md.hash}); remove the directory"
+            )
+        done = []
+        for s in progress["shards"]:  # keep only the prefix whose files are really there
+            f = self.paths.shard(s["shard"])
+            if s["shard"] != len(done) or not f.exists() or f.stat().st_size != self.md.examples_per_shard * self._row_bytes:
+                break
+            done.append(s)
+        return done
+
+    def _save_progress(self) -> None:
+        write_json_atomic(self.paths.progress, {"content_hash": self.md.content_hash, "shards": self._completed},
+                          indent=None)
+
+    # -- writing -----------------------------------------------------------------------------------------------------
+    @property
+    def n_written(self) -> int:
+        return self._next
+
+    def write(self, acts: np.ndarray, entries: Sequence[tuple[str | None, int | None, str | None]] | None = None) -> None:
+        """Append examples. ``acts``: float32 (n, layers, tokens, d_model); ``entries``: (image path, label, label name)
+        per example, or None."""
+        md = self.md
+        expected = (md.n_layers, md.tokens_per_example, md.d_model)
+        if acts.ndim != 4 or tuple(acts.shape[1:]) != expected:
+            raise errors.ConfigError(f"activations must be shaped (n, {expected[0]}, {expected[1]}, {expected[2]}), "
+                                     f"got {tuple(acts.shape)}")
+        n = acts.shape[0]
+        if entries is not None and len(entries) != n:
+            raise errors.ConfigError(f"{n} examples but {len(entries)} index entries")
+        if self._next + n > md.n_examples:
+            raise errors.ConfigError(f"writing {n} more examples would exceed n_examples={md.n_examples} "
+                                     f"({self._next} written)")
+        acts = np.ascontiguousarray(acts, dtype=np.float32)
+        i = 0
+        while i < n:
+            shard, row = divmod(self._next, md.examples_per_shard)
+            if self._fh is None:
+                self._open_shard(shard)
+            take = min(n - i, md.examples_per_shard - row)
+            chunk = acts[i : i + take]
+            stored = dtypes.encode(chunk, md.dtype)
+            self._fh.write(memoryview(stored).cast("B"))
+            self._hash.update(memoryview(stored).cast("B"))
+            self._shard_stats.update(chunk, None if md.dtype == "float32" else dtypes.decode(stored, md.dtype))
+            for j in range(take):
+                path, label, name = entries[i + j] if entries is not None else (None, None, None)
+                self._shard_entries.append(ExampleEntry(self._next + j, shard, row + j, path, label, name))
+            self._next += take
+            i += take
+            if row + take == md.shard_n_examples(shard):
+                self._close_shard(shard)
+
+    def _open_shard(self, shard: int) -> None:
+        tmp = self.paths.shard_tmp(shard)
+        self._fh = open(tmp, "wb")
+        self._fh.truncate(self.md.examples_per_shard * self._row_bytes)  # saev's full size, also for the last shard
+        self._hash = new_checksum()
+        self._shard_stats = StatsAccumulator(self.md.n_layers, self.md.d_model)
+        self._shard_entries = []
+
+    def _close_shard(self, shard: int) -> None:
+        fh, h = self._fh, self._hash
+        pad = (self.md.examples_per_shard - self.md.shard_n_examples(shard)) * self._row_bytes
+        while pad > 0:  # the zero tail the file already has (sparse), hashed so verify can recompute it
+            step = min(pad, len(_ZERO_CHUNK))
+            h.update(_ZERO_CHUNK[:step])
+            pad -= step
+        fh.flush()
+        os.fsync(fh.fileno())
+        fh.close()
+        os.replace(self.paths.shard_tmp(shard), self.paths.shard(shard))
+        self._index.put_many(self._shard_entries)
+        self._completed.append({
+            "shard": shard,
+            "name": shard_name(shard),
+            "n_examples": self.md.shard_n_examples(shard),
+            "checksum": h.hexdigest(),
+            "stats": self._shard_stats.to_json(),
+        })
+        self._save_progress()
+        self._fh = self._hash = self._shard_stats = None
+        self._shard_entries = []
+
+    # -- finishing ---------------------------------------------------------------------------------------------------
+    def finalize(self) -> dict[str, Any]:
+        """Write the saev files, statistics and the ``complete`` sidecar. Returns the sidecar contents."""
+        md = self.md
+        if self._next != md.n_examples or len(self._completed) != md.n_shards:
+            raise errors.DataError(f"{self.paths.root}: cannot finalize, {self._next} of {md.n_examples} examples "
+                                   f"written ({len(self._completed)} of {md.n_shards} shards complete)")
+        stats = StatsAccumulator(md.n_layers, md.d_model)
+        for s in self._completed:
+            stats.merge(StatsAccumulator.from_json(s["stats"], md.n_layers, md.d_model))
+        summary = stats.summary()
+        self._index.put_meta({"n_examples": md.n_examples, "content_hash": md.content_hash})
+        self._index.close()
+        self._write_labels()
+        write_json_atomic(self.paths.shards_json, [{"name": s["name"], "n_examples": s["n_examples"]}
+                                                   for s in self._completed])
+        write_json_atomic(self.paths.metadata, md.to_json_dict(), indent=None)
+        save_stats(self.paths.stats, summary, md.layers)
+        sidecar = build_sidecar(md, self.layout, [s["checksum"] for s in self._completed], summary, self.extra)
+        write_json_atomic(self.paths.sidecar, sidecar)
+        self.paths.progress.unlink(missing_ok=True)
+        return sidecar
+
+    def _write_labels(self) -> None:
+        """saev's labels.bin: uint8 (n_examples, content tokens); each patch gets its image's class label."""
+        reader = IndexReader(self.paths.index)
+        try:
+            labels = [reader.get(i).label for i in range(self.md.n_examples)]
+        finally:
+            reader.close()
+        if not labels or any(lab is None for lab in labels) or max(labels) > 255 or min(labels) < 0:
+            return
+        arr = np.repeat(np.asarray(labels, dtype=np.uint8)[:, None], self.md.content_tokens_per_example, axis=1)
+        tmp = self.paths.labels.with_name("labels.bin.tmp")
+        arr.tofile(tmp)
+        os.replace(tmp, self.paths.labels)
+
+    def abort(self) -> None:
+        """Close files without finalizing; completed shards stay for a later resume."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self._index.close()
+
+
+def build_sidecar(md: Metadata, layout: TokenLayout, checksums: list[str], summary: dict[str, Any],
+                  extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "schema": SIDECAR_SCHEMA,
+        "saev_ops_version": __version__,
+        "content_hash": md.content_hash,
+        "storage_dtype": md.dtype,
+        "token_layout": {"n_cls": layout.n_cls, "n_registers": layout.n_registers, "n_patches": layout.n_patches},
+        "checksum_algo": CHECKSUM_ALGO,
+        "checksums": checksums,
+        "stats": {
+            "n_tokens": summary["n_tokens"],
+            "mean_norm": [float(x) for x in summary["mean_norm"]],
+            "scale": [float(x) for x in summary["scale"]],
+            "storage_nmse": summary["storage_nmse"],
+            "storage_rel_err": summary["storage_rel_err"],
+            "n_nonfinite": summary["n_nonfinite"],
+        },
+        "extra": extra,
+        "complete": True,
+    }

@@ -1,0 +1,45 @@
+"""Build small real datasets on disk for tests. Activation values encode where they came from:
+channel 0 = example id, channel 1 = layer number, channel 2 = token index; the rest is seeded noise."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from saev_ops.shards import Metadata, ShardWriter, TokenLayout
+from saev_ops.shards.format import dataset_dir, encode_data_field
+
+
+def synthetic_acts(start: int, n: int, layers: tuple[int, ...], n_tokens: int, d_model: int) -> np.ndarray:
+    rng = np.random.default_rng(start)
+    x = rng.normal(size=(n, len(layers), n_tokens, d_model)).astype(np.float32)
+    x[..., 0] = np.arange(start, start + n)[:, None, None]
+    x[..., 1] = np.asarray(layers)[None, :, None]
+    x[..., 2] = np.arange(n_tokens)[None, None, :]
+    return x
+
+
+def make_metadata(n_examples: int = 50, layers: tuple[int, ...] = (3, 7), n_patches: int = 16, cls: bool = True,
+                  d_model: int = 32, dtype: str = "float32", max_tokens_per_shard: int | None = None,
+                  n_registers: int = 0) -> tuple[Metadata, TokenLayout]:
+    tokens = n_patches + n_registers + (1 if cls else 0)
+    md = Metadata(
+        family="clip", ckpt="tiny-test", layers=layers, content_tokens_per_example=n_patches + n_registers,
+        cls_token=cls, d_model=d_model, n_examples=n_examples,
+        max_tokens_per_shard=max_tokens_per_shard or tokens * len(layers) * 12,  # 12 examples per shard
+        data=encode_data_field({"kind": "synthetic"}), dataset="/synthetic", dtype=dtype,
+    )
+    return md, TokenLayout(n_cls=1 if cls else 0, n_registers=n_registers, n_patches=n_patches)
+
+
+def write_dataset(root: pathlib.Path, *, batch: int = 7, labels: bool = True, **kw) -> pathlib.Path:  # noqa: ANN003
+    md, layout = make_metadata(**kw)
+    path = dataset_dir(root, md.hash)
+    w = ShardWriter(path, md, layout, extra={"test": True})
+    for s in range(0, md.n_examples, batch):
+        n = min(batch, md.n_examples - s)
+        entries = [(f"img/{i:05d}.jpg", i % 3, f"class{i % 3}") for i in range(s, s + n)] if labels else None
+        w.write(synthetic_acts(s, n, md.layers, md.tokens_per_example, md.d_model), entries)
+    w.finalize()
+    return path
