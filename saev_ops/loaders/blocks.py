@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import sys
 import threading
 import traceback
 from typing import Any
@@ -38,12 +39,17 @@ def read_examples(reader: ShardReader, plan: Plan, start: int, n: int, out: np.n
     return out
 
 
-def select_rows(block: np.ndarray, plan: Plan) -> np.ndarray:
-    """(n, layers_selected, T, D) -> (n * rows_per_example, D): a view when every token is selected, else a copy."""
+def select_rows(block: np.ndarray, plan: Plan, out: np.ndarray | None = None) -> np.ndarray:
+    """(n, layers_selected, T, D) -> (n * rows_per_example, D): a view when every token is selected, else a gather
+    (into ``out`` when given)."""
     n, nl, t, d = block.shape
     if plan.all_tokens:
         return block.reshape(n * nl * t, d)
-    return block[:, :, plan.token_idx, :].reshape(n * nl * len(plan.token_idx), d)
+    rows = (np.arange(n * nl, dtype=np.int64)[:, None] * t + plan.token_idx[None, :]).ravel()
+    if out is None:
+        out = np.empty((len(rows), d), dtype=block.dtype)
+    # mode="clip" avoids numpy's buffered out= path (mode="raise" copies through a temporary)
+    return np.take(block.reshape(n * nl * t, d), rows, axis=0, out=out, mode="clip")
 
 
 class WorkerError(RuntimeError):
@@ -79,3 +85,33 @@ class _Failure:
 
 def failure() -> _Failure:
     return _Failure(traceback.format_exc())
+
+
+class BufferPool:
+    """Large numpy buffers, reused once nothing else references them.
+
+    Batches handed to the consumer are views of (or tensors over) pooled buffers, and a numpy view keeps its base
+    alive, so a buffer whose reference count is back to the pool's own references is free: the consumer has dropped
+    every batch cut from it. Reusing buffers avoids the page faults (and kernel zeroing) of fresh 64 MiB-1 GiB
+    allocations, which otherwise cost as much as the reads. A consumer that keeps batches simply makes the pool allocate
+    new buffers; at most ``max_buffers`` are pooled, further ones are allocated and dropped normally.
+    """
+
+    _POOL_REFS = 3  # the pool's list, the loop variable, getrefcount's argument
+
+    def __init__(self, max_buffers: int) -> None:
+        self.max_buffers = max_buffers
+        self._buffers: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def get(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        with self._lock:
+            for buf in self._buffers:
+                if buf.nbytes >= nbytes and sys.getrefcount(buf) <= self._POOL_REFS:
+                    return buf[:nbytes].view(dtype).reshape(shape)
+            buf = np.empty(nbytes, dtype=np.uint8)
+            if len(self._buffers) < self.max_buffers:
+                self._buffers.append(buf)
+        return buf.view(dtype).reshape(shape)

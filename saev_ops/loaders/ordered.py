@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from saev_ops import errors
-from saev_ops.loaders.blocks import read_examples, select_rows
+from saev_ops.loaders.blocks import BufferPool, read_examples, select_rows
 from saev_ops.loaders.selection import Batch, ShardSelection, plan, to_batch
 from saev_ops.shards.reader import ShardReader
 
@@ -74,8 +74,13 @@ class OrderedDataLoader:
     def __len__(self) -> int:
         return -(-self.n_rows // self.cfg.batch_size)
 
-    def _load(self, start: int, n: int) -> np.ndarray:
-        return select_rows(read_examples(self.reader, self.plan, start, n), self.plan)
+    def _load(self, pool: BufferPool, start: int, n: int) -> np.ndarray:
+        md = self.reader.md
+        block = pool.get((n, len(self.plan.layer_idx), md.tokens_per_example, md.d_model))
+        read_examples(self.reader, self.plan, start, n, out=block)
+        if self.plan.all_tokens:
+            return select_rows(block, self.plan)
+        return select_rows(block, self.plan, out=pool.get((n * self.plan.rows_per_example, md.d_model)))
 
     def __iter__(self) -> Iterator[Batch]:
         cfg = self.cfg
@@ -97,11 +102,12 @@ class OrderedDataLoader:
             row += len(act)
             return to_batch(act, ex + self.start, token_idx[ti], layer_numbers[li], cfg.pin_memory)
 
+        buffers = BufferPool(max_buffers=2 * (cfg.prefetch + cfg.n_threads) + 2)
         with cf.ThreadPoolExecutor(cfg.n_threads, thread_name_prefix="saev-ordered") as pool:
             futures: collections.deque[cf.Future[np.ndarray]] = collections.deque()
             it = iter(chunks)
             for s, n in it:
-                futures.append(pool.submit(self._load, s, n))
+                futures.append(pool.submit(self._load, buffers, s, n))
                 if len(futures) >= cfg.prefetch:
                     break
             try:
@@ -109,7 +115,7 @@ class OrderedDataLoader:
                     rows = futures.popleft().result()
                     nxt = next(it, None)
                     if nxt is not None:
-                        futures.append(pool.submit(self._load, *nxt))
+                        futures.append(pool.submit(self._load, buffers, *nxt))
                     pos = 0
                     while pos < len(rows):
                         take = min(cfg.batch_size - n_pending, len(rows) - pos)

@@ -187,12 +187,13 @@ class ShuffledDataLoader:
         import concurrent.futures as cf
 
         md = self.reader.md
+        group_buffers = blocks.BufferPool(max_buffers=3)
         try:
             with cf.ThreadPoolExecutor(self.cfg.n_threads, thread_name_prefix="saev-shuffled-read") as pool:
                 for gi in range(first, len(groups)):
                     g = groups[gi]
-                    buf = np.empty((g.n_examples, len(self.plan.layer_idx), md.tokens_per_example, md.d_model),
-                                   dtype=np.float32)
+                    buf = group_buffers.get((g.n_examples, len(self.plan.layer_idx), md.tokens_per_example,
+                                             md.d_model))
                     pos = np.concatenate([[0], np.cumsum(g.blocks[:, 1])])
                     futs = [pool.submit(blocks.read_examples, self.reader, self.plan, int(s), int(c),
                                         buf[pos[j] : pos[j + 1]])
@@ -213,10 +214,12 @@ class ShuffledDataLoader:
     def _gather(self, groups: list[_Group], first: int, start_row: int, group_q: queue.Queue[Any],
                 batch_q: queue.Queue[Any], stop: threading.Event) -> None:
         B = self.cfg.batch_size
+        d_model = self.reader.d_model
         rpe_sel = self.plan.rows_per_example
         per_ex_all = len(self.plan.layer_idx) * self.reader.tokens_per_example
-        carry: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
-        n_carry = 0
+        batch_buffers = blocks.BufferPool(max_buffers=self.cfg.prefetch_batches + 4)
+        act = ex = tok = layer = None
+        n_cur = 0
         try:
             while True:
                 item = blocks.get_or_raise(group_q, "shuffled loader (reader thread)")
@@ -224,25 +227,30 @@ class ShuffledDataLoader:
                     break
                 gi, buf, perm = item
                 g = groups[gi]
-                flat = buf.reshape(-1, buf.shape[-1])
+                flat = buf.reshape(-1, d_model)
                 ex_ids = np.concatenate([np.arange(s, s + c, dtype=np.int64) for s, c in g.blocks])
                 pos = max(0, start_row - g.row_start)
                 while pos < g.n_rows:
-                    take = min(B - n_carry, g.n_rows - pos)
-                    sel = perm[pos : pos + take]
-                    ex_local, r = np.divmod(sel, rpe_sel)
+                    if act is None:
+                        act = batch_buffers.get((B, d_model))
+                        ex, tok, layer = (np.empty(B, dtype=np.int64) for _ in range(3))
+                        n_cur = 0
+                    take = min(B - n_cur, g.n_rows - pos)
+                    ex_local, r = np.divmod(perm[pos : pos + take], rpe_sel)
                     local = ex_local * per_ex_all + self._row_offsets[r]
-                    act = np.take(flat, local, axis=0)
-                    ex_pos, layer, tok = self.plan.decode_rows(local)
-                    carry.append((act, ex_ids[ex_pos], tok, layer))
-                    n_carry += take
+                    # mode="clip" skips numpy's buffered out= path; indices are in range by construction
+                    np.take(flat, local, axis=0, out=act[n_cur : n_cur + take], mode="clip")
+                    ex_pos, layer[n_cur : n_cur + take], tok[n_cur : n_cur + take] = self.plan.decode_rows(local)
+                    ex[n_cur : n_cur + take] = ex_ids[ex_pos]
+                    n_cur += take
                     pos += take
-                    if n_carry == B:
-                        blocks.put_or_stop(batch_q, self._batch(carry), stop)
-                        carry, n_carry = [], 0
-                del buf, flat
-            if carry and not self.cfg.drop_last:
-                blocks.put_or_stop(batch_q, self._batch(carry), stop)
+                    if n_cur == B:
+                        blocks.put_or_stop(batch_q, to_batch(act, ex, tok, layer, self.cfg.pin_memory), stop)
+                        act = ex = tok = layer = None
+                del buf, flat, item
+            if act is not None and n_cur and not self.cfg.drop_last:
+                batch = to_batch(act[:n_cur], ex[:n_cur], tok[:n_cur], layer[:n_cur], self.cfg.pin_memory)
+                blocks.put_or_stop(batch_q, batch, stop)
             blocks.put_or_stop(batch_q, None, stop)
         except blocks.Stop:
             return
@@ -251,10 +259,3 @@ class ShuffledDataLoader:
                 blocks.put_or_stop(batch_q, blocks.failure(), stop)
             except blocks.Stop:
                 pass
-
-    def _batch(self, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> Batch:
-        if len(parts) == 1:
-            act, ex, tok, layer = parts[0]
-        else:
-            act, ex, tok, layer = (np.concatenate([p[i] for p in parts]) for i in range(4))
-        return to_batch(act, ex, tok, layer, self.cfg.pin_memory)
