@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from saev_ops.errors import DataError as DataErrorShort
 from saev_ops.loaders.selection import Plan
 from saev_ops.shards import dtypes
 from saev_ops.shards.reader import ShardReader
@@ -115,3 +117,97 @@ class BufferPool:
             if len(self._buffers) < self.max_buffers:
                 self._buffers.append(buf)
         return buf.view(dtype).reshape(shape)
+
+
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+_GAP_BYTES = 256 << 10  # skip (rather than read into scratch) unselected stretches longer than this
+
+
+def read_selected(reader: ShardReader, plan: Plan, start: int, n: int, out: np.ndarray) -> np.ndarray:
+    """Examples ``[start, start + n)`` as their selected rows, in order, straight into ``out`` (n * rows, D).
+
+    The kernel scatters each read: ``preadv`` gets one iovec per selected run of tokens (into ``out``) and one per
+    short unselected run (into a scratch buffer), so selecting patches (no CLS) costs no extra copy. Unselected
+    stretches longer than 256 KiB (whole layers not asked for) end the call and are skipped. For reduced-precision
+    storage the same scatter fills a disk-dtype buffer, widened to float32 afterwards.
+    """
+    md = reader.md
+    itemsize = reader.disk_dtype.itemsize
+    row_bytes = md.d_model * itemsize
+    T = md.tokens_per_example
+    direct = reader.disk_dtype == np.float32
+    target = out if direct else np.empty(out.shape, dtype=reader.disk_dtype)
+    tview = memoryview(target.reshape(-1)).cast("B")
+    selected = np.zeros(T, dtype=bool)
+    selected[plan.token_idx] = True
+    if not np.all(np.diff(plan.token_idx) > 0):
+        raise AssertionError("token selection must be increasing")  # layout indices are always sorted
+    # runs of (is_selected, first token, count) along one layer's token axis
+    edges = np.flatnonzero(np.diff(selected.astype(np.int8))) + 1
+    bounds = np.concatenate([[0], edges, [T]])
+    runs = [(bool(selected[a]), int(a), int(b - a)) for a, b in zip(bounds[:-1], bounds[1:])]
+    max_gap = max([c for s, _, c in runs if not s] + [0]) * row_bytes
+    scratch = memoryview(bytearray(min(max(max_gap, 1), _GAP_BYTES)))
+    layer_pos = {li: j for j, li in enumerate(plan.layer_idx)}
+    eps = md.examples_per_shard
+    dest = 0  # byte position in target
+    ex = start
+    while ex < start + n:
+        shard, row = divmod(ex, eps)
+        take = min(start + n - ex, eps - row)
+        fd = reader.fd(shard)
+        iov: list[memoryview] = []
+        call_offset = row * reader.example_bytes
+        pos = call_offset  # next file byte the pending call would read
+
+        def flush() -> None:
+            nonlocal iov
+            if iov:
+                want = sum(len(v) for v in iov)
+                got = os.preadv(fd, iov, call_offset)
+                if got != want:
+                    # rare: retry piecewise so a short read is either completed or reported
+                    _complete_short(reader, shard, iov, call_offset, got)
+                iov = []
+
+        for e in range(row, row + take):
+            for li in range(md.n_layers):
+                layer_start = e * reader.example_bytes + li * reader.layer_bytes
+                if li not in layer_pos:
+                    continue
+                for is_sel, first, count in runs:
+                    run_off = layer_start + first * row_bytes
+                    nbytes = count * row_bytes
+                    if run_off != pos or (not is_sel and nbytes > len(scratch)) or len(iov) >= _IOV_MAX:
+                        flush()
+                        call_offset = pos = run_off
+                    if is_sel:
+                        iov.append(tview[dest : dest + nbytes])
+                        dest += nbytes
+                        pos += nbytes
+                    elif nbytes <= len(scratch):
+                        iov.append(scratch[:nbytes])
+                        pos += nbytes
+                    else:
+                        pos = run_off + nbytes
+                        call_offset = pos
+        flush()
+        ex += take
+    if not direct:
+        dtypes.decode(target, reader.storage_dtype, out)
+    return out
+
+
+def _complete_short(reader: ShardReader, shard: int, iov: list[memoryview], offset: int, got: int) -> None:
+    fd = reader.fd(shard)
+    pos = offset
+    for v in iov:
+        n = len(v)
+        done = max(0, min(n, got - (pos - offset)))
+        while done < n:
+            r = os.preadv(fd, [v[done:]], pos + done)
+            if r <= 0:
+                raise DataErrorShort(f"{reader.paths.shard(shard)}: short read at byte {pos + done} "
+                                     "(file truncated after it was opened?)")
+            done += r
+        pos += n

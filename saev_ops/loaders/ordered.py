@@ -1,8 +1,9 @@
 """``OrderedDataLoader``: the dataset in exact order, for inference, with large sequential reads.
 
-Rows come example by example; inside an example, layer by layer (selection order), then token by token. Chunks of about
-``chunk_mb`` are read by a small thread pool (``preadv`` releases the GIL) ahead of the consumer; batches are views into
-those chunks when every token is selected, so the reads are the only copy. ``start``/``stop`` split a dataset between
+Rows come example by example; inside an example, layer by layer (file order), then token by token. Chunks of about
+``chunk_mb`` are read by a small thread pool (``preadv`` releases the GIL) ahead of the consumer, each read scattering the
+selected tokens straight into the chunk buffer (:func:`~saev_ops.loaders.blocks.read_selected`); batches are views into
+those buffers, so the read is the only copy. ``start``/``stop`` split a dataset between
 jobs by example.
 """
 
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from saev_ops import errors
-from saev_ops.loaders.blocks import BufferPool, read_examples, select_rows
+from saev_ops.loaders.blocks import BufferPool, read_selected
 from saev_ops.loaders.selection import Batch, ShardSelection, plan, to_batch
 from saev_ops.shards.reader import ShardReader
 
@@ -75,12 +76,8 @@ class OrderedDataLoader:
         return -(-self.n_rows // self.cfg.batch_size)
 
     def _load(self, pool: BufferPool, start: int, n: int) -> np.ndarray:
-        md = self.reader.md
-        block = pool.get((n, len(self.plan.layer_idx), md.tokens_per_example, md.d_model))
-        read_examples(self.reader, self.plan, start, n, out=block)
-        if self.plan.all_tokens:
-            return select_rows(block, self.plan)
-        return select_rows(block, self.plan, out=pool.get((n * self.plan.rows_per_example, md.d_model)))
+        out = pool.get((n * self.plan.rows_per_example, self.reader.d_model))
+        return read_selected(self.reader, self.plan, start, n, out)
 
     def __iter__(self) -> Iterator[Batch]:
         cfg = self.cfg

@@ -26,7 +26,7 @@ class ShardSelection:
 
     layers: tuple[int, ...] = (-1,)
     """Model layer numbers as recorded (``-1``: the last recorded layer). Several layers give one row per
-    (example, layer, token)."""
+    (example, layer, token), layers in the order they were recorded."""
     tokens: str = "patches"
     """``all``, ``patches`` (no CLS, no registers), ``cls``, ``special`` (CLS + registers) or ``no-registers``."""
 
@@ -67,7 +67,7 @@ def plan(reader: ShardReader, selection: ShardSelection) -> Plan:
         from saev_ops import errors
 
         raise errors.ConfigError("selection.layers must name at least one layer")
-    idx = tuple(reader.layer_index(layer) for layer in selection.layers)
+    idx = tuple(sorted({reader.layer_index(layer) for layer in selection.layers}))  # rows follow the file's layer order
     numbers = tuple(reader.md.layers[i] for i in idx)
     tokens = np.asarray(reader.layout.indices(selection.tokens), dtype=np.int64)
     return Plan(idx, numbers, tokens, reader.tokens_per_example)

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import pathlib
 import struct
+import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,6 +18,41 @@ from saev_ops import errors
 
 _MAP_SIZE = 1 << 36  # 64 GiB of address space; LMDB only uses what it writes
 _META_KEY = b"__meta__"
+
+
+class _SharedEnvs:
+    """py-lmdb refuses to open one environment twice in a process, so read-only handles are shared, counted, and
+    closed with their last user. This is the one piece of process-wide state in saev-ops, forced by LMDB."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._envs: dict[str, tuple[Any, int]] = {}
+
+    def acquire(self, path: pathlib.Path) -> Any:
+        import lmdb
+
+        key = str(path.resolve())
+        with self._lock:
+            env, n = self._envs.get(key, (None, 0))
+            if env is None:
+                env = lmdb.open(key, readonly=True, lock=False, subdir=True, readahead=False, max_dbs=0)
+            self._envs[key] = (env, n + 1)
+            return env
+
+    def release(self, path: pathlib.Path) -> None:
+        key = str(path.resolve())
+        with self._lock:
+            env, n = self._envs.get(key, (None, 0))
+            if env is None:
+                return
+            if n <= 1:
+                env.close()
+                del self._envs[key]
+            else:
+                self._envs[key] = (env, n - 1)
+
+
+_SHARED = _SharedEnvs()
 
 
 def _ekey(example_id: int) -> bytes:
@@ -59,13 +95,12 @@ class IndexWriter:
 
 class IndexReader:
     def __init__(self, path: pathlib.Path) -> None:
-        import lmdb
-
         if not (path / "data.mdb").exists():
             raise errors.DataError(f"{path}: missing LMDB index (expected {path / 'data.mdb'}); "
                                    "rebuild it with `saev-ops datasets import`")
         self.path = path
-        self.env = lmdb.open(str(path), readonly=True, lock=False, subdir=True, readahead=False, max_dbs=0)
+        self.env = _SHARED.acquire(path)
+        self._closed = False
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path}
@@ -106,4 +141,6 @@ class IndexReader:
         return n
 
     def close(self) -> None:
-        self.env.close()
+        if not self._closed:
+            self._closed = True
+            _SHARED.release(self.path)

@@ -1,0 +1,95 @@
+"""Datasets as the registry sees them: import, verify, remove, and the checks every job runs before it starts.
+
+This module joins :mod:`saev_ops.shards` (files) and :mod:`saev_ops.registry` (rows); neither of those knows the other.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+from typing import Any
+
+from saev_ops import errors
+from saev_ops.registry import DatasetRecord, Registry
+from saev_ops.shards.format import Metadata, TokenLayout, read_json
+from saev_ops.shards.verify import Problem, verify
+
+
+def register_writing(registry: Registry, name: str, path: pathlib.Path, md: Metadata, layout: TokenLayout, *,
+                     source_path: str | None, extra: dict[str, Any]) -> DatasetRecord:
+    """Register a dataset about to be written (status ``writing``), or return the existing row of the same content
+    (a resumed write). A finished dataset of the same content is returned as is."""
+    existing = registry.find_dataset_by_hash(md.content_hash)
+    if existing is not None:
+        return existing
+    return registry.create_dataset(
+        name=name, content_hash=md.content_hash, path=str(path), model_family=md.family, model_ckpt=md.ckpt,
+        layers=list(md.layers), d_model=md.d_model, tokens_per_example=md.tokens_per_example,
+        n_examples=md.n_examples, dtype=md.dtype, source_path=source_path, status="writing",
+        extra={"token_layout": vars(layout), **extra},
+    )
+
+
+def mark_complete(registry: Registry, name: str, sidecar: dict[str, Any]) -> DatasetRecord:
+    """Flip a dataset to ``complete`` (after every file is on disk) and record its statistics."""
+    record = registry.get_dataset(name)
+    extra = dict(record.extra)
+    extra["stats"] = sidecar["stats"]
+    return registry.update_dataset(name, status="complete", extra=extra)
+
+
+def import_dataset(registry: Registry, path: pathlib.Path, name: str) -> DatasetRecord:
+    """Register an existing saev shard directory: build the index, checksums and statistics, then mark it complete."""
+    from saev_ops.shards.importer import import_saev_dir
+
+    path = pathlib.Path(path).resolve()
+    md = Metadata.from_json_dict(read_json(path / "metadata.json"), source=str(path / "metadata.json"))
+    existing = registry.find_dataset_by_hash(md.content_hash)
+    if existing is not None:
+        raise errors.DuplicateError(f"{path} is already registered as dataset {existing.name!r} ({existing.path})")
+    try:
+        registry.get_dataset(name)
+    except errors.NotFoundError:
+        pass
+    else:
+        raise errors.DuplicateError(f"a dataset named {name!r} already exists; choose another --name")
+    sidecar = import_saev_dir(path)
+    layout = TokenLayout(**sidecar["token_layout"])
+    register_writing(registry, name, path, md, layout, source_path=md.dataset or None,
+                     extra={"imported_from_saev": True})
+    return mark_complete(registry, name, sidecar)
+
+
+def verify_dataset(registry: Registry, name: str, *, full: bool = False) -> tuple[DatasetRecord, list[Problem]]:
+    record = registry.get_dataset(name)
+    problems = []
+    if record.status != "complete":
+        problems.append(Problem(f"registry dataset {name!r}", "status complete", f"status {record.status}"))
+    problems += verify(pathlib.Path(record.path), full=full)
+    if not problems:
+        md = Metadata.from_json_dict(read_json(pathlib.Path(record.path) / "metadata.json"))
+        if md.content_hash != record.content_hash:
+            problems.append(Problem(str(pathlib.Path(record.path) / "metadata.json"),
+                                    f"content hash {record.content_hash[:12]}... (registry)",
+                                    f"{md.content_hash[:12]}... (a different dataset is at this path)"))
+    return record, problems
+
+
+def require_complete(registry: Registry, name: str) -> DatasetRecord:
+    """Fail fast, before a job starts, when a dataset is missing, incomplete or damaged (quick checks, no checksums)."""
+    record, problems = verify_dataset(registry, name, full=False)
+    if problems:
+        lines = "\n  ".join(str(p) for p in problems)
+        raise errors.DataError(f"dataset {name!r} at {record.path} is not usable:\n  {lines}\n"
+                               f"(`saev-ops datasets verify {name}` re-checks it)")
+    return record
+
+
+def remove_dataset(registry: Registry, name: str, *, force: bool = False, delete_files: bool = False) -> int:
+    """Remove a dataset from the registry (and its directory with ``delete_files``). Refuses while runs or outputs
+    depend on it unless ``force``. Returns the number of dependent runs removed."""
+    record = registry.get_dataset(name)
+    removed = registry.delete_dataset(name, force=force)
+    if delete_files:
+        shutil.rmtree(record.path, ignore_errors=True)
+    return removed

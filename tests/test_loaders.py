@@ -1,0 +1,192 @@
+"""Loaders: coverage, order, resume equality, mixing, indexed access, worker errors."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+from saev_ops import errors
+from saev_ops.loaders import (IndexedDataset, OrderedConfig, OrderedDataLoader, ShardSelection, ShuffledConfig,
+                              ShuffledDataLoader)
+from saev_ops.loaders.blocks import WorkerError
+from tests.shard_helpers import write_dataset
+
+SELECTIONS = [
+    ShardSelection(layers=(7,), tokens="patches"),
+    ShardSelection(layers=(3,), tokens="all"),
+    ShardSelection(layers=(3, 7), tokens="cls"),
+    ShardSelection(layers=(-1,), tokens="special"),
+    ShardSelection(layers=(7, 3), tokens="no-registers"),
+]
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    # 50 examples, 12 per shard, CLS + 2 registers + 16 patches, layers (3, 7), d_model 32
+    return write_dataset(tmp_path_factory.mktemp("ds"), n_examples=50, n_registers=2)
+
+
+def expected_rows(sel: ShardSelection, n_examples: int = 50) -> np.ndarray:
+    layers = {(3,): [3], (7,): [7], (3, 7): [3, 7], (-1,): [7], (7, 3): [3, 7]}[sel.layers]
+    tokens = {"all": range(19), "patches": range(3, 19), "cls": [0], "special": [0, 1, 2],
+              "no-registers": [0, *range(3, 19)]}[sel.tokens]
+    return np.array([(e, l, t) for e in range(n_examples) for l in layers for t in tokens], dtype=np.int64)
+
+
+def check_batch(b: dict) -> np.ndarray:
+    """Values encode their origin: channel 0 = example, 1 = layer, 2 = token."""
+    act = b["act"]
+    assert act.dtype == torch.float32 and act.ndim == 2 and act.shape[1] == 32
+    ids = torch.stack([b["example_idx"], b["layer"], b["token_idx"]], 1)
+    assert torch.equal(act[:, :3].long(), ids)
+    return ids.numpy()
+
+
+@pytest.mark.parametrize("sel", SELECTIONS, ids=lambda s: f"{s.layers}-{s.tokens}")
+@pytest.mark.parametrize("batch_size", [1, 37, 10_000])
+def test_ordered_exact_order(ds: pathlib.Path, sel: ShardSelection, batch_size: int) -> None:
+    loader = OrderedDataLoader(ds, OrderedConfig(selection=sel, batch_size=batch_size, chunk_mb=0.05))
+    got = np.concatenate([check_batch(b) for b in loader])
+    np.testing.assert_array_equal(got, expected_rows(sel))
+    assert len(loader) == -(-len(got) // batch_size)
+
+
+def test_ordered_start_stop_split(ds: pathlib.Path) -> None:
+    sel = ShardSelection(layers=(7,), tokens="patches")
+    parts = [OrderedDataLoader(ds, OrderedConfig(selection=sel, batch_size=50, start=a, stop=b, chunk_mb=0.03))
+             for a, b in [(0, 13), (13, 40), (40, 50)]]
+    got = np.concatenate([check_batch(b) for p in parts for b in p])
+    np.testing.assert_array_equal(got, expected_rows(sel))
+    with pytest.raises(errors.ConfigError, match="stop=60 is past"):
+        OrderedDataLoader(ds, OrderedConfig(stop=60))
+    with pytest.raises(errors.ConfigError, match="start <= stop"):
+        OrderedConfig(start=5, stop=2)
+
+
+def test_ordered_batches_survive_being_kept(ds: pathlib.Path) -> None:
+    loader = OrderedDataLoader(ds, OrderedConfig(selection=ShardSelection(tokens="all", layers=(3,)), batch_size=64,
+                                                 chunk_mb=0.01, prefetch=1, n_threads=1))
+    kept = list(loader)  # buffers must not be reused under batches that are still alive
+    got = np.concatenate([check_batch(b) for b in kept])
+    np.testing.assert_array_equal(got, expected_rows(ShardSelection(tokens="all", layers=(3,))))
+
+
+def shuffled(ds: pathlib.Path, sel: ShardSelection = ShardSelection(), **kw) -> ShuffledDataLoader:  # noqa: ANN003
+    cfg = dict(selection=sel, batch_size=100, buffer_mb=0.3, read_mb=0.004, n_threads=2)
+    cfg.update(kw)
+    return ShuffledDataLoader(ds, ShuffledConfig(**cfg))
+
+
+@pytest.mark.parametrize("sel", SELECTIONS, ids=lambda s: f"{s.layers}-{s.tokens}")
+def test_shuffled_every_row_exactly_once_per_epoch(ds: pathlib.Path, sel: ShardSelection) -> None:
+    loader = shuffled(ds, sel)
+    for _ in range(2):
+        got = np.concatenate([check_batch(b) for b in loader])
+        exp = expected_rows(sel)
+        assert len(got) == len(exp)
+        np.testing.assert_array_equal(np.unique(got, axis=0), np.unique(exp, axis=0))
+        assert len(np.unique(got, axis=0)) == len(got)
+    assert loader.epoch == 2
+
+
+def epoch_rows(loader: ShuffledDataLoader) -> np.ndarray:
+    return np.concatenate([check_batch(b) for b in loader])
+
+
+def test_shuffled_is_seeded_and_epochs_differ(ds: pathlib.Path) -> None:
+    a, b, c = shuffled(ds, seed=1), shuffled(ds, seed=1), shuffled(ds, seed=2)
+    ea, eb, ec = epoch_rows(a), epoch_rows(b), epoch_rows(c)
+    np.testing.assert_array_equal(ea, eb)
+    assert not np.array_equal(ea, ec)
+    assert not np.array_equal(ea, epoch_rows(a))  # the second epoch has its own order
+
+
+@pytest.mark.parametrize("stop_after", [0, 1, 7, 8, 16, 23])
+def test_shuffled_resume_equals_uninterrupted(ds: pathlib.Path, stop_after: int) -> None:
+    # 50 x 16 = 800 rows -> 8 batches per epoch; run 3 epochs (24 batches) with and without a resume mid-way
+    ref = shuffled(ds, seed=3)
+    want = [check_batch(b) for _ in range(3) for b in ref]
+    first = shuffled(ds, seed=3)
+    got = []
+    it = iter(first)
+    while len(got) < stop_after:
+        try:
+            got.append(check_batch(next(it)))
+        except StopIteration:
+            it = iter(first)
+    it.close()
+    state = first.state_dict()  # preemption: only the state survives
+    second = shuffled(ds, seed=3)
+    second.load_state_dict(state)
+    while len(got) < len(want):
+        got.extend(check_batch(b) for b in second)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_shuffled_refuses_state_from_other_settings(ds: pathlib.Path) -> None:
+    state = shuffled(ds, seed=3).state_dict()
+    with pytest.raises(errors.ConfigError, match="seed: saved 3, now 4"):
+        shuffled(ds, seed=4).load_state_dict(state)
+
+
+def test_shuffled_mixes_across_the_dataset(tmp_path: pathlib.Path) -> None:
+    path = write_dataset(tmp_path, n_examples=240, layers=(0,), n_patches=8, d_model=8, labels=False)
+    # groups hold a quarter of the dataset; blocks are 2 examples
+    loader = ShuffledDataLoader(path, ShuffledConfig(batch_size=64, buffer_mb=240 * 9 * 8 * 4 * 3 / 4 / 2**20,
+                                                     read_mb=2 * 9 * 8 * 4 / 2**20))
+    assert loader.block_examples == 2 and loader.blocks_per_group == 30
+    ids = np.concatenate([b["example_idx"].numpy() for b in loader])
+    pos = np.arange(len(ids))
+    rho = np.corrcoef(np.argsort(np.argsort(ids)), pos)[0, 1]  # a sequential reader has rho = 1
+    assert abs(rho) < 0.15
+    batches = ids[: len(ids) // 64 * 64].reshape(-1, 64)
+    distinct = np.array([len(np.unique(b)) for b in batches])
+    assert distinct.mean() > 40  # 64 rows from ~50 different images, not 8 rows of each of 8 images
+    shards_hit = np.array([len(np.unique(b // 12)) for b in batches])
+    assert shards_hit.mean() > 10  # 20 shards of 12 examples; a batch spans most of them
+    # batch means of the example id scatter like random draws, not like blocks
+    expected_sd = ids.std() / np.sqrt(64)
+    assert batches.mean(axis=1).std() < 3 * expected_sd
+
+
+def test_indexed_matches_ordered(ds: pathlib.Path) -> None:
+    sel = ShardSelection(layers=(3, 7), tokens="no-registers")
+    d = IndexedDataset(ds, sel)
+    exp = expected_rows(sel)
+    assert len(d) == len(exp)
+    for i in [0, 1, 17, 18, 500, len(d) - 1, -1]:
+        item = d[i]
+        assert (item["example_idx"], item["layer"], item["token_idx"]) == tuple(exp[i])
+        assert item["act"][:3].tolist() == list(map(float, exp[i]))
+    idx = np.random.default_rng(0).integers(0, len(d), 300)
+    np.testing.assert_array_equal(check_batch(d.get_batch(idx)), exp[idx])
+    with pytest.raises(IndexError):
+        d[len(d)]
+    ex = d.example("img/00031.jpg")
+    assert ex["example_idx"] == 31 and ex["label"] == 1 and ex["act"].shape == (2, 17, 32)
+    assert torch.all(ex["act"][:, :, 0] == 31)
+    with pytest.raises(errors.NotFoundError, match="not in the index"):
+        d.example("img/none.jpg")
+
+
+def test_reduced_precision_loaders_return_float32(tmp_path: pathlib.Path) -> None:
+    path = write_dataset(tmp_path, n_examples=20, dtype="bfloat16")
+    b = next(iter(OrderedDataLoader(path, OrderedConfig(batch_size=64))))
+    assert b["act"].dtype == torch.float32
+    ids = torch.stack([b["example_idx"], b["layer"], b["token_idx"]], 1).float()
+    assert torch.allclose(b["act"][:, :3], ids, rtol=1e-2)
+
+
+def test_loader_thread_failure_reaches_the_consumer(tmp_path: pathlib.Path) -> None:
+    path = write_dataset(tmp_path, n_examples=50)
+    loader = shuffled(path)
+    os.truncate(path / "acts000003.bin", 10)  # the file shrinks after the reader validated it
+    with pytest.raises(WorkerError, match=r"(?s)shuffled loader.*crashed.*short read"):
+        for _ in loader:
+            pass

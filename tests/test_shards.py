@@ -1,0 +1,197 @@
+"""Shard files on disk: saev compatibility, resume, reduced precision, corruption, import of saev-written data."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from saev_ops import errors
+from saev_ops.shards import ShardReader, ShardWriter
+from saev_ops.shards.format import dataset_dir, read_json
+from saev_ops.shards.importer import import_saev_dir
+from saev_ops.shards.verify import verify
+from tests.shard_helpers import make_metadata, synthetic_acts, write_dataset
+
+SAEV_FIELDS = ["family", "ckpt", "layers", "content_tokens_per_example", "cls_token", "d_model", "n_examples",
+               "max_tokens_per_shard", "data", "dataset", "pixel_agg", "dtype", "protocol"]
+
+
+def test_layout_is_saev_protocol_2_1(tmp_path: pathlib.Path) -> None:
+    path = write_dataset(tmp_path, n_examples=50)
+    raw = (path / "metadata.json").read_text()
+    md = json.loads(raw)
+    assert list(md) == SAEV_FIELDS and md["protocol"] == "2.1" and md["dtype"] == "float32"
+    compact = json.dumps(md, separators=(",", ":"))
+    assert path.name == hashlib.sha256(compact.encode()).hexdigest()[:8]
+    assert path.parent.parent.name == "saev" and path.parent.name == "shards"
+    S = md["max_tokens_per_shard"] // ((md["content_tokens_per_example"] + 1) * len(md["layers"]))
+    assert S == 12
+    shards = json.loads((path / "shards.json").read_text())
+    assert shards == [{"name": f"acts{i:06d}.bin", "n_examples": min(12, 50 - 12 * i)} for i in range(5)]
+    T, L, D = 17, 2, 32
+    for i in range(5):  # every file, the last included, at saev's full (S, L, T, D) size
+        assert (path / f"acts{i:06d}.bin").stat().st_size == S * L * T * D * 4
+    acts = np.memmap(path / "acts000002.bin", dtype=np.float32, mode="r", shape=(S, L, T, D))
+    np.testing.assert_array_equal(acts[3], synthetic_acts(21, 7, (3, 7), T, D)[6])  # example 27 = shard 2 row 3 (batch from 21)
+    labels = np.fromfile(path / "labels.bin", dtype=np.uint8).reshape(50, 16)
+    assert (labels[:, 0] == np.arange(50) % 3).all() and (labels == labels[:, :1]).all()
+
+
+def test_reader_stats_and_index(tmp_path: pathlib.Path) -> None:
+    path = write_dataset(tmp_path, n_examples=30)
+    r = ShardReader(path)
+    full = np.concatenate([synthetic_acts(s, min(7, 30 - s), (3, 7), 17, 32) for s in range(0, 30, 7)])
+    np.testing.assert_array_equal(r.read(0, 30), full)
+    np.testing.assert_array_equal(r.read(10, 5, layer_idx=1), full[10:15, 1])
+    stats = r.stats()
+    np.testing.assert_allclose(stats["mean"], full.mean(axis=(0, 2)), rtol=1e-5, atol=1e-5)
+    norms = np.linalg.norm(full.astype(np.float64), axis=-1).mean(axis=(0, 2))
+    np.testing.assert_allclose(stats["scale"], np.sqrt(32) / norms, rtol=1e-5)
+    e = r.index.get(13)
+    assert (e.shard, e.row, e.path, e.label, e.label_name) == (1, 1, "img/00013.jpg", 1, "class1")
+    assert r.index.find_path("img/00013.jpg") == 13
+    with pytest.raises(errors.ConfigError, match=r"layer 5 was not recorded.*\[3, 7\]"):
+        r.layer_index(5)
+
+
+@pytest.mark.parametrize("dtype, budget", [("float16", 1e-6), ("bfloat16", 1e-4)])
+def test_reduced_precision_round_trip_within_recorded_error(tmp_path: pathlib.Path, dtype: str, budget: float) -> None:
+    path = write_dataset(tmp_path, n_examples=30, dtype=dtype)
+    r = ShardReader(path)
+    got = r.read(0, 30)
+    assert got.dtype == np.float32
+    ref = np.concatenate([synthetic_acts(s, min(7, 30 - s), (3, 7), 17, 32) for s in range(0, 30, 7)])
+    err = ((got.astype(np.float64) - ref) ** 2).sum()
+    var = ((ref - ref.mean(axis=(0, 2), keepdims=True)) ** 2).sum()
+    recorded = r.sidecar["stats"]["storage_nmse"]
+    assert 0 < recorded < budget
+    assert err / var == pytest.approx(recorded, rel=0.05)
+    assert (path / "acts000000.bin").stat().st_size == 12 * 2 * 17 * 32 * 2  # half the bytes of float32
+
+
+def test_interrupted_write_resumes_and_never_looks_complete(tmp_path: pathlib.Path) -> None:
+    md, layout = make_metadata(n_examples=50)
+    path = dataset_dir(tmp_path, md.hash)
+    first, rest = synthetic_acts(0, 30, md.layers, 17, 32), synthetic_acts(24, 26, md.layers, 17, 32)
+    w = ShardWriter(path, md, layout)
+    w.write(first)  # shards 0 and 1 complete, shard 2 half written
+    w.abort()  # the process dies here
+    assert (path / "acts000002.bin.tmp").exists() and not (path / "metadata.json").exists()
+    with pytest.raises(errors.DataError, match="incomplete dataset"):
+        ShardReader(path)
+    w = ShardWriter(path, md, layout)
+    assert w.resume_from == 24
+    w.write(rest)
+    w.finalize()
+    other = tmp_path / "ref"
+    ref = ShardWriter(other, md, layout)  # the same examples written without an interruption
+    ref.write(np.concatenate([first[:24], rest]))
+    ref.finalize()
+    for i in range(5):
+        assert (path / f"acts{i:06d}.bin").read_bytes() == (other / f"acts{i:06d}.bin").read_bytes()
+    assert read_json(path / "saev_ops.json")["checksums"] == read_json(other / "saev_ops.json")["checksums"]
+    assert verify(path, full=True) == []
+    with pytest.raises(errors.DuplicateError, match="already a complete dataset"):
+        ShardWriter(path, md, layout)
+
+
+def test_writer_rejects_bad_input(tmp_path: pathlib.Path) -> None:
+    md, layout = make_metadata(n_examples=5)
+    w = ShardWriter(tmp_path / "d", md, layout)
+    with pytest.raises(errors.ConfigError, match=r"must be shaped \(n, 2, 17, 32\)"):
+        w.write(np.zeros((1, 2, 16, 32), np.float32))
+    with pytest.raises(errors.ConfigError, match="exceed n_examples=5"):
+        w.write(np.zeros((6, 2, 17, 32), np.float32))
+    with pytest.raises(errors.DataError, match="cannot finalize, 0 of 5"):
+        w.finalize()
+
+
+def _problems(path: pathlib.Path, full: bool = False) -> str:
+    return "\n".join(str(p) for p in verify(path, full=full))
+
+
+def test_corruption_truncated_shard(tmp_path: pathlib.Path) -> None:
+    path = write_dataset(tmp_path)
+    f = path / "acts000001.bin"
+    os.truncate(f, f.stat().st_size - 100)
+    assert "acts000001.bin: expected 52224 bytes, found 52124 bytes" in _problems(path)
+    with pytest.raises(errors.DataError, match=r"acts000001.bin: 52124 bytes, expected 52224"):
+        ShardReader(path)
+
+
+def test_corruption_wrong_size_in_metadata(tmp_path: pathlib.Path) -> None:
+    path = write_dataset(tmp_path)
+    md = json.loads((path / "metadata.json").read_text())
+    md["n_examples"] = 70
+    (path / "metadata.json").write_text(json.dumps(md))
+    text = _problems(path)
+    assert "shards.json: expected 6 entries, found 5" in text
+    assert "acts000005.bin: expected a shard file" in text
+    assert "metadata.json was changed" in text
+    with pytest.raises(errors.DataError, match="shards.json: lists 5 shards, metadata.json implies 6"):
+        ShardReader(path)
+
+
+def test_corruption_missing_shard(tmp_path: pathlib.Path) -> None:
+    path = write_dataset(tmp_path)
+    (path / "acts000003.bin").unlink()
+    assert "acts000003.bin: expected a shard file of 52224 bytes, found no file" in _problems(path)
+    with pytest.raises(errors.DataError, match="acts000003.bin: missing shard file"):
+        ShardReader(path)
+
+
+def test_corruption_bad_checksum_and_nan(tmp_path: pathlib.Path) -> None:
+    path = write_dataset(tmp_path)
+    f = path / "acts000002.bin"
+    arr = np.fromfile(f, dtype=np.float32)
+    arr[100] = np.nan
+    arr.tofile(f)
+    assert _problems(path) == ""  # sizes are fine: only the full check reads the bytes
+    text = _problems(path, full=True)
+    assert "acts000002.bin: expected checksum" in text and "contents changed or corrupt" in text
+    assert "acts000002.bin: expected finite activations, found 1 NaN/Inf values" in text
+
+
+def test_corruption_missing_index(tmp_path: pathlib.Path) -> None:
+    path = write_dataset(tmp_path)
+    for f in (path / "index.lmdb").iterdir():
+        f.unlink()
+    assert "index.lmdb: expected an LMDB index" in _problems(path)
+    with pytest.raises(errors.DataError, match="index.lmdb: missing LMDB index"):
+        ShardReader(path).index.get(0)
+
+
+def write_like_saev(root: pathlib.Path, n_examples: int = 25) -> pathlib.Path:
+    """Write only saev's files, the way saev's writer lays them out (see shared notes/saev-format.md)."""
+    md, _ = make_metadata(n_examples=n_examples, layers=(11,), n_patches=9, d_model=16, max_tokens_per_shard=80)
+    path = dataset_dir(root, md.hash)
+    path.mkdir(parents=True)
+    S, T, D = md.examples_per_shard, 10, 16  # 80 // 10 = 8 examples per shard
+    acts = synthetic_acts(0, n_examples, (11,), T, D)
+    shards = []
+    for i in range(md.n_shards):
+        mm = np.memmap(path / f"acts{i:06d}.bin", dtype=np.float32, mode="w+", shape=(S, 1, T, D))
+        part = acts[i * S : (i + 1) * S]
+        mm[: len(part)] = part
+        mm.flush()
+        shards.append({"name": f"acts{i:06d}.bin", "n_examples": len(part)})
+    (path / "metadata.json").write_text(json.dumps(md.to_json_dict()))
+    (path / "shards.json").write_text(json.dumps(shards))
+    return path
+
+
+def test_import_saev_written_directory(tmp_path: pathlib.Path) -> None:
+    path = write_like_saev(tmp_path)
+    with pytest.raises(errors.DataError, match="saev_ops.json: missing or not complete.*datasets import"):
+        ShardReader(path)
+    sidecar = import_saev_dir(path)
+    assert sidecar["complete"] and len(sidecar["checksums"]) == 4
+    r = ShardReader(path)
+    np.testing.assert_array_equal(r.read(0, 25), synthetic_acts(0, 25, (11,), 10, 16))
+    assert r.index.get(17).shard == 2 and r.index.get(17).row == 1
+    assert verify(path, full=True) == []
