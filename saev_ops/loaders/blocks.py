@@ -211,3 +211,47 @@ def _complete_short(reader: ShardReader, shard: int, iov: list[memoryview], offs
                                      "(file truncated after it was opened?)")
             done += r
         pos += n
+
+
+def scatter_read(reader: ShardReader, start: int, n: int, sel_offsets: np.ndarray, dest_rows: np.ndarray,
+                 out: np.ndarray) -> None:
+    """Read the selected rows of examples ``[start, start + n)`` (float32 on disk) so that the k-th selected row lands
+    in ``out[dest_rows[k]]``: ``preadv`` scatters each row to its shuffled place, unselected rows go to scratch."""
+    md = reader.md
+    row_bytes = md.d_model * 4
+    outv = memoryview(out.reshape(-1)).cast("B")
+    scratch = memoryview(bytearray(_GAP_BYTES))
+    rpe = len(sel_offsets)
+    eps = md.examples_per_shard
+    k0 = 0
+    ex = start
+    while ex < start + n:
+        shard, row = divmod(ex, eps)
+        take = min(start + n - ex, eps - row)
+        fd = reader.fd(shard)
+        offs = ((np.arange(row, row + take, dtype=np.int64) * reader.example_bytes)[:, None] + sel_offsets[None, :]).ravel()
+        dests = (dest_rows[k0 : k0 + take * rpe] * row_bytes).tolist()
+        gaps = (offs[1:] - offs[:-1] - row_bytes).tolist() + [0]
+        offs_l = offs.tolist()
+        i = 0
+        total = len(offs_l)
+        while i < total:
+            call_offset = offs_l[i]
+            iov: list[memoryview] = []
+            want = 0
+            while i < total and len(iov) < _IOV_MAX - 1:
+                d = dests[i]
+                iov.append(outv[d : d + row_bytes])
+                want += row_bytes
+                gap = gaps[i]
+                i += 1
+                if gap:
+                    if gap > _GAP_BYTES or len(iov) >= _IOV_MAX - 1:
+                        break
+                    iov.append(scratch[:gap])
+                    want += gap
+            got = os.preadv(fd, iov, call_offset)
+            if got != want:
+                _complete_short(reader, shard, iov, call_offset, got)
+        k0 += take * rpe
+        ex += take

@@ -93,6 +93,10 @@ class ShuffledDataLoader:
         self.epoch = 0
         self.batches_in_epoch = 0
         self._row_offsets = self.plan.row_offsets()
+        self._scatter = self.reader.disk_dtype == np.float32
+        # byte offset of each selected row inside one example, in file order (layers, then tokens)
+        layer_off = np.asarray(self.plan.layer_idx, dtype=np.int64)[:, None] * self.reader.layer_bytes
+        self._sel_offsets = (layer_off + self.plan.token_idx[None, :] * md.d_model * 4).ravel()
 
     # -- the plan of an epoch -----------------------------------------------------------------------------------------
     def _groups(self, epoch: int) -> list[_Group]:
@@ -192,19 +196,29 @@ class ShuffledDataLoader:
 
         md = self.reader.md
         group_buffers = blocks.BufferPool(max_buffers=3)
+        rpe = self.plan.rows_per_example
         try:
             with cf.ThreadPoolExecutor(self.cfg.n_threads, thread_name_prefix="saev-shuffled-read") as pool:
                 for gi in range(first, len(groups)):
                     g = groups[gi]
-                    buf = group_buffers.get((g.n_examples, len(self.plan.layer_idx), md.tokens_per_example,
-                                             md.d_model))
+                    perm = self._group_perm(epoch, gi, g.n_rows)
                     pos = np.concatenate([[0], np.cumsum(g.blocks[:, 1])])
-                    futs = [pool.submit(blocks.read_examples, self.reader, self.plan, int(s), int(c),
-                                        buf[pos[j] : pos[j + 1]])
-                            for j, (s, c) in enumerate(g.blocks)]
+                    if self._scatter:
+                        # float32 on disk: each row is read straight to its shuffled place (no gather copy)
+                        buf = group_buffers.get((g.n_rows, md.d_model))
+                        inv = np.empty_like(perm)
+                        inv[perm] = np.arange(g.n_rows, dtype=perm.dtype)
+                        futs = [pool.submit(blocks.scatter_read, self.reader, int(s), int(c), self._sel_offsets,
+                                            inv[pos[j] * rpe : pos[j + 1] * rpe], buf)
+                                for j, (s, c) in enumerate(g.blocks)]
+                    else:
+                        buf = group_buffers.get((g.n_examples, len(self.plan.layer_idx), md.tokens_per_example,
+                                                 md.d_model))
+                        futs = [pool.submit(blocks.read_examples, self.reader, self.plan, int(s), int(c),
+                                            buf[pos[j] : pos[j + 1]])
+                                for j, (s, c) in enumerate(g.blocks)]
                     for f in futs:
                         f.result()
-                    perm = self._group_perm(epoch, gi, g.n_rows)
                     blocks.put_or_stop(group_q, (gi, buf, perm), stop)
             blocks.put_or_stop(group_q, None, stop)
         except blocks.Stop:
@@ -238,16 +252,28 @@ class ShuffledDataLoader:
                 ex_ids = np.concatenate([np.arange(s, s + c, dtype=np.int64) for s, c in g.blocks])
                 pos = max(0, start_row - g.row_start)
                 while pos < g.n_rows:
+                    take = min(B - n_cur, g.n_rows - pos)
+                    src = perm[pos : pos + take]
+                    ex_local, r = np.divmod(src, rpe_sel)
+                    li, ti = np.divmod(r, n_sel_tokens)
+                    if self._scatter and act is None and take == B:
+                        # a whole batch inside one scattered group: a view, no copy
+                        out = (flat[pos : pos + take], np.take(ex_ids, ex_local), np.take(token_idx, ti),
+                               np.take(layer_numbers, li))
+                        blocks.put_or_stop(batch_q, to_batch(out[0], out[1], out[2], out[3], self.cfg.pin_memory),
+                                           stop)
+                        pos += take
+                        continue
                     if act is None:
                         act = batch_buffers.get((B, d_model))
                         ex, tok, layer = (np.empty(B, dtype=np.int64) for _ in range(3))
                         n_cur = 0
-                    take = min(B - n_cur, g.n_rows - pos)
-                    ex_local, r = np.divmod(perm[pos : pos + take], rpe_sel)
-                    local = ex_local * per_ex_all + self._row_offsets[r]
-                    # mode="clip" skips numpy's buffered out= path; indices are in range by construction
-                    np.take(flat, local, axis=0, out=act[n_cur : n_cur + take], mode="clip")
-                    li, ti = np.divmod(r, n_sel_tokens)
+                    if self._scatter:
+                        act[n_cur : n_cur + take] = flat[pos : pos + take]
+                    else:
+                        local = ex_local * per_ex_all + self._row_offsets[r]
+                        # mode="clip" skips numpy's buffered out= path; indices are in range by construction
+                        np.take(flat, local, axis=0, out=act[n_cur : n_cur + take], mode="clip")
                     np.take(layer_numbers, li, out=layer[n_cur : n_cur + take])
                     np.take(token_idx, ti, out=tok[n_cur : n_cur + take])
                     np.take(ex_ids, ex_local, out=ex[n_cur : n_cur + take])
@@ -256,6 +282,7 @@ class ShuffledDataLoader:
                     if n_cur == B:
                         blocks.put_or_stop(batch_q, to_batch(act, ex, tok, layer, self.cfg.pin_memory), stop)
                         act = ex = tok = layer = None
+                        n_cur = 0
                 del buf, flat, item
             if act is not None and n_cur and not self.cfg.drop_last:
                 batch = to_batch(act[:n_cur], ex[:n_cur], tok[:n_cur], layer[:n_cur], self.cfg.pin_memory)
