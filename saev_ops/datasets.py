@@ -16,26 +16,37 @@ from saev_ops.shards.verify import Problem, verify
 
 
 def register_writing(registry: Registry, name: str, path: pathlib.Path, md: Metadata, layout: TokenLayout, *,
-                     source_path: str | None, extra: dict[str, Any]) -> DatasetRecord:
+                     source_path: str | None, extra: dict[str, Any], content_hash: str | None = None) -> DatasetRecord:
     """Register a dataset about to be written (status ``writing``), or return the existing row of the same content
-    (a resumed write). A finished dataset of the same content is returned as is."""
-    existing = registry.find_dataset_by_hash(md.content_hash)
+    (a resumed write). A finished dataset of the same content is returned as is.
+
+    ``content_hash`` is the dataset's identity in the registry: the metadata hash for imports, the hash of the
+    recording spec (images, model, weights, layers, tokens, dtype) for recordings, known before any work is done.
+    """
+    content_hash = content_hash or md.content_hash
+    existing = registry.find_dataset_by_hash(content_hash)
     if existing is not None:
         return existing
     return registry.create_dataset(
-        name=name, content_hash=md.content_hash, path=str(path), model_family=md.family, model_ckpt=md.ckpt,
+        name=name, content_hash=content_hash, path=str(path), model_family=md.family, model_ckpt=md.ckpt,
         layers=list(md.layers), d_model=md.d_model, tokens_per_example=md.tokens_per_example,
         n_examples=md.n_examples, dtype=md.dtype, source_path=source_path, status="writing",
-        extra={"token_layout": vars(layout), **extra},
+        extra={"token_layout": vars(layout), "metadata_hash": md.content_hash, **extra},
     )
 
 
-def mark_complete(registry: Registry, name: str, sidecar: dict[str, Any]) -> DatasetRecord:
-    """Flip a dataset to ``complete`` (after every file is on disk) and record its statistics."""
+def mark_complete(registry: Registry, name: str, sidecar: dict[str, Any], *, path: pathlib.Path | None = None,
+                  md: Metadata | None = None, extra: dict[str, Any] | None = None) -> DatasetRecord:
+    """Flip a dataset to ``complete`` (after every file is on disk) and record its statistics; ``path``/``md`` give
+    its final place and metadata when they changed while writing."""
     record = registry.get_dataset(name)
-    extra = dict(record.extra)
-    extra["stats"] = sidecar["stats"]
-    return registry.update_dataset(name, status="complete", extra=extra)
+    new_extra = {**record.extra, **(extra or {}), "stats": sidecar["stats"], "metadata_hash": sidecar["content_hash"]}
+    fields: dict[str, Any] = {"status": "complete", "extra": new_extra}
+    if path is not None:
+        fields["path"] = str(path)
+    if md is not None:
+        fields["n_examples"] = md.n_examples
+    return registry.update_dataset(name, **fields)
 
 
 def import_dataset(registry: Registry, path: pathlib.Path, name: str) -> DatasetRecord:
@@ -68,9 +79,10 @@ def verify_dataset(registry: Registry, name: str, *, full: bool = False) -> tupl
     problems += verify(pathlib.Path(record.path), full=full)
     if not problems:
         md = Metadata.from_json_dict(read_json(pathlib.Path(record.path) / "metadata.json"))
-        if md.content_hash != record.content_hash:
+        want = record.extra.get("metadata_hash", record.content_hash)
+        if md.content_hash != want:
             problems.append(Problem(str(pathlib.Path(record.path) / "metadata.json"),
-                                    f"content hash {record.content_hash[:12]}... (registry)",
+                                    f"metadata hash {want[:12]}... (registry)",
                                     f"{md.content_hash[:12]}... (a different dataset is at this path)"))
     return record, problems
 

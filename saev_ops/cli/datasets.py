@@ -91,3 +91,46 @@ def rm(obj: CliContext, name: str, force: bool, delete_files: bool) -> None:
 
     n = remove_dataset(obj.registry, name, force=force, delete_files=delete_files)
     click.echo(f"removed {name}" + (f" and {n} dependent run(s)" if n else "") + (" and its files" if delete_files else ""))
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 6,11 or -1, got {value!r}") from None
+
+
+@group.command("record")
+@click.option("--name", required=True, help="Registry name of the dataset.")
+@click.option("--images", required=True, help="Image folder (class sub-folders = labels) or a file list.")
+@click.option("--model", required=True, metavar="FAMILY:CKPT", help="builtin:tiny, vit:DIR, clip:DIR, dinov2:DIR, siglip:DIR.")
+@click.option("--layers", default="-1", show_default=True, callback=_int_list, help="Blocks to record, e.g. 6,11.")
+@click.option("--tokens", type=click.Choice(["all", "patches", "cls"]), default="all", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--workers", "n_workers", type=int, default=4, show_default=True, help="Image decoding threads.")
+@click.option("--max-tokens-per-shard", type=int, default=2_000_000, show_default=True)
+@click.option("--data-root", type=click.Path(file_okay=False), help="Where datasets go (default $SAEV_OPS_HOME/data).")
+@click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
+@click.option("--force", is_flag=True, help="Record again even if this exact recording exists.")
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+              help="local: record in this process. slurm: submit a job (see `saev-ops jobs` options) and return.")
+@click.option("--slurm", "slurm_opts", multiple=True, metavar="KEY=VALUE",
+              help="Slurm resources for --executor slurm: partition, account, qos, gpus, cpus, mem_gb, time_min.")
+@pass_ctx
+def record(obj: CliContext, executor: str, slurm_opts: tuple[str, ...], **kw: object) -> None:
+    """Record a model's activations over an image set into a registered dataset (resumes an interrupted one)."""
+    from saev_ops.record.recorder import RecordSpec, print_progress, record_dataset
+
+    spec = RecordSpec(**kw)  # type: ignore[arg-type]
+    if executor == "slurm":
+        from saev_ops.jobs import SlurmSpec, submit_record
+
+        job_id = submit_record(obj.db_url, spec, SlurmSpec.from_pairs(slurm_opts))
+        click.echo(f"submitted recording of {spec.name} as Slurm job {job_id}")
+        return
+    d = record_dataset(obj.registry, spec, progress=print_progress())
+    bad = d.extra.get("n_bad_images", 0)
+    click.echo(f"dataset {d.name}: {d.n_examples} examples x {d.tokens_per_example} tokens x d_model {d.d_model}, "
+               f"layers {list(d.layers)}, {d.dtype}, {bad} bad image(s) skipped -> {d.path}")

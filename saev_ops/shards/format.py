@@ -52,9 +52,12 @@ class Metadata:
         problems = []
         if not self.layers:
             problems.append("layers must not be empty")
-        for name in ("content_tokens_per_example", "d_model", "max_tokens_per_shard"):
+        for name in ("d_model", "max_tokens_per_shard"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.content_tokens_per_example < 0 or self.tokens_per_example <= 0:
+            problems.append(f"need content_tokens_per_example >= 0 and at least one token per example, got "
+                            f"{self.content_tokens_per_example} (cls_token={self.cls_token})")
         if self.n_examples < 0:
             problems.append(f"n_examples must be >= 0, got {self.n_examples}")
         if self.dtype not in ("float32", "float16", "bfloat16"):

@@ -84,6 +84,15 @@ class IndexWriter:
                 if e.path is not None:
                     txn.put(b"p" + e.path.encode(), struct.pack(">Q", e.example_id))
 
+    def paths(self, n: int) -> list[str | None]:
+        """Image paths of examples 0..n-1, read through this writer's own handle (LMDB allows one per process)."""
+        out: list[str | None] = []
+        with self.env.begin() as txn:
+            for i in range(n):
+                raw = txn.get(_ekey(i))
+                out.append(None if raw is None else json.loads(raw)[2])
+        return out
+
     def put_meta(self, meta: dict[str, Any]) -> None:
         with self.env.begin(write=True) as txn:
             txn.put(_META_KEY, json.dumps(meta).encode())

@@ -10,6 +10,7 @@ never looks complete before it is.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pathlib
@@ -97,6 +98,10 @@ class ShardWriter:
         write_json_atomic(self.paths.progress, {"content_hash": self.md.content_hash, "shards": self._completed},
                           indent=None)
 
+    def written_paths(self) -> list[str | None]:
+        """Image paths of the examples already written (for a resumed recording)."""
+        return self._index.paths(self.resume_from)
+
     # -- writing -----------------------------------------------------------------------------------------------------
     @property
     def n_written(self) -> int:
@@ -168,8 +173,20 @@ class ShardWriter:
         self._shard_entries = []
 
     # -- finishing ---------------------------------------------------------------------------------------------------
-    def finalize(self) -> dict[str, Any]:
-        """Write the saev files, statistics and the ``complete`` sidecar. Returns the sidecar contents."""
+    def finalize(self, n_examples: int | None = None) -> dict[str, Any]:
+        """Write the saev files, statistics and the ``complete`` sidecar. Returns the sidecar contents.
+
+        ``n_examples`` below the planned count ends the dataset early (a recording that skipped unreadable images):
+        the open shard becomes the last one and the metadata says the real count. Its hash then differs from the
+        planned one; :attr:`md` holds the final metadata.
+        """
+        if n_examples is not None and n_examples != self.md.n_examples:
+            if not 0 < n_examples <= self.md.n_examples or n_examples != self._next:
+                raise errors.DataError(f"{self.paths.root}: cannot end with {n_examples} examples: {self._next} "
+                                       f"written of {self.md.n_examples} planned")
+            self.md = dataclasses.replace(self.md, n_examples=n_examples)
+            if self._fh is not None:
+                self._close_shard(self._next // self.md.examples_per_shard)
         md = self.md
         if self._next != md.n_examples or len(self._completed) != md.n_shards:
             raise errors.DataError(f"{self.paths.root}: cannot finalize, {self._next} of {md.n_examples} examples "
