@@ -48,9 +48,9 @@ def cli(ctx: click.Context, db: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from saev_ops.cli import datasets, db, runs, sql
+    from saev_ops.cli import datasets, db, runs, sql, sweep, train
 
-    for module in (db, datasets, runs, sql):
+    for module in (db, datasets, runs, sql, sweep, train):
         cli.add_command(module.group)
 
 

@@ -1,0 +1,100 @@
+"""``saev-ops sweep``: submit grid files, follow, cancel, sync buffered metrics."""
+
+from __future__ import annotations
+
+import click
+
+from saev_ops.cli import fmt
+from saev_ops.cli.context import CliContext, format_option, pass_ctx
+
+
+@click.group("sweep")
+def group() -> None:
+    """Sweeps of SAE runs: submit, list, status, cancel, sync."""
+
+
+@group.command("submit")
+@click.argument("grid", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Print the expanded runs and the job grouping; write nothing.")
+@click.option("--retry-failed", is_flag=True, help="Also resubmit failed, lost and cancelled runs.")
+@click.option("--executor", type=click.Choice(["local", "debug", "slurm"]), help="Override the file's executor.")
+@pass_ctx
+def submit(obj: CliContext, grid: str, dry_run: bool, retry_failed: bool, executor: str | None) -> None:
+    """Validate GRID (grid.yaml), register its runs and launch the new ones."""
+    import dataclasses
+
+    from saev_ops.sweeps import load_sweep, submit_sweep
+
+    spec = load_sweep(grid)
+    if executor:
+        spec = dataclasses.replace(spec, executor=executor)
+    res = submit_sweep(obj.registry, spec, obj.db_url, dry_run=dry_run, retry_failed=retry_failed)
+    if dry_run:
+        click.echo(f"sweep {res.sweep}: {res.n_runs} runs, {len(res.new_runs)} new, in {len(res.jobs)} job(s) "
+                   f"[{spec.executor}] (dry run: nothing written)")
+        for i, job in enumerate(res.jobs):
+            click.echo(f"  job {i}: layer {job.layer}, tokens {job.tokens}, {len(job.run_ids)} runs, "
+                       f"~{job.memory_gb:.2f} GB")
+            for cfg in job.configs:
+                sae = cfg["sae"]
+                click.echo(f"    {sae['arch']} d_sae={sae['d_sae']} k={sae['k']} lr={cfg['lr']} seed={cfg['seed']}")
+        return
+    click.echo(f"sweep {res.sweep}: {res.n_runs} runs, {len(res.new_runs)} new, {len(res.resubmitted)} resubmitted, "
+               f"{len(res.jobs)} job(s) on {spec.executor}" + (f": {', '.join(j for j in res.job_ids if j)}"
+                                                               if any(res.job_ids) else ""))
+
+
+@group.command("list")
+@format_option
+@pass_ctx
+def list_(obj: CliContext, **kw: str) -> None:
+    """Sweeps with their run counts by status."""
+    from saev_ops.registry.models import RUN_STATUSES
+
+    rows = [(s.name, sum(c.values()), *[c.get(st, 0) for st in RUN_STATUSES], s.created_at)
+            for s, c in obj.registry.list_sweeps()]
+    click.echo(fmt.render(("sweep", "runs", *RUN_STATUSES, "created_at"), rows, kw["fmt"]))
+
+
+@group.command("status")
+@click.argument("name")
+@click.option("--grace", type=float, default=300.0, show_default=True, help="Heartbeat age (s) after which a run is lost.")
+@pass_ctx
+def status(obj: CliContext, name: str, grace: float) -> None:
+    """Reconcile NAME's runs with Slurm accounting and heartbeats, then show progress."""
+    from saev_ops.registry.models import RUN_STATUSES
+    from saev_ops.sweeps.status import reconcile
+
+    obj.registry.get_sweep(name)
+    for c in reconcile(obj.registry, name, grace_s=grace):
+        click.echo(f"run {c.run_id}: {c.old} -> {c.new} ({c.reason})")
+    counts = dict(next(c for s, c in obj.registry.list_sweeps() if s.name == name))
+    click.echo(f"{name}: " + ", ".join(f"{counts.get(st, 0)} {st}" for st in RUN_STATUSES))
+
+
+@group.command("cancel")
+@click.argument("name")
+@pass_ctx
+def cancel(obj: CliContext, name: str) -> None:
+    """Cancel NAME's queued and running runs (scancel for Slurm jobs)."""
+    from saev_ops.sweeps.status import cancel as do_cancel
+
+    obj.registry.get_sweep(name)
+    ids = do_cancel(obj.registry, name)
+    click.echo(f"cancelled {len(ids)} run(s) of {name}")
+
+
+@group.command("sync")
+@click.argument("runs_root", type=click.Path(exists=True, file_okay=False))
+@pass_ctx
+def sync(obj: CliContext, runs_root: str) -> None:
+    """Ingest metrics that jobs buffered to files (metrics.jsonl) while the registry was unreachable."""
+    import pathlib
+
+    from saev_ops.train.metrics import sync_metrics_file
+
+    total = 0
+    files = sorted(pathlib.Path(runs_root).glob("run-*/metrics.jsonl"))
+    for f in files:
+        total += sync_metrics_file(obj.registry, f)
+    click.echo(f"synced {total} metric point(s) from {len(files)} file(s)")

@@ -1,0 +1,50 @@
+"""``saev-ops train``: train registered runs in this process (for your own Slurm batch scripts)."""
+
+from __future__ import annotations
+
+import click
+
+from saev_ops.cli.context import CliContext, pass_ctx
+
+
+@click.command("train")
+@click.argument("run_ids", nargs=-1, type=int, required=True)
+@click.option("--runs-root", type=click.Path(file_okay=False), help="Where run directories go (default "
+              "$SAEV_OPS_HOME/runs/<sweep>).")
+@click.option("--device", help="Override the runs' device (cpu, cuda).")
+@pass_ctx
+def group(obj: CliContext, run_ids: tuple[int, ...], runs_root: str | None, device: str | None) -> None:
+    """Train RUN_IDS together in one pass over their dataset, against the registry named by --db/SAEV_OPS_DB_URL.
+    The runs must share dataset, layer, tokens and train settings. Resumes from their last checkpoint."""
+    import dataclasses
+    import pathlib
+
+    from saev_ops import errors
+    from saev_ops.datasets import require_complete
+    from saev_ops.sae.config import SAEConfig
+    from saev_ops.settings import home_dir
+    from saev_ops.train import RunSpec, TrainJobSpec, TrainSettings, run_train_job
+
+    reg = obj.registry
+    runs = [reg.get_run(i) for i in run_ids]
+    keys = {(r.dataset_id, r.config["layer"], r.config["tokens"], repr(sorted(r.config["train"].items()))) for r in runs}
+    if len(keys) != 1:
+        raise errors.ConfigError("these runs do not share dataset, layer, tokens and train settings; train them "
+                                 "in separate commands")
+    dataset = reg.get_dataset_by_id(runs[0].dataset_id)
+    require_complete(reg, dataset.name)
+    settings = TrainSettings(**runs[0].config["train"])
+    if device:
+        settings = dataclasses.replace(settings, device=device)
+    sweep = reg.get_run(runs[0].id).sweep_id
+    root = pathlib.Path(runs_root) if runs_root else home_dir() / "runs" / (str(sweep) if sweep else "adhoc")
+    layer = runs[0].config["layer"]
+    spec = TrainJobSpec(
+        db_url=obj.db_url, dataset=dataset.name, dataset_path=dataset.path, dataset_hash=dataset.content_hash,
+        layer=dataset.layers[-1] if layer == -1 else layer, tokens=runs[0].config["tokens"], settings=settings,
+        runs=tuple(RunSpec(run_id=r.id, sae=SAEConfig.from_dict(r.config["sae"]), lr=r.config["lr"],
+                           seed=r.config["seed"]) for r in runs),
+        runs_root=str(root))
+    out = run_train_job(spec)
+    for rid, path in out.items():
+        click.echo(f"run {rid}: completed -> {path}")

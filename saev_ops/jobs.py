@@ -1,0 +1,122 @@
+"""Launching work through submitit: one schema for Slurm resources, one place that builds executors.
+
+Executors: ``debug`` runs jobs in this process; ``local`` starts one background process on this machine that runs the
+jobs one after another; ``slurm`` submits a job array (``max_parallel`` tasks at a time). Everything submitted is a
+plain picklable spec plus a callable from :mod:`saev_ops.train` or :mod:`saev_ops.record`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from saev_ops import errors
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SlurmSpec:
+    """The only place Slurm options are named."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpus: int = 0
+    cpus: int = 2
+    mem_gb: float = 8.0
+    time_min: int = 60
+    max_parallel: int = 8
+
+    @classmethod
+    def from_pairs(cls, pairs: Sequence[str]) -> SlurmSpec:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values: dict[str, Any] = {}
+        bad = []
+        for pair in pairs:
+            key, sep, raw = pair.partition("=")
+            if not sep or key not in fields:
+                bad.append(pair)
+                continue
+            kind = fields[key].type
+            try:
+                values[key] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
+            except ValueError:
+                bad.append(pair)
+        if bad:
+            raise errors.ConfigError(f"bad --slurm option(s) {bad}: expected KEY=VALUE with KEY one of "
+                                     + ", ".join(f"{k} (default {f.default})" for k, f in fields.items()))
+        return cls(**values)
+
+    def parameters(self, name: str) -> dict[str, Any]:
+        """submitit ``update_parameters`` keywords for the Slurm executor."""
+        params: dict[str, Any] = {"name": name, "timeout_min": self.time_min, "mem_gb": self.mem_gb,
+                                  "cpus_per_task": self.cpus, "slurm_array_parallelism": self.max_parallel}
+        if self.gpus:
+            params["gpus_per_node"] = self.gpus
+        for key in ("partition", "account", "qos"):
+            if getattr(self, key):
+                params[f"slurm_{key}"] = getattr(self, key)
+        return params
+
+
+def _run_all(calls: Sequence[Callable[[], Any]]) -> list[Any]:
+    return [c() for c in calls]
+
+
+def submit(kind: str, folder: pathlib.Path, name: str, calls: Sequence[Callable[[], Any]],
+           slurm: SlurmSpec | None = None) -> list[tuple[str | None, int | None]]:
+    """Submit ``calls``; returns (job id, array index) per call (None for debug, the process id for local)."""
+    import submitit
+
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if kind == "debug":
+        ex = submitit.DebugExecutor(folder=str(folder / "%j"))
+        for c in calls:
+            ex.submit(c).result()
+        return [(None, None)] * len(calls)
+    if kind == "local":
+        ex = submitit.LocalExecutor(folder=str(folder / "%j"))
+        ex.update_parameters(timeout_min=(slurm or SlurmSpec()).time_min * max(1, len(calls)))
+        job = ex.submit(_run_all, list(calls))
+        return [(str(job.job_id), None)] * len(calls)
+    if kind == "slurm":
+        spec = slurm or SlurmSpec()
+        ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm")
+        ex.update_parameters(**spec.parameters(name))
+        with ex.batch():
+            jobs = [ex.submit(c) for c in calls]
+        out: list[tuple[str | None, int | None]] = []
+        for j in jobs:
+            jid = str(j.job_id)
+            base, _, idx = jid.partition("_")
+            out.append((base, int(idx) if idx else None))
+        return out
+    raise errors.ConfigError(f"executor must be local, debug or slurm, got {kind!r}")
+
+
+class RecordJob:
+    """A recording as a submitit job: opens the registry by URL inside the job."""
+
+    def __init__(self, db_url: str, spec: Any) -> None:
+        self.db_url, self.spec = db_url, spec
+
+    def __call__(self) -> str:
+        from saev_ops.record import record_dataset
+        from saev_ops.registry import Registry
+
+        return record_dataset(Registry(self.db_url), self.spec).path
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(RecordJob(self.db_url, self.spec))  # rerun resumes the recording
+
+
+def submit_record(db_url: str, spec: Any, slurm: SlurmSpec, folder: pathlib.Path | None = None) -> str:
+    from saev_ops.settings import home_dir
+
+    folder = folder or home_dir() / "jobs" / "record"
+    ((job_id, _),) = submit("slurm", folder, f"record-{spec.name}", [RecordJob(db_url, spec)], slurm)
+    return str(job_id)

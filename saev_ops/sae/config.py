@@ -1,0 +1,71 @@
+"""SAE configurations: one frozen dataclass, the architecture as a tagged field, validated when built."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from saev_ops import errors
+
+ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka", "signed-topk")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SAEConfig:
+    arch: str = "topk"
+    """relu (L1), topk (+AuxK), batchtopk, jumprelu, matryoshka (nested TopK prefixes), signed-topk."""
+    d_model: int
+    """Input width (set from the dataset)."""
+    d_sae: int = 16384
+    """Number of latents."""
+    k: int = 32
+    """Active latents per token (topk, batchtopk, matryoshka, signed-topk)."""
+    l1_coeff: float = 1e-3
+    """L1 weight (relu), scaled by decoder norms."""
+    l0_coeff: float = 1e-3
+    """L0 weight (jumprelu)."""
+    jumprelu_init_threshold: float = 1e-3
+    jumprelu_bandwidth: float = 1e-3
+    aux_k: int = 256
+    """Dead latents used by the AuxK loss (topk, batchtopk, matryoshka)."""
+    aux_coeff: float = 1.0 / 32
+    dead_steps: int = 1000
+    """A latent that has not fired for this many steps counts as dead."""
+    matryoshka_prefixes: tuple[int, ...] = ()
+    """Nested prefix sizes (ascending, the last < d_sae); the full width is always included."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.arch not in ARCHS:
+            problems.append(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
+        if self.d_model <= 0 or self.d_sae <= 0:
+            problems.append(f"d_model and d_sae must be > 0, got {self.d_model}, {self.d_sae}")
+        if self.arch in ("topk", "batchtopk", "matryoshka", "signed-topk") and not 0 < self.k <= self.d_sae:
+            problems.append(f"k must be in 1..d_sae ({self.d_sae}), got {self.k}")
+        if self.arch == "matryoshka":
+            p = list(self.matryoshka_prefixes)
+            if p != sorted(set(p)) or any(x <= 0 or x >= self.d_sae for x in p):
+                problems.append(f"matryoshka_prefixes must be ascending, unique and in 1..d_sae-1, got {p}")
+        if min(self.l1_coeff, self.l0_coeff, self.aux_coeff) < 0:
+            problems.append("coefficients must be >= 0")
+        if problems:
+            raise errors.ConfigError("SAE config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["matryoshka_prefixes"] = list(self.matryoshka_prefixes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise errors.ConfigError(f"SAE config: unknown keys {unknown}; valid keys: {sorted(names)}")
+        d = dict(d)
+        if "matryoshka_prefixes" in d:
+            d["matryoshka_prefixes"] = tuple(d["matryoshka_prefixes"])
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise errors.ConfigError(f"SAE config: {exc}") from None

@@ -1,0 +1,234 @@
+"""SAE modules: shared encode/decode, one small class per activation/objective.
+
+All share: ``pre = (x - b_dec) @ W_enc + b_enc``, ``x_hat = z @ W_dec + b_dec``, decoder rows kept at unit norm
+(:meth:`SAE.normalize_decoder`, after every optimiser step, with the parallel gradient component removed before it).
+``forward`` returns the reconstruction, the latents and a dict of loss terms whose ``loss`` entry is optimised.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from saev_ops.sae.config import SAEConfig
+
+
+class SAE(nn.Module):
+    def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, w = cfg.d_model, cfg.d_sae
+        w_dec = torch.randn(w, d, generator=generator)
+        w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
+        self.W_dec = nn.Parameter(w_dec)
+        self.W_enc = nn.Parameter(w_dec.t().clone())
+        self.b_enc = nn.Parameter(torch.zeros(w))
+        self.b_dec = nn.Parameter(torch.zeros(d))
+        self.register_buffer("steps_since_fired", torch.zeros(w, dtype=torch.long))
+
+    # -- shared parts -------------------------------------------------------------------------------------------------
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.b_dec) @ self.W_enc + self.b_enc
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.W_dec + self.b_dec
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activate(self.pre_acts(x))
+
+    def init_bias(self, center: torch.Tensor) -> None:
+        """Set the decoder bias to the data's centre (mean or geometric median), before training."""
+        with torch.no_grad():
+            self.b_dec.copy_(center)
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def remove_parallel_grad(self) -> None:
+        """Drop the gradient component along each decoder row (it would only change the row's norm)."""
+        if self.W_dec.grad is not None:
+            g = self.W_dec.grad
+            g.sub_((g * self.W_dec).sum(dim=1, keepdim=True) * self.W_dec)
+
+    @torch.no_grad()
+    def update_fired(self, z: torch.Tensor) -> None:
+        fired = (z != 0).any(dim=0)
+        self.steps_since_fired += 1
+        self.steps_since_fired[fired] = 0
+
+    def dead_mask(self) -> torch.Tensor:
+        return self.steps_since_fired >= self.cfg.dead_steps
+
+    def recon_losses(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
+        mse = (x_hat - x).pow(2).sum(dim=-1).mean()
+        return {"mse": mse}
+
+    def forward(self, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        pre = self.pre_acts(x)
+        z = self.activate(pre)
+        x_hat = self.decode(z)
+        terms = self.recon_losses(x, x_hat)
+        terms.update(self.extra_losses(x, x_hat, pre, z, sparsity_scale))
+        terms["loss"] = self.total(terms)
+        return x_hat, z, terms
+
+    def extra_losses(self, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor, z: torch.Tensor,
+                     sparsity_scale: float) -> dict[str, torch.Tensor]:
+        return {}
+
+    def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(terms.values())  # type: ignore[return-value]
+
+    def auxk_loss(self, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
+        """AuxK (Gao et al. 2024): reconstruct the residual with the top-aux_k dead latents."""
+        dead = self.dead_mask()
+        n_dead = int(dead.sum())
+        if n_dead == 0 or self.cfg.aux_coeff == 0:
+            return x.new_zeros(())
+        k_aux = min(self.cfg.aux_k, n_dead)
+        masked = torch.where(dead, torch.relu(pre), torch.zeros_like(pre))
+        vals, idx = masked.topk(k_aux, dim=-1)
+        z_aux = torch.zeros_like(pre).scatter(-1, idx, vals)
+        resid = (x - x_hat).detach()
+        resid_hat = z_aux @ self.W_dec
+        err = (resid_hat - resid).pow(2).sum(-1).mean()
+        scale = resid.pow(2).sum(-1).mean().clamp_min(1e-8)
+        return self.cfg.aux_coeff * err / scale
+
+
+class ReLUSAE(SAE):
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        return torch.relu(pre)
+
+    def extra_losses(self, x, x_hat, pre, z, sparsity_scale):  # noqa: ANN001, ANN201
+        l1 = (z.abs() * self.W_dec.norm(dim=1)).sum(-1).mean()
+        return {"l1": self.cfg.l1_coeff * sparsity_scale * l1}
+
+
+def _topk(pre: torch.Tensor, k: int) -> torch.Tensor:
+    vals, idx = pre.topk(k, dim=-1)
+    return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+
+
+class TopKSAE(SAE):
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        return _topk(pre, self.cfg.k)
+
+    def extra_losses(self, x, x_hat, pre, z, sparsity_scale):  # noqa: ANN001, ANN201
+        return {"auxk": self.auxk_loss(x, x_hat, pre)}
+
+
+class SignedTopKSAE(SAE):
+    """Keeps the k largest-magnitude pre-activations of either sign: opposite features as opposite directions."""
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        _, idx = pre.abs().topk(self.cfg.k, dim=-1)
+        return torch.zeros_like(pre).scatter(-1, idx, pre.gather(-1, idx))
+
+
+class BatchTopKSAE(SAE):
+    """TopK over the whole batch (k x batch activations); at inference a learned threshold replaces the batch."""
+
+    def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg, generator)
+        self.register_buffer("threshold", torch.tensor(-1.0))
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        acts = torch.relu(pre)
+        if not self.training:
+            if float(self.threshold) < 0:
+                return _topk(pre, self.cfg.k)
+            return torch.where(acts > self.threshold, acts, torch.zeros_like(acts))
+        flat = acts.flatten()
+        n_keep = min(self.cfg.k * pre.shape[0], flat.numel())
+        vals, idx = flat.topk(n_keep)
+        z = torch.zeros_like(flat).scatter(0, idx, vals).view_as(acts)
+        with torch.no_grad():
+            positive = vals[vals > 0]
+            if positive.numel():
+                low = positive.min()
+                self.threshold.copy_(low if float(self.threshold) < 0 else 0.99 * self.threshold + 0.01 * low)
+        return z
+
+    def extra_losses(self, x, x_hat, pre, z, sparsity_scale):  # noqa: ANN001, ANN201
+        return {"auxk": self.auxk_loss(x, x_hat, pre)}
+
+
+class _StepSTE(torch.autograd.Function):
+    """Heaviside(pre - threshold) with a rectangle-kernel pseudo-gradient for the threshold (Rajamanoharan et al.)."""
+
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        pre, threshold = ctx.saved_tensors
+        bw = ctx.bandwidth
+        kernel = ((pre - threshold).abs() < bw / 2).to(pre.dtype) / bw
+        return None, (-grad * kernel).sum(0), None
+
+
+class _JumpSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pre, threshold, bandwidth):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(pre, threshold)
+        ctx.bandwidth = bandwidth
+        return pre * (pre > threshold).to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        pre, threshold = ctx.saved_tensors
+        bw = ctx.bandwidth
+        kernel = ((pre - threshold).abs() < bw / 2).to(pre.dtype) / bw
+        return grad * (pre > threshold).to(pre.dtype), (-threshold * kernel * grad).sum(0), None
+
+
+class JumpReLUSAE(SAE):
+    def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg, generator)
+        self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), float(torch.log(torch.tensor(cfg.jumprelu_init_threshold)))))
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        return _JumpSTE.apply(torch.relu(pre), self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
+
+    def extra_losses(self, x, x_hat, pre, z, sparsity_scale):  # noqa: ANN001, ANN201
+        l0 = _StepSTE.apply(torch.relu(pre), self.log_threshold.exp(), self.cfg.jumprelu_bandwidth).sum(-1).mean()
+        return {"l0_penalty": self.cfg.l0_coeff * sparsity_scale * l0}
+
+
+class MatryoshkaSAE(SAE):
+    """TopK latents; the reconstruction loss is summed over nested prefixes of the latents, so early latents learn
+    general features on their own."""
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        return _topk(pre, self.cfg.k)
+
+    def recon_losses(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"mse": (x_hat - x).pow(2).sum(-1).mean()}
+
+    def extra_losses(self, x, x_hat, pre, z, sparsity_scale):  # noqa: ANN001, ANN201
+        terms = {}
+        for m in self.cfg.matryoshka_prefixes:
+            part = z[:, :m] @ self.W_dec[:m] + self.b_dec
+            terms[f"mse_prefix_{m}"] = (part - x).pow(2).sum(-1).mean()
+        terms["auxk"] = self.auxk_loss(x, x_hat, pre)
+        return terms
+
+
+_CLASSES = {"relu": ReLUSAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE, "jumprelu": JumpReLUSAE,
+            "matryoshka": MatryoshkaSAE, "signed-topk": SignedTopKSAE}
+
+
+def build_sae(cfg: SAEConfig, seed: int = 0) -> SAE:
+    g = torch.Generator().manual_seed(seed)
+    return _CLASSES[cfg.arch](cfg, g)

@@ -1,0 +1,167 @@
+"""``sweep submit``: validate, expand, dedupe by config hash, register, group into jobs, launch."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+from typing import Any
+
+from saev_ops import errors
+from saev_ops.registry import Registry, RunRecord
+from saev_ops.sweeps.spec import ResourcesModel, SweepSpec, validate_run
+from saev_ops.train.spec import RunSpec, TrainJobSpec, TrainSettings, run_config
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedJob:
+    layer: int
+    tokens: str
+    run_ids: tuple[int, ...]
+    configs: tuple[dict[str, Any], ...]
+    memory_gb: float
+
+
+@dataclasses.dataclass(frozen=True)
+class SubmitResult:
+    sweep: str
+    n_runs: int
+    new_runs: tuple[int, ...]
+    resubmitted: tuple[int, ...]
+    jobs: tuple[PlannedJob, ...]
+    job_ids: tuple[str | None, ...]
+    dry_run: bool
+
+
+def estimate_memory_gb(sae: dict[str, Any], d_model: int, batch_size: int) -> float:
+    """Parameters with grads and two Adam moments, plus the batch's latent activations (pre, z and their grads)."""
+    d_sae = int(sae.get("d_sae", 16384))
+    params = 2 * d_model * d_sae + d_sae + d_model
+    return (params * 4 * 4 + batch_size * d_sae * 4 * 4) / 2**30
+
+
+def group_runs(items: list[tuple[int, dict[str, Any]]], d_model: int, settings: TrainSettings,
+               resources: ResourcesModel) -> list[PlannedJob]:
+    """Runs that share layer and tokens share a job, split so each job's SAEs fit ``device_memory_gb`` and at most
+    ``max_runs_per_job`` runs. Greedy, largest first."""
+    by_key: dict[tuple[int, str], list[tuple[int, dict[str, Any], float]]] = {}
+    for rid, cfg in items:
+        mem = estimate_memory_gb(cfg["sae"], d_model, settings.batch_size)
+        if mem > resources.device_memory_gb:
+            raise errors.ConfigError(f"run {rid} ({cfg['sae']}) needs about {mem:.1f} GB, more than "
+                                     f"resources.device_memory_gb={resources.device_memory_gb}")
+        by_key.setdefault((cfg["layer"], cfg["tokens"]), []).append((rid, cfg, mem))
+    jobs = []
+    for (layer, tokens), members in sorted(by_key.items()):
+        members.sort(key=lambda m: -m[2])
+        bins: list[list[tuple[int, dict[str, Any], float]]] = []
+        for m in members:
+            for b in bins:
+                if sum(x[2] for x in b) + m[2] <= resources.device_memory_gb and len(b) < resources.max_runs_per_job:
+                    b.append(m)
+                    break
+            else:
+                bins.append([m])
+        for b in bins:
+            b.sort(key=lambda m: m[0])
+            jobs.append(PlannedJob(layer, tokens, tuple(m[0] for m in b), tuple(m[1] for m in b),
+                                   sum(m[2] for m in b)))
+    return jobs
+
+
+def runs_root_for(spec: SweepSpec) -> pathlib.Path:
+    from saev_ops.settings import home_dir
+
+    return pathlib.Path(spec.runs_root) if spec.runs_root else home_dir() / "runs" / spec.name
+
+
+def bind_configs(spec: SweepSpec, d_model: int) -> list[dict[str, Any]]:
+    out = []
+    for cfg in spec.configs:
+        sae = validate_run(cfg, d_model).to_dict()
+        out.append(run_config(sae, float(cfg["lr"]), int(cfg["seed"]), int(cfg["layer"]), cfg["tokens"],
+                              spec.settings))
+    return out
+
+
+def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: bool = False,
+                 retry_failed: bool = False) -> SubmitResult:
+    """Register the sweep's runs (existing configs are not duplicated) and launch the new ones (and, with
+    ``retry_failed``, failed, lost and cancelled ones). Nothing is written when validation fails or with ``dry_run``."""
+    from saev_ops.datasets import require_complete
+    from saev_ops.registry import config_hash
+    from saev_ops.sae.config import SAEConfig
+
+    dataset = require_complete(registry, spec.dataset)
+    configs = bind_configs(spec, dataset.d_model)
+    for cfg in configs:  # the layer must exist in the dataset
+        if cfg["layer"] != -1 and cfg["layer"] not in dataset.layers:
+            raise errors.ConfigError(f"layer {cfg['layer']} is not recorded in dataset {dataset.name!r} "
+                                     f"(layers {list(dataset.layers)})")
+    if dry_run:
+        existing = {}
+        for cfg in configs:
+            rec = _find_by_hash(registry, config_hash(dataset.content_hash, cfg))
+            if rec is not None:
+                existing[id(cfg)] = rec
+        fresh = [(-(i + 1), cfg) for i, cfg in enumerate(configs) if id(cfg) not in existing]
+        jobs = group_runs(fresh, dataset.d_model, spec.settings, spec.resources)
+        return SubmitResult(spec.name, len(configs), tuple(r for r, _ in fresh), (), tuple(jobs), (), True)
+
+    registry.get_or_create_sweep(spec.name, spec.text)
+    added = registry.add_runs(spec.dataset, configs, sweep=spec.name)
+    new = [(r.id, r.config) for r, created in added if created]
+    retried: list[tuple[int, dict[str, Any]]] = []
+    if retry_failed:
+        for r, created in added:
+            if not created and r.status in ("failed", "lost", "cancelled"):
+                registry.transition_run(r.id, "queued")
+                retried.append((r.id, r.config))
+    todo = new + retried
+    jobs = group_runs(todo, dataset.d_model, spec.settings, spec.resources)
+    job_ids = launch(registry, spec, dataset, jobs, db_url)
+    return SubmitResult(spec.name, len(configs), tuple(r for r, _ in new), tuple(r for r, _ in retried), tuple(jobs),
+                        tuple(job_ids), False)
+
+
+def _find_by_hash(registry: Registry, h: str) -> RunRecord | None:
+    from saev_ops.registry.query import RunQuery
+
+    rows = registry.list_runs(RunQuery(where=(f"config_hash={h}",), limit=1))
+    return rows[0].run if rows else None
+
+
+def job_specs(spec: SweepSpec, dataset: Any, jobs: list[PlannedJob], db_url: str) -> list[TrainJobSpec]:
+    from saev_ops.sae.config import SAEConfig
+
+    root = runs_root_for(spec)
+    out = []
+    for job in jobs:
+        runs = tuple(RunSpec(run_id=rid, sae=SAEConfig.from_dict(cfg["sae"]), lr=cfg["lr"], seed=cfg["seed"])
+                     for rid, cfg in zip(job.run_ids, job.configs))
+        layer = dataset.layers[-1] if job.layer == -1 else job.layer
+        out.append(TrainJobSpec(db_url=db_url, dataset=dataset.name, dataset_path=dataset.path,
+                                dataset_hash=dataset.content_hash, layer=layer, tokens=job.tokens,
+                                settings=TrainSettings(**job.configs[0]["train"]), runs=runs, runs_root=str(root)))
+    return out
+
+
+def launch(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[PlannedJob], db_url: str) -> list[str | None]:
+    from saev_ops.jobs import SlurmSpec, submit
+    from saev_ops.train import TrainJob
+
+    if not jobs:
+        return []
+    specs = job_specs(spec, dataset, jobs, db_url)
+    r = spec.resources
+    slurm = SlurmSpec(partition=r.partition, account=r.account, qos=r.qos, gpus=r.gpus, cpus=r.cpus, mem_gb=r.mem_gb,
+                      time_min=r.time_min, max_parallel=r.max_parallel)
+    for job in jobs:
+        for rid in job.run_ids:
+            registry.set_run_fields(rid, executor=spec.executor)
+    folder = runs_root_for(spec) / "submitit"
+    ids = submit(spec.executor, folder, f"saev-{spec.name}", [TrainJob(s) for s in specs], slurm)
+    if spec.executor == "slurm":
+        for job, (jid, idx) in zip(jobs, ids):
+            for rid in job.run_ids:
+                registry.set_run_fields(rid, slurm_job_id=jid, slurm_array_index=idx)
+    return [jid for jid, _ in ids]

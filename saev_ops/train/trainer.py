@@ -1,0 +1,246 @@
+"""The multi-SAE training pass: one shuffled data stream, many SAEs, metrics to the registry, checkpoints, resume.
+
+Every run of a job trains on the same batches (different widths, k, learning rates and architectures alike), so the
+data pass (the expensive part) is shared. The job's checkpoint -- every SAE's weights and optimiser state, the loader's
+state and the step -- is one directory written atomically; a requeued or rerun job continues from it, and the final
+weights equal those of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import shutil
+import socket
+import time
+import traceback
+from typing import Any
+
+import torch
+
+from saev_ops import errors
+from saev_ops.train.spec import RunSpec, TrainJobSpec
+
+CKPT_SCHEMA = 1
+
+
+def run_dir(spec: TrainJobSpec, run_id: int) -> pathlib.Path:
+    return pathlib.Path(spec.runs_root) / f"run-{run_id:06d}"
+
+
+def job_dir(spec: TrainJobSpec) -> pathlib.Path:
+    return pathlib.Path(spec.runs_root) / "jobs" / spec.key
+
+
+def lr_factor(step: int, settings: Any) -> float:
+    if step < settings.lr_warmup_steps:
+        return (step + 1) / settings.lr_warmup_steps
+    if settings.lr_decay == "none":
+        return 1.0
+    span = max(1, settings.n_steps - settings.lr_warmup_steps)
+    t = min(1.0, (step - settings.lr_warmup_steps) / span)
+    return 0.5 * (1 + math.cos(math.pi * t)) if settings.lr_decay == "cosine" else 1.0 - t
+
+
+def _slurm_ids() -> tuple[str | None, int | None]:
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    if array_job:
+        return array_job, int(os.environ.get("SLURM_ARRAY_TASK_ID", "0"))
+    return os.environ.get("SLURM_JOB_ID"), None
+
+
+class Trainer:
+    """Train the runs of ``spec``. ``registry`` may be None (metrics then go to files only)."""
+
+    def __init__(self, spec: TrainJobSpec, registry: Any) -> None:
+        from saev_ops.loaders import ShardSelection, ShuffledConfig, ShuffledDataLoader
+        from saev_ops.sae import build_sae
+        from saev_ops.shards import ShardReader
+
+        self.spec = spec
+        self.registry = registry
+        self.device = torch.device(spec.settings.device)
+        self.reader = ShardReader(spec.dataset_path)
+        layer_idx = self.reader.layer_index(spec.layer)
+        stats = self.reader.stats()
+        self.scale = float(stats["scale"][layer_idx])
+        center = torch.from_numpy(stats["mean"][layer_idx]).float() * self.scale
+        s = spec.settings
+        self.loader = ShuffledDataLoader(self.reader, ShuffledConfig(
+            selection=ShardSelection(layers=(spec.layer,), tokens=spec.tokens), batch_size=s.batch_size, seed=s.seed,
+            buffer_mb=s.buffer_mb, pin_memory=self.device.type == "cuda", drop_last=True))
+        if len(self.loader) == 0:
+            raise errors.ConfigError(f"batch_size {s.batch_size} is larger than the dataset's "
+                                     f"{self.loader.n_rows} selected patches")
+        self.saes = []
+        self.opts = []
+        for r in spec.runs:
+            if r.sae.d_model != self.reader.d_model:
+                raise errors.ConfigError(f"run {r.run_id}: d_model {r.sae.d_model} != dataset's {self.reader.d_model}")
+            sae = build_sae(r.sae, seed=r.seed)
+            sae.init_bias(center)
+            sae.to(self.device)
+            self.saes.append(sae)
+            self.opts.append(torch.optim.Adam(sae.parameters(), lr=r.lr, betas=(0.9, 0.999)))
+        self.step = 0
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> pathlib.Path:
+        from saev_ops.sae.io import save_sae
+
+        jd = job_dir(self.spec)
+        jd.mkdir(parents=True, exist_ok=True)
+        tmp = jd / "ckpt.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        state = {"schema": CKPT_SCHEMA, "step": self.step, "loader": self.loader.state_dict(),
+                 "runs": [r.run_id for r in self.spec.runs],
+                 "saes": [s.state_dict() for s in self.saes], "opts": [o.state_dict() for o in self.opts]}
+        torch.save(state, tmp / "state.pt")
+        final = jd / "ckpt"
+        old = jd / "ckpt.old"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        for r, sae in zip(self.spec.runs, self.saes):  # the per-run SAE that inference reads
+            save_sae(sae, run_dir(self.spec, r.run_id) / "sae", scale=self.scale, dataset_hash=self.spec.dataset_hash,
+                     layer=self.spec.layer, extra={"run_id": r.run_id, "step": self.step, "tokens": self.spec.tokens})
+        return final
+
+    def load_checkpoint(self) -> bool:
+        path = job_dir(self.spec) / "ckpt" / "state.pt"
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        if state.get("schema") != CKPT_SCHEMA or state["runs"] != [r.run_id for r in self.spec.runs]:
+            raise errors.DataError(f"{path}: checkpoint of other runs ({state.get('runs')}) or schema; remove it")
+        self.step = state["step"]
+        self.loader.load_state_dict(state["loader"])
+        for sae, opt, sd, od in zip(self.saes, self.opts, state["saes"], state["opts"]):
+            sae.load_state_dict(sd)
+            opt.load_state_dict(od)
+        return True
+
+    # -- the pass -------------------------------------------------------------------------------------------------------
+    def train(self) -> None:
+        from saev_ops.train.metrics import MetricSink, Window
+
+        s = self.spec.settings
+        run_dirs = {r.run_id: run_dir(self.spec, r.run_id) for r in self.spec.runs}
+        for d in run_dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+        sink = MetricSink(self.registry, run_dirs)
+        windows = [Window(sae.cfg.d_sae, self.device) for sae in self.saes]
+        last_beat = 0.0
+        batches = iter(self.loader)
+        while self.step < s.n_steps:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                batches = iter(self.loader)
+                continue
+            x = batch["act"].to(self.device, non_blocking=True) * self.scale
+            sparsity = min(1.0, (self.step + 1) / max(1, s.sparsity_warmup_steps))
+            factor = lr_factor(self.step, s)
+            for run, sae, opt, win in zip(self.spec.runs, self.saes, self.opts, windows):
+                for group in opt.param_groups:
+                    group["lr"] = run.lr * factor
+                x_hat, z, terms = sae(x, sparsity)
+                opt.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                sae.remove_parallel_grad()
+                opt.step()
+                sae.normalize_decoder()
+                sae.update_fired(z)
+                win.add(x, x_hat.detach(), z.detach(), {k: v.detach() for k, v in terms.items()})
+            self.step += 1
+            if self.step % s.log_every == 0 or self.step == s.n_steps:
+                for run, sae, win in zip(self.spec.runs, self.saes, windows):
+                    report = win.report(float(sae.dead_mask().float().mean()))
+                    report["lr"] = run.lr * factor
+                    sink.log(run.run_id, self.step, report)
+                    win.reset()
+            if self.step % s.ckpt_every == 0 and self.step < s.n_steps:
+                self.save_checkpoint()
+            if self.registry is not None and time.monotonic() - last_beat > s.heartbeat_s:
+                last_beat = time.monotonic()
+                try:
+                    self.registry.heartbeat([r.run_id for r in self.spec.runs])
+                except errors.RegistryError:
+                    pass
+        batches.close()
+        self.save_checkpoint()
+
+
+def _open_registry(db_url: str) -> Any:
+    from saev_ops.registry import Registry
+
+    try:
+        return Registry(db_url)
+    except errors.RegistryError:
+        return None
+
+
+def run_train_job(spec: TrainJobSpec) -> dict[int, str]:
+    """Do a training job in this process: mark runs running, train, mark them completed (or failed with the error).
+
+    Returns run id -> final SAE directory.
+    """
+    registry = _open_registry(spec.db_url)
+    job_id, array_index = _slurm_ids()
+    fields: dict[str, Any] = {"host": socket.gethostname()}
+    if job_id:
+        fields.update(slurm_job_id=job_id, slurm_array_index=array_index)
+    ids = [r.run_id for r in spec.runs]
+    if registry is not None:
+        for rid in ids:
+            status = registry.get_run(rid).status
+            if status in ("failed", "cancelled"):
+                registry.transition_run(rid, "queued")  # an explicit rerun of a failed or cancelled run
+            registry.transition_run(rid, "running", **fields)
+    try:
+        trainer = Trainer(spec, registry)
+        trainer.load_checkpoint()
+        trainer.train()
+    except BaseException as exc:
+        if registry is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            text = "".join(traceback.format_exception(exc))[-8000:]
+            for rid in ids:
+                try:
+                    registry.transition_run(rid, "failed", error=text)
+                except errors.SaevOpsError:
+                    pass
+        raise
+    out = {}
+    for r in spec.runs:
+        path = str(run_dir(spec, r.run_id) / "sae")
+        out[r.run_id] = path
+        if registry is not None:
+            registry.transition_run(r.run_id, "completed", checkpoint_path=path)
+    return out
+
+
+class TrainJob:
+    """The callable submitit runs. Checkpointable: on preemption or time-out it requeues itself, and the new attempt
+    resumes from the last checkpoint."""
+
+    def __init__(self, spec: TrainJobSpec) -> None:
+        self.spec = spec
+
+    def __call__(self) -> dict[int, str]:
+        return run_train_job(self.spec)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        registry = _open_registry(self.spec.db_url)
+        if registry is not None:
+            for r in self.spec.runs:
+                try:
+                    registry.transition_run(r.run_id, "queued")
+                except errors.SaevOpsError:
+                    pass
+        return submitit.helpers.DelayedSubmission(TrainJob(self.spec))
