@@ -158,7 +158,7 @@ def parse_sweep(text: str, source: str = "grid.yaml") -> SweepSpec:
             line = _line_of(root, loc)
             key = ".".join(str(x) for x in loc)
             problems.append(f"{source}{f':{line}' if line else ''}: {key}: {e['msg']}")
-        raise errors.ConfigError("invalid sweep file:\n  " + "\n  ".join(problems)) from None
+        raise errors.ConfigError("invalid sweep file:\n  " + "\n  ".join(_by_line(problems, source))) from None
     for k, v in model.grid.items():
         if not v:
             problems.append(f"{source}:{_line_of(root, ('grid', k))}: grid.{k}: empty list")
@@ -167,7 +167,7 @@ def parse_sweep(text: str, source: str = "grid.yaml") -> SweepSpec:
         problems.append(f"{source}:{_line_of(root, ('zip',))}: zip: lists must have the same length, got "
                         + ", ".join(f"{k}={len(v)}" for k, v in model.zip.items()))
     if problems:
-        raise errors.ConfigError("invalid sweep file:\n  " + "\n  ".join(problems))
+        raise errors.ConfigError("invalid sweep file:\n  " + "\n  ".join(_by_line(problems, source)))
     configs = expand(model)
     for i, cfg in enumerate(configs):  # each expanded run must make a valid SAE config
         try:
@@ -176,6 +176,14 @@ def parse_sweep(text: str, source: str = "grid.yaml") -> SweepSpec:
             raise errors.ConfigError(f"{source}: expanded run {i} {cfg}: {exc}") from None
     return SweepSpec(model.name, model.dataset, model.executor, model.runs_root,
                      TrainSettings(**model.train.model_dump()), model.resources, tuple(configs), text)
+
+
+def _by_line(problems: list[str], source: str) -> list[str]:
+    def line(p: str) -> int:
+        rest = p[len(source) + 1 :].split(":", 1)[0] if p.startswith(source + ":") else ""
+        return int(rest) if rest.isdigit() else 10**9
+
+    return sorted(problems, key=line)
 
 
 def expand(model: SweepModel) -> list[dict[str, Any]]:

@@ -1,0 +1,141 @@
+"""grid.yaml validation, expansion, grouping, and sweeps on the debug and local executors."""
+
+from __future__ import annotations
+
+import pathlib
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from saev_ops import errors
+from saev_ops.cli import cli
+from saev_ops.registry import Registry, RunQuery
+from saev_ops.sweeps import parse_sweep, submit_sweep
+from saev_ops.sweeps.submit import group_runs
+from tests.conftest import make_dataset
+from tests.shard_helpers import write_dataset
+
+GRID = """\
+name: {name}
+dataset: tiny
+executor: {executor}
+runs_root: {root}
+train: {{batch_size: 64, n_tokens: 640, log_every: 5, ckpt_every: 5, lr_warmup_steps: 2, buffer_mb: 0.2}}
+base: {{arch: topk, d_sae: 64, layer: 7, dead_steps: 10}}
+grid: {{k: [4, 8]}}
+zip: {{lr: [0.001, 0.002], seed: [0, 1]}}
+runs: [{{}}, {{arch: relu, l1_coeff: 0.001, k: 1}}]
+"""
+
+
+@pytest.fixture
+def env(tmp_path: pathlib.Path) -> tuple[Registry, str]:
+    path = write_dataset(tmp_path / "data", n_examples=40, layers=(3, 7), n_patches=16, d_model=32)
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    reg = Registry(url)
+    ds = make_dataset(reg, name="tiny", path=str(path), d_model=32, layers=[3, 7], tokens_per_example=17,
+                      n_examples=40, status="complete")
+    reg.update_dataset("tiny", extra={"metadata_hash": __import__("json").loads(
+        (path / "saev_ops.json").read_text())["content_hash"]})
+    assert ds
+    return reg, url
+
+
+def grid(tmp_path: pathlib.Path, executor: str = "debug", name: str = "s1") -> str:
+    return GRID.format(name=name, executor=executor, root=tmp_path / "runs")
+
+
+def test_expansion_and_precedence(tmp_path: pathlib.Path) -> None:
+    spec = parse_sweep(grid(tmp_path))
+    assert len(spec.configs) == 2 * 2 * 2 - 2 + 0  # relu entry fixes k, so its grid over k collapses: 4 + 2
+    relu = [c for c in spec.configs if c["arch"] == "relu"]
+    assert len(relu) == 2 and all(c["k"] == 1 for c in relu)
+    assert {(c["k"], c["lr"], c["seed"]) for c in spec.configs if c["arch"] == "topk"} == {
+        (4, 0.001, 0), (4, 0.002, 1), (8, 0.001, 0), (8, 0.002, 1)}
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: s\ndataset: d\ntrain:\n  batch_sise: 3\nbase: {kk: 3}\n",
+         r"grid.yaml:4: train.batch_sise: Extra inputs.*\n.*grid.yaml:5: base.kk: unknown run key"),
+        ("name: s\ndataset: d\nresources:\n  gpus: -1\n", r"grid.yaml:4: resources.gpus: .*greater than or equal to 0"),
+        ("name: s\ndataset: d\nbase: {d_sae: 64}\ngrid: {k: [4, 8000]}\n", r"expanded run 1 .*k=8000 > d_sae=64"),
+        ("name: s\ndataset: d\nzip: {k: [1, 2], lr: [0.1]}\n", r"grid.yaml:3: zip: lists must have the same length"),
+        ("name: s\ndataset: d\nexecutor: kubernetes\n", r"grid.yaml:3: executor: Input should be 'local', 'debug'"),
+        ("name: s\n  dataset: [\n", r"grid.yaml:2: not valid YAML"),
+        ("- 1\n- 2\n", r"expected a mapping at the top level"),
+        ("name: s\ndataset: d\nbase: {tokens: sideways}\n", r"tokens must be one of"),
+    ],
+)
+def test_validation_errors_name_key_and_line(text: str, message: str) -> None:
+    with pytest.raises(errors.ConfigError, match=message):
+        parse_sweep(text)
+
+
+def test_unknown_dataset_writes_nothing(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
+    reg, url = env
+    spec = parse_sweep(grid(tmp_path).replace("dataset: tiny", "dataset: nope"))
+    with pytest.raises(errors.NotFoundError, match="no dataset named 'nope'"):
+        submit_sweep(reg, spec, url)
+    assert reg.list_sweeps() == [] and reg.list_runs() == []
+
+
+def test_grouping_fits_device_memory() -> None:
+    from saev_ops.sweeps.spec import ResourcesModel
+    from saev_ops.train.spec import TrainSettings
+
+    items = [(i, {"sae": {"d_sae": 16384}, "layer": 11, "tokens": "patches"}) for i in range(6)]
+    items += [(10, {"sae": {"d_sae": 1024}, "layer": 6, "tokens": "patches"})]
+    jobs = group_runs(items, 768, TrainSettings(batch_size=4096), ResourcesModel(device_memory_gb=3.0))  # ~1.45 GB each
+    assert [j.layer for j in jobs] == [6, 11, 11, 11]
+    assert all(j.memory_gb <= 3.0 for j in jobs) and sum(len(j.run_ids) for j in jobs) == 7
+    with pytest.raises(errors.ConfigError, match="more than resources.device_memory_gb"):
+        group_runs(items, 768, TrainSettings(batch_size=4096), ResourcesModel(device_memory_gb=0.5))
+
+
+def test_debug_sweep_dry_run_resubmit_and_retry(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
+    reg, url = env
+    spec = parse_sweep(grid(tmp_path))
+    dry = submit_sweep(reg, spec, url, dry_run=True)
+    assert dry.dry_run and len(dry.new_runs) == 6 and reg.list_runs() == []
+    res = submit_sweep(reg, spec, url)
+    assert len(res.new_runs) == 6 and len(res.jobs) == 1
+    rows = reg.list_runs(RunQuery(sweep="s1", where=("nmse<100",)))
+    assert len(rows) == 6 and all(r.run.status == "completed" and r.run.executor == "debug" for r in rows)
+    again = submit_sweep(reg, spec, url)
+    assert again.new_runs == () and again.jobs == ()
+    import sqlalchemy as sa
+
+    victim = rows[0].run.id
+    with reg.engine.begin() as conn:  # as if its node had died: the run is failed and its checkpoint gone
+        conn.execute(sa.text("UPDATE runs SET status = 'failed' WHERE id = :i"), {"i": victim})
+    retry = submit_sweep(reg, spec, url, retry_failed=True)
+    assert retry.resubmitted == (victim,) and retry.new_runs == ()
+    run = reg.get_run(victim)
+    assert run.status == "completed" and run.attempts == 2
+
+
+def test_local_executor_runs_in_the_background(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
+    reg, url = env
+    res = CliRunner().invoke(cli, ["--db", url, "sweep", "submit", "-"], input=None)
+    assert res.exit_code != 0  # a file is required
+    f = tmp_path / "grid.yaml"
+    f.write_text(grid(tmp_path, executor="local", name="bg"))
+    res = CliRunner().invoke(cli, ["--db", url, "sweep", "submit", str(f)])
+    assert res.exit_code == 0, res.output
+    assert "6 new" in res.output and "1 job(s) on local" in res.output
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        rows = reg.list_runs(RunQuery(sweep="bg"))
+        if all(r.run.status == "completed" for r in rows):
+            break
+        time.sleep(1)
+    assert all(r.run.status == "completed" for r in rows), [r.run.status for r in rows]
+    res = CliRunner().invoke(cli, ["--db", url, "runs", "list", "--sweep", "bg", "--where", "l0<=8", "--format", "csv"])
+    assert len(res.output.strip().splitlines()) == 1 + 4  # the TopK runs (k 4 and 8)
+    res = CliRunner().invoke(cli, ["--db", url, "sweep", "status", "bg"])
+    assert "6 completed" in res.output
+    res = CliRunner().invoke(cli, ["--db", url, "sweep", "list"])
+    assert "bg" in res.output

@@ -1,0 +1,147 @@
+"""SAEs and the multi-SAE training pass: architectures learn, metrics land, resume equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+import torch
+
+from saev_ops import errors
+from saev_ops.registry import Registry, RunQuery
+from saev_ops.sae import SAEConfig, build_sae
+from saev_ops.sae.io import load_sae
+from saev_ops.train import RunSpec, TrainJobSpec, TrainSettings, run_train_job
+from saev_ops.train.metrics import sync_metrics_file
+from saev_ops.train.trainer import Trainer
+from tests.conftest import make_dataset
+from tests.shard_helpers import write_dataset
+
+ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "matryoshka", "signed-topk"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_each_architecture_reduces_its_loss(arch: str) -> None:
+    torch.manual_seed(0)
+    dirs = torch.randn(32, 16)
+    codes = (torch.rand(2048, 32) < 0.1).float() * torch.rand(2048, 32) * 3
+    x = codes @ dirs
+    cfg = SAEConfig(arch=arch, d_model=16, d_sae=64, k=4, matryoshka_prefixes=(16,) if arch == "matryoshka" else (),
+                    l1_coeff=1e-3, l0_coeff=1e-4)
+    sae = build_sae(cfg, seed=1)
+    sae.init_bias(x.mean(0))
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        _, z, terms = sae(x)
+        first = float(terms["mse"]) if first is None else first
+        opt.zero_grad()
+        terms["loss"].backward()
+        sae.remove_parallel_grad()
+        opt.step()
+        sae.normalize_decoder()
+    assert float(terms["mse"]) < 0.5 * first
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(64), atol=1e-5)
+    if arch in ("topk", "matryoshka", "signed-topk"):
+        assert int((z != 0).sum(-1).max()) <= 4
+    if arch == "batchtopk":
+        assert int((z != 0).sum()) <= 4 * len(x)
+
+
+def test_bad_sae_configs() -> None:
+    with pytest.raises(errors.ConfigError, match="k must be in 1..d_sae"):
+        SAEConfig(arch="topk", d_model=8, d_sae=4, k=8)
+    with pytest.raises(errors.ConfigError, match="arch must be one of"):
+        SAEConfig(arch="gelu", d_model=8)
+    with pytest.raises(errors.ConfigError, match="unknown keys"):
+        SAEConfig.from_dict({"d_model": 8, "widht": 3})
+
+
+@pytest.fixture
+def setup(tmp_path: pathlib.Path) -> tuple[Registry, str, pathlib.Path]:
+    path = write_dataset(tmp_path / "data", n_examples=40, layers=(3, 7), n_patches=16, d_model=32)
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    reg = Registry(url)
+    make_dataset(reg, name="tiny", path=str(path), d_model=32, layers=[3, 7], tokens_per_example=17, n_examples=40)
+    return reg, url, path
+
+
+def make_spec(reg: Registry, url: str, path: pathlib.Path, root: pathlib.Path, *, n_tokens: int = 3200,
+              ckpt_every: int = 5) -> TrainJobSpec:
+    settings = TrainSettings(batch_size=64, n_tokens=n_tokens, log_every=5, ckpt_every=ckpt_every, lr_warmup_steps=3,
+                             sparsity_warmup_steps=3, buffer_mb=0.2, heartbeat_s=0.0)
+    saes = [SAEConfig(arch="topk", d_model=32, d_sae=64, k=4, dead_steps=10),
+            SAEConfig(arch="relu", d_model=32, d_sae=128),
+            SAEConfig(arch="jumprelu", d_model=32, d_sae=48)]
+    configs = [{"sae": s.to_dict(), "lr": 1e-3, "seed": i, "layer": 7, "tokens": "patches"} for i, s in enumerate(saes)]
+    runs = reg.add_runs("tiny", configs)
+    return TrainJobSpec(db_url=url, dataset="tiny", dataset_path=str(path), dataset_hash="h", layer=7,
+                        tokens="patches", settings=settings, runs_root=str(root),
+                        runs=tuple(RunSpec(run_id=r.id, sae=s, lr=1e-3, seed=i)
+                                   for i, ((r, _), s) in enumerate(zip(runs, saes))))
+
+
+def test_one_pass_trains_many_saes_and_metrics_land(setup, tmp_path: pathlib.Path) -> None:  # noqa: ANN001
+    reg, url, path = setup
+    spec = make_spec(reg, url, path, tmp_path / "runs")
+    out = run_train_job(spec)
+    rows = reg.list_runs(RunQuery(dataset="tiny", where=("nmse<10",), sort="nmse"))
+    assert {r.run.id for r in rows} == set(out) and all(r.run.status == "completed" for r in rows)
+    for r in rows:
+        for key in ("loss", "mse", "nmse", "explained_variance", "l0", "dead_frac", "dense_frac"):
+            assert key in r.summary
+        assert r.run.checkpoint_path == out[r.run.id] and r.run.attempts == 1 and r.run.host
+    topk = next(r for r in rows if r.run.config["sae"]["arch"] == "topk")
+    assert topk.summary["l0"] == pytest.approx(4.0)
+    assert len(reg.metric_history(topk.run.id, "nmse")) == 10  # 50 steps, a report every 5
+    sae, meta = load_sae(pathlib.Path(out[topk.run.id]))
+    assert meta["layer"] == 7 and meta["scale"] > 0 and sae.cfg.d_sae == 64
+
+
+def test_resume_equals_uninterrupted(setup, tmp_path: pathlib.Path) -> None:  # noqa: ANN001
+    reg, url, path = setup
+    spec = make_spec(reg, url, path, tmp_path / "a", n_tokens=64 * 23, ckpt_every=5)
+    ref = Trainer(spec, None)
+    ref.train()  # 23 steps straight through
+    interrupted = Trainer(spec := TrainJobSpec(**{**spec.__dict__, "runs_root": str(tmp_path / "b")}), None)
+    orig_save = interrupted.save_checkpoint
+    calls = {"n": 0}
+
+    def save_then_die() -> pathlib.Path:
+        p = orig_save()
+        calls["n"] += 1
+        if calls["n"] == 3:  # after the step-15 checkpoint the job is preempted
+            raise KeyboardInterrupt
+        return p
+
+    interrupted.save_checkpoint = save_then_die  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    resumed = Trainer(spec, None)
+    assert resumed.load_checkpoint() and resumed.step == 15
+    resumed.train()
+    for a, b in zip(ref.saes, resumed.saes):
+        for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+            assert torch.equal(p, q), name
+
+
+def test_failing_run_records_its_error(setup, tmp_path: pathlib.Path) -> None:  # noqa: ANN001
+    reg, url, path = setup
+    spec = make_spec(reg, url, path, tmp_path / "runs")
+    bad = TrainJobSpec(**{**spec.__dict__, "dataset_path": str(tmp_path / "gone")})
+    with pytest.raises(errors.DataError):
+        run_train_job(bad)
+    run = reg.get_run(spec.runs[0].run_id)
+    assert run.status == "failed" and "dataset directory does not exist" in run.error
+
+
+def test_unreachable_registry_buffers_metrics_then_sync(setup, tmp_path: pathlib.Path) -> None:  # noqa: ANN001
+    reg, url, path = setup
+    spec = make_spec(reg, url, path, tmp_path / "runs", n_tokens=640)
+    Trainer(spec, None).train()  # registry unreachable the whole time
+    files = sorted((tmp_path / "runs").glob("run-*/metrics.jsonl"))
+    assert len(files) == 3
+    assert reg.summary(spec.runs[0].run_id) == {}
+    n = sum(sync_metrics_file(reg, f) for f in files)
+    assert n > 0 and "nmse" in reg.summary(spec.runs[0].run_id)
+    assert not any((tmp_path / "runs").glob("run-*/metrics.jsonl"))
