@@ -193,7 +193,7 @@ def run_train_job(spec: TrainJobSpec) -> dict[int, str]:
     job_id, array_index = _slurm_ids()
     fields: dict[str, Any] = {"host": socket.gethostname()}
     if job_id:
-        fields.update(slurm_job_id=job_id, slurm_array_index=array_index)
+        fields.update(executor="slurm", slurm_job_id=job_id, slurm_array_index=array_index)
     ids = [r.run_id for r in spec.runs]
     if registry is not None:
         for rid in ids:

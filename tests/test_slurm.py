@@ -1,0 +1,199 @@
+"""Sweeps and jobs on a real single-node Slurm cluster (started by tests/slurm/cluster.sh, from .ci/run).
+
+No test requests a GPU. Each test uses its own registry and run folder. These tests wait on the scheduler, so they
+take a few minutes in all; the time-limit case alone waits out a one-minute limit.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from saev_ops.registry import Registry, RunQuery
+from saev_ops.sae.io import load_sae
+from saev_ops.sweeps import parse_sweep, submit_sweep
+from saev_ops.sweeps.status import reconcile
+from tests.conftest import REQUIRE_SERVICES, make_dataset
+from tests.shard_helpers import write_dataset
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+def _cluster_ready() -> str | None:
+    if not os.environ.get("SLURM_CONF"):
+        return "SLURM_CONF is not set (start the cluster with tests/slurm/cluster.sh up)"
+    if shutil.which("scontrol") is None:
+        return "scontrol is not installed"
+    res = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    return None if "UP" in res.stdout else f"slurmctld does not answer: {res.stdout.strip()} {res.stderr.strip()}"
+
+
+@pytest.fixture(autouse=True)
+def cluster() -> None:
+    reason = _cluster_ready()
+    if reason:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"the Slurm cluster is required (SAEV_OPS_REQUIRE_SERVICES=1): {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def env(tmp_path: pathlib.Path) -> tuple[Registry, str, pathlib.Path]:
+    path = write_dataset(tmp_path / "data", n_examples=60, layers=(3, 7), n_patches=16, d_model=32)
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    reg = Registry(url)
+    sidecar = json.loads((path / "saev_ops.json").read_text())
+    make_dataset(reg, name="tiny", path=str(path), d_model=32, layers=[3, 7], tokens_per_example=17, n_examples=60,
+                 status="complete", extra={"metadata_hash": sidecar["content_hash"]})
+    return reg, url, tmp_path
+
+
+def grid(tmp_path: pathlib.Path, name: str, *, n_tokens: int, batch_size: int = 64, ckpt_every: int = 5,
+         time_min: int = 10, d_sae: int = 64) -> str:
+    return f"""\
+name: {name}
+dataset: tiny
+executor: slurm
+runs_root: {tmp_path / 'runs'}
+train: {{batch_size: {batch_size}, n_tokens: {n_tokens}, log_every: 5, ckpt_every: {ckpt_every}, lr_warmup_steps: 2,
+         buffer_mb: 0.2, heartbeat_s: 1}}
+base: {{arch: topk, d_sae: {d_sae}, layer: 7, dead_steps: 10}}
+grid: {{k: [4, 8]}}
+resources: {{partition: debug, cpus: 1, mem_gb: 1.5, time_min: {time_min}, max_parallel: 2, max_runs_per_job: 1}}
+"""
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):  # noqa: ANN001, ANN201
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def sacct_state(job: str) -> str:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", job], capture_output=True,
+                         text=True).stdout
+    return " ".join(line.split("|")[1] for line in out.splitlines() if "|" in line)
+
+
+def statuses(reg: Registry, sweep: str) -> list[str]:
+    return [r.run.status for r in reg.list_runs(RunQuery(sweep=sweep))]
+
+
+def test_sweep_completes_on_slurm_with_metrics(env) -> None:  # noqa: ANN001
+    reg, url, tmp = env
+    res = submit_sweep(reg, parse_sweep(grid(tmp, "ok", n_tokens=640)), url)
+    assert len(res.jobs) == 2 and all(res.job_ids)
+    wait_for(lambda: statuses(reg, "ok") == ["completed", "completed"], 240, "the sweep to complete")
+    rows = reg.list_runs(RunQuery(sweep="ok", where=("nmse<10",), sort="nmse"))
+    assert len(rows) == 2
+    for r in rows:
+        assert r.run.executor == "slurm" and r.run.slurm_job_id and r.run.slurm_array_index in (0, 1)
+        assert r.run.host and "l0" in r.summary and len(reg.metric_history(r.run.id, "nmse")) == 2
+
+
+def test_failing_run_error_reaches_runs_show(env) -> None:  # noqa: ANN001
+    reg, url, tmp = env
+    # a batch larger than the dataset's 60 x 16 patches: the trainer refuses it inside the job
+    submit_sweep(reg, parse_sweep(grid(tmp, "bad", n_tokens=4096, batch_size=2048)), url)
+    wait_for(lambda: statuses(reg, "bad") == ["failed", "failed"], 240, "the runs to fail")
+    from click.testing import CliRunner
+
+    from saev_ops.cli import cli
+
+    out = CliRunner().invoke(cli, ["--db", url, "runs", "show", str(reg.list_runs(RunQuery(sweep="bad"))[0].run.id)])
+    assert "status        failed" in out.output
+    assert "batch_size 2048 is larger than the dataset's 960 selected patches" in out.output
+
+
+def _batch_script(tmp: pathlib.Path, url: str, run_id: int, minutes: int) -> pathlib.Path:
+    """A researcher's own batch script calling `saev-ops train` in the job."""
+    script = tmp / f"train-{run_id}.sh"
+    script.write_text(f"""#!/bin/bash
+#SBATCH --time={minutes} --mem=1500M --cpus-per-task=1 --output={tmp}/slurm-%j.out
+export SAEV_OPS_DB_URL={url}
+exec {sys.executable} -m saev_ops train {run_id} --runs-root {tmp / 'runs'}
+""")
+    return script
+
+
+def _register(reg: Registry, sweep: str, n_tokens: int) -> int:
+    from saev_ops.sae import SAEConfig
+    from saev_ops.train.spec import TrainSettings, run_config
+
+    reg.get_or_create_sweep(sweep)
+    settings = TrainSettings(batch_size=960, n_tokens=n_tokens, log_every=20, ckpt_every=1000, buffer_mb=0.2,
+                             heartbeat_s=1.0)
+    sae = SAEConfig(arch="topk", d_model=32, d_sae=2048, k=8).to_dict()
+    ((run, _),) = reg.add_runs("tiny", [run_config(sae, 1e-3, 0, 7, "patches", settings)], sweep=sweep)
+    return run.id
+
+
+def _sbatch(script: pathlib.Path) -> str:
+    out = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, check=True).stdout
+    return out.strip().split(";")[0]
+
+
+def test_cancelled_job_is_marked_cancelled(env) -> None:  # noqa: ANN001
+    reg, url, tmp = env
+    run_id = _register(reg, "cancel", n_tokens=960 * 100_000)  # far longer than the test
+    job = _sbatch(_batch_script(tmp, url, run_id, minutes=10))
+    wait_for(lambda: reg.get_run(run_id).status == "running", 120, "the run to start")
+    assert reg.get_run(run_id).slurm_job_id == job
+    subprocess.run(["scancel", job], check=True)
+    wait_for(lambda: "CANCELLED" in sacct_state(job), 60, "sacct to say CANCELLED")
+    changes = reconcile(reg, "cancel", grace_s=3600)
+    assert [(c.run_id, c.new) for c in changes] == [(run_id, "cancelled")]
+    run = reg.get_run(run_id)
+    assert run.status == "cancelled" and "cancelled in Slurm" in run.error
+
+
+def test_job_past_its_time_limit_is_marked_with_the_reason(env) -> None:  # noqa: ANN001
+    reg, url, tmp = env
+    run_id = _register(reg, "slow", n_tokens=960 * 1_000_000)
+    job = _sbatch(_batch_script(tmp, url, run_id, minutes=1))
+    wait_for(lambda: reg.get_run(run_id).status == "running", 120, "the run to start")
+    wait_for(lambda: "TIMEOUT" in sacct_state(job), 180, "Slurm to end the job at its time limit", interval=3)
+    changes = reconcile(reg, "slow", grace_s=3600)
+    assert [(c.run_id, c.new) for c in changes] == [(run_id, "failed")]
+    assert "time limit" in reg.get_run(run_id).error
+
+
+def test_requeued_job_resumes_from_its_checkpoint(env) -> None:  # noqa: ANN001
+    reg, url, tmp = env
+    # one job, one run; ~120 steps with a checkpoint every 10
+    text = grid(tmp, "requeue", n_tokens=64 * 120, ckpt_every=10, d_sae=512).replace("grid: {k: [4, 8]}", "grid: {k: [8]}")
+    spec = parse_sweep(text)
+    res = submit_sweep(reg, spec, url)
+    (job,) = res.job_ids
+    (row,) = reg.list_runs(RunQuery(sweep="requeue"))
+    wait_for(lambda: any((tmp / "runs" / "jobs").glob("*/ckpt/state.pt")), 180, "a first checkpoint")
+    state = torch.load(next((tmp / "runs" / "jobs").glob("*/ckpt/state.pt")), weights_only=False)
+    assert state["step"] < 120, "the job finished before it could be preempted; make it longer"
+    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what preemption does: submitit checkpoints
+    wait_for(lambda: reg.get_run(row.run.id).status == "completed", 300, "the requeued job to finish")
+    run = reg.get_run(row.run.id)
+    assert run.attempts == 2, "the run should have been requeued once"
+    # the resumed weights equal an uninterrupted run of the same config
+    from saev_ops.sweeps.submit import job_specs
+    from saev_ops.train.trainer import Trainer
+
+    dataset = reg.get_dataset("tiny")
+    (fresh,) = job_specs(spec, dataset, list(res.jobs), url)
+    ref = Trainer(dataclasses.replace(fresh, runs_root=str(tmp / "ref")), None)
+    ref.train()
+    sae, _ = load_sae(pathlib.Path(run.checkpoint_path))
+    for (name, a), (_, b) in zip(ref.saes[0].state_dict().items(), sae.state_dict().items()):
+        assert torch.equal(a.cpu(), b), name
