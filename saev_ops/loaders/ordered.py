@@ -35,8 +35,8 @@ class OrderedConfig:
     """Last example (exclusive); None for the end of the dataset."""
     chunk_mb: float = 64.0
     """Bytes read per request, in MiB."""
-    n_threads: int = 2
-    """Reader threads."""
+    n_threads: int = dataclasses.field(default_factory=lambda: min(8, os.cpu_count() or 2))
+    """Reader threads (default: the core count, at most 8)."""
     prefetch: int = 4
     """Chunks read ahead of the consumer (memory: about prefetch x chunk_mb)."""
     pin_memory: bool = False
