@@ -48,10 +48,12 @@ def cli(ctx: click.Context, db: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from saev_ops.cli import datasets, db, runs, sql, sweep, train
+    from saev_ops.cli import datasets, db, images, infer, runs, sql, sweep, train
 
-    for module in (db, datasets, runs, sql, sweep, train):
+    for module in (db, datasets, images, runs, sql, sweep, train):
         cli.add_command(module.group)
+    for command in (infer.infer, infer.latents, infer.lineage):
+        cli.add_command(command)
 
 
 _register()

@@ -45,8 +45,8 @@ class ShuffledConfig:
     """Memory for loaded example groups, in MiB (three groups in flight). Bigger mixes better."""
     read_mb: float = 1.0
     """Smallest contiguous read, in MiB (sets examples per block)."""
-    n_threads: int = dataclasses.field(default_factory=lambda: max(4, min(8, os.cpu_count() or 4)))
-    """Reader threads (default: the core count, between 4 and 8)."""
+    n_threads: int = 4
+    """Reader threads (4 measured best on both 2 and 16 cores: building the scatter lists holds the GIL)."""
     prefetch_batches: int = 4
     """Batches gathered ahead of the consumer (memory: prefetch x batch bytes)."""
     drop_last: bool = False

@@ -71,7 +71,7 @@ class Trainer:
         s = spec.settings
         self.loader = ShuffledDataLoader(self.reader, ShuffledConfig(
             selection=ShardSelection(layers=(spec.layer,), tokens=spec.tokens), batch_size=s.batch_size, seed=s.seed,
-            buffer_mb=s.buffer_mb, pin_memory=self.device.type == "cuda", drop_last=True))
+            buffer_mb=s.buffer_mb, drop_last=True))  # pageable copies: pinning each batch costs more than it saves
         if len(self.loader) == 0:
             raise errors.ConfigError(f"batch_size {s.batch_size} is larger than the dataset's "
                                      f"{self.loader.n_rows} selected patches")

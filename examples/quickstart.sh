@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up and run the whole loop on embedded defaults: SQLite registry, in-process executor, the built-in ViT and
+# generated images. Everything goes under $SAEV_OPS_HOME (default ./.quickstart).
+#   bash examples/quickstart.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[hf,plot]' 'torch==2.13.0'
+export SAEV_OPS_HOME="${SAEV_OPS_HOME:-$PWD/.quickstart}"
+unset SAEV_OPS_DB_URL
+S="$VENV/bin/saev-ops"
+set -x
+"$S" images generate "$SAEV_OPS_HOME/images" --n 64 --size 64
+"$S" datasets record --name quickstart --images "$SAEV_OPS_HOME/images" --model builtin:small --layers 3,5
+"$S" datasets verify quickstart --full
+"$S" sweep submit examples/grid.yaml --dry-run
+"$S" sweep submit examples/grid.yaml --executor debug
+"$S" sweep list
+"$S" runs list --sweep quickstart --where "l0<=32" --sort nmse --limit 5
+"$S" sql "SELECT run_id, nmse, l0, dead_frac FROM run_table WHERE sweep = 'quickstart' ORDER BY nmse LIMIT 3"
+"$S" runs show "$("$S" runs list --sweep quickstart --sort nmse --limit 1 --format csv | sed -n 2p | cut -d, -f1)"

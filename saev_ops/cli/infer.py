@@ -1,0 +1,91 @@
+"""``saev-ops infer``, ``latents``, ``lineage``: inference outputs and exploring them."""
+
+from __future__ import annotations
+
+import click
+
+from saev_ops.cli import fmt
+from saev_ops.cli.context import CliContext, format_option, pass_ctx
+
+
+@click.command("infer")
+@click.argument("target")
+@click.option("--dataset", required=True, help="Dataset to run the SAEs over.")
+@click.option("--out-root", type=click.Path(file_okay=False), help="Default: $SAEV_OPS_HOME/outputs.")
+@click.option("--batch-size", type=int, default=16384, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--force", is_flag=True, help="Recompute outputs that exist.")
+@pass_ctx
+def infer(obj: CliContext, target: str, dataset: str, out_root: str | None, batch_size: int, device: str,
+          force: bool) -> None:
+    """Apply TARGET's SAEs (a run id, or a sweep name: its completed runs) to --dataset in one ordered pass, writing
+    one CSR .npz per run. Runs in this process (use it in your own batch scripts)."""
+    from saev_ops.infer import InferSpec, run_inference
+    from saev_ops.registry import RunQuery
+    from saev_ops.settings import home_dir
+
+    reg = obj.registry
+    if target.isdigit():
+        ids = (int(target),)
+    else:
+        ids = tuple(r.run.id for r in reg.list_runs(RunQuery(sweep=target, statuses=("completed",))))
+        if not ids:
+            raise click.ClickException(f"sweep {target!r} has no completed runs")
+    outs = run_inference(InferSpec(db_url=obj.db_url, run_ids=ids, dataset=dataset,
+                                   out_root=out_root or str(home_dir() / "outputs"), batch_size=batch_size,
+                                   device=device, force=force))
+    for o in outs:
+        click.echo(f"output {o.id}: run {o.run_id} on {dataset}: {o.n_rows}x{o.n_cols}, nnz {o.nnz} -> {o.path}")
+
+
+@click.group("latents")
+def latents() -> None:
+    """Latents of an inference output: top examples, statistics."""
+
+
+@latents.command("top")
+@click.argument("output_id", type=int)
+@click.argument("latent", type=int)
+@click.option("-n", "n", type=int, default=20, show_default=True)
+@format_option
+@pass_ctx
+def top(obj: CliContext, output_id: int, latent: int, n: int, **kw: str) -> None:
+    """The top-activating examples and tokens of LATENT, with image path and label."""
+    from saev_ops.infer import Output
+
+    out = Output.open(obj.registry, output_id)
+    rows = []
+    for row, value in out.top_rows(latent, n):
+        e = out.row_example(row)
+        rows.append((value, e["example_idx"], e["token_idx"], e["label_name"], e["path"]))
+    click.echo(fmt.render(("value", "example", "token", "label", "image"), rows, kw["fmt"]))
+
+
+@latents.command("stats")
+@click.argument("output_id", type=int)
+@pass_ctx
+def stats(obj: CliContext, output_id: int) -> None:
+    """Dead and dense latents and a histogram of log10 firing frequency."""
+    import numpy as np
+
+    from saev_ops.infer import Output
+
+    s = Output.open(obj.registry, output_id).latent_stats()
+    freq = s["frequency"]
+    dead, dense = int((freq == 0).sum()), int((freq > 0.1).sum())
+    click.echo(f"{len(freq)} latents: {dead} dead (never fire), {dense} dense (fire on > 10% of rows)")
+    alive = freq[freq > 0]
+    if alive.size:
+        hist, edges = np.histogram(np.log10(alive), bins=10)
+        for h, a, b in zip(hist, edges[:-1], edges[1:]):
+            click.echo(f"  10^{a:6.2f} .. 10^{b:6.2f}  {h:7d} {'#' * int(50 * h / max(hist.max(), 1))}")
+
+
+@click.command("lineage")
+@click.argument("ref")
+@pass_ctx
+def lineage(obj: CliContext, ref: str) -> None:
+    """Image set -> dataset -> runs -> inference outputs for REF (dataset:NAME, run:ID, output:ID, sweep:NAME)."""
+    from saev_ops.explore.lineage import lineage_lines
+
+    click.echo("\n".join(lineage_lines(obj.registry, ref)))

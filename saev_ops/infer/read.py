@@ -1,0 +1,69 @@
+"""Reading inference outputs without activations or checkpoints: the CSR matrix, latent statistics, and the example
+behind any row."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import numpy as np
+
+from saev_ops import errors
+from saev_ops.registry import OutputRecord, Registry
+
+
+@dataclasses.dataclass
+class Output:
+    record: OutputRecord
+    path: pathlib.Path
+    info: dict[str, Any]
+    dataset_path: str
+
+    @classmethod
+    def open(cls, registry: Registry, output_id: int) -> Output:
+        rec = registry.get_output(output_id)
+        path = pathlib.Path(rec.path)
+        if not (path / "output.json").exists():
+            raise errors.DataError(f"{path}: inference output {output_id} is missing on disk (re-run `saev-ops infer`)")
+        ds = registry.get_dataset_by_id(rec.dataset_id)
+        return cls(rec, path, json.loads((path / "output.json").read_text()), ds.path)
+
+    def matrix(self) -> Any:
+        import scipy.sparse
+
+        return scipy.sparse.load_npz(self.path / "latents.npz")
+
+    def latent_stats(self) -> dict[str, np.ndarray]:
+        with np.load(self.path / "latent_stats.npz") as z:
+            return {k: z[k] for k in z.files}
+
+    def row_example(self, row: int) -> dict[str, Any]:
+        """The example (image path, label) and token behind a row."""
+        from saev_ops.shards.index import IndexReader
+
+        per = self.info["tokens_per_example"]
+        ex, pos = divmod(int(row), per)
+        idx = IndexReader(pathlib.Path(self.dataset_path) / "index.lmdb")
+        try:
+            e = idx.get(ex)
+        finally:
+            idx.close()
+        token_idx = self.info["token_idx"]
+        return {"row": int(row), "example_idx": ex, "token_idx": token_idx[pos % len(token_idx)], "path": e.path,
+                "label": e.label, "label_name": e.label_name}
+
+    def top_rows(self, latent: int, n: int = 20) -> list[tuple[int, float]]:
+        """The n rows where ``latent`` is largest, without densifying the matrix."""
+        if not 0 <= latent < self.record.n_cols:
+            raise errors.QueryError(f"latent {latent} out of range: output {self.record.id} has {self.record.n_cols}")
+        with np.load(self.path / "latents.npz") as z:
+            indices, data, indptr = z["indices"], z["data"], z["indptr"]
+        hits = np.flatnonzero(indices == latent)
+        if hits.size == 0:
+            return []
+        vals = data[hits]
+        order = np.argsort(-vals, kind="stable")[:n]
+        rows = np.searchsorted(indptr, hits[order], side="right") - 1
+        return [(int(r), float(v)) for r, v in zip(rows, vals[order])]

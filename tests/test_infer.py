@@ -1,0 +1,78 @@
+"""Inference outputs: CSR contents equal a direct computation, atomic and idempotent writes, reading API, lineage."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import scipy.sparse
+import torch
+from click.testing import CliRunner
+
+from saev_ops.cli import cli
+from saev_ops.explore.lineage import lineage_lines
+from saev_ops.infer import InferSpec, Output, run_inference
+from saev_ops.registry import Registry
+from saev_ops.sae.io import load_sae
+from saev_ops.shards import ShardReader
+from saev_ops.train import run_train_job
+from tests.conftest import make_dataset
+from tests.shard_helpers import write_dataset
+from tests.test_train import make_spec
+
+
+@pytest.fixture
+def trained(shared_db_url: str, tmp_path: pathlib.Path):  # noqa: ANN201 - an SQLite file and Postgres
+    db_url = shared_db_url
+    path = write_dataset(tmp_path / "data", n_examples=40, layers=(3, 7), n_patches=16, d_model=32)
+    reg = Registry(db_url)
+    sidecar = json.loads((path / "saev_ops.json").read_text())
+    make_dataset(reg, name="tiny", path=str(path), d_model=32, layers=[3, 7], tokens_per_example=17, n_examples=40,
+                 status="complete", extra={"metadata_hash": sidecar["content_hash"]})
+    spec = make_spec(reg, db_url, path, tmp_path / "runs", n_tokens=640)
+    run_train_job(spec)
+    return reg, db_url, path, [r.run_id for r in spec.runs]
+
+
+def test_csr_equals_direct_computation_and_lineage(trained, tmp_path: pathlib.Path) -> None:  # noqa: ANN001
+    reg, url, path, ids = trained
+    outs = run_inference(InferSpec(db_url=url, run_ids=tuple(ids), dataset="tiny", out_root=str(tmp_path / "out"),
+                                   batch_size=100))
+    assert len(outs) == 3
+    x = torch.from_numpy(ShardReader(path).read(0, 40, layer_idx=1)[:, 1:].reshape(-1, 32).copy())  # patches only
+    for o in outs:
+        sae, meta = load_sae(pathlib.Path(reg.get_run(o.run_id).checkpoint_path))
+        with torch.inference_mode():
+            want = sae.encode(x * meta["scale"]).numpy()
+        got = scipy.sparse.load_npz(pathlib.Path(o.path) / "latents.npz")
+        assert got.shape == want.shape == (640, o.n_cols) and got.nnz == o.nnz == np.count_nonzero(want)
+        np.testing.assert_allclose(got.toarray(), want, rtol=1e-5, atol=1e-6)
+        out = Output.open(reg, o.id)
+        stats = out.latent_stats()
+        np.testing.assert_allclose(stats["frequency"], (want != 0).mean(0))
+        np.testing.assert_allclose(stats["max"], want.max(0), rtol=1e-6)
+        j = int(np.argmax((want != 0).sum(0)))
+        top = out.top_rows(j, 5)
+        assert [v for _, v in top] == pytest.approx(sorted(want[:, j], reverse=True)[:5])
+        e = out.row_example(top[0][0])
+        assert e["example_idx"] == top[0][0] // 16 and e["path"].endswith(".jpg") and e["token_idx"] >= 1
+        assert not list(pathlib.Path(o.path).parent.glob("*.tmp"))
+    again = run_inference(InferSpec(db_url=url, run_ids=tuple(ids), dataset="tiny", out_root=str(tmp_path / "out")))
+    assert [(o.id, o.created_at) for o in again] == [(o.id, o.created_at) for o in outs]  # no-op without force
+    lines = lineage_lines(reg, f"run:{ids[0]}")
+    assert lines[1].startswith("└── dataset tiny") and f"run {ids[0]}" in lines[2] and "output" in lines[3]
+    assert len(lineage_lines(reg, "dataset:tiny")) == 2 + 3 * 2
+    res = CliRunner().invoke(cli, ["--db", url, "sql", "SELECT count(*) FROM inference_lineage"])
+    assert res.exit_code == 0 and "3" in res.output
+    res = CliRunner().invoke(cli, ["--db", url, "latents", "top", str(outs[0].id), str(j), "-n", "2", "--format", "csv"])
+    assert res.exit_code == 0 and len(res.output.strip().splitlines()) == 3
+
+
+def test_failed_inference_registers_nothing(trained, tmp_path: pathlib.Path) -> None:  # noqa: ANN001
+    reg, url, path, ids = trained
+    (path / "acts000001.bin").unlink()
+    with pytest.raises(Exception, match="not usable"):
+        run_inference(InferSpec(db_url=url, run_ids=tuple(ids), dataset="tiny", out_root=str(tmp_path / "out")))
+    assert reg.list_outputs() == []
