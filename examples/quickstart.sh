@@ -21,3 +21,12 @@ set -x
 "$S" runs list --sweep quickstart --where "l0<=32" --sort nmse --limit 5
 "$S" sql "SELECT run_id, nmse, l0, dead_frac FROM run_table WHERE sweep = 'quickstart' ORDER BY nmse LIMIT 3"
 "$S" runs show "$("$S" runs list --sweep quickstart --sort nmse --limit 1 --format csv | sed -n 2p | cut -d, -f1)"
+"$S" infer quickstart --dataset quickstart
+OUT="$("$S" sql "SELECT output_id FROM inference_lineage ORDER BY output_id LIMIT 1" --format csv | sed -n 2p)"
+"$S" latents stats "$OUT"
+"$S" latents top "$OUT" 0 -n 5
+"$S" lineage sweep:quickstart
+"$S" runs pareto --sweep quickstart --out "$SAEV_OPS_HOME/pareto.png"
+"$S" report quickstart --out "$SAEV_OPS_HOME/report" --output "$OUT"
+set +x
+echo "Done. Open $SAEV_OPS_HOME/report/index.html in a browser; the registry is $SAEV_OPS_HOME/registry.sqlite."

@@ -52,7 +52,7 @@ def _register() -> None:
 
     for module in (db, datasets, images, runs, sql, sweep, train):
         cli.add_command(module.group)
-    for command in (infer.infer, infer.latents, infer.lineage):
+    for command in (infer.infer, infer.latents, infer.lineage, infer.report):
         cli.add_command(command)
 
 

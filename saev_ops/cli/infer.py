@@ -89,3 +89,19 @@ def lineage(obj: CliContext, ref: str) -> None:
     from saev_ops.explore.lineage import lineage_lines
 
     click.echo("\n".join(lineage_lines(obj.registry, ref)))
+
+
+@click.command("report")
+@click.argument("sweep")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for the page.")
+@click.option("--output", "output_id", type=int, help="Inference output whose latents get top-patch grids.")
+@click.option("--latent", "latents", type=int, multiple=True, help="Latents to show (default: the 4 most frequent).")
+@pass_ctx
+def report(obj: CliContext, sweep: str, out_dir: str, output_id: int | None, latents: tuple[int, ...]) -> None:
+    """Write a static HTML report of SWEEP (table, Pareto plot, curves, top patches) that needs no server."""
+    import pathlib
+
+    from saev_ops.explore.report import build_report
+
+    page = build_report(obj.registry, sweep, pathlib.Path(out_dir), output_id=output_id, latents=latents)
+    click.echo(f"report: {page}")

@@ -103,3 +103,19 @@ def metrics(obj: CliContext, run_id: int, key: str | None, **kw: str) -> None:
     """Print a run's metric history (one row per logged point)."""
     points = obj.registry.metric_history(run_id, key)
     click.echo(fmt.render(("key", "step", "value", "time"), [(p.key, p.step, p.value, p.time) for p in points], kw["fmt"]))
+
+
+@group.command("pareto")
+@click.option("--sweep", required=True)
+@click.option("--x", "x", default="l0", show_default=True)
+@click.option("--y", "y", default="nmse", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default="pareto.png", show_default=True)
+@pass_ctx
+def pareto(obj: CliContext, sweep: str, x: str, y: str, out: str) -> None:
+    """Plot the sweep's runs on two summary metrics and mark the Pareto frontier (lower is better on both)."""
+    import pathlib
+
+    from saev_ops.explore.pareto import pareto_plot
+
+    res = pareto_plot(obj.registry, sweep, x, y, pathlib.Path(out))
+    click.echo(f"{len(res['points'])} runs, frontier: runs {', '.join(str(r) for _, _, r in res['frontier'])} -> {out}")
