@@ -35,13 +35,7 @@ def main() -> None:
     x = torch.randn(args.batch_size, args.d_model, device=dev)
 
     def step() -> None:
-        _, z, terms = sae(x)
-        opt.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        sae.remove_parallel_grad()
-        opt.step()
-        sae.normalize_decoder()
-        sae.update_fired(z)
+        sae.train_step(x, opt)
 
     for _ in range(5):
         step()

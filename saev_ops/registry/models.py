@@ -55,6 +55,16 @@ def _utcnow_default(element: Any, compiler: Any, **kw: Any) -> str:
     return "CURRENT_TIMESTAMP"
 
 
+def _find_by_name(cls: Any, session: sa.orm.Session, name: str, noun: str) -> Any:
+    """The row named ``name``, or NotFoundError listing some known names."""
+    row = session.scalars(sa.select(cls).where(cls.name == name)).one_or_none()
+    if row is None:
+        known = session.scalars(sa.select(cls.name).order_by(cls.name).limit(20)).all()
+        hint = f" Known {noun}s: {', '.join(known)}." if known else f" The registry has no {noun}s yet."
+        raise errors.NotFoundError(f"no {noun} named {name!r} in the registry.{hint}")
+    return row
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: sa.JSON, list[Any]: sa.JSON}
 
@@ -83,12 +93,7 @@ class DatasetModel(Base):
 
     @classmethod
     def find_or_raise_by_name(cls, session: sa.orm.Session, name: str) -> DatasetModel:
-        row = session.scalars(sa.select(cls).where(cls.name == name)).one_or_none()
-        if row is None:
-            known = session.scalars(sa.select(cls.name).order_by(cls.name).limit(20)).all()
-            hint = f" Known datasets: {', '.join(known)}." if known else " The registry has no datasets yet."
-            raise errors.NotFoundError(f"no dataset named {name!r} in the registry.{hint}")
-        return row
+        return _find_by_name(cls, session, name, "dataset")
 
 
 class SweepModel(Base):
@@ -103,12 +108,7 @@ class SweepModel(Base):
 
     @classmethod
     def find_or_raise_by_name(cls, session: sa.orm.Session, name: str) -> SweepModel:
-        row = session.scalars(sa.select(cls).where(cls.name == name)).one_or_none()
-        if row is None:
-            known = session.scalars(sa.select(cls.name).order_by(cls.name).limit(20)).all()
-            hint = f" Known sweeps: {', '.join(known)}." if known else " The registry has no sweeps yet."
-            raise errors.NotFoundError(f"no sweep named {name!r} in the registry.{hint}")
-        return row
+        return _find_by_name(cls, session, name, "sweep")
 
 
 class RunModel(Base):

@@ -66,6 +66,18 @@ class SAE(nn.Module):
     def dead_mask(self) -> torch.Tensor:
         return self.steps_since_fired >= self.cfg.dead_steps
 
+    def train_step(self, x: torch.Tensor, opt: torch.optim.Optimizer,
+                   sparsity_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimiser step: loss, backward, drop the norm-changing gradient, step, renormalise, track firing."""
+        x_hat, z, terms = self(x, sparsity_scale)
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        self.remove_parallel_grad()
+        opt.step()
+        self.normalize_decoder()
+        self.update_fired(z)
+        return x_hat, z, terms
+
     def recon_losses(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
         mse = (x_hat - x).pow(2).sum(dim=-1).mean()
         return {"mse": mse}

@@ -150,13 +150,7 @@ class Trainer:
             for run, sae, opt, win in zip(self.spec.runs, self.saes, self.opts, windows):
                 for group in opt.param_groups:
                     group["lr"] = run.lr * factor
-                x_hat, z, terms = sae(x, sparsity)
-                opt.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                sae.remove_parallel_grad()
-                opt.step()
-                sae.normalize_decoder()
-                sae.update_fired(z)
+                x_hat, z, terms = sae.train_step(x, opt, sparsity)
                 win.add(x, x_hat.detach(), z.detach(), {k: v.detach() for k, v in terms.items()})
             self.step += 1
             if self.step % s.log_every == 0 or self.step == s.n_steps:
