@@ -39,15 +39,12 @@ def import_saev_dir(root: pathlib.Path, *, extra: dict[str, Any] | None = None) 
         for shard in range(md.n_shards):
             h = new_checksum()
             n_in = md.shard_n_examples(shard)
-            for row in range(0, md.examples_per_shard, step):
-                n = min(step, md.examples_per_shard - row)
+            for row in range(0, n_in, step):  # checksums cover the examples, not the last shard's zero tail
+                n = min(step, n_in - row)
                 raw = np.empty((n, md.n_layers, md.tokens_per_example, md.d_model), dtype=reader.disk_dtype)
-                reader.read_raw(shard * md.examples_per_shard + row, n, None, raw)  # padding rows too: checksums cover the file
+                reader.read_raw(shard * md.examples_per_shard + row, n, None, raw)
                 h.update(memoryview(raw).cast("B"))
-                valid = max(0, min(n, n_in - row))
-                if valid:
-                    acts = dtypes.decode(raw[:valid], md.dtype)
-                    stats.update(acts, None)
+                stats.update(dtypes.decode(raw, md.dtype), None)
             checksums.append(h.hexdigest())
             base = shard * md.examples_per_shard
             index.put_many(ExampleEntry(base + r, shard, r, None, None) for r in range(n_in))
