@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from saev_ops.errors import DataError as DataErrorShort
 from saev_ops.loaders.selection import Plan
 from saev_ops.shards import dtypes
 from saev_ops.shards.reader import ShardReader
@@ -39,19 +38,6 @@ def read_examples(reader: ShardReader, plan: Plan, start: int, n: int, out: np.n
         reader.read_raw(start, n, li, raw)
         dtypes.decode(raw, reader.storage_dtype, out[:, j])
     return out
-
-
-def select_rows(block: np.ndarray, plan: Plan, out: np.ndarray | None = None) -> np.ndarray:
-    """(n, layers_selected, T, D) -> (n * rows_per_example, D): a view when every token is selected, else a gather
-    (into ``out`` when given)."""
-    n, nl, t, d = block.shape
-    if plan.all_tokens:
-        return block.reshape(n * nl * t, d)
-    rows = (np.arange(n * nl, dtype=np.int64)[:, None] * t + plan.token_idx[None, :]).ravel()
-    if out is None:
-        out = np.empty((len(rows), d), dtype=block.dtype)
-    # mode="clip" avoids numpy's buffered out= path (mode="raise" copies through a temporary)
-    return np.take(block.reshape(n * nl * t, d), rows, axis=0, out=out, mode="clip")
 
 
 class WorkerError(RuntimeError):
@@ -199,18 +185,14 @@ def read_selected(reader: ShardReader, plan: Plan, start: int, n: int, out: np.n
 
 
 def _complete_short(reader: ShardReader, shard: int, iov: list[memoryview], offset: int, got: int) -> None:
-    fd = reader.fd(shard)
+    """A scattered read came back short: finish each buffer with the reader's own retrying read (which reports a
+    truncated file)."""
     pos = offset
     for v in iov:
-        n = len(v)
-        done = max(0, min(n, got - (pos - offset)))
-        while done < n:
-            r = os.preadv(fd, [v[done:]], pos + done)
-            if r <= 0:
-                raise DataErrorShort(f"{reader.paths.shard(shard)}: short read at byte {pos + done} "
-                                     "(file truncated after it was opened?)")
-            done += r
-        pos += n
+        done = max(0, min(len(v), got - (pos - offset)))
+        if done < len(v):
+            reader.pread_into(shard, pos + done, v[done:])
+        pos += len(v)
 
 
 def scatter_read(reader: ShardReader, start: int, n: int, sel_offsets: np.ndarray, dest_rows: np.ndarray,

@@ -44,22 +44,10 @@ class Plan:
     def rows_per_example(self) -> int:
         return len(self.layer_idx) * len(self.token_idx)
 
-    @property
-    def all_tokens(self) -> bool:
-        return len(self.token_idx) == self.n_tokens
-
     def row_offsets(self) -> np.ndarray:
         """Selected row positions inside one example's (n_layers_selected, T) block, in order."""
         base = np.arange(len(self.layer_idx), dtype=np.int64)[:, None] * self.n_tokens
         return (base + self.token_idx[None, :]).ravel()
-
-    def decode_rows(self, local_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Rows of a (examples, layers_selected, T) block -> (example position, layer number, token index)."""
-        per_ex = len(self.layer_idx) * self.n_tokens
-        ex, rem = np.divmod(local_rows, per_ex)
-        li, tok = np.divmod(rem, self.n_tokens)
-        layers = np.asarray(self.layer_numbers, dtype=np.int64)[li]
-        return ex, layers, tok
 
 
 def plan(reader: ShardReader, selection: ShardSelection) -> Plan:

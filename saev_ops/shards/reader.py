@@ -144,7 +144,8 @@ class ShardReader:
                     self._fds[shard] = fd
         return fd
 
-    def _pread_into(self, shard: int, offset: int, buf: memoryview) -> None:
+    def pread_into(self, shard: int, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` from ``offset``, retrying short reads; a read past the end means the file shrank."""
         fd = self.fd(shard)
         done = 0
         total = len(buf)
@@ -168,11 +169,11 @@ class ShardReader:
             take = min(n - pos, eps - row)
             dest = out[pos : pos + take]
             if layer_idx is None or self.md.n_layers == 1:
-                self._pread_into(shard, row * self.example_bytes, memoryview(dest).cast("B"))
+                self.pread_into(shard, row * self.example_bytes, memoryview(dest).cast("B"))
             else:
                 for j in range(take):
                     offset = (row + j) * self.example_bytes + layer_idx * self.layer_bytes
-                    self._pread_into(shard, offset, memoryview(dest[j]).cast("B"))
+                    self.pread_into(shard, offset, memoryview(dest[j]).cast("B"))
             pos += take
 
     def read(self, example_start: int, n: int, layer_idx: int | None = None) -> np.ndarray:
