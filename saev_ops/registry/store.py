@@ -56,6 +56,16 @@ def _is_transient(exc: sa.exc.DBAPIError) -> bool:
     return "database is locked" in text or "database is busy" in text or "database table is locked" in text
 
 
+# Bookkeeping fields of a run that callers may set (status changes go through transition_run).
+RUN_FIELDS = frozenset({"executor", "slurm_job_id", "slurm_array_index", "host", "checkpoint_path", "error"})
+
+
+def _check_run_fields(fields: dict[str, Any]) -> None:
+    unknown = sorted(set(fields) - RUN_FIELDS)
+    if unknown:
+        raise errors.ConfigError(f"cannot set run fields {unknown}; allowed: {sorted(RUN_FIELDS)}")
+
+
 class Registry:
     """The saev-ops registry at ``url`` (``--db`` / ``SAEV_OPS_DB_URL`` / the default SQLite file).
 
@@ -336,10 +346,7 @@ class Registry:
         """
         if status not in models.RUN_STATUSES:
             raise errors.ConfigError(f"run status must be one of {models.RUN_STATUSES}, got {status!r}")
-        allowed = {"executor", "slurm_job_id", "slurm_array_index", "host", "checkpoint_path", "error"}
-        unknown = sorted(set(fields) - allowed)
-        if unknown:
-            raise errors.ConfigError(f"cannot set run fields {unknown}; allowed: {sorted(allowed)}")
+        _check_run_fields(fields)
 
         def fn(s: Session) -> RunRecord:
             row = models.RunModel.find_or_raise_by_id(s, run_id, for_update=True)
@@ -364,10 +371,7 @@ class Registry:
 
     def set_run_fields(self, run_id: int, **fields: Any) -> None:
         """Set bookkeeping fields without a status change (job ids at submission, checkpoint path, ...)."""
-        allowed = {"executor", "slurm_job_id", "slurm_array_index", "host", "checkpoint_path", "error"}
-        unknown = sorted(set(fields) - allowed)
-        if unknown:
-            raise errors.ConfigError(f"cannot set run fields {unknown}; allowed: {sorted(allowed)}")
+        _check_run_fields(fields)
         self._write(
             lambda s: s.execute(sa.update(models.RunModel).where(models.RunModel.id == run_id).values(**fields))
         )
@@ -386,9 +390,7 @@ class Registry:
 
         def fn(s: Session) -> list[RunRecord]:
             rows = s.scalars(sa.select(models.RunModel).where(models.RunModel.status == "running")).all()
-            now = s.scalar(sa.select(models.utcnow_sql()))
-            if isinstance(now, str):  # SQLite returns CURRENT_TIMESTAMP as text in a bare SELECT
-                now = sa.DateTime().result_processor(s.bind.dialect, None)(now)  # type: ignore[union-attr,misc]
+            now = s.scalar(sa.select(models.utcnow_sql()))  # typed DateTime, so SQLite's text is parsed too
             return [
                 RunRecord.from_model(r)
                 for r in rows
