@@ -55,8 +55,8 @@ class _CsrWriter:
         self.indices.write(cols.astype(np.int32).tobytes())
         self.data.write(vals.tobytes())
         self.counts.append(np.bincount(rows, minlength=z.shape[0]).astype(np.int64))
-        np.add.at(self.freq, cols, 1)
-        np.add.at(self.sum, cols, vals)
+        self.freq += np.bincount(cols, minlength=self.d_sae)
+        self.sum += np.bincount(cols, weights=vals, minlength=self.d_sae)
         np.maximum.at(self.max, cols, vals)
         self.nnz += len(cols)
 

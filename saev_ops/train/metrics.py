@@ -19,31 +19,36 @@ class Window:
         self.reset()
 
     def reset(self) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor] = {}
         self.n = 0
         self.tokens = 0
-        self.err = 0.0
-        self.var = 0.0
-        self.l0 = 0.0
+        self.err = self.var = self.l0 = None  # device tensors, summed without syncing
         self.fire_counts.zero_()
 
     @torch.no_grad()
     def add(self, x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor, terms: dict[str, torch.Tensor]) -> None:
+        """Accumulate on the device; nothing here waits for the GPU (values are read once, in :meth:`report`)."""
         for k, v in terms.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.sums[k] = self.sums[k] + v if k in self.sums else v.clone()
         self.n += 1
         self.tokens += x.shape[0]
-        self.err += float((x_hat - x).pow(2).sum())
-        self.var += float((x - x.mean(0, keepdim=True)).pow(2).sum())
         fired = z != 0
-        self.l0 += float(fired.sum())
+        err = (x_hat - x).pow(2).sum()
+        var = (x - x.mean(0, keepdim=True)).pow(2).sum()
+        l0 = fired.sum()
+        self.err = err if self.err is None else self.err + err
+        self.var = var if self.var is None else self.var + var
+        self.l0 = l0 if self.l0 is None else self.l0 + l0
         self.fire_counts += fired.sum(0)
 
     def report(self, dead_frac: float) -> dict[str, float]:
-        out = {k: v / max(self.n, 1) for k, v in self.sums.items()}
-        nmse = self.err / max(self.var, 1e-12)
+        out = {k: float(v) / max(self.n, 1) for k, v in self.sums.items()}
+        err = float(self.err) if self.err is not None else 0.0
+        var = float(self.var) if self.var is not None else 0.0
+        nmse = err / max(var, 1e-12)
         freq = self.fire_counts.float() / max(self.tokens, 1)
-        out.update({"nmse": nmse, "explained_variance": 1.0 - nmse, "l0": self.l0 / max(self.tokens, 1),
+        l0 = float(self.l0) if self.l0 is not None else 0.0
+        out.update({"nmse": nmse, "explained_variance": 1.0 - nmse, "l0": l0 / max(self.tokens, 1),
                     "dead_frac": dead_frac, "dense_frac": float((freq > 0.1).float().mean())})
         return out
 
