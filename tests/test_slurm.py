@@ -10,6 +10,7 @@ import os
 import pathlib
 import dataclasses
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -173,19 +174,26 @@ def test_job_past_its_time_limit_is_marked_with_the_reason(env) -> None:  # noqa
 
 def test_requeued_job_resumes_from_its_checkpoint(env) -> None:  # noqa: ANN001
     reg, url, tmp = env
-    # one job, one run; ~120 steps with a checkpoint every 10
-    text = grid(tmp, "requeue", n_tokens=64 * 120, ckpt_every=10, d_sae=512).replace("grid: {k: [4, 8]}", "grid: {k: [8]}")
+    # One job, one run, preempted (USR2, as Slurm does) as soon as its first checkpoint is on disk. The job must still
+    # be running then, so it is long (1,500 steps, a checkpoint every 10) and the poll is tight; a machine that ever
+    # outruns the poll fails the check below with that message.
+    n_steps = 1500
+    text = grid(tmp, "requeue", n_tokens=64 * n_steps, ckpt_every=10, d_sae=512).replace("grid: {k: [4, 8]}",
+                                                                                          "grid: {k: [8]}")
     spec = parse_sweep(text)
     res = submit_sweep(reg, spec, url)
     (job,) = res.job_ids
     (row,) = reg.list_runs(RunQuery(sweep="requeue"))
-    wait_for(lambda: any((tmp / "runs" / "jobs").glob("*/ckpt/state.pt")), 180, "a first checkpoint")
-    state = torch.load(next((tmp / "runs" / "jobs").glob("*/ckpt/state.pt")), weights_only=False)
-    assert state["step"] < 120, "the job finished before it could be preempted; make it longer"
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what preemption does: submitit checkpoints
+    wait_for(lambda: any((tmp / "runs" / "jobs").glob("*/ckpt/state.pt")), 180, "a first checkpoint", interval=0.02)
+    # what preemption does: Slurm signals USR2, submitit calls TrainJob.checkpoint and requeues the job
+    sig = subprocess.run(["scancel", "--signal=USR2", job], capture_output=True, text=True)
+    assert sig.returncode == 0, f"the job finished before it could be preempted; make it longer ({sig.stderr})"
     wait_for(lambda: reg.get_run(row.run.id).status == "completed", 300, "the requeued job to finish")
     run = reg.get_run(row.run.id)
     assert run.attempts == 2, "the run should have been requeued once"
+    logs = "".join(p.read_text() for p in (tmp / "runs" / "submitit").glob("*/*_log.err"))
+    resumed = re.findall(r"resumed from .* at step (\d+) of (\d+)", logs)
+    assert len(resumed) == 1 and 0 < int(resumed[0][0]) < n_steps and int(resumed[0][1]) == n_steps, logs[-3000:]
     # the resumed weights equal an uninterrupted run of the same config
     from saev_ops.sweeps.submit import job_specs
     from saev_ops.train.trainer import Trainer

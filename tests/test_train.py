@@ -34,7 +34,7 @@ def test_each_architecture_reduces_its_loss(arch: str) -> None:
     first = None
     for _ in range(150):
         _, z, terms = sae(x)
-        first = float(terms["mse"]) if first is None else first
+        first = float(terms["mse"].detach()) if first is None else first
         opt.zero_grad()
         terms["loss"].backward()
         sae.remove_parallel_grad()

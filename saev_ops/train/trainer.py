@@ -13,6 +13,7 @@ import os
 import pathlib
 import shutil
 import socket
+import sys
 import time
 import traceback
 from typing import Any
@@ -199,7 +200,9 @@ def run_train_job(spec: TrainJobSpec) -> dict[int, str]:
             registry.transition_run(rid, "running", **fields)
     try:
         trainer = Trainer(spec, registry)
-        trainer.load_checkpoint()
+        if trainer.load_checkpoint():  # said in the job's log, so a requeued attempt shows where it picked up
+            print(f"saev-ops: runs {ids} resumed from {job_dir(spec) / 'ckpt'} at step {trainer.step} of "
+                  f"{spec.settings.n_steps}", file=sys.stderr, flush=True)
         trainer.train()
     except BaseException as exc:
         if registry is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
