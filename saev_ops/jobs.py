@@ -114,9 +114,30 @@ class RecordJob:
         return submitit.helpers.DelayedSubmission(RecordJob(self.db_url, self.spec))  # rerun resumes the recording
 
 
-def submit_record(db_url: str, spec: Any, slurm: SlurmSpec, folder: pathlib.Path | None = None) -> str:
+class InferJob:
+    """An inference pass (:class:`saev_ops.infer.InferSpec`) as a submitit job; returns the output ids."""
+
+    def __init__(self, spec: Any) -> None:
+        self.spec = spec
+
+    def __call__(self) -> list[int]:
+        from saev_ops.infer import run_inference
+
+        return [o.id for o in run_inference(self.spec)]
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        # outputs already registered are kept (a rerun is a no-op for them); the rest are computed again
+        return submitit.helpers.DelayedSubmission(InferJob(self.spec))
+
+
+def submit_slurm_job(kind: str, name: str, call: Callable[[], Any], slurm: SlurmSpec,
+                     folder: pathlib.Path | None = None) -> tuple[str, pathlib.Path]:
+    """Submit one job of ``kind`` (record, infer) to Slurm; returns its job id and its log folder
+    (default ``$SAEV_OPS_HOME/jobs/KIND/JOB_ID``)."""
     from saev_ops.settings import home_dir
 
-    folder = folder or home_dir() / "jobs" / "record"
-    ((job_id, _),) = submit("slurm", folder, f"record-{spec.name}", [RecordJob(db_url, spec)], slurm)
-    return str(job_id)
+    folder = pathlib.Path(folder) if folder else home_dir() / "jobs" / kind
+    ((job_id, _),) = submit("slurm", folder, f"{kind}-{name}", [call], slurm)
+    return str(job_id), folder / str(job_id)

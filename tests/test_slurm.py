@@ -205,3 +205,63 @@ def test_requeued_job_resumes_from_its_checkpoint(env) -> None:  # noqa: ANN001
     sae, _ = load_sae(pathlib.Path(run.checkpoint_path))
     for (name, a), (_, b) in zip(ref.saes[0].state_dict().items(), sae.state_dict().items()):
         assert torch.equal(a.cpu(), b), name
+
+
+def test_record_and_infer_as_slurm_jobs(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`datasets record --executor slurm` and `infer --executor slurm` submit and return; the jobs fill the registry."""
+    from click.testing import CliRunner
+
+    from saev_ops.cli import cli
+    from saev_ops.record.images import generate_images
+
+    monkeypatch.setenv("SAEV_OPS_HOME", str(tmp_path / "home"))
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    generate_images(tmp_path / "imgs", 12, size=32, n_classes=2)
+    slurm = ["--slurm", "partition=debug", "--slurm", "cpus=1", "--slurm", "mem_gb=1.5", "--slurm", "time_min=10"]
+
+    def saev(*args: str) -> str:
+        res = CliRunner().invoke(cli, ["--db", url, *args])
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    # a wrong image folder fails at submission, before anything is queued
+    res = CliRunner().invoke(cli, ["--db", url, "datasets", "record", "--name", "x", "--images", str(tmp_path / "no"),
+                                   "--model", "builtin:tiny", "--executor", "slurm", *slurm])
+    assert res.exit_code != 0 and str(tmp_path / "no") in res.output
+    out = saev("datasets", "record", "--name", "imgs", "--images", str(tmp_path / "imgs"), "--model", "builtin:tiny",
+               "--layers", "1", "--executor", "slurm", *slurm)
+    job = re.search(r"Slurm job (\d+)", out).group(1)
+    reg = Registry(url)
+
+    def dataset_status() -> str | None:
+        try:
+            return reg.get_dataset("imgs").status
+        except Exception:  # noqa: BLE001 - not registered yet
+            return None
+
+    wait_for(lambda: dataset_status() == "complete" or "FAILED" in sacct_state(job), 240, "the recording job")
+    assert dataset_status() == "complete", sacct_state(job)
+    d = reg.get_dataset("imgs")
+    assert d.n_examples == 12
+
+    grid_text = f"""\
+name: rec
+dataset: imgs
+executor: debug
+runs_root: {tmp_path / 'runs'}
+train: {{batch_size: 32, n_tokens: 640, log_every: 5, ckpt_every: 10, buffer_mb: 0.2}}
+base: {{arch: topk, d_sae: 64, layer: 1}}
+grid: {{k: [4, 8]}}
+"""
+    (tmp_path / "grid.yaml").write_text(grid_text)
+    saev("sweep", "submit", str(tmp_path / "grid.yaml"))
+    # a sweep with no completed runs, or a missing dataset, fails at submission
+    res = CliRunner().invoke(cli, ["--db", url, "infer", "rec", "--dataset", "nope", "--executor", "slurm", *slurm])
+    assert res.exit_code != 0 and "nope" in res.output
+    out = saev("infer", "rec", "--dataset", "imgs", "--executor", "slurm", *slurm)
+    job = re.search(r"Slurm job (\d+)", out).group(1)
+    wait_for(lambda: "COMPLETED" in sacct_state(job) or "FAILED" in sacct_state(job), 240, "the inference job")
+    outputs = [reg.find_output(r.run.id, d.id) for r in reg.list_runs(RunQuery(sweep="rec"))]
+    assert all(o is not None for o in outputs), sacct_state(job)
+    assert {o.n_rows for o in outputs} == {d.n_examples * (d.tokens_per_example - 1)}  # patch tokens: all but CLS
+    assert "output" in saev("lineage", "sweep:rec")

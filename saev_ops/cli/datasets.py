@@ -115,7 +115,7 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--force", is_flag=True, help="Record again even if this exact recording exists.")
 @click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
-              help="local: record in this process. slurm: submit a job (see `saev-ops jobs` options) and return.")
+              help="local: record in this process. slurm: submit a Slurm job (resources from --slurm) and return.")
 @click.option("--slurm", "slurm_opts", multiple=True, metavar="KEY=VALUE",
               help="Slurm resources for --executor slurm: partition, account, qos, gpus, cpus, mem_gb, time_min.")
 @pass_ctx
@@ -125,10 +125,12 @@ def record(obj: CliContext, executor: str, slurm_opts: tuple[str, ...], **kw: ob
 
     spec = RecordSpec(**kw)  # type: ignore[arg-type]
     if executor == "slurm":
-        from saev_ops.jobs import SlurmSpec, submit_record
+        from saev_ops.jobs import RecordJob, SlurmSpec, submit_slurm_job
+        from saev_ops.record.images import open_images
 
-        job_id = submit_record(obj.db_url, spec, SlurmSpec.from_pairs(slurm_opts))
-        click.echo(f"submitted recording of {spec.name} as Slurm job {job_id}")
+        open_images(spec.images)  # a wrong image path fails here, not in the queue
+        job_id, logs = submit_slurm_job("record", spec.name, RecordJob(obj.db_url, spec), SlurmSpec.from_pairs(slurm_opts))
+        click.echo(f"submitted recording of {spec.name} as Slurm job {job_id} (logs in {logs})")
         return
     d = record_dataset(obj.registry, spec, progress=print_progress())
     bad = d.extra.get("n_bad_images", 0)

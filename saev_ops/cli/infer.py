@@ -15,12 +15,16 @@ from saev_ops.cli.context import CliContext, format_option, pass_ctx
 @click.option("--batch-size", type=int, default=16384, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--force", is_flag=True, help="Recompute outputs that exist.")
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+              help="local: infer in this process. slurm: submit a Slurm job (resources from --slurm) and return.")
+@click.option("--slurm", "slurm_opts", multiple=True, metavar="KEY=VALUE",
+              help="Slurm resources for --executor slurm: partition, account, qos, gpus, cpus, mem_gb, time_min.")
 @pass_ctx
 def infer(obj: CliContext, target: str, dataset: str, out_root: str | None, batch_size: int, device: str,
-          force: bool) -> None:
+          force: bool, executor: str, slurm_opts: tuple[str, ...]) -> None:
     """Apply TARGET's SAEs (a run id, or a sweep name: its completed runs) to --dataset in one ordered pass, writing
-    one CSR .npz per run. Runs in this process (use it in your own batch scripts)."""
-    from saev_ops.infer import InferSpec, run_inference
+    one CSR .npz per run. By default in this process (use it in your own batch scripts)."""
+    from saev_ops.infer import InferSpec, check_inference, run_inference
     from saev_ops.registry import RunQuery
     from saev_ops.settings import home_dir
 
@@ -31,10 +35,18 @@ def infer(obj: CliContext, target: str, dataset: str, out_root: str | None, batc
         ids = tuple(r.run.id for r in reg.list_runs(RunQuery(sweep=target, statuses=("completed",))))
         if not ids:
             raise click.ClickException(f"sweep {target!r} has no completed runs")
-    outs = run_inference(InferSpec(db_url=obj.db_url, run_ids=ids, dataset=dataset,
-                                   out_root=out_root or str(home_dir() / "outputs"), batch_size=batch_size,
-                                   device=device, force=force))
-    for o in outs:
+    spec = InferSpec(db_url=obj.db_url, run_ids=ids, dataset=dataset,
+                     out_root=out_root or str(home_dir() / "outputs"), batch_size=batch_size, device=device,
+                     force=force)
+    if executor == "slurm":
+        from saev_ops.jobs import InferJob, SlurmSpec, submit_slurm_job
+
+        slurm = SlurmSpec.from_pairs(slurm_opts)
+        check_inference(reg, spec)  # missing data or unfinished runs fail here, not in the queue
+        job_id, logs = submit_slurm_job("infer", f"{target}-{dataset}", InferJob(spec), slurm)
+        click.echo(f"submitted inference of {len(ids)} run(s) on {dataset} as Slurm job {job_id} (logs in {logs})")
+        return
+    for o in run_inference(spec):
         click.echo(f"output {o.id}: run {o.run_id} on {dataset}: {o.n_rows}x{o.n_cols}, nnz {o.nnz} -> {o.path}")
 
 

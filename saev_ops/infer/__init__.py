@@ -2,4 +2,5 @@
 
 from saev_ops.infer.read import Output as Output
 from saev_ops.infer.run import InferSpec as InferSpec
+from saev_ops.infer.run import check_inference as check_inference
 from saev_ops.infer.run import run_inference as run_inference

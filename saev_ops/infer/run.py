@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from saev_ops import errors
-from saev_ops.registry import OutputRecord, Registry
+from saev_ops.registry import DatasetRecord, OutputRecord, Registry
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -82,22 +82,32 @@ class _CsrWriter:
         return {"n_rows": n_rows, "nnz": self.nnz}
 
 
-def run_inference(spec: InferSpec) -> list[OutputRecord]:
-    """Apply the runs' SAEs to the dataset in one ordered pass; returns the registered outputs."""
-    import torch
-
+def check_inference(reg: Registry, spec: InferSpec) -> DatasetRecord:
+    """What can be checked before any work: the dataset is present and complete, every run is completed with weights.
+    Returns the dataset."""
     from saev_ops.datasets import require_complete
-    from saev_ops.loaders import OrderedConfig, OrderedDataLoader, ShardSelection
-    from saev_ops.sae.io import load_sae
 
-    reg = Registry(spec.db_url)
     dataset = require_complete(reg, spec.dataset)
-    todo = []
-    out: list[OutputRecord] = []
     for rid in spec.run_ids:
         run = reg.get_run(rid)
         if run.status != "completed" or not run.checkpoint_path:
             raise errors.ConfigError(f"run {rid} is {run.status}; only completed runs have weights to apply")
+    return dataset
+
+
+def run_inference(spec: InferSpec) -> list[OutputRecord]:
+    """Apply the runs' SAEs to the dataset in one ordered pass; returns the registered outputs."""
+    import torch
+
+    from saev_ops.loaders import OrderedConfig, OrderedDataLoader, ShardSelection
+    from saev_ops.sae.io import load_sae
+
+    reg = Registry(spec.db_url)
+    dataset = check_inference(reg, spec)
+    todo = []
+    out: list[OutputRecord] = []
+    for rid in spec.run_ids:
+        run = reg.get_run(rid)
         existing = reg.find_output(rid, dataset.id)
         if existing is not None and not spec.force and pathlib.Path(existing.path).exists():
             out.append(existing)
