@@ -9,6 +9,8 @@
 | ``clip`` | transformers ``CLIPVisionModel`` | same |
 | ``dinov2`` | transformers ``Dinov2Model`` / ``Dinov2WithRegistersModel`` | same |
 | ``siglip`` | transformers ``SiglipVisionModel`` | same |
+| ``timm`` | a timm ViT (extra ``timm``, :mod:`saev_ops.record.models_extra`) | a directory, ``hf-hub:REPO`` (cached), ``ARCH@FILE`` |
+| ``open_clip`` | an open_clip image tower (extra ``open-clip``) | same |
 
 Hugging Face checkpoints load with ``local_files_only=True``: saev-ops never downloads weights. Layer ``i`` is the output
 of transformer block ``i`` (0-based; ``-1`` is the last), i.e. ``hidden_states[i + 1]``.
@@ -143,7 +145,7 @@ class BuiltinAdapter(ModelAdapter):
         return self.model(pixels, layers)
 
     def weights_hash(self) -> str:
-        return _state_dict_hash(self.model)
+        return state_dict_hash(self.model)
 
 
 # -- Hugging Face transformers -----------------------------------------------------------------------------------------
@@ -196,7 +198,7 @@ class HFAdapter(ModelAdapter):
                         h.update(chunk)
             if files:
                 return h.hexdigest()
-        return _state_dict_hash(self.model)
+        return state_dict_hash(self.model)
 
 
 def _hf_norm(ckpt: str, family: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -212,7 +214,7 @@ def _hf_norm(ckpt: str, family: str) -> tuple[tuple[float, ...], tuple[float, ..
     return IMAGENET_MEAN, IMAGENET_STD
 
 
-def _state_dict_hash(model: nn.Module) -> str:
+def state_dict_hash(model: nn.Module) -> str:
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
@@ -232,7 +234,12 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> ModelAdapter:
         return BuiltinAdapter(ckpt, dev)
     if family in _HF_CLASSES:
         return HFAdapter(family, ckpt, dev)
-    raise errors.ConfigError(f"--model {spec!r}: unknown family {family!r}; choose builtin, {', '.join(_HF_CLASSES)}")
+    if family in ("timm", "open_clip"):
+        from saev_ops.record.models_extra import OpenClipAdapter, TimmAdapter
+
+        return (TimmAdapter if family == "timm" else OpenClipAdapter)(ckpt, dev)
+    raise errors.ConfigError(f"--model {spec!r}: unknown family {family!r}; choose builtin, "
+                             f"{', '.join(_HF_CLASSES)}, timm or open_clip")
 
 
 def describe(adapter: ModelAdapter) -> dict[str, Any]:

@@ -30,7 +30,9 @@ from saev_ops.shards.format import DEFAULT_MAX_TOKENS_PER_SHARD, Metadata, Token
 from saev_ops.settings import default_data_root
 
 TOKEN_CHOICES = ("all", "patches", "cls")
-SAEV_FAMILY = {"builtin": "fake-clip", "vit": "clip", "clip": "clip", "dinov2": "dinov2", "siglip": "siglip"}
+# saev's metadata.json names one of its own families (it reloads the model by it); the nearest one for each of ours.
+SAEV_FAMILY = {"builtin": "fake-clip", "vit": "clip", "clip": "clip", "dinov2": "dinov2", "siglip": "siglip",
+               "timm": "clip", "open_clip": "clip"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

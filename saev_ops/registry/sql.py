@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-import sqlalchemy as sa
 
 from saev_ops import errors
 from saev_ops.registry.store import Registry

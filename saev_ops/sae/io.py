@@ -7,7 +7,6 @@ import os
 import pathlib
 from typing import Any
 
-import torch
 
 from saev_ops import __version__, errors
 from saev_ops.sae.config import SAEConfig

@@ -64,7 +64,7 @@ def verify(root: pathlib.Path, *, full: bool = False) -> list[Problem]:
     try:
         md = Metadata.from_json_dict(read_json(p.metadata), source=str(p.metadata))
     except errors.DataError as exc:
-        return out + [Problem(str(p.metadata), f"saev protocol 2.1 metadata", str(exc).split(": ", 1)[-1])]
+        return out + [Problem(str(p.metadata), "saev protocol 2.1 metadata", str(exc).split(": ", 1)[-1])]
     itemsize = dtypes.disk_dtype(md.dtype).itemsize
     shard_bytes = md.examples_per_shard * md.n_layers * md.tokens_per_example * md.d_model * itemsize
     try:

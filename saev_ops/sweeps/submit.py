@@ -89,7 +89,6 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
     ``retry_failed``, failed, lost and cancelled ones). Nothing is written when validation fails or with ``dry_run``."""
     from saev_ops.datasets import require_complete
     from saev_ops.registry import config_hash
-    from saev_ops.sae.config import SAEConfig
 
     dataset = require_complete(registry, spec.dataset)
     configs = bind_configs(spec, dataset.d_model)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from saev_ops import errors
-from saev_ops.train.spec import RunSpec, TrainJobSpec
+from saev_ops.train.spec import TrainJobSpec
 
 CKPT_SCHEMA = 1
 
