@@ -137,8 +137,8 @@ def test_shuffled_refuses_state_from_other_settings(ds: pathlib.Path) -> None:
 
 def test_shuffled_mixes_across_the_dataset(tmp_path: pathlib.Path) -> None:
     path = write_dataset(tmp_path, n_examples=240, layers=(0,), n_patches=8, d_model=8, labels=False)
-    # groups hold a quarter of the dataset; blocks are 2 examples
-    loader = ShuffledDataLoader(path, ShuffledConfig(batch_size=64, buffer_mb=240 * 9 * 8 * 4 * 3 / 4 / 2**20,
+    # groups hold a quarter of the dataset (8 selected patch rows per example); blocks are 2 examples
+    loader = ShuffledDataLoader(path, ShuffledConfig(batch_size=64, buffer_mb=240 * 8 * 8 * 4 * 3 / 4 / 2**20,
                                                      read_mb=2 * 9 * 8 * 4 / 2**20))
     assert loader.block_examples == 2 and loader.blocks_per_group == 30
     ids = np.concatenate([b["example_idx"].numpy() for b in loader])
@@ -182,7 +182,7 @@ def test_reduced_precision_loaders_return_float32(tmp_path: pathlib.Path) -> Non
     ids = torch.stack([b["example_idx"], b["layer"], b["token_idx"]], 1).float()
     assert torch.allclose(b["act"][:, :3], ids, rtol=1e-2)
     rows = []
-    for b in shuffled(path, batch_size=33):  # the gather path (float32 on disk uses scattered reads)
+    for b in shuffled(path, batch_size=33):  # staged read + numpy scatter (float32 on disk: native iovecs)
         assert b["act"].dtype == torch.float32
         ids = torch.stack([b["example_idx"], b["layer"], b["token_idx"]], 1)
         assert torch.allclose(b["act"][:, :3], ids.float(), rtol=1e-2)
@@ -198,3 +198,57 @@ def test_loader_thread_failure_reaches_the_consumer(tmp_path: pathlib.Path) -> N
     with pytest.raises(WorkerError, match=r"(?s)shuffled loader.*crashed.*short read"):
         for _ in loader:
             pass
+
+
+def test_shuffled_without_native_preadv_gives_the_same_batches(ds: pathlib.Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The portable path (contiguous read + numpy scatter) and the native-iovec path put every row in the same place."""
+    from saev_ops.loaders import iovec
+
+    sel = ShardSelection(layers=(7, 3), tokens="no-registers")
+    native = epoch_rows(shuffled(ds, sel, batch_size=37))
+    monkeypatch.setattr(iovec, "AVAILABLE", False)
+    np.testing.assert_array_equal(epoch_rows(shuffled(ds, sel, batch_size=37)), native)
+
+
+@pytest.mark.parametrize("pattern", ["contiguous", "small-gaps", "long-gaps"])
+def test_iovec_read_rows_matches_plain_reads(tmp_path: pathlib.Path, pattern: str) -> None:
+    """Rows at ascending file offsets land at arbitrary destinations, across more rows than one call's iovec limit."""
+    from saev_ops.loaders import iovec
+    from saev_ops.shards import ShardReader
+
+    path = write_dataset(tmp_path, n_examples=24, layers=(0,), n_patches=200, d_model=64,
+                         max_tokens_per_shard=24 * 201)  # one shard of 24 examples x 201 tokens
+    reader = ShardReader(path)
+    row_bytes = 64 * 4
+    n_rows_file = 24 * 201
+    rng = np.random.default_rng(0)
+    rows = {"contiguous": np.arange(100, 100 + 3000),
+            "small-gaps": np.sort(rng.choice(n_rows_file, 2500, replace=False)),
+            "long-gaps": np.concatenate([np.arange(0, 700), np.arange(n_rows_file - 1500, n_rows_file)])}[pattern]
+    if pattern == "long-gaps":  # a stretch longer than GAP_BYTES ends a call
+        assert (n_rows_file - 1500 - 700) * row_bytes > iovec.GAP_BYTES
+    offsets = rows.astype(np.int64) * row_bytes
+    dest_rows = rng.permutation(len(rows))
+    out = np.full((len(rows), 64), np.nan, dtype=np.float32)
+    iovec.read_rows(reader, 0, offsets, dest_rows.astype(np.int64) * row_bytes, row_bytes, out)
+    flat = reader.read(0, 24, 0).reshape(-1, 64)
+    np.testing.assert_array_equal(out[dest_rows], flat[rows])
+
+
+def test_iovec_read_rows_checks_its_arguments_and_short_reads(tmp_path: pathlib.Path) -> None:
+    from saev_ops.loaders import iovec
+    from saev_ops.shards import ShardReader
+
+    path = write_dataset(tmp_path, n_examples=12, layers=(0,), n_patches=16, d_model=32)
+    reader = ShardReader(path)
+    out = np.zeros((4, 32), dtype=np.float32)
+    offs = np.arange(4, dtype=np.int64) * 128
+    with pytest.raises(ValueError, match="outside out"):
+        iovec.read_rows(reader, 0, offs, np.array([0, 128, 256, 512], dtype=np.int64), 128, out)
+    with pytest.raises(ValueError, match="ascending"):
+        iovec.read_rows(reader, 0, offs[::-1].copy(), np.arange(4, dtype=np.int64) * 128, 128, out)
+    reader.fd(0)  # opened before the file shrinks, as in a long job on a scratch file system
+    os.truncate(reader.paths.shard(0), 200)
+    with pytest.raises(errors.DataError, match="short read"):
+        iovec.read_rows(reader, 0, offs, np.arange(4, dtype=np.int64) * 128, 128, out)

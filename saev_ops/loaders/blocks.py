@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from saev_ops.loaders import iovec
 from saev_ops.loaders.selection import Plan
 from saev_ops.shards import dtypes
 from saev_ops.shards.reader import ShardReader
@@ -195,45 +196,36 @@ def _complete_short(reader: ShardReader, shard: int, iov: list[memoryview], offs
         pos += len(v)
 
 
-def scatter_read(reader: ShardReader, start: int, n: int, sel_offsets: np.ndarray, dest_rows: np.ndarray,
-                 out: np.ndarray) -> None:
-    """Read the selected rows of examples ``[start, start + n)`` (float32 on disk) so that the k-th selected row lands
-    in ``out[dest_rows[k]]``: ``preadv`` scatters each row to its shuffled place, unselected rows go to scratch."""
+def scatter_examples(reader: ShardReader, plan: Plan, starts: np.ndarray, counts: np.ndarray, dest_rows: np.ndarray,
+                     out: np.ndarray, staging: BufferPool) -> None:
+    """Read the selected rows of the example ranges ``[starts[i], starts[i] + counts[i])`` so that the k-th row (ranges
+    in the given order, then examples, then rows in plan order) lands in ``out[dest_rows[k]]``.
+
+    float32 on disk: the ranges are sorted into file order and the kernel puts every row straight in its place
+    (:func:`saev_ops.loaders.iovec.read_rows`, iovecs built by numpy for all ranges at once, the GIL released for each
+    call), so the Python work is a fixed cost per call of this function, not per row or per range, and reader threads
+    scale with cores. Otherwise (reduced-precision storage, or no libc ``preadv``): per range one
+    :func:`read_selected` into a reused staging buffer, widened to float32, then one numpy indexed assignment.
+    """
     md = reader.md
+    rpe = plan.rows_per_example
+    if reader.disk_dtype != np.float32 or not iovec.AVAILABLE:
+        k = 0
+        for s, c in zip(starts.tolist(), counts.tolist()):
+            rows = staging.get((c * rpe, reader.d_model))
+            read_selected(reader, plan, s, c, rows)
+            out[dest_rows[k : k + c * rpe]] = rows
+            k += c * rpe
+        return
     row_bytes = md.d_model * 4
-    outv = memoryview(out.reshape(-1)).cast("B")
-    scratch = memoryview(bytearray(_GAP_BYTES))
-    rpe = len(sel_offsets)
-    eps = md.examples_per_shard
-    k0 = 0
-    ex = start
-    while ex < start + n:
-        shard, row = divmod(ex, eps)
-        take = min(start + n - ex, eps - row)
-        fd = reader.fd(shard)
-        offs = ((np.arange(row, row + take, dtype=np.int64) * reader.example_bytes)[:, None] + sel_offsets[None, :]).ravel()
-        dests = (dest_rows[k0 : k0 + take * rpe] * row_bytes).tolist()
-        gaps = (offs[1:] - offs[:-1] - row_bytes).tolist() + [0]
-        offs_l = offs.tolist()
-        i = 0
-        total = len(offs_l)
-        while i < total:
-            call_offset = offs_l[i]
-            iov: list[memoryview] = []
-            want = 0
-            while i < total and len(iov) < _IOV_MAX - 1:
-                d = dests[i]
-                iov.append(outv[d : d + row_bytes])
-                want += row_bytes
-                gap = gaps[i]
-                i += 1
-                if gap:
-                    if gap > _GAP_BYTES or len(iov) >= _IOV_MAX - 1:
-                        break
-                    iov.append(scratch[:gap])
-                    want += gap
-            got = os.preadv(fd, iov, call_offset)
-            if got != want:
-                _complete_short(reader, shard, iov, call_offset, got)
-        k0 += take * rpe
-        ex += take
+    layer_off = np.asarray(plan.layer_idx, dtype=np.int64)[:, None] * reader.layer_bytes
+    sel_offsets = (layer_off + plan.token_idx[None, :] * row_bytes).ravel()  # selected rows of one example
+    examples = np.concatenate([np.arange(s, s + c, dtype=np.int64) for s, c in zip(starts.tolist(), counts.tolist())])
+    order = np.argsort(examples, kind="stable")
+    examples = examples[order]
+    dest = dest_rows.reshape(-1, rpe)[order].astype(np.int64) * row_bytes
+    shard, row = np.divmod(examples, md.examples_per_shard)
+    cuts = np.concatenate([[0], np.flatnonzero(np.diff(shard)) + 1, [len(shard)]])
+    for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+        offs = ((row[a:b] * reader.example_bytes)[:, None] + sel_offsets[None, :]).ravel()
+        iovec.read_rows(reader, int(shard[a]), offs, dest[a:b].ravel(), row_bytes, out)

@@ -1,9 +1,9 @@
 """``OrderedDataLoader``: the dataset in exact order, for inference, with large sequential reads.
 
-Rows come example by example; inside an example, layer by layer (file order), then token by token. Chunks of about
-``chunk_mb`` are read by a small thread pool (``preadv`` releases the GIL) ahead of the consumer, each read scattering the
-selected tokens straight into the chunk buffer (:func:`~saev_ops.loaders.blocks.read_selected`); batches are views into
-those buffers, so the read is the only copy. ``start``/``stop`` split a dataset between
+Rows come example by example; inside an example, layer by layer (file order), then token by token. Chunks of whole
+batches (about ``chunk_mb``) are read by a small thread pool (``preadv`` releases the GIL) ahead of the consumer, each
+read scattering the selected tokens straight into a reused chunk buffer
+(:func:`~saev_ops.loaders.blocks.read_selected`); every batch is a view into one chunk, so the read is the only copy. ``start``/``stop`` split a dataset between
 jobs by example.
 """
 
@@ -65,8 +65,6 @@ class OrderedDataLoader:
         if self.stop > self.reader.n_examples:
             raise errors.ConfigError(f"stop={cfg.stop} is past the dataset's {self.reader.n_examples} examples")
         self.start = cfg.start
-        bytes_per_example = len(self.plan.layer_idx) * self.reader.tokens_per_example * self.reader.d_model * 4
-        self.chunk_examples = max(1, int(cfg.chunk_mb * 2**20) // bytes_per_example)
 
     @property
     def n_rows(self) -> int:
@@ -75,55 +73,51 @@ class OrderedDataLoader:
     def __len__(self) -> int:
         return -(-self.n_rows // self.cfg.batch_size)
 
-    def _load(self, pool: BufferPool, start: int, n: int) -> np.ndarray:
-        out = pool.get((n * self.plan.rows_per_example, self.reader.d_model))
-        return read_selected(self.reader, self.plan, start, n, out)
+    def _load(self, pool: BufferPool, first_row: int, n_rows: int) -> np.ndarray:
+        """Rows ``[first_row, first_row + n_rows)`` (counted from ``start``): the whole examples that hold them are read
+        (at most one partial example at each end is read twice), and the rows are a view of that buffer."""
+        rpe = self.plan.rows_per_example
+        e0, e1 = first_row // rpe, -(-(first_row + n_rows) // rpe)
+        out = pool.get(((e1 - e0) * rpe, self.reader.d_model))
+        read_selected(self.reader, self.plan, self.start + e0, e1 - e0, out)
+        skip = first_row - e0 * rpe
+        return out[skip : skip + n_rows]
 
     def __iter__(self) -> Iterator[Batch]:
         cfg = self.cfg
-        chunks = [(s, min(self.chunk_examples, self.stop - s)) for s in range(self.start, self.stop, self.chunk_examples)]
+        B = cfg.batch_size
         rpe = self.plan.rows_per_example
+        # chunks are whole batches, so every batch is a view of one chunk (no copy, no fresh allocation per batch)
+        row_bytes = self.reader.d_model * 4
+        per_chunk = B * max(1, int(cfg.chunk_mb * 2**20) // (B * row_bytes))
+        chunks = [(r, min(per_chunk, self.n_rows - r)) for r in range(0, self.n_rows, per_chunk)]
         n_tok = len(self.plan.token_idx)
         token_idx = self.plan.token_idx
         layer_numbers = np.asarray(self.plan.layer_numbers, dtype=np.int64)
-        pending: list[np.ndarray] = []
-        n_pending = 0
-        row = 0  # global row counter (from start)
 
-        def emit(parts: list[np.ndarray]) -> Batch:
-            nonlocal row
-            act = parts[0] if len(parts) == 1 else np.concatenate(parts)
-            r = np.arange(row, row + len(act), dtype=np.int64)
-            ex, within = np.divmod(r, rpe)
+        def emit(act: np.ndarray, row: int) -> Batch:
+            ex, within = np.divmod(np.arange(row, row + len(act), dtype=np.int64), rpe)
             li, ti = np.divmod(within, n_tok)
-            row += len(act)
             return to_batch(act, ex + self.start, token_idx[ti], layer_numbers[li], cfg.pin_memory)
 
         buffers = BufferPool(max_buffers=2 * (cfg.prefetch + cfg.n_threads) + 2)
         with cf.ThreadPoolExecutor(cfg.n_threads, thread_name_prefix="saev-ordered") as pool:
-            futures: collections.deque[cf.Future[np.ndarray]] = collections.deque()
+            futures: collections.deque[tuple[int, cf.Future[np.ndarray]]] = collections.deque()
             it = iter(chunks)
-            for s, n in it:
-                futures.append(pool.submit(self._load, buffers, s, n))
+            for r, n in it:
+                futures.append((r, pool.submit(self._load, buffers, r, n)))
                 if len(futures) >= cfg.prefetch:
                     break
             try:
                 while futures:
-                    rows = futures.popleft().result()
+                    r, fut = futures.popleft()
+                    rows = fut.result()
                     nxt = next(it, None)
                     if nxt is not None:
-                        futures.append(pool.submit(self._load, buffers, *nxt))
-                    pos = 0
-                    while pos < len(rows):
-                        take = min(cfg.batch_size - n_pending, len(rows) - pos)
-                        pending.append(rows[pos : pos + take])
-                        n_pending += take
-                        pos += take
-                        if n_pending == cfg.batch_size:
-                            yield emit(pending)
-                            pending, n_pending = [], 0
-                if pending:
-                    yield emit(pending)
+                        futures.append((nxt[0], pool.submit(self._load, buffers, *nxt)))
+                    for pos in range(0, len(rows), B):
+                        yield emit(rows[pos : pos + B], r + pos)
+                    del rows, fut  # the chunk buffer goes back to the pool once the consumer drops its batches
             finally:
-                for f in futures:
+                for _, f in futures:
                     f.cancel()

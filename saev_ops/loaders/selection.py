@@ -44,11 +44,6 @@ class Plan:
     def rows_per_example(self) -> int:
         return len(self.layer_idx) * len(self.token_idx)
 
-    def row_offsets(self) -> np.ndarray:
-        """Selected row positions inside one example's (n_layers_selected, T) block, in order."""
-        base = np.arange(len(self.layer_idx), dtype=np.int64)[:, None] * self.n_tokens
-        return (base + self.token_idx[None, :]).ravel()
-
 
 def plan(reader: ShardReader, selection: ShardSelection) -> Plan:
     if not selection.layers:

@@ -2,12 +2,15 @@
 
 How it reads at disk speed and still mixes across the whole dataset:
 
-1. The dataset is cut into *blocks* of consecutive examples, each at least ``read_mb`` of data, so each read is one
-   large contiguous ``preadv``.
+1. The dataset is cut into *blocks* of consecutive examples, each at least ``read_mb`` of data, so each read covers a
+   large contiguous stretch of a file.
 2. Each epoch permutes the blocks (seeded by ``seed`` and the epoch) and groups consecutive blocks of that permutation
    into *groups* that fit a third of ``buffer_mb`` (one group is consumed, one waits, one is being read).
-3. A group's blocks are read by a thread pool into one buffer; its selected rows are permuted (seeded by seed, epoch and
-   group) and gathered into batches by a second thread while the next group loads.
+3. A group's rows are permuted (seeded by seed, epoch and group) and reader threads put every selected row straight at
+   its permuted place in the group buffer: each thread takes several blocks at once, builds their iovec arrays with
+   numpy and issues one ``preadv`` per few hundred rows through ctypes, with the GIL released
+   (:mod:`saev_ops.loaders.iovec`; reduced-precision storage is read, widened, then scattered by numpy). A second
+   thread cuts batches from the group while the next one loads; most batches are views of the group buffer.
 
 So a batch holds rows from hundreds of examples spread over every shard, and the epoch's row order is a pure function of
 (seed, epoch, dataset, selection, buffer and block sizes). The loader's state is (epoch, batches consumed): resuming
@@ -46,7 +49,7 @@ class ShuffledConfig:
     read_mb: float = 1.0
     """Smallest contiguous read, in MiB (sets examples per block)."""
     n_threads: int = 4
-    """Reader threads (4 measured best on both 2 and 16 cores: building the scatter lists holds the GIL)."""
+    """Reader threads (reads and scatters release the GIL; see the loader benchmark for a machine's best count)."""
     prefetch_batches: int = 4
     """Batches gathered ahead of the consumer (memory: prefetch x batch bytes)."""
     drop_last: bool = False
@@ -83,7 +86,7 @@ class ShuffledDataLoader:
         self.cfg = cfg
         self.plan = plan(self.reader, cfg.selection)
         md = self.reader.md
-        self._example_f32 = len(self.plan.layer_idx) * md.tokens_per_example * md.d_model * 4
+        self._example_f32 = self.plan.rows_per_example * md.d_model * 4  # a group buffer holds selected rows only
         read_bytes = len(self.plan.layer_idx) * self.reader.layer_bytes
         self.block_examples = max(1, -(-int(cfg.read_mb * 2**20) // read_bytes))
         group_budget = int(cfg.buffer_mb * 2**20) // 3
@@ -92,11 +95,6 @@ class ShuffledDataLoader:
         self.n_rows = md.n_examples * self.plan.rows_per_example
         self.epoch = 0
         self.batches_in_epoch = 0
-        self._row_offsets = self.plan.row_offsets()
-        self._scatter = self.reader.disk_dtype == np.float32
-        # byte offset of each selected row inside one example, in file order (layers, then tokens)
-        layer_off = np.asarray(self.plan.layer_idx, dtype=np.int64)[:, None] * self.reader.layer_bytes
-        self._sel_offsets = (layer_off + self.plan.token_idx[None, :] * md.d_model * 4).ravel()
 
     # -- the plan of an epoch -----------------------------------------------------------------------------------------
     def _groups(self, epoch: int) -> list[_Group]:
@@ -196,27 +194,23 @@ class ShuffledDataLoader:
 
         md = self.reader.md
         group_buffers = blocks.BufferPool(max_buffers=3)
+        staging = blocks.BufferPool(max_buffers=self.cfg.n_threads + 1)  # one block's rows per reader thread (fallback)
         rpe = self.plan.rows_per_example
         try:
             with cf.ThreadPoolExecutor(self.cfg.n_threads, thread_name_prefix="saev-shuffled-read") as pool:
                 for gi in range(first, len(groups)):
                     g = groups[gi]
                     perm = self._group_perm(epoch, gi, g.n_rows)
-                    pos = np.concatenate([[0], np.cumsum(g.blocks[:, 1])])
-                    if self._scatter:
-                        # float32 on disk: each row is read straight to its shuffled place (no gather copy)
-                        buf = group_buffers.get((g.n_rows, md.d_model))
-                        inv = np.empty_like(perm)
-                        inv[perm] = np.arange(g.n_rows, dtype=perm.dtype)
-                        futs = [pool.submit(blocks.scatter_read, self.reader, int(s), int(c), self._sel_offsets,
-                                            inv[pos[j] * rpe : pos[j + 1] * rpe], buf)
-                                for j, (s, c) in enumerate(g.blocks)]
-                    else:
-                        buf = group_buffers.get((g.n_examples, len(self.plan.layer_idx), md.tokens_per_example,
-                                                 md.d_model))
-                        futs = [pool.submit(blocks.read_examples, self.reader, self.plan, int(s), int(c),
-                                            buf[pos[j] : pos[j + 1]])
-                                for j, (s, c) in enumerate(g.blocks)]
+                    pos = np.concatenate([[0], np.cumsum(g.blocks[:, 1])]) * rpe
+                    buf = group_buffers.get((g.n_rows, md.d_model))
+                    inv = np.empty_like(perm)
+                    inv[perm] = np.arange(g.n_rows, dtype=perm.dtype)
+                    # a few tasks per thread, each reading many blocks in one go (Python work is per task)
+                    futs = []
+                    for task in np.array_split(np.arange(len(g.blocks)), min(len(g.blocks), 4 * self.cfg.n_threads)):
+                        dest = np.concatenate([inv[pos[j] : pos[j + 1]] for j in task.tolist()])
+                        futs.append(pool.submit(blocks.scatter_examples, self.reader, self.plan, g.blocks[task, 0],
+                                                g.blocks[task, 1], dest, buf, staging))
                     for f in futs:
                         f.result()
                     blocks.put_or_stop(group_q, (gi, buf, perm), stop)
@@ -231,10 +225,11 @@ class ShuffledDataLoader:
 
     def _gather(self, groups: list[_Group], first: int, start_row: int, group_q: queue.Queue[Any],
                 batch_q: queue.Queue[Any], stop: threading.Event) -> None:
+        """Cut batches from loaded groups (rows already in shuffled order) and label each row with its example,
+        token and layer; a batch that spans two groups is copied together, any other is a view."""
         B = self.cfg.batch_size
         d_model = self.reader.d_model
         rpe_sel = self.plan.rows_per_example
-        per_ex_all = len(self.plan.layer_idx) * self.reader.tokens_per_example
         batch_buffers = blocks.BufferPool(max_buffers=self.cfg.prefetch_batches + 4)
         n_sel_tokens = len(self.plan.token_idx)
         layer_numbers = np.asarray(self.plan.layer_numbers, dtype=np.int64)
@@ -248,32 +243,23 @@ class ShuffledDataLoader:
                     break
                 gi, buf, perm = item
                 g = groups[gi]
-                flat = buf.reshape(-1, d_model)
                 ex_ids = np.concatenate([np.arange(s, s + c, dtype=np.int64) for s, c in g.blocks])
                 pos = max(0, start_row - g.row_start)
                 while pos < g.n_rows:
                     take = min(B - n_cur, g.n_rows - pos)
-                    src = perm[pos : pos + take]
-                    ex_local, r = np.divmod(src, rpe_sel)
+                    ex_local, r = np.divmod(perm[pos : pos + take], rpe_sel)
                     li, ti = np.divmod(r, n_sel_tokens)
-                    if self._scatter and act is None and take == B:
-                        # a whole batch inside one scattered group: a view, no copy
-                        out = (flat[pos : pos + take], np.take(ex_ids, ex_local), np.take(token_idx, ti),
-                               np.take(layer_numbers, li))
-                        blocks.put_or_stop(batch_q, to_batch(out[0], out[1], out[2], out[3], self.cfg.pin_memory),
-                                           stop)
+                    if act is None and take == B:  # a whole batch inside one group: a view, no copy
+                        batch = to_batch(buf[pos : pos + take], np.take(ex_ids, ex_local), np.take(token_idx, ti),
+                                         np.take(layer_numbers, li), self.cfg.pin_memory)
+                        blocks.put_or_stop(batch_q, batch, stop)
                         pos += take
                         continue
                     if act is None:
                         act = batch_buffers.get((B, d_model))
                         ex, tok, layer = (np.empty(B, dtype=np.int64) for _ in range(3))
                         n_cur = 0
-                    if self._scatter:
-                        act[n_cur : n_cur + take] = flat[pos : pos + take]
-                    else:
-                        local = ex_local * per_ex_all + self._row_offsets[r]
-                        # mode="clip" skips numpy's buffered out= path; indices are in range by construction
-                        np.take(flat, local, axis=0, out=act[n_cur : n_cur + take], mode="clip")
+                    act[n_cur : n_cur + take] = buf[pos : pos + take]
                     np.take(layer_numbers, li, out=layer[n_cur : n_cur + take])
                     np.take(token_idx, ti, out=tok[n_cur : n_cur + take])
                     np.take(ex_ids, ex_local, out=ex[n_cur : n_cur + take])
@@ -283,7 +269,7 @@ class ShuffledDataLoader:
                         blocks.put_or_stop(batch_q, to_batch(act, ex, tok, layer, self.cfg.pin_memory), stop)
                         act = ex = tok = layer = None
                         n_cur = 0
-                del buf, flat, item
+                del buf, item
             if act is not None and n_cur and not self.cfg.drop_last:
                 batch = to_batch(act[:n_cur], ex[:n_cur], tok[:n_cur], layer[:n_cur], self.cfg.pin_memory)
                 blocks.put_or_stop(batch_q, batch, stop)

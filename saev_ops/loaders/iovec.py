@@ -1,0 +1,105 @@
+"""Scattered reads with iovec arrays built by numpy and handed to libc's ``preadv`` through ctypes.
+
+``os.preadv`` wants a Python list of buffers, so a read that puts every row in a different place costs a memoryview
+and a list entry per row, all under the GIL: on a 16-core host that, not the disk, bounded the shuffled loader. Here
+the iovec array (pointer, length pairs) is computed for a whole block of rows at once and the system call runs with
+the GIL released (ctypes drops it for the call), so reader threads scale with cores and the kernel copies each row
+straight to its destination: one copy, no Python per row.
+
+``AVAILABLE`` is false where libc has no ``preadv`` (then :func:`saev_ops.loaders.blocks.scatter_block` falls back to
+one contiguous read and a numpy scatter).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+
+from saev_ops.shards.reader import ShardReader
+
+GAP_BYTES = 256 << 10
+"""Unselected stretches up to this long are read into scratch (one call continues); longer ones end the call."""
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+_ROWS_PER_CALL = _IOV_MAX // 2  # each row may bring one scratch iovec for the gap after it
+
+
+def _libc_preadv() -> object | None:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).preadv
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int, ctypes.c_longlong)
+    fn.restype = ctypes.c_ssize_t
+    return fn
+
+
+_PREADV = _libc_preadv()
+AVAILABLE = _PREADV is not None and ctypes.sizeof(ctypes.c_void_p) == 8
+
+
+def read_rows(reader: ShardReader, shard: int, offsets: np.ndarray, dest: np.ndarray, row_bytes: int,
+              out: np.ndarray) -> None:
+    """Read ``row_bytes`` at each file offset of ``shard`` (ascending, non-overlapping) into byte offset ``dest[k]`` of
+    ``out`` (C-contiguous). Short reads are finished row by row with the reader's retrying read, which reports a
+    truncated file."""
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
+    n = len(offsets)
+    if n == 0:
+        return
+    if int(dest.min()) < 0 or int(dest.max()) + row_bytes > out.nbytes:
+        raise ValueError("a destination row lies outside out")  # the pointers below must stay inside the buffer
+    fd = reader.fd(shard)
+    gap = np.diff(offsets) - row_bytes  # unselected bytes after each row but the last
+    if n > 1 and int(gap.min()) < 0:
+        raise ValueError("offsets must be ascending and rows must not overlap")
+    ptrs = out.ctypes.data + dest.astype(np.uint64)
+    if not gap.any():  # the rows are one contiguous stretch of the file: one iovec per row
+        iov = np.empty((n, 2), dtype=np.uint64)
+        iov[:, 0] = ptrs
+        iov[:, 1] = row_bytes
+        base = iov.ctypes.data
+        for a in range(0, n, _IOV_MAX):
+            b = min(n, a + _IOV_MAX)
+            _call(reader, shard, fd, base + a * 16, b - a, int(offsets[a]), (b - a) * row_bytes, offsets[a:b],
+                  dest[a:b], row_bytes, out)
+        return
+    # calls start at row 0, after every long gap, and every _ROWS_PER_CALL rows within a stretch
+    breaks = np.flatnonzero(gap > GAP_BYTES) + 1
+    seg = np.concatenate([[0], breaks, [n]])
+    starts = np.concatenate([np.arange(a, b, _ROWS_PER_CALL) for a, b in zip(seg[:-1], seg[1:]) if b > a])
+    ends = np.append(starts[1:], n)
+    scratch_after = np.zeros(n, dtype=bool)
+    scratch_after[:-1] = (gap > 0) & (gap <= GAP_BYTES)
+    scratch_after[ends - 1] = False  # a call never reads past its last row
+    n_iov = 1 + scratch_after.astype(np.int64)
+    first_iov = np.cumsum(n_iov) - n_iov
+    iov = np.empty((int(n_iov[-1] + first_iov[-1]), 2), dtype=np.uint64)
+    iov[first_iov, 0] = ptrs
+    iov[first_iov, 1] = row_bytes
+    scratch = np.empty(GAP_BYTES if scratch_after.any() else 1, dtype=np.uint8)
+    after = first_iov[scratch_after] + 1
+    iov[after, 0] = scratch.ctypes.data
+    iov[after, 1] = gap[scratch_after[:-1]].astype(np.uint64)
+    base = iov.ctypes.data
+    for a, b, ia, ib, off_a, off_b in zip(starts.tolist(), ends.tolist(), first_iov[starts].tolist(),
+                                          (first_iov[ends - 1] + 1).tolist(), offsets[starts].tolist(),
+                                          offsets[ends - 1].tolist()):
+        _call(reader, shard, fd, base + ia * 16, ib - ia, off_a, off_b + row_bytes - off_a, offsets[a:b], dest[a:b],
+              row_bytes, out)
+    del scratch  # alive until every call above returned
+
+
+def _call(reader: ShardReader, shard: int, fd: int, iov_ptr: int, n_iov: int, offset: int, want: int,
+          offsets: np.ndarray, dest: np.ndarray, row_bytes: int, out: np.ndarray) -> None:
+    got = _PREADV(fd, iov_ptr, n_iov, offset)
+    if got == want:
+        return
+    if got < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{reader.paths.shard(shard)}: preadv at byte {offset}: {os.strerror(err)}")
+    flat = memoryview(out.reshape(-1).view(np.uint8))  # short read: finish these rows one by one
+    for off, d in zip(offsets.tolist(), dest.tolist()):
+        reader.pread_into(shard, off, flat[d : d + row_bytes])
