@@ -97,6 +97,18 @@ def _split_arch(family: str, ckpt: str) -> tuple[str, str] | None:
     return arch, str(pathlib.Path(weights).expanduser())
 
 
+def build_model(family: str, ckpt: str, from_weights: Callable[[str, str], nn.Module],
+                from_dir: Callable[[str], nn.Module]) -> nn.Module:
+    """``ARCH@WEIGHTS`` -> ``from_weights(arch, file)``; a directory or cached ``hf-hub:`` repo -> ``from_dir(path)``.
+    Our own checks fail first; whatever the library raises becomes one line naming the checkpoint."""
+    arch = _split_arch(family, ckpt)
+    source = None if arch is not None else local_source(family, ckpt)
+    try:
+        return from_weights(*arch) if arch is not None else from_dir(source)
+    except Exception as exc:  # noqa: BLE001 - the libraries raise RuntimeError/ValueError/FileNotFoundError/...
+        raise errors.ConfigError(f"--model {family}:{ckpt}: {family} could not build it: {exc}") from None
+
+
 def _resample(name: Any) -> str:
     return "bilinear" if str(name).lower() == "bilinear" else "bicubic"
 
@@ -109,16 +121,10 @@ class TimmAdapter(ModelAdapter):
     def __init__(self, ckpt: str, device: torch.device) -> None:
         timm = import_optional("timm", "timm", "timm")
         self.ckpt = ckpt
-        arch = _split_arch("timm", ckpt)
-        try:
-            if arch is not None:
-                model = timm.create_model(arch[0], pretrained=False, num_classes=0, checkpoint_path=arch[1])
-            else:
-                model = timm.create_model("local-dir:" + local_source("timm", ckpt), pretrained=True, num_classes=0)
-        except errors.ConfigError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - timm raises RuntimeError/ValueError/FileNotFoundError
-            raise errors.ConfigError(f"--model timm:{ckpt}: timm could not build it: {exc}") from None
+        model = build_model(
+            "timm", ckpt,
+            lambda arch, weights: timm.create_model(arch, pretrained=False, num_classes=0, checkpoint_path=weights),
+            lambda path: timm.create_model("local-dir:" + path, pretrained=True, num_classes=0))
         if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
             raise errors.ConfigError(f"--model timm:{ckpt}: {type(model).__name__} is not a ViT (no blocks/patch_embed)")
         self.model = model.to(device).eval()
@@ -149,16 +155,8 @@ class OpenClipAdapter(ModelAdapter):
     def __init__(self, ckpt: str, device: torch.device) -> None:
         open_clip = import_optional("open_clip", "open_clip", "open-clip")
         self.ckpt = ckpt
-        arch = _split_arch("open_clip", ckpt)
-        try:
-            if arch is not None:
-                model = open_clip.create_model(arch[0], pretrained=arch[1])
-            else:
-                model = open_clip.create_model("local-dir:" + local_source("open_clip", ckpt))
-        except errors.ConfigError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise errors.ConfigError(f"--model open_clip:{ckpt}: open_clip could not build it: {exc}") from None
+        model = build_model("open_clip", ckpt, lambda arch, weights: open_clip.create_model(arch, pretrained=weights),
+                            lambda path: open_clip.create_model("local-dir:" + path))
         visual = model.visual
         tower = getattr(visual, "transformer", None)
         if tower is None or not hasattr(tower, "resblocks") or not hasattr(visual, "conv1"):
