@@ -106,10 +106,6 @@ class BufferPool:
         return buf.view(dtype).reshape(shape)
 
 
-_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
-_GAP_BYTES = 256 << 10  # skip (rather than read into scratch) unselected stretches longer than this
-
-
 def read_selected(reader: ShardReader, plan: Plan, start: int, n: int, out: np.ndarray) -> np.ndarray:
     """Examples ``[start, start + n)`` as their selected rows, in order, straight into ``out`` (n * rows, D).
 
@@ -134,7 +130,7 @@ def read_selected(reader: ShardReader, plan: Plan, start: int, n: int, out: np.n
     bounds = np.concatenate([[0], edges, [T]])
     runs = [(bool(selected[a]), int(a), int(b - a)) for a, b in zip(bounds[:-1], bounds[1:])]
     max_gap = max([c for s, _, c in runs if not s] + [0]) * row_bytes
-    scratch = memoryview(bytearray(min(max(max_gap, 1), _GAP_BYTES)))
+    scratch = memoryview(bytearray(min(max(max_gap, 1), iovec.GAP_BYTES)))
     layer_pos = {li: j for j, li in enumerate(plan.layer_idx)}
     eps = md.examples_per_shard
     dest = 0  # byte position in target
@@ -165,7 +161,7 @@ def read_selected(reader: ShardReader, plan: Plan, start: int, n: int, out: np.n
                 for is_sel, first, count in runs:
                     run_off = layer_start + first * row_bytes
                     nbytes = count * row_bytes
-                    if run_off != pos or (not is_sel and nbytes > len(scratch)) or len(iov) >= _IOV_MAX:
+                    if run_off != pos or (not is_sel and nbytes > len(scratch)) or len(iov) >= iovec.IOV_MAX:
                         flush()
                         call_offset = pos = run_off
                     if is_sel:

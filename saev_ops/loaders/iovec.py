@@ -21,8 +21,9 @@ from saev_ops.shards.reader import ShardReader
 
 GAP_BYTES = 256 << 10
 """Unselected stretches up to this long are read into scratch (one call continues); longer ones end the call."""
-_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
-_ROWS_PER_CALL = _IOV_MAX // 2  # each row may bring one scratch iovec for the gap after it
+IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+"""Buffers per ``preadv`` call (also for :func:`saev_ops.loaders.blocks.read_selected`)."""
+_ROWS_PER_CALL = IOV_MAX // 2  # each row may bring one scratch iovec for the gap after it
 
 
 def _libc_preadv() -> object | None:
@@ -61,8 +62,8 @@ def read_rows(reader: ShardReader, shard: int, offsets: np.ndarray, dest: np.nda
         iov[:, 0] = ptrs
         iov[:, 1] = row_bytes
         base = iov.ctypes.data
-        for a in range(0, n, _IOV_MAX):
-            b = min(n, a + _IOV_MAX)
+        for a in range(0, n, IOV_MAX):
+            b = min(n, a + IOV_MAX)
             _call(reader, shard, fd, base + a * 16, b - a, int(offsets[a]), (b - a) * row_bytes, offsets[a:b],
                   dest[a:b], row_bytes, out)
         return

@@ -69,7 +69,6 @@ class ShuffledConfig:
 @dataclasses.dataclass(frozen=True)
 class _Group:
     blocks: np.ndarray  # (n_blocks, 2): example start, count
-    n_examples: int
     row_start: int  # first row of this group in the epoch's row stream
     n_rows: int
 
@@ -111,9 +110,8 @@ class ShuffledDataLoader:
         for a, b in zip(cuts[:-1], cuts[1:]):
             sel = order[a:b]
             blk = np.stack([starts[sel], counts[sel]], axis=1)
-            n_ex = int(blk[:, 1].sum())
-            n_rows = n_ex * self.plan.rows_per_example
-            groups.append(_Group(blk, n_ex, row, n_rows))
+            n_rows = int(blk[:, 1].sum()) * self.plan.rows_per_example
+            groups.append(_Group(blk, row, n_rows))
             row += n_rows
         return groups
 
