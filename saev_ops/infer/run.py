@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from saev_ops import errors
-from saev_ops.registry import DatasetRecord, OutputRecord, Registry
+from saev_ops.registry import DatasetRecord, OutputRecord, Registry, RunRecord
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -82,17 +82,17 @@ class _CsrWriter:
         return {"n_rows": n_rows, "nnz": self.nnz}
 
 
-def check_inference(reg: Registry, spec: InferSpec) -> DatasetRecord:
+def check_inference(reg: Registry, spec: InferSpec) -> tuple[DatasetRecord, list[RunRecord]]:
     """What can be checked before any work: the dataset is present and complete, every run is completed with weights.
-    Returns the dataset."""
+    Returns the dataset and the runs (in ``spec.run_ids`` order)."""
     from saev_ops.datasets import require_complete
 
     dataset = require_complete(reg, spec.dataset)
-    for rid in spec.run_ids:
-        run = reg.get_run(rid)
+    runs = [reg.get_run(rid) for rid in spec.run_ids]
+    for run in runs:
         if run.status != "completed" or not run.checkpoint_path:
-            raise errors.ConfigError(f"run {rid} is {run.status}; only completed runs have weights to apply")
-    return dataset
+            raise errors.ConfigError(f"run {run.id} is {run.status}; only completed runs have weights to apply")
+    return dataset, runs
 
 
 def run_inference(spec: InferSpec) -> list[OutputRecord]:
@@ -103,11 +103,11 @@ def run_inference(spec: InferSpec) -> list[OutputRecord]:
     from saev_ops.sae.io import load_sae
 
     reg = Registry(spec.db_url)
-    dataset = check_inference(reg, spec)
+    dataset, runs = check_inference(reg, spec)
     todo = []
     out: list[OutputRecord] = []
-    for rid in spec.run_ids:
-        run = reg.get_run(rid)
+    for run in runs:
+        rid = run.id
         existing = reg.find_output(rid, dataset.id)
         if existing is not None and not spec.force and pathlib.Path(existing.path).exists():
             out.append(existing)
