@@ -7,16 +7,24 @@ import click
 from saev_ops.cli import fmt
 from saev_ops.cli.context import CliContext, format_option, pass_ctx
 
+DEFAULT_MAX_ROWS = 10_000
+
 
 @click.command("sql")
 @click.argument("statement")
-@click.option("--max-rows", type=int, default=None, help="Print at most this many rows.")
+@click.option("--max-rows", type=click.IntRange(min=0), default=DEFAULT_MAX_ROWS, show_default=True,
+              help="Fetch and print at most this many rows (0: no limit). Rows are streamed, so this bounds memory.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), default=60.0, show_default=True,
+              help="Stop the statement after this many seconds.")
 @format_option
 @pass_ctx
-def group(obj: CliContext, statement: str, max_rows: int | None, **kw: str) -> None:
-    """Run one read-only SQL STATEMENT. Views: run_table (one row per run with summary metrics as columns),
-    metric_history (one row per metric point), inference_lineage. Writes are refused by the database."""
+def group(obj: CliContext, statement: str, max_rows: int, timeout_s: float, **kw: str) -> None:
+    """Run one read-only SQL query (SELECT, WITH, VALUES, TABLE). Views: run_table (one row per run with summary
+    metrics as columns), metric_history (one row per metric point), inference_lineage. Writes, files, programs,
+    settings and other sessions are refused (on PostgreSQL the query runs as the role saev_ops_reader)."""
     from saev_ops.registry.sql import run_read_only
 
-    result = run_read_only(obj.registry, statement, max_rows=max_rows)
+    result = run_read_only(obj.registry, statement, max_rows=max_rows or None, timeout_s=timeout_s)
     click.echo(fmt.render(result.columns, result.rows, kw["fmt"]))
+    if result.truncated:
+        click.echo(f"(stopped after {len(result.rows)} rows; --max-rows N shows more, 0 all)", err=True)

@@ -130,6 +130,7 @@ class RunModel(Base):
     ended_at: Mapped[dt.datetime | None]
     heartbeat_at: Mapped[dt.datetime | None]
     checkpoint_path: Mapped[str | None] = mapped_column(sa.Text)
+    run_dir: Mapped[str | None] = mapped_column(sa.Text)
     error: Mapped[str | None] = mapped_column(sa.Text)
 
     dataset: Mapped[DatasetModel] = relationship(back_populates="runs")
@@ -147,10 +148,12 @@ class RunModel(Base):
 
 
 class MetricPointModel(Base):
-    """One logged value. The history table; it grows to tens of millions of rows, so it carries one index only."""
+    """One logged value, once per (run, key, step): logging a point again (a resumed job re-logging the steps after its
+    checkpoint, a re-synced metrics file) updates it. The history table; it grows to tens of millions of rows, so it
+    carries one index only, the unique one."""
 
     __tablename__ = "metric_points"
-    __table_args__ = (sa.Index("ix_metric_points_run_key_step", "run_id", "key", "step"),)
+    __table_args__ = (sa.Index("uq_metric_points_run_key_step", "run_id", "key", "step", unique=True),)
 
     id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
     run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id", ondelete="CASCADE"))

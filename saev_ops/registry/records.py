@@ -81,6 +81,8 @@ class RunRecord:
     heartbeat_at: dt.datetime | None
     checkpoint_path: str | None
     error: str | None
+    run_dir: str | None = None
+    """The directory its job writes (SAE, buffered metrics); set at submission."""
 
     @classmethod
     def from_model(cls, m: models.RunModel) -> RunRecord:
@@ -102,6 +104,7 @@ class RunRecord:
             heartbeat_at=m.heartbeat_at,
             checkpoint_path=m.checkpoint_path,
             error=m.error,
+            run_dir=m.run_dir,
         )
 
 

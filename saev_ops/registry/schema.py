@@ -8,8 +8,12 @@ importing Alembic (which costs start-up time on every CLI call).
 from __future__ import annotations
 
 VERSION_TABLE = "saev_ops_alembic_version"
-HEAD_REVISION = "0002_query_views"
-KNOWN_REVISIONS = ("0001_initial", "0002_query_views")
+HEAD_REVISION = "0003_integrity"
+KNOWN_REVISIONS = ("0001_initial", "0002_query_views", "0003_integrity")
 
 # Columns of the run_table view that come from metric summaries (see migrations/versions/0002_query_views.py).
 RUN_TABLE_METRICS = ("loss", "mse", "nmse", "explained_variance", "l0", "dead_frac", "dense_frac")
+
+# PostgreSQL: the role and function `saev-ops sql` runs user SQL through (see migrations/versions/0003_integrity.py).
+READER_ROLE = "saev_ops_reader"
+READ_FUNCTION = "saev_ops_read"

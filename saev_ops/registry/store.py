@@ -57,7 +57,9 @@ def _is_transient(exc: sa.exc.DBAPIError) -> bool:
 
 
 # Bookkeeping fields of a run that callers may set (status changes go through transition_run).
-RUN_FIELDS = frozenset({"executor", "slurm_job_id", "slurm_array_index", "host", "checkpoint_path", "error"})
+RUN_FIELDS = frozenset(
+    {"executor", "slurm_job_id", "slurm_array_index", "host", "checkpoint_path", "error", "run_dir"}
+)
 
 
 def _check_run_fields(fields: dict[str, Any]) -> None:
