@@ -49,3 +49,7 @@ class QueryError(SaevOpsError):
 
 class DataError(SaevOpsError):
     """Activation data on disk is missing, incomplete or corrupt."""
+
+
+class TrainingError(SaevOpsError):
+    """A run's training went wrong on its own (non-finite loss or weights); its run is marked failed."""

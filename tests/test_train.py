@@ -12,7 +12,7 @@ from saev_ops.registry import Registry, RunQuery
 from saev_ops.sae import SAEConfig, build_sae
 from saev_ops.sae.io import load_sae
 from saev_ops.train import RunSpec, TrainJobSpec, TrainSettings, run_train_job
-from saev_ops.train.metrics import sync_metrics_file
+from saev_ops.train.journal import sync_file
 from saev_ops.train.trainer import Trainer
 from tests.conftest import make_dataset
 from tests.shard_helpers import write_dataset
@@ -142,6 +142,9 @@ def test_unreachable_registry_buffers_metrics_then_sync(setup, tmp_path: pathlib
     files = sorted((tmp_path / "runs").glob("run-*/metrics.jsonl"))
     assert len(files) == 3
     assert reg.summary(spec.runs[0].run_id) == {}
-    n = sum(sync_metrics_file(reg, f) for f in files)
+    n = sum(sync_file(reg, f).points for f in files)
     assert n > 0 and "nmse" in reg.summary(spec.runs[0].run_id)
-    assert not any((tmp_path / "runs").glob("run-*/metrics.jsonl"))
+    history = reg.metric_history(spec.runs[0].run_id)
+    assert all(f.exists() for f in files)  # never renamed: a job may still be appending
+    assert sum(sync_file(reg, f).points for f in files) == 0  # nothing new after the recorded offset
+    assert reg.metric_history(spec.runs[0].run_id) == history

@@ -88,13 +88,14 @@ def cancel(obj: CliContext, name: str) -> None:
 @click.argument("runs_root", type=click.Path(exists=True, file_okay=False))
 @pass_ctx
 def sync(obj: CliContext, runs_root: str) -> None:
-    """Ingest metrics that jobs buffered to files (metrics.jsonl) while the registry was unreachable."""
+    """Ingest what jobs journaled to files (run-*/metrics.jsonl: metrics and final statuses) while the registry was
+    unreachable. Safe to run while jobs still write, and again: each point is stored once."""
     import pathlib
 
-    from saev_ops.train.metrics import sync_metrics_file
+    from saev_ops import errors
+    from saev_ops.train.journal import sync_runs_root
 
-    total = 0
-    files = sorted(pathlib.Path(runs_root).glob("run-*/metrics.jsonl"))
-    for f in files:
-        total += sync_metrics_file(obj.registry, f)
-    click.echo(f"synced {total} metric point(s) from {len(files)} file(s)")
+    n_files, res = sync_runs_root(obj.registry, pathlib.Path(runs_root))
+    click.echo(f"synced {res.points} metric point(s) and {res.transitions} status change(s) from {n_files} file(s)")
+    if res.problems:
+        raise errors.DataError(f"{len(res.problems)} record(s) not applied:\n  " + "\n  ".join(res.problems))

@@ -88,7 +88,7 @@ class Registry:
         self.url = normalise_url(self._url_text)
         self.engine = create_registry_engine(self.url)
         self._write_engine = self.engine.execution_options(**{BEGIN_MODE_OPTION: "IMMEDIATE"})
-        self._summary_upsert: Any = None
+        self._upserts: tuple[Any, Any] | None = None
         if self._check_schema:
             migrate.ensure_schema(self.engine)
 
@@ -480,32 +480,35 @@ class Registry:
 
     # -- metrics -----------------------------------------------------------------------------------------------------
     def log_metrics(self, run_id: int, points: Iterable[tuple[str, int, float]]) -> int:
-        """Append metric points ``(key, step, value)`` and update the run's summary (last value by step) atomically.
+        """Store metric points ``(key, step, value)`` and update the run's summary (last value by step) atomically.
 
-        NaN values are not stored (SQLite cannot hold them); returns the number of points stored.
+        Each (run, key, step) is stored once: logging a point again (a resumed job re-logging the steps after its
+        checkpoint, a metrics file synced twice) replaces its value. NaN values are not stored (SQLite cannot hold
+        them); returns the number of points stored.
         """
         now = models.utcnow()
-        rows = []
-        last: dict[str, tuple[int, float]] = {}
+        by_point: dict[tuple[str, int], float] = {}
         for key, step, value in points:
             value = float(value)
-            if math.isnan(value):
-                continue
-            step = int(step)
-            rows.append({"run_id": run_id, "key": key, "step": step, "value": value, "time": now})
+            if not math.isnan(value):
+                by_point[(key, int(step))] = value  # the last value of a point repeated within one call wins
+        if not by_point:
+            return 0
+        rows = [{"run_id": run_id, "key": k, "step": st, "value": v, "time": now} for (k, st), v in by_point.items()]
+        last: dict[str, tuple[int, float]] = {}
+        for (key, step), value in by_point.items():
             if key not in last or step >= last[key][0]:
                 last[key] = (step, value)
-        if not rows:
-            return 0
         summary_rows = [
             {"run_id": run_id, "key": k, "step": st, "value": v, "updated_at": now} for k, (st, v) in sorted(last.items())
         ]
 
         def fn(s: Session) -> int:
-            s.execute(sa.insert(models.MetricPointModel), rows)
-            if self._summary_upsert is None:
-                self._summary_upsert = self._upsert_summaries()
-            s.execute(self._summary_upsert, summary_rows)
+            if self._upserts is None:
+                self._upserts = self._build_upserts()
+            points_upsert, summary_upsert = self._upserts
+            s.execute(points_upsert, rows)
+            s.execute(summary_upsert, summary_rows)
             return len(rows)
 
         try:
@@ -513,19 +516,27 @@ class Registry:
         except errors.DuplicateError:
             raise errors.NotFoundError(f"cannot log metrics: no run with id {run_id} in the registry") from None
 
-    def _upsert_summaries(self) -> Any:
-        """INSERT .. ON CONFLICT DO UPDATE for executemany (no inline VALUES, so SQLAlchemy caches its compilation)."""
+    def _build_upserts(self) -> tuple[Any, Any]:
+        """INSERT .. ON CONFLICT DO UPDATE for points and summaries, for executemany (no inline VALUES, so SQLAlchemy
+        caches their compilation)."""
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
         else:
             from sqlalchemy.dialects.sqlite import insert
+        points = models.MetricPointModel.__table__
+        stmt = insert(points)
+        points_upsert = stmt.on_conflict_do_update(
+            index_elements=[points.c.run_id, points.c.key, points.c.step],
+            set_={"value": stmt.excluded.value, "time": stmt.excluded.time},
+        )
         table = models.MetricSummaryModel.__table__
         stmt = insert(table)
-        return stmt.on_conflict_do_update(
+        summary_upsert = stmt.on_conflict_do_update(
             index_elements=[table.c.run_id, table.c.key],
             set_={"value": stmt.excluded.value, "step": stmt.excluded.step, "updated_at": stmt.excluded.updated_at},
             where=table.c.step <= stmt.excluded.step,
         )
+        return points_upsert, summary_upsert
 
     def metric_history(self, run_id: int, key: str | None = None) -> list[MetricPoint]:
         def fn(s: Session) -> list[MetricPoint]:

@@ -54,6 +54,7 @@ def import_saev_dir(root: pathlib.Path, *, extra: dict[str, Any] | None = None) 
         reader.close()
     summary = stats.summary()
     save_stats(paths.stats, summary, md.layers)
-    sidecar = build_sidecar(md, reader.layout, checksums, summary, {"imported_from_saev": True, **(extra or {})})
+    sidecar = build_sidecar(md, reader.layout, checksums, summary, {"imported_from_saev": True, **(extra or {})},
+                            labels_bin=paths.labels.exists())
     write_json_atomic(paths.sidecar, sidecar)
     return sidecar

@@ -6,12 +6,13 @@ environment is opened per process (never pickled) and read-only for readers.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from saev_ops import errors
@@ -53,6 +54,18 @@ class _SharedEnvs:
 
 
 _SHARED = _SharedEnvs()
+
+
+@contextlib.contextmanager
+def _damaged_as_data_error(path: pathlib.Path) -> Iterator[None]:
+    """py-lmdb's errors (InvalidError, CorruptedError, ...) as one DataError naming the index."""
+    import lmdb
+
+    try:
+        yield
+    except lmdb.Error as exc:
+        raise errors.DataError(f"{path}: damaged LMDB index ({type(exc).__name__}: {str(exc).strip()}); rebuild it "
+                               "with `saev-ops datasets import` or record the dataset again") from None
 
 
 def _ekey(example_id: int) -> bytes:
@@ -108,7 +121,8 @@ class IndexReader:
             raise errors.DataError(f"{path}: missing LMDB index (expected {path / 'data.mdb'}); "
                                    "rebuild it with `saev-ops datasets import`")
         self.path = path
-        self.env = _SHARED.acquire(path)
+        with _damaged_as_data_error(path):
+            self.env = _SHARED.acquire(path)
         self._closed = False
 
     def __getstate__(self) -> dict[str, Any]:
@@ -118,7 +132,7 @@ class IndexReader:
         self.__init__(state["path"])  # type: ignore[misc]
 
     def get(self, example_id: int) -> ExampleEntry:
-        with self.env.begin() as txn:
+        with _damaged_as_data_error(self.path), self.env.begin() as txn:
             raw = txn.get(_ekey(example_id))
         if raw is None:
             raise errors.NotFoundError(f"example {example_id} is not in the index {self.path}")
@@ -126,21 +140,21 @@ class IndexReader:
         return ExampleEntry(example_id, shard, row, path, label, label_name)
 
     def find_path(self, image_path: str) -> int:
-        with self.env.begin() as txn:
+        with _damaged_as_data_error(self.path), self.env.begin() as txn:
             raw = txn.get(b"p" + image_path.encode())
         if raw is None:
             raise errors.NotFoundError(f"image {image_path!r} is not in the index {self.path}")
         return struct.unpack(">Q", raw)[0]
 
     def meta(self) -> dict[str, Any]:
-        with self.env.begin() as txn:
+        with _damaged_as_data_error(self.path), self.env.begin() as txn:
             raw = txn.get(_META_KEY)
         return {} if raw is None else json.loads(raw)
 
     def count(self) -> int:
         """Number of example entries."""
         n = 0
-        with self.env.begin() as txn:
+        with _damaged_as_data_error(self.path), self.env.begin() as txn:
             cur = txn.cursor()
             if cur.set_range(b"e"):
                 for key in cur.iternext(keys=True, values=False):

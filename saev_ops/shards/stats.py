@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import zipfile
 from typing import Any
 
 import numpy as np
+
+from saev_ops import errors
 
 
 @dataclasses.dataclass
@@ -110,5 +113,12 @@ def save_stats(path: pathlib.Path, summary: dict[str, Any], layers: tuple[int, .
 
 
 def load_stats(path: pathlib.Path) -> dict[str, np.ndarray]:
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+    """The arrays of ``stats.npz``; a truncated or otherwise unreadable file is a DataError naming it."""
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise errors.DataError(f"{path}: missing statistics (re-import the dataset)") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise errors.DataError(f"{path}: unreadable statistics ({type(exc).__name__}: {exc}); re-import the dataset "
+                               "or record it again") from None

@@ -6,13 +6,16 @@ Every problem names the file, what was expected and what was found; all problems
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
+from typing import Any
 
 import numpy as np
 
 from saev_ops import errors
 from saev_ops.shards import dtypes
-from saev_ops.shards.format import Metadata, ShardPaths, read_json
+from saev_ops.shards.format import Metadata, ShardPaths, read_json, shard_name
+from saev_ops.shards.stats import load_stats
 from saev_ops.shards.writer import new_checksum
 
 _READ = 64 << 20
@@ -73,12 +76,7 @@ def verify(root: pathlib.Path, *, full: bool = False) -> list[Problem]:
         listing = None
         out.append(Problem(str(p.shards_json), "a JSON list of shards", str(exc).split(": ", 1)[-1]))
     if listing is not None:
-        if not isinstance(listing, list) or len(listing) != md.n_shards:
-            out.append(Problem(str(p.shards_json), f"{md.n_shards} entries", f"{len(listing) if isinstance(listing, list) else type(listing).__name__}"))
-        else:
-            total = sum(int(e.get("n_examples", -1)) for e in listing)
-            if total != md.n_examples:
-                out.append(Problem(str(p.shards_json), f"{md.n_examples} examples in all (metadata.json)", f"{total}"))
+        out += _check_listing(p.shards_json, listing, md)
     present = []
     for i in range(md.n_shards):
         f = p.shard(i)
@@ -101,20 +99,13 @@ def verify(root: pathlib.Path, *, full: bool = False) -> list[Problem]:
                                f"{str(sidecar.get('content_hash'))[:12]}... (metadata.json was changed)"))
         if len(sidecar.get("checksums", [])) != md.n_shards:
             out.append(Problem(str(p.sidecar), f"{md.n_shards} checksums", f"{len(sidecar.get('checksums', []))}"))
-    if not (p.index / "data.mdb").exists():
-        out.append(Problem(str(p.index), "an LMDB index", "no index (rebuild with `saev-ops datasets import`)"))
-    else:
-        from saev_ops.shards.index import IndexReader
-
-        reader = IndexReader(p.index)
-        try:
-            n = reader.count()
-        finally:
-            reader.close()
-        if n != md.n_examples:
-            out.append(Problem(str(p.index), f"{md.n_examples} example entries", f"{n}"))
-    if not p.stats.exists():
-        out.append(Problem(str(p.stats), "activation statistics", "no file"))
+    out += _check_index(p.index, md)
+    out += _check_stats(p.stats, md)
+    out += _check_labels(p.labels, md, sidecar)
+    n_nonfinite = int(((sidecar or {}).get("stats") or {}).get("n_nonfinite", 0) or 0)
+    if n_nonfinite:
+        out.append(Problem(str(p.sidecar), "finite activations (recorded while writing)",
+                           f"{n_nonfinite} NaN/Inf values; `--full` names the shards"))
     if full:
         sums = sidecar.get("checksums", []) if sidecar else []
         for i in present:
@@ -128,3 +119,59 @@ def verify(root: pathlib.Path, *, full: bool = False) -> list[Problem]:
             if bad:
                 out.append(Problem(str(f), "finite activations", f"{bad} NaN/Inf values"))
     return out
+
+
+def _check_listing(path: pathlib.Path, listing: Any, md: Metadata) -> list[Problem]:
+    """shards.json: one entry per shard, each with the example count that shard must hold (loaders trust it)."""
+    if not isinstance(listing, list) or len(listing) != md.n_shards:
+        found = f"{len(listing)} entries" if isinstance(listing, list) else type(listing).__name__
+        return [Problem(str(path), f"{md.n_shards} entries", found)]
+    out = []
+    for i, entry in enumerate(listing):
+        want = {"name": shard_name(i), "n_examples": md.shard_n_examples(i)}
+        if not isinstance(entry, dict) or any(entry.get(k) != v for k, v in want.items()):
+            out.append(Problem(f"{path} entry {i}", json.dumps(want), json.dumps(entry)))
+    return out
+
+
+def _check_index(path: pathlib.Path, md: Metadata) -> list[Problem]:
+    from saev_ops.shards.index import IndexReader
+
+    if not (path / "data.mdb").exists():
+        return [Problem(str(path), "an LMDB index", "no index (rebuild with `saev-ops datasets import`)")]
+    try:
+        reader = IndexReader(path)
+        try:
+            n = reader.count()
+        finally:
+            reader.close()
+    except errors.DataError as exc:
+        return [Problem(str(path), "a readable LMDB index", str(exc).split(": ", 1)[-1])]
+    return [] if n == md.n_examples else [Problem(str(path), f"{md.n_examples} example entries", f"{n}")]
+
+
+def _check_stats(path: pathlib.Path, md: Metadata) -> list[Problem]:
+    if not path.exists():
+        return [Problem(str(path), "activation statistics", "no file")]
+    try:
+        stats = load_stats(path)
+    except errors.DataError as exc:
+        return [Problem(str(path), "a readable .npz of statistics", str(exc).split(": ", 1)[-1])]
+    shapes = {k: stats[k].shape if k in stats else None for k in ("mean", "scale")}
+    want = {"mean": (md.n_layers, md.d_model), "scale": (md.n_layers,)}
+    if shapes != want:
+        return [Problem(str(path), f"arrays of shapes {want}", f"{shapes}")]
+    return []
+
+
+def _check_labels(path: pathlib.Path, md: Metadata, sidecar: dict[str, Any] | None) -> list[Problem]:
+    """labels.bin (saev: uint8, one per content token of each example), when the sidecar says it was written or the
+    file is there."""
+    expected = bool((sidecar or {}).get("labels_bin"))
+    if not path.exists():
+        return [Problem(str(path), "per-patch labels (the sidecar says they were written)", "no file")] if expected \
+            else []
+    want = md.n_examples * md.content_tokens_per_example
+    size = path.stat().st_size
+    return [] if size == want else [Problem(str(path), f"{want} bytes ({md.n_examples} examples x "
+                                                      f"{md.content_tokens_per_example} tokens, uint8)", f"{size} bytes")]

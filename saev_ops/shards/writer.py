@@ -193,29 +193,32 @@ class ShardWriter:
         summary = stats.summary()
         self._index.put_meta({"n_examples": md.n_examples, "content_hash": md.content_hash})
         self._index.close()
-        self._write_labels()
+        labels_bin = self._write_labels()
         write_json_atomic(self.paths.shards_json, [{"name": s["name"], "n_examples": s["n_examples"]}
                                                    for s in self._completed])
         write_json_atomic(self.paths.metadata, md.to_json_dict(), indent=None)
         save_stats(self.paths.stats, summary, md.layers)
-        sidecar = build_sidecar(md, self.layout, [s["checksum"] for s in self._completed], summary, self.extra)
+        sidecar = build_sidecar(md, self.layout, [s["checksum"] for s in self._completed], summary, self.extra,
+                                labels_bin=labels_bin)
         write_json_atomic(self.paths.sidecar, sidecar)
         self.paths.progress.unlink(missing_ok=True)
         return sidecar
 
-    def _write_labels(self) -> None:
-        """saev's labels.bin: uint8 (n_examples, content tokens); each patch gets its image's class label."""
+    def _write_labels(self) -> bool:
+        """saev's labels.bin: uint8 (n_examples, content tokens); each patch gets its image's class label. Returns
+        whether it was written (every example labelled, labels 0-255)."""
         reader = IndexReader(self.paths.index)
         try:
             labels = [reader.get(i).label for i in range(self.md.n_examples)]
         finally:
             reader.close()
         if not labels or any(lab is None for lab in labels) or max(labels) > 255 or min(labels) < 0:
-            return
+            return False
         arr = np.repeat(np.asarray(labels, dtype=np.uint8)[:, None], self.md.content_tokens_per_example, axis=1)
         tmp = self.paths.labels.with_name("labels.bin.tmp")
         arr.tofile(tmp)
         os.replace(tmp, self.paths.labels)
+        return True
 
     def abort(self) -> None:
         """Close files without finalizing; completed shards stay for a later resume."""
@@ -226,7 +229,7 @@ class ShardWriter:
 
 
 def build_sidecar(md: Metadata, layout: TokenLayout, checksums: list[str], summary: dict[str, Any],
-                  extra: dict[str, Any]) -> dict[str, Any]:
+                  extra: dict[str, Any], *, labels_bin: bool) -> dict[str, Any]:
     return {
         "schema": SIDECAR_SCHEMA,
         "saev_ops_version": __version__,
@@ -235,6 +238,7 @@ def build_sidecar(md: Metadata, layout: TokenLayout, checksums: list[str], summa
         "token_layout": {"n_cls": layout.n_cls, "n_registers": layout.n_registers, "n_patches": layout.n_patches},
         "checksum_algo": CHECKSUM_ALGO,
         "checksums": checksums,
+        "labels_bin": labels_bin,
         "stats": {
             "n_tokens": summary["n_tokens"],
             "mean_norm": [float(x) for x in summary["mean_norm"]],

@@ -1,14 +1,11 @@
-"""Training metrics over a window of steps, and where they go: the registry, or a file when it is unreachable."""
+"""Training metrics over a window of steps (where they go: :mod:`saev_ops.train.journal`)."""
 
 from __future__ import annotations
 
-import json
-import pathlib
 from typing import Any
 
 import torch
 
-from saev_ops import errors
 
 
 class Window:
@@ -51,44 +48,3 @@ class Window:
         out.update({"nmse": nmse, "explained_variance": 1.0 - nmse, "l0": l0 / max(self.tokens, 1),
                     "dead_frac": dead_frac, "dense_frac": float((freq > 0.1).float().mean())})
         return out
-
-
-class MetricSink:
-    """Sends metrics to the registry; if it is unreachable, appends them to ``<run_dir>/metrics.jsonl`` so nothing is
-    lost (``saev-ops sweep sync`` ingests the file later)."""
-
-    def __init__(self, registry: Any, run_dirs: dict[int, pathlib.Path]) -> None:
-        self.registry = registry
-        self.run_dirs = run_dirs
-        self.buffered = 0
-
-    def log(self, run_id: int, step: int, values: dict[str, float]) -> None:
-        points = [(k, step, v) for k, v in values.items()]
-        if self.registry is not None:
-            try:
-                self.registry.log_metrics(run_id, points)
-                return
-            except errors.RegistryError:
-                pass
-        path = self.run_dirs[run_id] / "metrics.jsonl"
-        with open(path, "a") as fh:
-            fh.write(json.dumps({"run_id": run_id, "step": step, "values": values}) + "\n")
-        self.buffered += 1
-
-
-def sync_metrics_file(registry: Any, path: pathlib.Path) -> int:
-    """Ingest a buffered ``metrics.jsonl`` into the registry; renames it to ``.synced`` after. Returns points sent."""
-    n = 0
-    lines = path.read_text().splitlines()
-    for lineno, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            points = [(k, int(rec["step"]), float(v)) for k, v in rec["values"].items()]
-            run_id = int(rec["run_id"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise errors.DataError(f"{path}:{lineno}: not a metrics record ({exc})") from None
-        n += registry.log_metrics(run_id, points)
-    path.rename(path.with_name(path.name + ".synced"))
-    return n

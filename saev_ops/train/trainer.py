@@ -8,6 +8,7 @@ weights equal those of an uninterrupted run.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pathlib
@@ -24,6 +25,7 @@ from saev_ops import errors
 from saev_ops.train.spec import TrainJobSpec
 
 CKPT_SCHEMA = 1
+log = logging.getLogger(__name__)
 
 
 def run_dir(spec: TrainJobSpec, run_id: int) -> pathlib.Path:
@@ -128,48 +130,107 @@ class Trainer:
         return True
 
     # -- the pass -------------------------------------------------------------------------------------------------------
-    def train(self) -> None:
-        from saev_ops.train.metrics import MetricSink, Window
+    def train(self, journal: Any = None) -> dict[int, str]:
+        """Train to ``n_steps``, reporting to ``journal`` (default: one over this trainer's registry and run
+        directories). Returns run id -> error for runs that failed on their own (non-finite loss or weights); the
+        others trained to the end. A batch with non-finite activations fails every run (raises DataError)."""
+        from saev_ops.train.journal import Journal
+        from saev_ops.train.metrics import Window
+
+        if journal is None:
+            run_dirs = {r.run_id: run_dir(self.spec, r.run_id) for r in self.spec.runs}
+            for d in run_dirs.values():
+                d.mkdir(parents=True, exist_ok=True)
+            journal = Journal(self.registry, run_dirs)
 
         s = self.spec.settings
-        run_dirs = {r.run_id: run_dir(self.spec, r.run_id) for r in self.spec.runs}
-        for d in run_dirs.values():
-            d.mkdir(parents=True, exist_ok=True)
-        sink = MetricSink(self.registry, run_dirs)
         windows = [Window(sae.cfg.d_sae, self.device) for sae in self.saes]
+        failed: dict[int, str] = {}
         last_beat = 0.0
+        window_start = self.step
+        held: tuple[int, Any, torch.Tensor] | None = None  # the previous step's batch and its finiteness, checked late
         batches = iter(self.loader)
-        while self.step < s.n_steps:
+        while self.step < s.n_steps and len(failed) < len(self.saes):
             try:
                 batch = next(batches)
             except StopIteration:
                 batches = iter(self.loader)
                 continue
             x = batch["act"].to(self.device, non_blocking=True) * self.scale
+            # the squared norm must be finite for any loss to be: catches NaN, Inf and values like 1e30 alike; read one
+            # step later, so the device is not waited on here
+            finite = torch.isfinite(x.pow(2).sum())
+            if held is not None:
+                self._check_batch(*held)
+            held = (self.step + 1, batch, finite)
             sparsity = min(1.0, (self.step + 1) / max(1, s.sparsity_warmup_steps))
             factor = lr_factor(self.step, s)
             for run, sae, opt, win in zip(self.spec.runs, self.saes, self.opts, windows):
+                if run.run_id in failed:
+                    continue
                 for group in opt.param_groups:
                     group["lr"] = run.lr * factor
                 x_hat, z, terms = sae.train_step(x, opt, sparsity)
                 win.add(x, x_hat.detach(), z.detach(), {k: v.detach() for k, v in terms.items()})
             self.step += 1
             if self.step % s.log_every == 0 or self.step == s.n_steps:
+                self._check_batch(*held)
+                held = None
                 for run, sae, win in zip(self.spec.runs, self.saes, windows):
+                    if run.run_id in failed:
+                        continue
                     report = win.report(float(sae.dead_mask().float().mean()))
                     report["lr"] = run.lr * factor
-                    sink.log(run.run_id, self.step, report)
+                    journal.log(run.run_id, self.step, report)
                     win.reset()
+                    problem = _nonfinite(report, sae)
+                    if problem:
+                        failed[run.run_id] = (f"run {run.run_id}: non-finite {problem} in steps {window_start + 1}-"
+                                              f"{self.step} (finite inputs; lower the learning rate, now "
+                                              f"{run.lr * factor:.3g})")
+                        log.error("%s; the job's other runs go on", failed[run.run_id])
+                window_start = self.step
             if self.step % s.ckpt_every == 0 and self.step < s.n_steps:
                 self.save_checkpoint()
             if self.registry is not None and time.monotonic() - last_beat > s.heartbeat_s:
                 last_beat = time.monotonic()
                 try:
                     self.registry.heartbeat([r.run_id for r in self.spec.runs])
-                except errors.RegistryError:
-                    pass
+                except errors.RegistryError as exc:
+                    log.warning("heartbeat of runs %s missed: %s", [r.run_id for r in self.spec.runs], exc)
         batches.close()
+        if held is not None:
+            self._check_batch(*held)
+        for run, sae in zip(self.spec.runs, self.saes):  # nothing non-finite is ever called completed
+            if run.run_id not in failed and _nonfinite({}, sae):
+                failed[run.run_id] = f"run {run.run_id}: non-finite weights at step {self.step}"
         self.save_checkpoint()
+        return failed
+
+    def _check_batch(self, step: int, batch: Any, finite: torch.Tensor) -> None:
+        if bool(finite):
+            return
+        act = batch["act"].float() * self.scale
+        bad_rows = ~torch.isfinite(act.pow(2).sum(dim=1))
+        examples = torch.unique(batch["example_idx"][bad_rows]).tolist()
+        shown = ", ".join(str(e) for e in examples[:10]) + (f" and {len(examples) - 10} more" if len(examples) > 10
+                                                            else "")
+        raise errors.DataError(
+            f"non-finite activations (NaN/Inf, or too large for float32 after scaling) in the batch of step {step}: "
+            f"{int(bad_rows.sum())} rows of examples {shown} of dataset {self.spec.dataset!r} "
+            f"({self.spec.dataset_path}); `saev-ops datasets verify {self.spec.dataset} --full` lists the shards"
+        )
+
+
+def _nonfinite(report: dict[str, float], sae: Any) -> str | None:
+    """What is non-finite: a reported loss term, or the SAE's weights (one device sync per SAE)."""
+    bad = sorted(k for k, v in report.items() if not math.isfinite(v))
+    if bad:
+        return f"{', '.join(bad)}"
+    with torch.no_grad():
+        if not bool(torch.stack([torch.isfinite(p).all() for p in sae.parameters()]).all()):
+            return "weights"
+    return None
 
 
 def _open_registry(db_url: str) -> Any:
@@ -177,48 +238,57 @@ def _open_registry(db_url: str) -> Any:
 
     try:
         return Registry(db_url)
-    except errors.RegistryError:
+    except errors.RegistryError as exc:
+        log.warning("registry unreachable at job start (%s); metrics and statuses go to the runs' %s files until "
+                    "`saev-ops sweep sync`", exc, "metrics.jsonl")
         return None
 
 
 def run_train_job(spec: TrainJobSpec) -> dict[int, str]:
     """Do a training job in this process: mark runs running, train, mark them completed (or failed with the error).
+    When the registry is unreachable, statuses and metrics are journaled to files (:mod:`saev_ops.train.journal`).
 
-    Returns run id -> final SAE directory.
+    Returns run id -> final SAE directory of the runs that completed.
     """
+    from saev_ops.train.journal import Journal
+
     registry = _open_registry(spec.db_url)
     job_id, array_index = _slurm_ids()
+    ids = [r.run_id for r in spec.runs]
+    run_dirs = {rid: run_dir(spec, rid) for rid in ids}
+    for d in run_dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    journal = Journal(registry, run_dirs)
     fields: dict[str, Any] = {"host": socket.gethostname()}
     if job_id:
         fields.update(executor="slurm", slurm_job_id=job_id, slurm_array_index=array_index)
-    ids = [r.run_id for r in spec.runs]
-    if registry is not None:
-        for rid in ids:
-            status = registry.get_run(rid).status
-            if status in ("failed", "cancelled"):
-                registry.transition_run(rid, "queued")  # an explicit rerun of a failed or cancelled run
-            registry.transition_run(rid, "running", **fields)
+    for rid in ids:
+        journal.transition(rid, "running", run_dir=str(run_dirs[rid]), **fields)
     try:
         trainer = Trainer(spec, registry)
         if trainer.load_checkpoint():  # said in the job's log, so a requeued attempt shows where it picked up
             print(f"saev-ops: runs {ids} resumed from {job_dir(spec) / 'ckpt'} at step {trainer.step} of "
                   f"{spec.settings.n_steps}", file=sys.stderr, flush=True)
-        trainer.train()
+        failed = trainer.train(journal)
     except BaseException as exc:
-        if registry is not None and not isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
             text = "".join(traceback.format_exception(exc))[-8000:]
             for rid in ids:
                 try:
-                    registry.transition_run(rid, "failed", error=text)
-                except errors.SaevOpsError:
-                    pass
+                    journal.transition(rid, "failed", error=text)
+                except errors.SaevOpsError as inner:
+                    log.warning("run %d: could not record its failure: %s", rid, inner)
         raise
     out = {}
     for r in spec.runs:
-        path = str(run_dir(spec, r.run_id) / "sae")
+        if r.run_id in failed:
+            journal.transition(r.run_id, "failed", error=failed[r.run_id])
+            continue
+        path = str(run_dirs[r.run_id] / "sae")
         out[r.run_id] = path
-        if registry is not None:
-            registry.transition_run(r.run_id, "completed", checkpoint_path=path)
+        journal.transition(r.run_id, "completed", checkpoint_path=path)
+    if failed:
+        raise errors.TrainingError("; ".join(failed.values()))
     return out
 
 
@@ -240,6 +310,6 @@ class TrainJob:
             for r in self.spec.runs:
                 try:
                     registry.transition_run(r.run_id, "queued")
-                except errors.SaevOpsError:
-                    pass
+                except errors.SaevOpsError as exc:
+                    log.warning("run %d: could not mark it queued for the requeued attempt: %s", r.run_id, exc)
         return submitit.helpers.DelayedSubmission(TrainJob(self.spec))
