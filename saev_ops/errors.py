@@ -53,3 +53,11 @@ class DataError(SaevOpsError):
 
 class TrainingError(SaevOpsError):
     """A run's training went wrong on its own (non-finite loss or weights); its run is marked failed."""
+
+
+class JobFailedError(SaevOpsError):
+    """A job run in this process (debug executor, or a job command) failed."""
+
+
+class ClusterError(SaevOpsError):
+    """A Slurm command (sbatch, sacct, scancel) failed."""

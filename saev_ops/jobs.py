@@ -72,9 +72,15 @@ def submit(kind: str, folder: pathlib.Path, name: str, calls: Sequence[Callable[
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     if kind == "debug":
-        ex = submitit.DebugExecutor(folder=str(folder / "%j"))
-        for c in calls:
-            ex.submit(c).result()
+        # in this process, one after another; not submitit's DebugExecutor, which stops at a (Pdb) prompt on failure
+        for i, c in enumerate(calls):
+            try:
+                c()
+            except errors.SaevOpsError:
+                raise
+            except Exception as exc:
+                raise errors.JobFailedError(f"job {i + 1} of {len(calls)} ({name}) failed: "
+                                            f"{type(exc).__name__}: {exc}") from exc
         return [(None, None)] * len(calls)
     if kind == "local":
         ex = submitit.LocalExecutor(folder=str(folder / "%j"))

@@ -8,6 +8,7 @@ Create Date: 2026-12-02
   and by re-synced metric files are removed, keeping the newest row of each (run_id, key, step); the lookup index becomes
   a unique index, so logging the same point again updates it in place (upsert).
 - ``runs.run_dir``: the directory a run's job writes (SAE, metrics buffer); `saev-ops train RUN` resumes there.
+- ``runs.local_pid``: the process that runs a local-executor job, so `sweep cancel` can stop it.
 - PostgreSQL only: the NOLOGIN role ``saev_ops_reader`` with SELECT on this schema's tables and views, and the function
   ``saev_ops_read(query, max_rows)`` owned by it. The function is SECURITY DEFINER, so user SQL runs as the reader and
   PostgreSQL refuses any role change inside it (``SET ROLE`` alone is not enough: a superuser session can switch back
@@ -79,6 +80,7 @@ def upgrade() -> None:
     op.drop_index("ix_metric_points_run_key_step", table_name="metric_points")
     op.create_index("uq_metric_points_run_key_step", "metric_points", ["run_id", "key", "step"], unique=True)
     op.add_column("runs", sa.Column("run_dir", sa.Text(), nullable=True))
+    op.add_column("runs", sa.Column("local_pid", sa.Integer(), nullable=True))
     if bind.dialect.name == "postgresql":
         op.execute(_PG_READER)
 
@@ -95,6 +97,7 @@ def downgrade() -> None:
             f"EXECUTE format('REVOKE USAGE ON SCHEMA %I FROM {READER_ROLE}', current_schema()); END IF; END $do$"
         )
     # plain ALTER TABLE (SQLite >= 3.35): batch mode would rebuild `runs` underneath the views that read it
+    op.drop_column("runs", "local_pid")
     op.drop_column("runs", "run_dir")
     op.drop_index("uq_metric_points_run_key_step", table_name="metric_points")
     op.create_index("ix_metric_points_run_key_step", "metric_points", ["run_id", "key", "step"])

@@ -76,12 +76,18 @@ def status(obj: CliContext, name: str, grace: float) -> None:
 @click.argument("name")
 @pass_ctx
 def cancel(obj: CliContext, name: str) -> None:
-    """Cancel NAME's queued and running runs (scancel for Slurm jobs)."""
+    """Stop NAME's work (scancel for Slurm jobs, kill for local ones) and mark its queued and running runs
+    cancelled."""
     from saev_ops.sweeps.status import cancel as do_cancel
 
     obj.registry.get_sweep(name)
-    ids = do_cancel(obj.registry, name)
-    click.echo(f"cancelled {len(ids)} run(s) of {name}")
+    res = do_cancel(obj.registry, name)
+    stopped = []
+    if res.slurm_jobs:
+        stopped.append(f"Slurm job(s) {', '.join(res.slurm_jobs)} (scancel)")
+    if res.local_processes:
+        stopped.append(f"local process(es) {', '.join(map(str, res.local_processes))} (killed)")
+    click.echo(f"cancelled {len(res.runs)} run(s) of {name}" + (f"; stopped {'; '.join(stopped)}" if stopped else ""))
 
 
 @group.command("sync")

@@ -9,8 +9,8 @@ from saev_ops.cli.context import CliContext, pass_ctx
 
 @click.command("train")
 @click.argument("run_ids", nargs=-1, type=int, required=True)
-@click.option("--runs-root", type=click.Path(file_okay=False), help="Where run directories go (default "
-              "$SAEV_OPS_HOME/runs/<sweep>).")
+@click.option("--runs-root", type=click.Path(file_okay=False), help="Where run directories go (default: where the "
+              "runs' sweep wrote them, else $SAEV_OPS_HOME/runs/<sweep name>).")
 @click.option("--device", help="Override the runs' device (cpu, cuda).")
 @pass_ctx
 def group(obj: CliContext, run_ids: tuple[int, ...], runs_root: str | None, device: str | None) -> None:
@@ -36,8 +36,18 @@ def group(obj: CliContext, run_ids: tuple[int, ...], runs_root: str | None, devi
     settings = TrainSettings(**runs[0].config["train"])
     if device:
         settings = dataclasses.replace(settings, device=device)
-    sweep = reg.get_run(runs[0].id).sweep_id
-    root = pathlib.Path(runs_root) if runs_root else home_dir() / "runs" / (str(sweep) if sweep else "adhoc")
+    recorded = {str(pathlib.Path(r.run_dir).parent) for r in runs if r.run_dir}
+    if runs_root:
+        root = pathlib.Path(runs_root)
+    elif len(recorded) == 1 and all(r.run_dir for r in runs):
+        root = pathlib.Path(recorded.pop())  # where their sweep's job wrote (and checkpointed) them
+    elif recorded:
+        raise errors.ConfigError(f"these runs were written under different roots ({', '.join(sorted(recorded))}); "
+                                 "train them in separate commands or pass --runs-root")
+    else:
+        sweep_ids = {r.sweep_id for r in runs}
+        names = {s.id: s.name for s, _ in reg.list_sweeps()} if sweep_ids != {None} else {}
+        root = home_dir() / "runs" / (names[runs[0].sweep_id] if runs[0].sweep_id in names else "adhoc")
     layer = runs[0].config["layer"]
     spec = TrainJobSpec(
         db_url=obj.db_url, dataset=dataset.name, dataset_path=dataset.path, dataset_hash=dataset.content_hash,

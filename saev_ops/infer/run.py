@@ -60,9 +60,12 @@ class _CsrWriter:
         np.maximum.at(self.max, cols, vals)
         self.nnz += len(cols)
 
-    def finish(self, n_rows: int) -> dict[str, Any]:
+    def close(self) -> None:
         self.indices.close()
         self.data.close()
+
+    def finish(self, n_rows: int) -> dict[str, Any]:
+        self.close()
         counts = np.concatenate(self.counts) if self.counts else np.zeros(0, np.int64)
         indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         indices = np.memmap(self.tmp / "indices.bin", dtype=np.int32, mode="r", shape=(self.nnz,)) if self.nnz else \
@@ -113,6 +116,8 @@ def run_inference(spec: InferSpec) -> list[OutputRecord]:
             out.append(existing)
             continue
         sae, meta = load_sae(pathlib.Path(run.checkpoint_path), spec.device)
+        if not all(bool(torch.isfinite(p).all()) for p in sae.parameters()):
+            raise errors.DataError(f"run {rid}: the SAE at {run.checkpoint_path} has non-finite weights; retrain it")
         if sae.cfg.d_model != dataset.d_model:
             raise errors.ConfigError(f"run {rid}: SAE d_model {sae.cfg.d_model} != dataset's {dataset.d_model}")
         todo.append((rid, sae, meta))
@@ -134,12 +139,20 @@ def run_inference(spec: InferSpec) -> list[OutputRecord]:
             tmp.mkdir(parents=True)
             tmps[rid] = (tmp, final)
             writers[rid] = _CsrWriter(tmp, sae.cfg.d_sae)
-        with torch.inference_mode():
-            for batch in loader:
-                x = batch["act"].to(spec.device)
-                for rid, sae, meta in items:
-                    z = sae.encode(x * float(meta["scale"]))
-                    writers[rid].add(z.float().cpu().numpy())
+        try:
+            with torch.inference_mode():
+                for batch in loader:
+                    x = batch["act"].to(spec.device)
+                    _refuse_nonfinite(batch, x, dataset)
+                    for rid, sae, meta in items:
+                        z = sae.encode(x * float(meta["scale"]))
+                        writers[rid].add(z.float().cpu().numpy())
+        except BaseException:
+            for writer in writers.values():
+                writer.close()
+            for tmp, _ in tmps.values():
+                shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left behind
+            raise
         for rid, sae, meta in items:
             tmp, final = tmps[rid]
             info = writers[rid].finish(loader.n_rows)
@@ -155,3 +168,16 @@ def run_inference(spec: InferSpec) -> list[OutputRecord]:
                                       n_cols=sae.cfg.d_sae, nnz=info["nnz"],
                                       extra={"layer": layer, "tokens": tokens}, replace=True))
     return out
+
+
+def _refuse_nonfinite(batch: Any, x: Any, dataset: DatasetRecord) -> None:
+    """Latents of non-finite inputs are garbage that looks like data: stop, naming the examples."""
+    import torch
+
+    finite_rows = torch.isfinite(x).all(dim=1)
+    if bool(finite_rows.all()):
+        return
+    examples = torch.unique(batch["example_idx"][~finite_rows.cpu()]).tolist()
+    shown = ", ".join(str(e) for e in examples[:10]) + (f" and {len(examples) - 10} more" if len(examples) > 10 else "")
+    raise errors.DataError(f"dataset {dataset.name!r} ({dataset.path}) holds non-finite activations in examples "
+                           f"{shown}; no output was written (`saev-ops datasets verify {dataset.name} --full`)")

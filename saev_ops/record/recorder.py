@@ -121,11 +121,16 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
     spec_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     existing = registry.find_dataset_by_hash(spec_hash)
-    if existing is not None and existing.status == "complete" and not spec.force:
-        return existing
     if existing is not None and existing.name != spec.name:
         raise errors.DuplicateError(f"this exact recording is registered as dataset {existing.name!r}; use that name "
-                                    "or --force to record it again under the old name")
+                                    f"(nothing was registered as {spec.name!r})")
+    if existing is not None and existing.status == "complete" and not spec.force:
+        n_bad = int(existing.extra.get("n_bad_images", 0) or 0)
+        if spec.strict and n_bad:
+            raise errors.DataError(f"dataset {existing.name!r} was recorded skipping {n_bad} unreadable image(s) "
+                                   f"(`saev-ops datasets show {existing.name}` lists them); --strict refuses it: fix "
+                                   "the images, or record again with --force")
+        return existing
     if existing is not None and spec.force and existing.status == "complete":
         datasets.remove_dataset(registry, existing.name, force=False, delete_files=True)
         existing = None
@@ -134,6 +139,8 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
             other = registry.get_dataset(spec.name)
             raise errors.DuplicateError(f"a different dataset is already named {spec.name!r} ({other.path}); choose "
                                         "another --name or remove it with `saev-ops datasets rm`")
+    elif existing.status == "failed":
+        registry.update_dataset(existing.name, status="writing")  # a new attempt at a recording that failed
 
     data_root = pathlib.Path(spec.data_root) if spec.data_root else default_data_root()
     partial = data_root / "saev" / "shards" / f".partial-{spec_hash[:16]}"
@@ -186,10 +193,15 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
                 progress(start + timings.images + len(bad), len(images.items), timings)
         n_written = writer.n_written
         if n_written == 0:
-            raise errors.DataError(f"{images.root}: no readable images ({len(bad)} bad)")
+            raise errors.DataError(f"{images.root}: no readable images ({len(bad)} bad: {bad[0]['error'] if bad else ''})")
         sidecar = writer.finalize(n_examples=n_written)
-    except BaseException:
+    except BaseException as exc:
         writer.abort()
+        if isinstance(exc, Exception):  # a refusal or an error: say so (an interrupt stays `writing`, to resume)
+            with contextlib.suppress(errors.SaevOpsError):
+                registry.update_dataset(spec.name, status="failed",
+                                        extra={**registry.get_dataset(spec.name).extra,
+                                               "error": f"{type(exc).__name__}: {exc}"[:4000]})
         raise
     final_md = writer.md
     final = dataset_dir(data_root, final_md.hash)

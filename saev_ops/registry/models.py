@@ -131,6 +131,7 @@ class RunModel(Base):
     heartbeat_at: Mapped[dt.datetime | None]
     checkpoint_path: Mapped[str | None] = mapped_column(sa.Text)
     run_dir: Mapped[str | None] = mapped_column(sa.Text)
+    local_pid: Mapped[int | None]
     error: Mapped[str | None] = mapped_column(sa.Text)
 
     dataset: Mapped[DatasetModel] = relationship(back_populates="runs")

@@ -9,6 +9,7 @@ touches only the runs of the chosen dataset/sweep.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import math
 import operator
 import re
@@ -40,10 +41,13 @@ RUN_COLUMNS: dict[str, tuple[Any, type]] = {
     "slurm_job_id": (RunModel.slurm_job_id, str),
     "attempts": (RunModel.attempts, int),
     "config_hash": (RunModel.config_hash, str),
-    "created_at": (RunModel.created_at, str),
-    "started_at": (RunModel.started_at, str),
-    "ended_at": (RunModel.ended_at, str),
+    "created_at": (RunModel.created_at, dt.datetime),
+    "started_at": (RunModel.started_at, dt.datetime),
+    "ended_at": (RunModel.ended_at, dt.datetime),
+    "heartbeat_at": (RunModel.heartbeat_at, dt.datetime),
 }
+_INT64 = (-(2**63), 2**63 - 1)
+_PARTIAL_DATE = re.compile(r"^(\d{4})(?:-(\d{2}))?$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,12 +98,16 @@ def parse_condition(text: str) -> Condition:
             )
         if kind is int:
             try:
-                return Condition(key, op, int(raw), is_metric=False)
+                number = int(raw)
             except ValueError:
                 raise errors.QueryError(
                     f"bad --where expression {text!r}: {key} is an integer column, got {raw!r}"
                 ) from None
-        # Ordering comparisons on text columns are allowed: timestamps compare as ISO strings.
+            if not _INT64[0] <= number <= _INT64[1]:
+                raise errors.QueryError(f"bad --where expression {text!r}: {raw} is outside the 64-bit integer range")
+            return Condition(key, op, number, is_metric=False)
+        if kind is dt.datetime:
+            return Condition(key, op, parse_timestamp(text, key, raw), is_metric=False)
         return Condition(key, op, raw, is_metric=False)
     try:
         value = float(raw)
@@ -110,6 +118,24 @@ def parse_condition(text: str) -> Condition:
     if math.isnan(value):
         raise errors.QueryError(f"bad --where expression {text!r}: NaN compares false with everything")
     return Condition(key, op, value, is_metric=True)
+
+
+def parse_timestamp(text: str, key: str, raw: str) -> dt.datetime:
+    """A UTC timestamp from ``YYYY``, ``YYYY-MM``, ``YYYY-MM-DD`` or ``YYYY-MM-DD[ T]HH:MM[:SS]`` (partial dates mean
+    their first instant); compared as a timestamp on every backend."""
+    m = _PARTIAL_DATE.match(raw)
+    try:
+        if m:
+            return dt.datetime(int(m.group(1)), int(m.group(2) or 1), 1)
+        value = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        value = None
+    if value is None:
+        raise errors.QueryError(f"bad --where expression {text!r}: {key} is a UTC timestamp; expected YYYY, YYYY-MM, "
+                                f"YYYY-MM-DD or 'YYYY-MM-DD HH:MM[:SS]', got {raw!r}")
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return value
 
 
 def parse_sort(text: str) -> SortKey:

@@ -83,6 +83,8 @@ class RunRecord:
     error: str | None
     run_dir: str | None = None
     """The directory its job writes (SAE, buffered metrics); set at submission."""
+    local_pid: int | None = None
+    """The process running its job on the local executor (what `sweep cancel` stops)."""
 
     @classmethod
     def from_model(cls, m: models.RunModel) -> RunRecord:
@@ -105,6 +107,7 @@ class RunRecord:
             checkpoint_path=m.checkpoint_path,
             error=m.error,
             run_dir=m.run_dir,
+            local_pid=m.local_pid,
         )
 
 

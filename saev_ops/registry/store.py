@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from saev_ops import errors
 from saev_ops.registry import migrate, models, query
 from saev_ops.registry.engine import BEGIN_MODE_OPTION, create_registry_engine, normalise_url, safe_url
+from saev_ops.registry.names import check_name
 from saev_ops.registry.records import (
     DatasetRecord,
     MetricPoint,
@@ -58,7 +59,7 @@ def _is_transient(exc: sa.exc.DBAPIError) -> bool:
 
 # Bookkeeping fields of a run that callers may set (status changes go through transition_run).
 RUN_FIELDS = frozenset(
-    {"executor", "slurm_job_id", "slurm_array_index", "host", "checkpoint_path", "error", "run_dir"}
+    {"executor", "slurm_job_id", "slurm_array_index", "host", "checkpoint_path", "error", "run_dir", "local_pid"}
 )
 
 
@@ -117,6 +118,8 @@ class Registry:
                 return fn(session)
         except sa.exc.OperationalError as exc:
             raise errors.RegistryUnavailableError(f"registry read failed at {safe_url(self.url)}: {exc.orig}") from None
+        except sa.exc.DBAPIError as exc:  # a missing table, a dropped connection, ...: never a raw driver traceback
+            raise errors.RegistryError(f"registry read failed at {safe_url(self.url)}: {exc.orig}") from None
 
     def _write(self, fn: Callable[[Session], T]) -> T:
         for attempt in range(MAX_RETRIES + 1):
@@ -150,7 +153,8 @@ class Registry:
         status: str = "writing",
         extra: dict[str, Any] | None = None,
     ) -> DatasetRecord:
-        """Register a dataset. Raises DuplicateError if the name or content hash is taken."""
+        """Register a dataset. Raises DuplicateError if the name or content hash is taken, ConfigError for a bad name."""
+        check_name("dataset", name)
         if status not in models.DATASET_STATUSES:
             raise errors.ConfigError(f"dataset status must be one of {models.DATASET_STATUSES}, got {status!r}")
 
@@ -275,6 +279,8 @@ class Registry:
 
     # -- sweeps ------------------------------------------------------------------------------------------------------
     def get_or_create_sweep(self, name: str, grid_yaml: str = "") -> SweepRecord:
+        check_name("sweep", name)
+
         def fn(s: Session) -> SweepRecord:
             row = s.scalars(sa.select(models.SweepModel).where(models.SweepModel.name == name)).one_or_none()
             if row is None:

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from saev_ops import errors
+from saev_ops.registry.names import MAX_NAME_LENGTH, NAME_PATTERN
 from saev_ops.sae.config import SAEConfig
 from saev_ops.train.spec import TrainSettings
 
@@ -67,7 +68,7 @@ class ResourcesModel(_Strict):
 
 
 class SweepModel(_Strict):
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
     dataset: str = Field(min_length=1)
     executor: Literal["local", "debug", "slurm"] = "local"
     runs_root: str | None = None

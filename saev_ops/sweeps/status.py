@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
+import pathlib
 import shutil
+import signal
 import subprocess
+import time
 
 from saev_ops import errors
 from saev_ops.registry import Registry, RunQuery, RunRecord
@@ -39,7 +44,7 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
     res = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(sorted(set(job_ids)))],
                          capture_output=True, text=True, timeout=60)
     if res.returncode != 0:
-        raise errors.RegistryError(f"sacct failed: {res.stderr.strip()}")
+        raise errors.ClusterError(f"sacct failed (exit {res.returncode}): {res.stderr.strip()}")
     out = {}
     for line in res.stdout.splitlines():
         if "|" in line:
@@ -82,14 +87,88 @@ def _apply(registry: Registry, run: RunRecord, new: str, reason: str) -> Change:
     return Change(run.id, run.status, new, reason)
 
 
-def cancel(registry: Registry, sweep: str) -> list[int]:
-    """scancel the sweep's Slurm jobs and mark its queued/running runs cancelled."""
+@dataclasses.dataclass(frozen=True)
+class CancelResult:
+    runs: tuple[int, ...]
+    """Runs marked cancelled."""
+    slurm_jobs: tuple[str, ...]
+    """Slurm jobs scancel accepted (already finished ones included)."""
+    local_processes: tuple[int, ...]
+    """Local-executor processes stopped (with their children)."""
+
+
+def cancel(registry: Registry, sweep: str) -> CancelResult:
+    """Stop the sweep's work on every executor, then mark its queued and running runs cancelled.
+
+    Slurm: ``scancel`` on its jobs, exit status checked (a job Slurm no longer knows is already over). Local: the
+    executor's process and all its descendants are killed (submitit's job process ignores SIGTERM, so a signal to the
+    controller alone leaves the training running). Nothing is marked cancelled unless its work was stopped.
+    """
     rows = registry.list_runs(RunQuery(sweep=sweep, statuses=("queued", "running")))
-    jobs = sorted({r.run.slurm_job_id for r in rows if r.run.executor == "slurm" and r.run.slurm_job_id})
-    if jobs and shutil.which("scancel"):
-        subprocess.run(["scancel", *jobs], capture_output=True, text=True, timeout=60)
-    out = []
-    for r in rows:
-        registry.transition_run(r.run.id, "cancelled", error="cancelled with `saev-ops sweep cancel`")
-        out.append(r.run.id)
+    runs = [r.run for r in rows]
+    jobs = sorted({r.slurm_job_id for r in runs if r.executor == "slurm" and r.slurm_job_id})
+    if jobs:
+        _scancel(jobs)
+    pids = sorted({r.local_pid for r in runs if r.executor == "local" and r.local_pid})
+    stopped = [pid for pid in pids if stop_local_job(pid)]
+    for run in runs:
+        try:
+            registry.transition_run(run.id, "cancelled", error="cancelled with `saev-ops sweep cancel`")
+        except errors.InvalidTransitionError:
+            pass  # it ended meanwhile (completed or failed): its own status stands
+    return CancelResult(tuple(r.id for r in runs), tuple(jobs), tuple(stopped))
+
+
+def _scancel(jobs: list[str]) -> None:
+    if shutil.which("scancel") is None:
+        raise errors.ClusterError(f"scancel is not on PATH: cannot cancel Slurm jobs {', '.join(jobs)} from this "
+                                  "machine; run `saev-ops sweep cancel` where Slurm's commands are")
+    res = subprocess.run(["scancel", *jobs], capture_output=True, text=True, timeout=60)
+    if res.returncode != 0:
+        unknown = all("Invalid job id" in line for line in res.stderr.strip().splitlines() if line.strip())
+        if not unknown:
+            raise errors.ClusterError(f"scancel {' '.join(jobs)} failed (exit {res.returncode}): "
+                                      f"{res.stderr.strip()}; no run was marked cancelled")
+
+
+def stop_local_job(pid: int, grace_s: float = 5.0) -> bool:
+    """Kill a local-executor job (submitit's controller ``pid``) and its descendants. False when no such process runs
+    (it ended, or the pid now belongs to something else, which is left alone)."""
+    try:
+        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+    except OSError:
+        return False
+    if b"submitit" not in cmdline:
+        return False
+    tree = [pid, *_descendants(pid)]
+    for p in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(_alive(p) for p in tree):
+        time.sleep(0.05)
+    return True
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
     return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"

@@ -154,13 +154,17 @@ def launch(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[Planned
     r = spec.resources
     slurm = SlurmSpec(partition=r.partition, account=r.account, qos=r.qos, gpus=r.gpus, cpus=r.cpus, mem_gb=r.mem_gb,
                       time_min=r.time_min, max_parallel=r.max_parallel)
-    for job in jobs:
+    from saev_ops.train.trainer import run_dir
+
+    for job, job_spec in zip(jobs, specs):
         for rid in job.run_ids:
-            registry.set_run_fields(rid, executor=spec.executor)
+            registry.set_run_fields(rid, executor=spec.executor, run_dir=str(run_dir(job_spec, rid)))
     folder = runs_root_for(spec) / "submitit"
     ids = submit(spec.executor, folder, f"saev-{spec.name}", [TrainJob(s) for s in specs], slurm)
-    if spec.executor == "slurm":
-        for job, (jid, idx) in zip(jobs, ids):
-            for rid in job.run_ids:
+    for job, (jid, idx) in zip(jobs, ids):
+        for rid in job.run_ids:
+            if spec.executor == "slurm":
                 registry.set_run_fields(rid, slurm_job_id=jid, slurm_array_index=idx)
+            elif spec.executor == "local" and jid is not None:
+                registry.set_run_fields(rid, local_pid=int(jid))
     return [jid for jid, _ in ids]
