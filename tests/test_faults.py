@@ -440,3 +440,22 @@ def test_image_modes_become_the_right_rgb(tmp_path: pathlib.Path, mode: str) -> 
         assert np.abs(rgb[..., 0].astype(int) - grey8).max() <= 1  # not clipped to white
     if mode == "CMYK":
         assert np.abs(rgb.astype(int) - np.asarray(im.convert("RGB")).astype(int)).max() == 0
+
+
+def test_a_running_run_whose_local_process_is_gone_is_lost(env) -> None:  # noqa: ANN001
+    import socket
+    import subprocess
+    import sys
+
+    from saev_ops.sweeps.status import reconcile
+
+    reg, _, _ = env
+    reg.get_or_create_sweep("gone")
+    ((run, _),) = reg.add_runs("tiny", [{"k": 9}], sweep="gone")
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    reg.set_run_fields(run.id, executor="local", local_pid=ended.pid)
+    reg.transition_run(run.id, "running", host=socket.gethostname())
+    changes = reconcile(reg, "gone", grace_s=3600)  # the heartbeat is fresh: only the process says it died
+    assert [(c.run_id, c.new) for c in changes] == [(run.id, "lost")]
+    assert f"process {ended.pid}" in reg.get_run(run.id).error

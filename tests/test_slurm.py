@@ -161,6 +161,22 @@ def test_cancelled_job_is_marked_cancelled(env) -> None:  # noqa: ANN001
     assert run.status == "cancelled" and "cancelled in Slurm" in run.error
 
 
+def test_sweep_cancel_scancels_and_the_runs_stay_cancelled(env) -> None:  # noqa: ANN001
+    from click.testing import CliRunner
+
+    from saev_ops.cli import cli
+
+    reg, url, tmp = env
+    res = submit_sweep(reg, parse_sweep(grid(tmp, "stop", n_tokens=64 * 1_000_000)), url)
+    job = res.job_ids[0]
+    wait_for(lambda: "running" in statuses(reg, "stop"), 120, "a run to start")
+    out = CliRunner().invoke(cli, ["--db", url, "sweep", "cancel", "stop"])
+    assert out.exit_code == 0 and f"Slurm job(s) {job} (scancel)" in out.output, out.output
+    wait_for(lambda: "CANCELLED" in sacct_state(job), 60, "sacct to say CANCELLED")
+    time.sleep(3)  # a job that kept going would now try to write its runs
+    assert statuses(reg, "stop") == ["cancelled", "cancelled"]
+
+
 def test_job_past_its_time_limit_is_marked_with_the_reason(env) -> None:  # noqa: ANN001
     reg, url, tmp = env
     run_id = _register(reg, "slow", n_tokens=960 * 1_000_000)

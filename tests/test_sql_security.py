@@ -14,8 +14,10 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 
 from saev_ops import errors
+from saev_ops.cli import cli
 from saev_ops.registry import Registry
 from saev_ops.registry.schema import READ_FUNCTION
 from saev_ops.registry.sql import run_read_only
@@ -136,12 +138,15 @@ def test_pg_refuses_without_a_usable_reader(pg_schema_url: str) -> None:
     try:
         with reg.engine.begin() as conn:
             conn.execute(sa.text(f"ALTER FUNCTION {READ_FUNCTION}(text, bigint) OWNER TO postgres"))
-        with pytest.raises(errors.QueryError, match="owned by saev_ops_reader.*README"):
+        with pytest.raises(errors.QueryError, match="owned by saev_ops_reader.*db reader-setup"):
             run_read_only(reg, "SELECT 1")
         with reg.engine.begin() as conn:
             conn.execute(sa.text(f"DROP FUNCTION {READ_FUNCTION}(text, bigint)"))
-        with pytest.raises(errors.QueryError, match="has none.*README"):
+        with pytest.raises(errors.QueryError, match="has none.*db reader-setup"):
             run_read_only(reg, "SELECT 1")
+        res = CliRunner().invoke(cli, ["--db", pg_schema_url, "db", "reader-setup"])
+        assert res.exit_code == 0, res.output
+        assert run_read_only(reg, "SELECT name FROM datasets").rows == [("inat21",)]
     finally:
         reg.close()
 
@@ -209,3 +214,46 @@ def test_sqlite_timeout_and_streaming(sqlite_file) -> None:
     assert res.rows == [(i, "padding") for i in range(1, 6)] and res.truncated
     assert peak < 20 << 20
     assert reg.get_dataset("inat21").name == "inat21"  # the connection is usable afterwards
+
+
+@pytest.mark.postgres
+def test_pg_role_that_cannot_create_roles_gets_a_refusal_not_a_privileged_function(pg_schema_url: str) -> None:
+    """A registry migrated by a role without CREATEROLE: the migration warns and creates nothing of the reader;
+    `sql` refuses with the fix; after an administrator creates and grants the role, `db reader-setup` completes it."""
+    import uuid as _uuid
+
+    from saev_ops.registry.engine import create_registry_engine
+
+    schema = pg_schema_url.rsplit("%3D", 1)[1]
+    owner = "saev_ops_owner_" + _uuid.uuid4().hex[:8]
+    admin = create_registry_engine(pg_schema_url.split("?")[0])
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE ROLE {owner} LOGIN NOCREATEROLE"))
+        conn.execute(sa.text(f"ALTER SCHEMA {schema} OWNER TO {owner}"))
+    url = pg_schema_url.replace("postgres@", f"{owner}@", 1)
+    reg = Registry(url)
+    try:
+        exists = "SELECT count(*) FROM pg_proc WHERE proname = :f AND pronamespace = :s ::regnamespace"
+        with admin.connect() as conn:
+            owned = conn.execute(sa.text(exists), {"f": READ_FUNCTION, "s": schema}).scalar()
+        if owned:  # the role exists already (created by an earlier test) and could not be granted to the owner
+            pytest.fail("a function was created although the owner may not create or grant the reader role")
+        with pytest.raises(errors.QueryError, match="db reader-setup"):
+            run_read_only(reg, "SELECT 1")
+        res = CliRunner().invoke(cli, ["--db", url, "db", "reader-setup"])
+        assert res.exit_code == 1 and "CREATE ROLE saev_ops_reader" in res.output, res.output
+        with admin.begin() as conn:
+            conn.execute(sa.text("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'saev_ops_reader') "
+                                 "THEN CREATE ROLE saev_ops_reader NOLOGIN NOINHERIT; END IF; END $$"))
+            conn.execute(sa.text(f"GRANT saev_ops_reader TO {owner}"))
+        res = CliRunner().invoke(cli, ["--db", url, "db", "reader-setup"])
+        assert res.exit_code == 0, res.output
+        assert run_read_only(reg, "SELECT current_user AS u").rows == [("saev_ops_reader",)]
+    finally:
+        reg.close()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))  # the fixture drops it again
+            conn.execute(sa.text(f"DROP OWNED BY {owner}"))
+            conn.execute(sa.text(f"DROP ROLE {owner}"))
+        admin.dispose()

@@ -13,7 +13,7 @@ Create Date: 2026-12-02
   ``saev_ops_read(query, max_rows)`` owned by it. The function is SECURITY DEFINER, so user SQL runs as the reader and
   PostgreSQL refuses any role change inside it (``SET ROLE`` alone is not enough: a superuser session can switch back
   with ``set_config('role', ...)`` in the same statement). When the migrating role may not create or grant the role,
-  nothing of it is created and `saev-ops sql` refuses with the commands an administrator runs (README).
+  nothing of it is created and `saev-ops sql` refuses, pointing to `saev-ops db reader-setup` (README).
 """
 
 from __future__ import annotations
@@ -29,47 +29,6 @@ depends_on = None
 READER_ROLE = "saev_ops_reader"
 READ_FUNCTION = "saev_ops_read"
 
-# Everything is inside one DO block so a missing privilege rolls all of it back (no function owned by a superuser).
-# The query text is placed between newlines so a trailing "-- comment" cannot swallow the closing parenthesis.
-_PG_READER = r"""
-DO $do$
-DECLARE
-  s text := current_schema();
-BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{role}') THEN
-    EXECUTE 'CREATE ROLE {role} NOLOGIN NOINHERIT';
-  END IF;
-  IF NOT pg_has_role(current_user, '{role}', 'MEMBER') THEN
-    EXECUTE format('GRANT {role} TO %I', current_user);
-  END IF;
-  EXECUTE format('GRANT USAGE ON SCHEMA %I TO {role}', s);
-  EXECUTE format('GRANT SELECT ON ALL TABLES IN SCHEMA %I TO {role}', s);
-  EXECUTE format('ALTER DEFAULT PRIVILEGES IN SCHEMA %I GRANT SELECT ON TABLES TO {role}', s);
-  EXECUTE format($f$
-    CREATE FUNCTION %I.{fn}(query text, max_rows bigint) RETURNS SETOF json
-    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, %I, pg_temp AS $body$
-    BEGIN
-      IF max_rows IS NULL THEN
-        RETURN QUERY EXECUTE 'SELECT row_to_json(t) FROM (' || chr(10) || query || chr(10) || ') AS t';
-      ELSE
-        RETURN QUERY EXECUTE 'SELECT row_to_json(t) FROM (' || chr(10) || query || chr(10) || ') AS t LIMIT '
-          || max_rows::text;
-      END IF;
-    END
-    $body$ $f$, s, s);
-  EXECUTE format('REVOKE ALL ON FUNCTION %I.{fn}(text, bigint) FROM PUBLIC', s);
-  EXECUTE format('GRANT EXECUTE ON FUNCTION %I.{fn}(text, bigint) TO %I', s, current_user);
-  -- a new owner needs CREATE on the schema at the moment of the change only
-  EXECUTE format('GRANT CREATE ON SCHEMA %I TO {role}', s);
-  EXECUTE format('ALTER FUNCTION %I.{fn}(text, bigint) OWNER TO {role}', s);
-  EXECUTE format('REVOKE CREATE ON SCHEMA %I FROM {role}', s);
-EXCEPTION WHEN insufficient_privilege THEN
-  RAISE WARNING 'saev-ops: could not set up the reader role {role} (%); `saev-ops sql` will refuse until an '
-    'administrator runs the commands in the README', SQLERRM;
-END
-$do$
-""".format(role=READER_ROLE, fn=READ_FUNCTION)
-
 
 def upgrade() -> None:
     bind = op.get_bind()
@@ -82,7 +41,11 @@ def upgrade() -> None:
     op.add_column("runs", sa.Column("run_dir", sa.Text(), nullable=True))
     op.add_column("runs", sa.Column("local_pid", sa.Integer(), nullable=True))
     if bind.dialect.name == "postgresql":
-        op.execute(_PG_READER)
+        # the same statement `saev-ops db reader-setup` runs (idempotent: CREATE OR REPLACE, grants); a missing
+        # privilege is a warning here, so a registry still migrates, and `saev-ops sql` then refuses with the fix
+        from saev_ops.registry.reader import setup_sql
+
+        op.execute(setup_sql(strict=False))
 
 
 def downgrade() -> None:

@@ -203,7 +203,7 @@ def _check_reader(dbapi: Any) -> None:
         )
         found = cur.fetchone()
     dbapi.rollback()
-    how = "see 'SQL on PostgreSQL' in the README for the commands an administrator runs"
+    how = "run `saev-ops db reader-setup` (README, 'SQL on PostgreSQL')"
     if found is None:
         raise errors.QueryError(
             f"refused: `saev-ops sql` runs user SQL as the read-only role {READER_ROLE} through the function "

@@ -8,6 +8,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import time
 
@@ -71,6 +72,13 @@ def reconcile(registry: Registry, sweep: str, *, grace_s: float = 300.0) -> list
             if state == "FAILED":
                 reason = f"{reason}; see the job's stderr in the sweep's submitit folder"
             changes.append(_apply(registry, run, new, reason))
+    here = socket.gethostname()
+    for row in rows:  # a local job's process that is gone will never report: no need to wait for its heartbeat
+        run = row.run
+        if (run.executor == "local" and run.status == "running" and run.local_pid and run.host == here
+                and not _is_local_job(run.local_pid)):
+            changes.append(_apply(registry, run, "lost", f"its local job (process {run.local_pid}) ended without "
+                                                          "reporting this run"))
     stale = {r.id for r in registry.stale_running_runs(grace_s)}
     for row in rows:
         run = row.run
@@ -134,11 +142,7 @@ def _scancel(jobs: list[str]) -> None:
 def stop_local_job(pid: int, grace_s: float = 5.0) -> bool:
     """Kill a local-executor job (submitit's controller ``pid``) and its descendants. False when no such process runs
     (it ended, or the pid now belongs to something else, which is left alone)."""
-    try:
-        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-    except OSError:
-        return False
-    if b"submitit" not in cmdline:
+    if not _is_local_job(pid):
         return False
     tree = [pid, *_descendants(pid)]
     for p in tree:
@@ -148,6 +152,15 @@ def stop_local_job(pid: int, grace_s: float = 5.0) -> bool:
     while time.monotonic() < deadline and any(_alive(p) for p in tree):
         time.sleep(0.05)
     return True
+
+
+def _is_local_job(pid: int) -> bool:
+    """Whether ``pid`` is a live submitit local-executor process (not an ended one, nor a reused pid)."""
+    try:
+        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"submitit" in cmdline and _alive(pid)
 
 
 def _descendants(pid: int) -> list[int]:
