@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -29,6 +30,7 @@ from saev_ops.registry import DatasetRecord, Registry
 from saev_ops.shards.format import DEFAULT_MAX_TOKENS_PER_SHARD, Metadata, TokenLayout, dataset_dir, encode_data_field
 from saev_ops.settings import default_data_root
 
+log = logging.getLogger(__name__)
 TOKEN_CHOICES = ("all", "patches", "cls")
 # saev's metadata.json names one of its own families (it reloads the model by it); the nearest one for each of ours.
 SAEV_FAMILY = {"builtin": "fake-clip", "vit": "clip", "clip": "clip", "dinov2": "dinov2", "siglip": "siglip",
@@ -198,10 +200,12 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
     except BaseException as exc:
         writer.abort()
         if isinstance(exc, Exception):  # a refusal or an error: say so (an interrupt stays `writing`, to resume)
-            with contextlib.suppress(errors.SaevOpsError):
+            try:
                 registry.update_dataset(spec.name, status="failed",
                                         extra={**registry.get_dataset(spec.name).extra,
                                                "error": f"{type(exc).__name__}: {exc}"[:4000]})
+            except errors.SaevOpsError as inner:
+                log.warning("dataset %r: could not record its failure in the registry: %s", spec.name, inner)
         raise
     final_md = writer.md
     final = dataset_dir(data_root, final_md.hash)
