@@ -142,8 +142,8 @@ def submit_slurm_job(kind: str, name: str, call: Callable[[], Any], slurm: Slurm
                      folder: pathlib.Path | None = None) -> tuple[str, pathlib.Path]:
     """Submit one job of ``kind`` (record, infer) to Slurm; returns its job id and its log folder
     (default ``$SAEV_OPS_HOME/jobs/KIND/JOB_ID``)."""
-    from saev_ops.settings import home_dir
+    from saev_ops.paths import job_logs_root
 
-    folder = pathlib.Path(folder) if folder else home_dir() / "jobs" / kind
+    folder = pathlib.Path(folder) if folder else job_logs_root(kind)
     ((job_id, _),) = submit("slurm", folder, f"{kind}-{name}", [call], slurm)
     return str(job_id), folder / str(job_id)

@@ -134,3 +134,18 @@ def test_registry_queries_do_not_import_torch(seeded: str) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "HEAVY []" in out
+
+
+@pytest.mark.parametrize("args", [
+    ["sweep", "list"], ["sweep", "status", "s"], ["sweep", "cancel", "s"], ["lineage", "dataset:d"], ["runs", "list"],
+    ["runs", "show", "1"], ["datasets", "list"], ["sql", "SELECT 1"], ["db", "current"],
+])
+def test_registry_only_commands_never_import_torch(tmp_path, args: list[str]) -> None:  # noqa: ANN001
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom saev_ops.cli import cli\n"
+            f"try:\n    cli.main(args={['--db', str(tmp_path / 'r.sqlite'), *args]!r}, prog_name='saev-ops', "
+            "standalone_mode=False)\nexcept Exception:\n    pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr

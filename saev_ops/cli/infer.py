@@ -26,7 +26,7 @@ def infer(obj: CliContext, target: str, dataset: str, out_root: str | None, batc
     one CSR .npz per run. By default in this process (use it in your own batch scripts)."""
     from saev_ops.infer import InferSpec, check_inference, run_inference
     from saev_ops.registry import RunQuery
-    from saev_ops.settings import home_dir
+    from saev_ops.paths import default_outputs_root
 
     reg = obj.registry
     if target.isdigit():
@@ -36,7 +36,7 @@ def infer(obj: CliContext, target: str, dataset: str, out_root: str | None, batc
         if not ids:
             raise click.ClickException(f"sweep {target!r} has no completed runs")
     spec = InferSpec(db_url=obj.db_url, run_ids=ids, dataset=dataset,
-                     out_root=out_root or str(home_dir() / "outputs"), batch_size=batch_size, device=device,
+                     out_root=out_root or str(default_outputs_root()), batch_size=batch_size, device=device,
                      force=force)
     if executor == "slurm":
         from saev_ops.jobs import InferJob, SlurmSpec, submit_slurm_job

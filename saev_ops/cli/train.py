@@ -22,7 +22,7 @@ def group(obj: CliContext, run_ids: tuple[int, ...], runs_root: str | None, devi
     from saev_ops import errors
     from saev_ops.datasets import require_complete
     from saev_ops.sae.config import SAEConfig
-    from saev_ops.settings import home_dir
+    from saev_ops.paths import default_runs_root
     from saev_ops.train import RunSpec, TrainJobSpec, TrainSettings, run_train_job
 
     reg = obj.registry
@@ -45,9 +45,8 @@ def group(obj: CliContext, run_ids: tuple[int, ...], runs_root: str | None, devi
         raise errors.ConfigError(f"these runs were written under different roots ({', '.join(sorted(recorded))}); "
                                  "train them in separate commands or pass --runs-root")
     else:
-        sweep_ids = {r.sweep_id for r in runs}
-        names = {s.id: s.name for s, _ in reg.list_sweeps()} if sweep_ids != {None} else {}
-        root = home_dir() / "runs" / (names[runs[0].sweep_id] if runs[0].sweep_id in names else "adhoc")
+        names = {s.id: s.name for s, _ in reg.list_sweeps()} if runs[0].sweep_id is not None else {}
+        root = default_runs_root(names.get(runs[0].sweep_id))
     layer = runs[0].config["layer"]
     spec = TrainJobSpec(
         db_url=obj.db_url, dataset=dataset.name, dataset_path=dataset.path, dataset_hash=dataset.content_hash,

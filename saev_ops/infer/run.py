@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from saev_ops import errors
+from saev_ops import errors, paths
 from saev_ops.registry import DatasetRecord, OutputRecord, Registry, RunRecord
 
 
@@ -31,10 +31,6 @@ class InferSpec:
     batch_size: int = 16384
     device: str = "cpu"
     force: bool = False
-
-
-def output_dir(out_root: str | pathlib.Path, run_id: int, dataset_hash: str) -> pathlib.Path:
-    return pathlib.Path(out_root) / f"run-{run_id:06d}" / f"infer-{dataset_hash[:12]}"
 
 
 class _CsrWriter:
@@ -133,7 +129,7 @@ def run_inference(spec: InferSpec) -> list[OutputRecord]:
         tmps = {}
         writers = {}
         for rid, sae, _ in items:
-            final = output_dir(spec.out_root, rid, dataset.content_hash)
+            final = paths.output_dir(spec.out_root, rid, dataset.content_hash)
             tmp = final.with_name(final.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)

@@ -6,7 +6,7 @@ import dataclasses
 import pathlib
 from typing import Any
 
-from saev_ops import errors
+from saev_ops import errors, paths
 from saev_ops.registry import Registry, RunRecord
 from saev_ops.sweeps.spec import ResourcesModel, SweepSpec, validate_run
 from saev_ops.train.spec import RunSpec, TrainJobSpec, TrainSettings, run_config
@@ -69,9 +69,7 @@ def group_runs(items: list[tuple[int, dict[str, Any]]], d_model: int, settings: 
 
 
 def runs_root_for(spec: SweepSpec) -> pathlib.Path:
-    from saev_ops.settings import home_dir
-
-    return pathlib.Path(spec.runs_root) if spec.runs_root else home_dir() / "runs" / spec.name
+    return pathlib.Path(spec.runs_root) if spec.runs_root else paths.default_runs_root(spec.name)
 
 
 def bind_configs(spec: SweepSpec, d_model: int) -> list[dict[str, Any]]:
@@ -154,12 +152,10 @@ def launch(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[Planned
     r = spec.resources
     slurm = SlurmSpec(partition=r.partition, account=r.account, qos=r.qos, gpus=r.gpus, cpus=r.cpus, mem_gb=r.mem_gb,
                       time_min=r.time_min, max_parallel=r.max_parallel)
-    from saev_ops.train.trainer import run_dir
-
     for job, job_spec in zip(jobs, specs):
         for rid in job.run_ids:
-            registry.set_run_fields(rid, executor=spec.executor, run_dir=str(run_dir(job_spec, rid)))
-    folder = runs_root_for(spec) / "submitit"
+            registry.set_run_fields(rid, executor=spec.executor, run_dir=str(paths.run_dir(job_spec.runs_root, rid)))
+    folder = paths.submitit_dir(runs_root_for(spec))
     ids = submit(spec.executor, folder, f"saev-{spec.name}", [TrainJob(s) for s in specs], slurm)
     for job, (jid, idx) in zip(jobs, ids):
         for rid in job.run_ids:

@@ -24,11 +24,11 @@ import os
 import pathlib
 from typing import Any
 
-from saev_ops import errors
+from saev_ops import errors, paths
 
 log = logging.getLogger(__name__)
 
-JOURNAL_NAME = "metrics.jsonl"
+JOURNAL_NAME = paths.JOURNAL_NAME
 OFFSET_SUFFIX = ".offset"
 
 
@@ -156,7 +156,7 @@ def _lines_before(path: pathlib.Path, offset: int) -> int:
 
 def sync_runs_root(registry: Any, runs_root: pathlib.Path) -> tuple[int, SyncResult]:
     """Sync every run journal under ``runs_root``; returns the number of files and the totals."""
-    files = sorted(pathlib.Path(runs_root).glob(f"run-*/{JOURNAL_NAME}"))
+    files = paths.run_journals(runs_root)
     points = transitions = 0
     problems: list[str] = []
     for f in files:

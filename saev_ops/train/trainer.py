@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from saev_ops import errors
+from saev_ops import errors, paths
 from saev_ops.train.spec import TrainJobSpec
 
 CKPT_SCHEMA = 1
@@ -29,11 +29,11 @@ log = logging.getLogger(__name__)
 
 
 def run_dir(spec: TrainJobSpec, run_id: int) -> pathlib.Path:
-    return pathlib.Path(spec.runs_root) / f"run-{run_id:06d}"
+    return paths.run_dir(spec.runs_root, run_id)
 
 
 def job_dir(spec: TrainJobSpec) -> pathlib.Path:
-    return pathlib.Path(spec.runs_root) / "jobs" / spec.key
+    return paths.job_dir(spec.runs_root, spec.key)
 
 
 def lr_factor(step: int, settings: Any) -> float:
@@ -240,7 +240,7 @@ def _open_registry(db_url: str) -> Any:
         return Registry(db_url)
     except errors.RegistryError as exc:
         log.warning("registry unreachable at job start (%s); metrics and statuses go to the runs' %s files until "
-                    "`saev-ops sweep sync`", exc, "metrics.jsonl")
+                    "`saev-ops sweep sync`", exc, paths.JOURNAL_NAME)
         return None
 
 

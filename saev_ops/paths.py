@@ -1,0 +1,53 @@
+"""Every directory saev-ops lays out, built in one place (what goes where is in the README's "Where things go").
+
+Roots come from :mod:`saev_ops.settings` (the home directory) or from the user (``runs_root:``, ``--out-root``,
+``--data-root``); everything below a root is named here and nowhere else, so two commands cannot disagree on where a
+run's files are.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from saev_ops.settings import home_dir
+
+JOURNAL_NAME = "metrics.jsonl"
+
+
+def default_runs_root(sweep: str | None) -> pathlib.Path:
+    """``<home>/runs/<sweep name>`` (``adhoc`` for runs of no sweep)."""
+    return home_dir() / "runs" / (sweep or "adhoc")
+
+
+def run_dir(runs_root: str | pathlib.Path, run_id: int) -> pathlib.Path:
+    """A run's own files: its SAE (``sae/``) and its journal (``metrics.jsonl``)."""
+    return pathlib.Path(runs_root) / f"run-{run_id:06d}"
+
+
+def run_journals(runs_root: str | pathlib.Path) -> list[pathlib.Path]:
+    """The journals of every run under ``runs_root``, sorted."""
+    return sorted(pathlib.Path(runs_root).glob(f"run-*/{JOURNAL_NAME}"))
+
+
+def job_dir(runs_root: str | pathlib.Path, job_key: str) -> pathlib.Path:
+    """A training job's checkpoint (``ckpt/``), shared by its runs."""
+    return pathlib.Path(runs_root) / "jobs" / job_key
+
+
+def submitit_dir(runs_root: str | pathlib.Path) -> pathlib.Path:
+    """submitit's pickles and the job logs of a sweep (one sub-folder per job id)."""
+    return pathlib.Path(runs_root) / "submitit"
+
+
+def default_outputs_root() -> pathlib.Path:
+    return home_dir() / "outputs"
+
+
+def output_dir(out_root: str | pathlib.Path, run_id: int, dataset_hash: str) -> pathlib.Path:
+    """An inference output of a run over a dataset (CSR ``latents.npz``, statistics, ``output.json``)."""
+    return pathlib.Path(out_root) / f"run-{run_id:06d}" / f"infer-{dataset_hash[:12]}"
+
+
+def job_logs_root(kind: str) -> pathlib.Path:
+    """Logs of single record/infer jobs submitted to Slurm: ``<home>/jobs/<kind>/<job id>``."""
+    return home_dir() / "jobs" / kind
