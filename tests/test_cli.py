@@ -113,12 +113,26 @@ def test_db_commands(tmp_path) -> None:  # noqa: ANN001
 def test_db_url_from_env_and_home(tmp_path, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.delenv("SAEV_OPS_DB_URL", raising=False)
     monkeypatch.setenv("SAEV_OPS_HOME", str(tmp_path / "home"))
-    res = CliRunner().invoke(cli, ["datasets", "list"])
-    assert res.exit_code == 0
-    assert (tmp_path / "home" / "registry.sqlite").exists()
-    monkeypatch.setenv("SAEV_OPS_DB_URL", f"sqlite:///{tmp_path / 'env.sqlite'}")
+    res = CliRunner().invoke(cli, ["datasets", "list"])  # a read never creates an empty registry
+    assert res.exit_code == 1 and f"no saev-ops registry at sqlite:///{tmp_path / 'home'}/registry.sqlite" in res.output
+    assert not (tmp_path / "home" / "registry.sqlite").exists()
+    assert CliRunner().invoke(cli, ["db", "upgrade"]).exit_code == 0
     assert CliRunner().invoke(cli, ["datasets", "list"]).exit_code == 0
+    monkeypatch.setenv("SAEV_OPS_DB_URL", f"sqlite:///{tmp_path / 'env.sqlite'}")
+    assert CliRunner().invoke(cli, ["db", "upgrade"]).exit_code == 0
     assert (tmp_path / "env.sqlite").exists()
+    res = CliRunner().invoke(cli, ["datasets", "show", "nope"])
+    assert res.exit_code == 1 and f"(registry: sqlite:///{tmp_path / 'env.sqlite'})" in res.output
+
+
+def test_a_closed_pipe_ends_quietly(seeded: str) -> None:
+    import subprocess
+    import sys
+
+    cmd = (f"{sys.executable} -m saev_ops --db {seeded} sql \"WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 "
+           f"FROM c WHERE i < 200000) SELECT i FROM c\" --max-rows 0 | head -1")
+    res = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == "i" and res.stderr == "", res.stderr
 
 
 def test_registry_queries_do_not_import_torch(seeded: str) -> None:

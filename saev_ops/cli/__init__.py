@@ -22,13 +22,20 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         from saev_ops.errors import SaevOpsError
 
+        from saev_ops.errors import NotFoundError
+
         try:
             return super().invoke(ctx)
         except SaevOpsError as exc:
             obj = ctx.find_object(CliContext)
             if obj is not None and obj.debug:
                 raise
-            raise click.ClickException(str(exc)) from None
+            message = str(exc)
+            if isinstance(exc, NotFoundError) and obj is not None:  # which registry was searched
+                from saev_ops.registry.engine import safe_url
+
+                message = f"{message} (registry: {safe_url(obj.db_url)})"
+            raise click.ClickException(message) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -60,9 +67,26 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point."""
+    """Console-script entry point. Click runs non-standalone so a closed pipe can end quietly with status 0 (click's
+    own handling exits 1 with nothing on stderr, which breaks `saev-ops runs show 6 | head` under pipefail)."""
+    import errno
+    import os
+
     try:
-        cli.main(args=argv, prog_name="saev-ops")
+        cli.main(args=argv, prog_name="saev-ops", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:  # pragma: no cover - interactive
+        click.echo("Aborted!", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:  # pragma: no cover - interactive
         click.echo("Interrupted.", err=True)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush into the pipe
+        sys.exit(0)

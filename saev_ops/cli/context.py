@@ -20,11 +20,16 @@ class CliContext:
 
     @property
     def registry(self) -> Registry:
-        """The registry, opened (and its schema checked) on first use."""
+        """The registry, opened (and its schema checked) on first use. It must exist: a command that only reads never
+        creates an empty registry at a mistyped URL."""
+        return self.open_registry(create=False)
+
+    def open_registry(self, *, create: bool) -> Registry:
+        """The registry; with ``create`` (commands that register something) a missing one is created."""
         if self._registry is None:
             from saev_ops.registry import Registry
 
-            self._registry = Registry(self.db_url)
+            self._registry = Registry(self.db_url, create=create)
         return self._registry
 
 

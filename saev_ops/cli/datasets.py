@@ -59,7 +59,7 @@ def import_(obj: CliContext, path: str, name: str) -> None:
 
     from saev_ops.datasets import import_dataset
 
-    d = import_dataset(obj.registry, pathlib.Path(path), name)
+    d = import_dataset(obj.open_registry(create=True), pathlib.Path(path), name)
     click.echo(f"imported {d.name}: {d.n_examples} examples x {d.tokens_per_example} tokens x d_model {d.d_model}, "
                f"layers {list(d.layers)}, {d.dtype} ({d.path})")
 
@@ -134,7 +134,12 @@ def record(obj: CliContext, executor: str, slurm_opts: tuple[str, ...], **kw: ob
         job_id, logs = submit_slurm_job("record", spec.name, RecordJob(obj.db_url, spec), SlurmSpec.from_pairs(slurm_opts))
         click.echo(f"submitted recording of {spec.name} as Slurm job {job_id} (logs in {logs})")
         return
-    d = record_dataset(obj.registry, spec, progress=print_progress())
+    from saev_ops.registry.models import utcnow
+
+    started = utcnow()
+    d = record_dataset(obj.open_registry(create=True), spec, progress=print_progress())
     bad = d.extra.get("n_bad_images", 0)
-    click.echo(f"dataset {d.name}: {d.n_examples} examples x {d.tokens_per_example} tokens x d_model {d.d_model}, "
+    reused = d.completed_at is not None and d.completed_at < started
+    click.echo(f"dataset {d.name}{' reused (this exact recording exists; --force records it again)' if reused else ''}"
+               f": {d.n_examples} examples x {d.tokens_per_example} tokens x d_model {d.d_model}, "
                f"layers {list(d.layers)}, {d.dtype}, {bad} bad image(s) skipped -> {d.path}")

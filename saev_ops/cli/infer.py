@@ -46,8 +46,12 @@ def infer(obj: CliContext, target: str, dataset: str, out_root: str | None, batc
         job_id, logs = submit_slurm_job("infer", f"{target}-{dataset}", InferJob(spec), slurm)
         click.echo(f"submitted inference of {len(ids)} run(s) on {dataset} as Slurm job {job_id} (logs in {logs})")
         return
+    from saev_ops.registry.models import utcnow
+
+    started = utcnow()
     for o in run_inference(spec):
-        click.echo(f"output {o.id}: run {o.run_id} on {dataset}: {o.n_rows}x{o.n_cols}, nnz {o.nnz} -> {o.path}")
+        kept = " kept (it exists; --force computes it again)" if o.created_at < started else ""
+        click.echo(f"output {o.id}{kept}: run {o.run_id} on {dataset}: {o.n_rows}x{o.n_cols}, nnz {o.nnz} -> {o.path}")
 
 
 @click.group("latents")

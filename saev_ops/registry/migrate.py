@@ -52,8 +52,9 @@ def schema_state(conn: sa.Connection) -> tuple[SchemaState, str | None]:
     return SchemaState.NEWER, revision
 
 
-def ensure_schema(engine: sa.Engine) -> None:
-    """Check the schema of ``engine``'s database; create it if the database is empty.
+def ensure_schema(engine: sa.Engine, *, create: bool = True) -> None:
+    """Check the schema of ``engine``'s database; create it if the database is empty (with ``create``; without, an
+    empty database is a RegistryUnavailableError saying nothing was registered there yet).
 
     Raises:
         RegistryUnavailableError: the database cannot be reached.
@@ -61,6 +62,8 @@ def ensure_schema(engine: sa.Engine) -> None:
         SchemaOutdatedError: its schema is older or newer than this code.
     """
     state, revision = _read_state(engine)
+    if state is SchemaState.EMPTY and not create:
+        raise errors.RegistryUnavailableError(_no_registry_yet(safe_url(engine.url)))
     if state is SchemaState.EMPTY:
         with migration_lock(engine):
             state, revision = _read_state(engine)  # another process may have migrated while we waited
@@ -84,6 +87,12 @@ def ensure_schema(engine: sa.Engine) -> None:
         f"the registry at {url} has schema {revision}, which this saev-ops (head {HEAD_REVISION}) does not know: "
         "it was written by a newer saev-ops. Upgrade saev-ops."
     )
+
+
+def _no_registry_yet(url: str) -> str:
+    return (f"no saev-ops registry at {url} yet: nothing was recorded or submitted with it. Is this the registry you "
+            "meant? It comes from --db, else $SAEV_OPS_DB_URL, else $SAEV_OPS_HOME/registry.sqlite (the quickstart's "
+            "is .quickstart/registry.sqlite: export SAEV_OPS_HOME=$PWD/.quickstart)")
 
 
 def _read_state(engine: sa.Engine) -> tuple[SchemaState, str | None]:

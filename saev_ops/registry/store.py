@@ -15,6 +15,7 @@ import collections
 import hashlib
 import json
 import math
+import pathlib
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -25,7 +26,13 @@ from sqlalchemy.orm import Session
 
 from saev_ops import errors
 from saev_ops.registry import migrate, models, query
-from saev_ops.registry.engine import BEGIN_MODE_OPTION, create_registry_engine, normalise_url, safe_url
+from saev_ops.registry.engine import (
+    BEGIN_MODE_OPTION,
+    create_registry_engine,
+    is_memory_sqlite,
+    normalise_url,
+    safe_url,
+)
 from saev_ops.registry.names import check_name
 from saev_ops.registry.records import (
     DatasetRecord,
@@ -75,30 +82,37 @@ class Registry:
     Args:
         url: database URL or SQLite path; None resolves it from the environment.
         check_schema: verify (and, for an empty database, create) the schema on open.
+        create: create the registry (an SQLite file, the schema) when there is none; False for commands that only
+            read, so a mistyped URL or home is an error naming it, not a new empty registry.
 
     Raises:
         RegistryUnavailableError, NotASaevOpsDatabaseError, SchemaOutdatedError: see :func:`migrate.ensure_schema`.
     """
 
-    def __init__(self, url: str | None = None, *, check_schema: bool = True) -> None:
+    def __init__(self, url: str | None = None, *, check_schema: bool = True, create: bool = True) -> None:
         self._url_text = resolve_db_url(url)
         self._check_schema = check_schema
+        self._create = create
         self._open()
 
     def _open(self) -> None:
         self.url = normalise_url(self._url_text)
+        if not self._create and self.url.get_backend_name() == "sqlite" and not is_memory_sqlite(self.url):
+            if not pathlib.Path(str(self.url.database)).expanduser().exists():
+                raise errors.RegistryUnavailableError(migrate._no_registry_yet(safe_url(self.url)))
         self.engine = create_registry_engine(self.url)
         self._write_engine = self.engine.execution_options(**{BEGIN_MODE_OPTION: "IMMEDIATE"})
         self._upserts: tuple[Any, Any] | None = None
         if self._check_schema:
-            migrate.ensure_schema(self.engine)
+            migrate.ensure_schema(self.engine, create=self._create)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self._url_text, "check_schema": self._check_schema}
+        return {"url": self._url_text, "check_schema": self._check_schema, "create": self._create}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._url_text = state["url"]
         self._check_schema = state["check_schema"]
+        self._create = state.get("create", True)
         self._open()
 
     def __repr__(self) -> str:
