@@ -163,3 +163,13 @@ def test_registry_only_commands_never_import_torch(tmp_path, args: list[str]) ->
             "standalone_mode=False)\nexcept Exception:\n    pass\nprint('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
+
+
+def test_each_group_summary_names_all_its_commands() -> None:
+    import click
+
+    for name, group in cli.commands.items():
+        if isinstance(group, click.Group):
+            summary = (group.help or "").splitlines()[0]
+            missing = [c for c in group.commands if c not in summary]
+            assert not missing, f"`saev-ops {name} --help` says {summary!r} but not {missing}"

@@ -10,7 +10,7 @@ from saev_ops.cli.context import CliContext, format_option, pass_ctx
 
 @click.group("datasets")
 def group() -> None:
-    """Activation datasets: list, show."""
+    """Activation datasets: record, import, list, show, verify, rm."""
 
 
 @group.command("list")
@@ -104,7 +104,7 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
 @click.option("--name", required=True, help="Registry name of the dataset.")
 @click.option("--images", required=True, help="Image folder (class sub-folders = labels) or a file list.")
 @click.option("--model", required=True, metavar="FAMILY:CKPT",
-              help="builtin:tiny, vit:DIR, clip:DIR, dinov2:DIR, siglip:DIR, timm:DIR, open_clip:DIR "
+              help="builtin:tiny|small|base[@SEED] (no download), vit:DIR, clip:DIR, dinov2:DIR, siglip:DIR, timm:DIR, open_clip:DIR "
               "(timm/open_clip also hf-hub:REPO from the local cache, or ARCH@WEIGHTS).")
 @click.option("--layers", default="-1", show_default=True, callback=_int_list, help="Blocks to record, e.g. 6,11.")
 @click.option("--tokens", type=click.Choice(["all", "patches", "cls"]), default="all", show_default=True)

@@ -15,7 +15,7 @@ def _engine(obj: CliContext):  # noqa: ANN202 - sqlalchemy.Engine
 
 @click.group("db")
 def group() -> None:
-    """Registry schema: upgrade, current revision, downgrade."""
+    """Registry schema: upgrade, current, downgrade, reader-setup (the role `sql` runs as)."""
 
 
 @group.command("upgrade")

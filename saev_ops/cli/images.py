@@ -7,7 +7,7 @@ import click
 
 @click.group("images")
 def group() -> None:
-    """Image sets."""
+    """Image sets: generate."""
 
 
 @group.command("generate")

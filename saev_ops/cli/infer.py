@@ -56,7 +56,7 @@ def infer(obj: CliContext, target: str, dataset: str, out_root: str | None, batc
 
 @click.group("latents")
 def latents() -> None:
-    """Latents of an inference output: top examples, statistics."""
+    """Latents of an inference output: top (examples), stats."""
 
 
 @latents.command("top")

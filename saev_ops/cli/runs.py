@@ -14,7 +14,7 @@ _RUN_COLUMNS = ("id", "sweep", "dataset", "status", "attempts", "host")
 
 @click.group("runs")
 def group() -> None:
-    """Training runs: list with filters, show one, its metric history."""
+    """Training runs: list (filters, sorting), show, metrics (history), pareto (plot)."""
 
 
 @group.command("list")
