@@ -53,7 +53,7 @@ dataset: tiny
 executor: debug
 runs_root: {tmp_path / 'runs'}
 train: {{batch_size: 64, n_tokens: 1280, log_every: 5, ckpt_every: 10, lr_warmup_steps: 2, buffer_mb: 0.2}}
-base: {{arch: topk, d_sae: 64, dead_steps: 10}}
+base: {{arch: topk, d_sae: 64, dead_tokens: 640}}
 grid: {{k: [4, 8]}}
 """
     submit_sweep(reg, parse_sweep(grid), url)

@@ -67,7 +67,7 @@ executor: slurm
 runs_root: {tmp_path / 'runs'}
 train: {{batch_size: {batch_size}, n_tokens: {n_tokens}, log_every: 5, ckpt_every: {ckpt_every}, lr_warmup_steps: 2,
          buffer_mb: 0.2, heartbeat_s: 1}}
-base: {{arch: topk, d_sae: {d_sae}, layer: 7, dead_steps: 10}}
+base: {{arch: topk, d_sae: {d_sae}, layer: 7, dead_tokens: 640}}
 grid: {{k: [4, 8]}}
 resources: {{partition: debug, cpus: 1, mem_gb: 1.5, time_min: {time_min}, max_parallel: 2, max_runs_per_job: 1}}
 """

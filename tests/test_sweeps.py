@@ -22,7 +22,7 @@ dataset: tiny
 executor: {executor}
 runs_root: {root}
 train: {{batch_size: 64, n_tokens: 640, log_every: 5, ckpt_every: 5, lr_warmup_steps: 2, buffer_mb: 0.2}}
-base: {{arch: topk, d_sae: 64, layer: 7, dead_steps: 10}}
+base: {{arch: topk, d_sae: 64, layer: 7, dead_tokens: 640}}
 grid: {{k: [4, 8]}}
 zip: {{lr: [0.001, 0.002], seed: [0, 1]}}
 runs: [{{}}, {{arch: relu, l1_coeff: 0.001, k: 1}}]
@@ -139,3 +139,13 @@ def test_local_executor_runs_in_the_background(tmp_path: pathlib.Path, env) -> N
     assert "6 completed" in res.output
     res = CliRunner().invoke(cli, ["--db", url, "sweep", "list"])
     assert "bg" in res.output
+
+
+def test_a_dead_window_longer_than_the_run_is_reported_at_submit(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
+    reg, url = env
+    text = grid(tmp_path).replace("dead_tokens: 640", "dead_tokens: 100000")
+    res = submit_sweep(reg, parse_sweep(text), url, dry_run=True)
+    assert res.warnings and "dead_tokens=100,000 is longer than the 640 tokens" in res.warnings[0]
+    assert submit_sweep(reg, parse_sweep(grid(tmp_path)), url, dry_run=True).warnings == ()
+    with pytest.raises(errors.ConfigError, match="dead_steps was replaced by dead_tokens"):
+        parse_sweep(grid(tmp_path).replace("dead_tokens: 640", "dead_steps: 10"))

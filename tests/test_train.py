@@ -70,7 +70,7 @@ def make_spec(reg: Registry, url: str, path: pathlib.Path, root: pathlib.Path, *
               ckpt_every: int = 5) -> TrainJobSpec:
     settings = TrainSettings(batch_size=64, n_tokens=n_tokens, log_every=5, ckpt_every=ckpt_every, lr_warmup_steps=3,
                              sparsity_warmup_steps=3, buffer_mb=0.2, heartbeat_s=0.0)
-    saes = [SAEConfig(arch="topk", d_model=32, d_sae=64, k=4, dead_steps=10),
+    saes = [SAEConfig(arch="topk", d_model=32, d_sae=64, k=4, dead_tokens=640),
             SAEConfig(arch="relu", d_model=32, d_sae=128),
             SAEConfig(arch="jumprelu", d_model=32, d_sae=48)]
     configs = [{"sae": s.to_dict(), "lr": 1e-3, "seed": i, "layer": 7, "tokens": "patches"} for i, s in enumerate(saes)]
@@ -148,3 +148,20 @@ def test_unreachable_registry_buffers_metrics_then_sync(setup, tmp_path: pathlib
     assert all(f.exists() for f in files)  # never renamed: a job may still be appending
     assert sum(sync_file(reg, f).points for f in files) == 0  # nothing new after the recorded offset
     assert reg.metric_history(spec.runs[0].run_id) == history
+
+
+def test_dead_window_counts_tokens_and_old_files_still_load() -> None:
+    sae = build_sae(SAEConfig(arch="topk", d_model=8, d_sae=16, k=2, dead_tokens=100), seed=0)
+    z = torch.zeros(64, 16)
+    z[:, 0] = 1.0
+    sae.update_fired(z)
+    assert not sae.dead_mask().any()  # 64 tokens < 100
+    sae.update_fired(z)
+    assert sae.dead_mask().sum() == 15 and not sae.dead_mask()[0]  # 128 tokens: all but the one that fired
+    legacy = {k: v for k, v in sae.state_dict().items() if k != "tokens_since_fired"}
+    legacy["steps_since_fired"] = torch.full((16,), 7)
+    fresh = build_sae(SAEConfig(arch="topk", d_model=8, d_sae=16, k=2), seed=1)
+    fresh.load_state_dict(legacy)  # an SAE file written before the window was in tokens
+    assert torch.equal(fresh.W_dec, sae.W_dec) and not fresh.tokens_since_fired.any()
+    cfg = SAEConfig.from_dict({"arch": "topk", "d_model": 8, "d_sae": 16, "k": 2, "dead_steps": 1000})
+    assert cfg.dead_tokens == 10_000_000

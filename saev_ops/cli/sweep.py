@@ -30,6 +30,8 @@ def submit(obj: CliContext, grid: str, dry_run: bool, retry_failed: bool, execut
         spec = dataclasses.replace(spec, executor=executor)
     res = submit_sweep(obj.open_registry(create=not dry_run), spec, obj.db_url, dry_run=dry_run,
                        retry_failed=retry_failed)
+    for warning in res.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if dry_run:
         click.echo(f"sweep {res.sweep}: {res.n_runs} runs, {len(res.new_runs)} new, in {len(res.jobs)} job(s) "
                    f"[{spec.executor}] (dry run: nothing written)")

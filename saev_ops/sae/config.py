@@ -8,6 +8,8 @@ from typing import Any
 from saev_ops import errors
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka", "signed-topk")
+# Keys of stored configs that no longer exist; read (registry rows, SAE files) and ignored. grid.yaml refuses them.
+LEGACY_KEYS = {"dead_steps": "dead_steps was replaced by dead_tokens (the dead window in training tokens)"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -29,8 +31,10 @@ class SAEConfig:
     aux_k: int = 256
     """Dead latents used by the AuxK loss (topk, batchtopk, matryoshka)."""
     aux_coeff: float = 1.0 / 32
-    dead_steps: int = 1000
-    """A latent that has not fired for this many steps counts as dead."""
+    dead_tokens: int = 10_000_000
+    """A latent that has not fired on any of the last this-many training tokens counts as dead (``dead_frac``, AuxK).
+    In tokens, not steps, so the window means the same at any batch size; `sweep submit` warns when it is longer than
+    the run."""
     matryoshka_prefixes: tuple[int, ...] = ()
     """Nested prefix sizes (ascending, the last < d_sae); the full width is always included."""
 
@@ -46,6 +50,8 @@ class SAEConfig:
             p = list(self.matryoshka_prefixes)
             if p != sorted(set(p)) or any(x <= 0 or x >= self.d_sae for x in p):
                 problems.append(f"matryoshka_prefixes must be ascending, unique and in 1..d_sae-1, got {p}")
+        if self.dead_tokens <= 0:
+            problems.append(f"dead_tokens must be > 0, got {self.dead_tokens}")
         if min(self.l1_coeff, self.l0_coeff, self.aux_coeff) < 0:
             problems.append("coefficients must be >= 0")
         if problems:
@@ -59,6 +65,7 @@ class SAEConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
         names = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k not in LEGACY_KEYS}  # configs stored before the key was replaced
         unknown = sorted(set(d) - names)
         if unknown:
             raise errors.ConfigError(f"SAE config: unknown keys {unknown}; valid keys: {sorted(names)}")

@@ -26,7 +26,7 @@ class SAE(nn.Module):
         self.W_enc = nn.Parameter(w_dec.t().clone())
         self.b_enc = nn.Parameter(torch.zeros(w))
         self.b_dec = nn.Parameter(torch.zeros(d))
-        self.register_buffer("steps_since_fired", torch.zeros(w, dtype=torch.long))
+        self.register_buffer("tokens_since_fired", torch.zeros(w, dtype=torch.long))
 
     # -- shared parts -------------------------------------------------------------------------------------------------
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,11 +60,18 @@ class SAE(nn.Module):
     @torch.no_grad()
     def update_fired(self, z: torch.Tensor) -> None:
         fired = (z != 0).any(dim=0)
-        self.steps_since_fired += 1
-        self.steps_since_fired[fired] = 0
+        self.tokens_since_fired += z.shape[0]
+        self.tokens_since_fired[fired] = 0
 
     def dead_mask(self) -> torch.Tensor:
-        return self.steps_since_fired >= self.cfg.dead_steps
+        return self.tokens_since_fired >= self.cfg.dead_tokens
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # SAE files and checkpoints written before the window was in tokens carry a step counter: start afresh
+        legacy = state_dict.pop(prefix + "steps_since_fired", None)
+        if legacy is not None and prefix + "tokens_since_fired" not in state_dict:
+            state_dict[prefix + "tokens_since_fired"] = torch.zeros_like(legacy)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def train_step(self, x: torch.Tensor, opt: torch.optim.Optimizer,
                    sparsity_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from saev_ops import errors
 from saev_ops.registry.names import MAX_NAME_LENGTH, NAME_PATTERN
-from saev_ops.sae.config import SAEConfig
+from saev_ops.sae.config import LEGACY_KEYS, SAEConfig
 from saev_ops.train.spec import TrainSettings
 
 RUN_KEYS = {f.name for f in dataclasses.fields(SAEConfig)} - {"d_model"} | {"lr", "seed", "layer", "tokens"}
@@ -141,8 +141,8 @@ def parse_sweep(text: str, source: str = "grid.yaml") -> SweepSpec:
         for k in keys:
             if k not in RUN_KEYS:
                 line = _line_of(root, (*loc, k))
-                problems.append(f"{source}{f':{line}' if line else ''}: {section}.{k}: unknown run key; valid: "
-                                f"{', '.join(sorted(RUN_KEYS))}")
+                why = LEGACY_KEYS.get(k, f"unknown run key; valid: {', '.join(sorted(RUN_KEYS))}")
+                problems.append(f"{source}{f':{line}' if line else ''}: {section}.{k}: {why}")
 
     for section in ("base", "grid", "zip"):  # run keys are checked even when other parts are invalid
         if isinstance(data.get(section), dict):

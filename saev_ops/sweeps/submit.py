@@ -30,6 +30,8 @@ class SubmitResult:
     jobs: tuple[PlannedJob, ...]
     job_ids: tuple[str | None, ...]
     dry_run: bool
+    warnings: tuple[str, ...] = ()
+    """What will make a metric meaningless (a dead window longer than the run), said before anything trains."""
 
 
 def estimate_memory_gb(sae: dict[str, Any], d_model: int, batch_size: int) -> float:
@@ -102,7 +104,8 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
                 existing[id(cfg)] = rec
         fresh = [(-(i + 1), cfg) for i, cfg in enumerate(configs) if id(cfg) not in existing]
         jobs = group_runs(fresh, dataset.d_model, spec.settings, spec.resources)
-        return SubmitResult(spec.name, len(configs), tuple(r for r, _ in fresh), (), tuple(jobs), (), True)
+        return SubmitResult(spec.name, len(configs), tuple(r for r, _ in fresh), (), tuple(jobs), (), True,
+                            window_warnings(configs))
 
     registry.get_or_create_sweep(spec.name, spec.text)
     added = registry.add_runs(spec.dataset, configs, sweep=spec.name)
@@ -117,7 +120,15 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
     jobs = group_runs(todo, dataset.d_model, spec.settings, spec.resources)
     job_ids = launch(registry, spec, dataset, jobs, db_url)
     return SubmitResult(spec.name, len(configs), tuple(r for r, _ in new), tuple(r for r, _ in retried), tuple(jobs),
-                        tuple(job_ids), False)
+                        tuple(job_ids), False, window_warnings(configs))
+
+
+def window_warnings(configs: list[dict[str, Any]]) -> tuple[str, ...]:
+    """Runs whose dead window (``dead_tokens``) is longer than the tokens they train on: their dead_frac stays 0."""
+    long = sorted({(c["sae"]["dead_tokens"], c["train"]["n_tokens"]) for c in configs
+                   if c["sae"]["dead_tokens"] > c["train"]["n_tokens"]})
+    return tuple(f"dead_tokens={w:,} is longer than the {n:,} tokens each SAE trains on: no latent can count as dead "
+                 "and dead_frac stays 0; set dead_tokens below train.n_tokens" for w, n in long)
 
 
 def _find_by_hash(registry: Registry, h: str) -> RunRecord | None:
