@@ -109,9 +109,11 @@ class RecordJob:
         self.db_url, self.spec = db_url, spec
 
     def __call__(self) -> str:
+        from saev_ops.logs import configure
         from saev_ops.record import record_dataset
         from saev_ops.registry import Registry
 
+        configure()
         return record_dataset(Registry(self.db_url), self.spec).path
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
@@ -128,7 +130,9 @@ class InferJob:
 
     def __call__(self) -> list[int]:
         from saev_ops.infer import run_inference
+        from saev_ops.logs import configure
 
+        configure()
         return [o.id for o in run_inference(self.spec)]
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:

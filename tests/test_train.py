@@ -165,3 +165,17 @@ def test_dead_window_counts_tokens_and_old_files_still_load() -> None:
     assert torch.equal(fresh.W_dec, sae.W_dec) and not fresh.tokens_since_fired.any()
     cfg = SAEConfig.from_dict({"arch": "topk", "d_model": 8, "d_sae": 16, "k": 2, "dead_steps": 1000})
     assert cfg.dead_tokens == 10_000_000
+
+
+def test_job_log_shows_progress_lines(setup, tmp_path: pathlib.Path, caplog) -> None:  # noqa: ANN001
+    import logging
+
+    reg, url, path = setup
+    spec = make_spec(reg, url, path, tmp_path / "runs", n_tokens=1280)
+    with caplog.at_level(logging.INFO, logger="saev_ops"):
+        run_train_job(spec)
+    lines = [r.getMessage() for r in caplog.records if "steps (" in r.getMessage()]
+    assert lines, caplog.text
+    last = lines[-1]
+    assert "20/20 steps (100%)" in last and "patches/s" in last and "ETA" in last
+    assert f"run {spec.runs[0].run_id}: loss" in last and "L0" in last

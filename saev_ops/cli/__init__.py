@@ -47,10 +47,17 @@ class _Group(click.Group):
     "($SAEV_OPS_HOME defaults to ~/.saev-ops).",
 )
 @click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages too.")
+@click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only (no progress lines).")
 @click.version_option(__version__, prog_name="saev-ops")
 @click.pass_context
-def cli(ctx: click.Context, db: str | None, debug: bool) -> None:
+def cli(ctx: click.Context, db: str | None, debug: bool, verbose: bool, quiet: bool) -> None:
     """saev-ops: record ViT activations, train many SAEs, run inference, explore -- all tracked in a SQL registry."""
+    import logging
+
+    from saev_ops.logs import configure
+
+    configure(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     ctx.obj = CliContext(db, debug)
 
 

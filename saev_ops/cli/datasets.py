@@ -137,7 +137,7 @@ def record(obj: CliContext, executor: str, slurm_opts: tuple[str, ...], **kw: ob
     from saev_ops.registry.models import utcnow
 
     started = utcnow()
-    d = record_dataset(obj.open_registry(create=True), spec, progress=print_progress())
+    d = record_dataset(obj.open_registry(create=True), spec, progress=print_progress(f"recording {spec.name}"))
     bad = d.extra.get("n_bad_images", 0)
     reused = d.completed_at is not None and d.completed_at < started
     click.echo(f"dataset {d.name}{' reused (this exact recording exists; --force records it again)' if reused else ''}"

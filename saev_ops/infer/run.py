@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -19,7 +20,10 @@ from typing import Any
 import numpy as np
 
 from saev_ops import errors, paths
+from saev_ops.progress import Progress
 from saev_ops.registry import DatasetRecord, OutputRecord, Registry, RunRecord
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -135,14 +139,16 @@ def run_inference(spec: InferSpec) -> list[OutputRecord]:
             tmp.mkdir(parents=True)
             tmps[rid] = (tmp, final)
             writers[rid] = _CsrWriter(tmp, sae.cfg.d_sae)
+        bar = Progress(f"inference, runs {[i[0] for i in items]}", loader.n_rows, "rows", log)
         try:
-            with torch.inference_mode():
+            with bar, torch.inference_mode():
                 for batch in loader:
                     x = batch["act"].to(spec.device)
                     _refuse_nonfinite(batch, x, dataset)
                     for rid, sae, meta in items:
                         z = sae.encode(x * float(meta["scale"]))
                         writers[rid].add(z.float().cpu().numpy())
+                    bar.update(bar.done + x.shape[0])
         except BaseException:
             for writer in writers.values():
                 writer.close()

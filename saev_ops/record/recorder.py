@@ -18,7 +18,6 @@ import logging
 import os
 import pathlib
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -252,19 +251,18 @@ def _decoded_batches(items: tuple[Any, ...], preprocess: Callable[[str], np.ndar
             yield [i for i, _ in good], pixels, bad
 
 
-def print_progress(stream: Any = sys.stderr) -> Callable[[int, int, Timings], None]:
-    state = {"last": 0.0, "t0": time.perf_counter()}
+def print_progress(name: str = "recording") -> Callable[[int, int, Timings], None]:
+    """A ``progress`` callback for :func:`record_dataset`: a bar on a terminal, else a log line every few seconds."""
+    from saev_ops.progress import Progress
+
+    state: dict[str, Progress] = {}
 
     def show(done: int, total: int, t: Timings) -> None:
-        now = time.perf_counter()
-        if now - state["last"] < 1.0 and done < total:
-            return
-        state["last"] = now
-        rate = t.images / max(now - state["t0"], 1e-9)
-        stream.write(f"\rrecorded {done}/{total} images  {rate:7.1f} images/s  "
-                     f"(decode {t.decode_s:.1f}s, model {t.model_s:.1f}s, write {t.write_s:.1f}s)")
+        if "bar" not in state:
+            state["bar"] = Progress(name, total, "images", log)
+        bar = state["bar"]
+        bar.update(done, f"decode {t.decode_s:.1f}s, model {t.model_s:.1f}s, write {t.write_s:.1f}s")
         if done >= total:
-            stream.write("\n")
-        stream.flush()
+            bar.close()
 
     return show

@@ -134,6 +134,7 @@ class Trainer:
         """Train to ``n_steps``, reporting to ``journal`` (default: one over this trainer's registry and run
         directories). Returns run id -> error for runs that failed on their own (non-finite loss or weights); the
         others trained to the end. A batch with non-finite activations fails every run (raises DataError)."""
+        from saev_ops.progress import Progress
         from saev_ops.train.journal import Journal
         from saev_ops.train.metrics import Window
 
@@ -148,6 +149,9 @@ class Trainer:
         failed: dict[int, str] = {}
         last_beat = 0.0
         window_start = self.step
+        progress = Progress(f"runs {[r.run_id for r in self.spec.runs]}", s.n_steps, "steps", log,
+                            rate_unit="patches", rate_per_item=s.batch_size)
+        detail = ""
         held: tuple[int, Any, torch.Tensor] | None = None  # the previous step's batch and its finiteness, checked late
         batches = iter(self.loader)
         while self.step < s.n_steps and len(failed) < len(self.saes):
@@ -176,6 +180,7 @@ class Trainer:
             if self.step % s.log_every == 0 or self.step == s.n_steps:
                 self._check_batch(*held)
                 held = None
+                detail_parts: list[str] = []
                 for run, sae, win in zip(self.spec.runs, self.saes, windows):
                     if run.run_id in failed:
                         continue
@@ -183,6 +188,8 @@ class Trainer:
                     report["lr"] = run.lr * factor
                     journal.log(run.run_id, self.step, report)
                     win.reset()
+                    detail_parts.append(f"run {run.run_id}: loss {report.get('loss', float('nan')):.4g}, "
+                                        f"L0 {report['l0']:.1f}")
                     problem = _nonfinite(report, sae)
                     if problem:
                         failed[run.run_id] = (f"run {run.run_id}: non-finite {problem} in steps {window_start + 1}-"
@@ -190,6 +197,9 @@ class Trainer:
                                               f"{run.lr * factor:.3g})")
                         log.error("%s; the job's other runs go on", failed[run.run_id])
                 window_start = self.step
+                detail = "; ".join(detail_parts[:4]) + (f"; +{len(detail_parts) - 4} runs" if len(detail_parts) > 4
+                                                        else "")
+            progress.update(self.step, detail)
             if self.step % s.ckpt_every == 0 and self.step < s.n_steps:
                 self.save_checkpoint()
             if self.registry is not None and time.monotonic() - last_beat > s.heartbeat_s:
@@ -199,6 +209,7 @@ class Trainer:
                 except errors.RegistryError as exc:
                     log.warning("heartbeat of runs %s missed: %s", [r.run_id for r in self.spec.runs], exc)
         batches.close()
+        progress.close()
         if held is not None:
             self._check_batch(*held)
         for run, sae in zip(self.spec.runs, self.saes):  # nothing non-finite is ever called completed
@@ -300,6 +311,9 @@ class TrainJob:
         self.spec = spec
 
     def __call__(self) -> dict[int, str]:
+        from saev_ops.logs import configure
+
+        configure()
         return run_train_job(self.spec)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
