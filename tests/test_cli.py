@@ -151,7 +151,7 @@ def test_registry_queries_do_not_import_torch(seeded: str) -> None:
 
 
 @pytest.mark.parametrize("args", [
-    ["sweep", "list"], ["sweep", "status", "s"], ["sweep", "cancel", "s"], ["lineage", "dataset:d"], ["runs", "list"],
+    ["sweep", "list"], ["sweep", "status", "s"], ["sweep", "watch", "s"], ["sweep", "cancel", "s"], ["lineage", "dataset:d"], ["runs", "list"],
     ["runs", "show", "1"], ["datasets", "list"], ["sql", "SELECT 1"], ["db", "current"],
 ])
 def test_registry_only_commands_never_import_torch(tmp_path, args: list[str]) -> None:  # noqa: ANN001

@@ -149,3 +149,28 @@ def test_a_dead_window_longer_than_the_run_is_reported_at_submit(tmp_path: pathl
     assert submit_sweep(reg, parse_sweep(grid(tmp_path)), url, dry_run=True).warnings == ()
     with pytest.raises(errors.ConfigError, match="dead_steps was replaced by dead_tokens"):
         parse_sweep(grid(tmp_path).replace("dead_tokens: 640", "dead_steps: 10"))
+
+
+def test_watch_refreshes_until_the_sweep_ends(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
+    import threading
+
+    reg, url = env
+    reg.get_or_create_sweep("w")
+    (a, _), (b, _) = reg.add_runs("tiny", [{"sae": {"arch": "topk", "d_sae": 64, "k": 4}, "lr": 0.001,
+                                             "train": {"n_tokens": 640, "batch_size": 64}},
+                                            {"sae": {"arch": "relu", "d_sae": 32}, "lr": 0.002}], sweep="w")
+    reg.transition_run(b.id, "running")
+    reg.log_metrics(b.id, [("nmse", 5, 0.25), ("l0", 5, 7.0)])
+
+    def finish() -> None:
+        time.sleep(1.0)
+        reg.transition_run(b.id, "completed")
+        reg.transition_run(a.id, "cancelled")
+
+    t = threading.Thread(target=finish)
+    t.start()
+    res = CliRunner().invoke(cli, ["--db", url, "sweep", "watch", "w", "--interval", "0.2"])
+    t.join()
+    assert res.exit_code == 0, res.output
+    assert "w: 1 queued, 1 running" in res.output and "w: 1 cancelled, 1 completed" in res.output
+    assert "topk 64 k=4 lr=0.001" in res.output and "0/10" in res.output and "0.25" in res.output

@@ -10,7 +10,7 @@ from saev_ops.cli.context import CliContext, format_option, pass_ctx
 
 @click.group("sweep")
 def group() -> None:
-    """Sweeps of SAE runs: submit, list, status, cancel, sync."""
+    """Sweeps of SAE runs: submit, list, status, watch, cancel, sync."""
 
 
 @group.command("submit")
@@ -73,6 +73,58 @@ def status(obj: CliContext, name: str, grace: float) -> None:
         click.echo(f"run {c.run_id}: {c.old} -> {c.new} ({c.reason})")
     counts = dict(next(c for s, c in obj.registry.list_sweeps() if s.name == name))
     click.echo(f"{name}: " + ", ".join(f"{counts.get(st, 0)} {st}" for st in RUN_STATUSES))
+
+
+@group.command("watch")
+@click.argument("name")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds between refreshes.")
+@click.option("--grace", type=float, default=300.0, show_default=True, help="Heartbeat age (s) after which a run is lost.")
+@pass_ctx
+def watch(obj: CliContext, name: str, interval: float, grace: float) -> None:
+    """A live table of NAME's runs (status, step, last metrics), refreshed until no run is queued or running. Each
+    refresh also reconciles with Slurm and heartbeats, as `sweep status` does."""
+    import sys
+    import time
+
+    from saev_ops.sweeps.status import reconcile
+    from saev_ops.sweeps.watch import snapshot
+
+    reg = obj.registry
+    reg.get_sweep(name)
+
+    def current() -> tuple[str, object]:
+        reconcile(reg, name, grace_s=grace)
+        snap = snapshot(reg, name)
+        return snap.headline(name), snap
+
+    if sys.stdout.isatty():
+        from rich.console import Group
+        from rich.live import Live
+        from rich.table import Table
+
+        def render() -> tuple[object, bool]:
+            head, snap = current()
+            table = Table(*snap.columns, title=head)  # type: ignore[attr-defined]
+            for row in snap.rows:  # type: ignore[attr-defined]
+                table.add_row(*(fmt.cell(v) for v in row))
+            return Group(table), snap.active  # type: ignore[attr-defined]
+
+        view, active = render()
+        with Live(view, refresh_per_second=4) as live:
+            while active:
+                time.sleep(interval)
+                view, active = render()
+                live.update(view)
+        return
+    while True:  # not a terminal (a log, a pipe): the table again at each refresh
+        head, snap = current()
+        click.echo(head)
+        click.echo(fmt.render(snap.columns, snap.rows, "table"))  # type: ignore[attr-defined]
+        if not snap.active:  # type: ignore[attr-defined]
+            return
+        click.echo()
+        time.sleep(interval)
 
 
 @group.command("cancel")

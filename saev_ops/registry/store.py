@@ -570,6 +570,15 @@ class Registry:
 
         return self._read(fn)
 
+    def last_steps(self, run_ids: Sequence[int]) -> dict[int, int]:
+        """The highest step each run has logged a metric at (runs that logged nothing are absent)."""
+        m = models.MetricSummaryModel
+        ids = list(run_ids)
+        return self._read(lambda s: {
+            rid: step for rid, step in s.execute(
+                sa.select(m.run_id, sa.func.max(m.step)).where(m.run_id.in_(ids)).group_by(m.run_id))
+        }) if ids else {}
+
     def summary(self, run_id: int) -> dict[str, float]:
         m = models.MetricSummaryModel
         return self._read(lambda s: dict(s.execute(sa.select(m.key, m.value).where(m.run_id == run_id)).all()))
