@@ -27,6 +27,14 @@ OUT="$("$S" sql "SELECT output_id FROM inference_lineage ORDER BY output_id LIMI
 "$S" latents top "$OUT" 0 -n 5
 "$S" lineage sweep:quickstart
 "$S" runs pareto --sweep quickstart --out "$SAEV_OPS_HOME/pareto.png"
-"$S" report quickstart --out "$SAEV_OPS_HOME/report" --output "$OUT"
+"$S" report quickstart --out "$SAEV_OPS_HOME/report"
 set +x
-echo "Done. Open $SAEV_OPS_HOME/report/index.html in a browser; the registry is $SAEV_OPS_HOME/registry.sqlite."
+cat <<EOF
+
+Done. Open $SAEV_OPS_HOME/report/index.html in a browser.
+To go on with the quickstart's registry ($SAEV_OPS_HOME/registry.sqlite) in this shell:
+
+  source $PWD/$VENV/bin/activate
+  export SAEV_OPS_HOME=$SAEV_OPS_HOME
+  saev-ops runs list --sweep quickstart --sort nmse
+EOF

@@ -27,7 +27,31 @@ def test_frontier() -> None:
     rows = [R(1, 8, 0.5), R(2, 16, 0.3), R(3, 16, 0.4), R(4, 32, 0.35), R(5, 64, 0.1), R(6, 4, 0.9)]
     _, front = frontier(rows, "l0", "nmse")  # type: ignore[arg-type]
     assert [rid for _, _, rid in front] == [6, 1, 2, 5]
-    assert RunRow  # the real rows have the same two attributes
+
+
+def test_interesting_latents_skip_dead_and_dense_ones() -> None:
+    import numpy as np
+
+    from saev_ops.explore.report import interesting_latents
+
+    stats = {"frequency": np.array([0.0, 0.9, 0.05, 0.02, 0.5, 0.01]),
+             "max": np.array([0.0, 9.0, 3.0, 5.0, 8.0, 1.0])}
+    assert interesting_latents(stats, n=2) == [3, 2]  # not 1 and 4 (background), not 0 (dead)
+
+
+def test_pareto_uses_a_log_axis_when_l0_spans_more_than_10x(tmp_path: pathlib.Path) -> None:
+    from saev_ops.explore.pareto import pareto_plot
+    from saev_ops.registry import Registry
+    from tests.conftest import make_dataset
+
+    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    make_dataset(reg)
+    reg.get_or_create_sweep("p")
+    for i, (arch, l0, nmse) in enumerate([("relu", 255.0, 0.05), ("topk", 8.0, 0.3), ("topk", 32.0, 0.1)]):
+        ((run, _),) = reg.add_runs("inat21", [{"sae": {"arch": arch}, "i": i}], sweep="p")
+        reg.log_metrics(run.id, [("l0", 1, l0), ("nmse", 1, nmse)])
+    res = pareto_plot(reg, "p", "l0", "nmse", tmp_path / "p.png")
+    assert res["log_x"] and len(res["frontier"]) == 3 and (tmp_path / "p.png").stat().st_size > 0
 
 
 def _chromium() -> str | None:
@@ -58,10 +82,21 @@ grid: {{k: [4, 8]}}
 """
     submit_sweep(reg, parse_sweep(grid), url)
     ids = tuple(r.run.id for r in reg.list_runs(RunQuery(sweep="rep")))
-    (out, _) = run_inference(InferSpec(db_url=url, run_ids=ids, dataset="tiny", out_root=str(tmp_path / "o")))
-    page = build_report(reg, "rep", tmp_path / "report", output_id=out.id, n_top=4)
+    outs = run_inference(InferSpec(db_url=url, run_ids=ids, dataset="tiny", out_root=str(tmp_path / "o")))
+    best = reg.list_runs(RunQuery(sweep="rep", sort="nmse", limit=1))[0].run.id
+    page = build_report(reg, "rep", tmp_path / "report", n_top=4)
     text = page.read_text()
-    assert "pareto.png" in text and "curves.png" in text and text.count("<img src='latent-") >= 1
+    assert "pareto.png" in text and "curves.png" in text
+    best_output = next(o.id for o in outs if o.run_id == best)
+    assert f"Latents of run {best}, output {best_output}" in text  # the best run's, not the lowest output id
+    for strip in re.findall(r"<div class='strip'>(.*?)(?=<h[23]|</body>)", text, flags=re.S):
+        bases = re.findall(r"src='(img-\d+\.png)'", strip)
+        assert bases and len(bases) == len(set(bases))  # one tile per image
+    from PIL import Image
+
+    for heat in (tmp_path / "report").glob("heat-*.png"):
+        ex = heat.stem.rsplit("-", 1)[1]
+        assert Image.open(heat).size == Image.open(tmp_path / "report" / f"img-{ex}.png").size
     browser = _chromium()
     if browser is None:
         if REQUIRE_SERVICES:
@@ -74,6 +109,7 @@ grid: {{k: [4, 8]}}
         capture_output=True, text=True, timeout=120)
     body = re.search(r"<body[^>]*>", res.stdout)
     assert body, res.stderr[-2000:]
-    n = re.search(r'data-images="(\d+)"', body.group(0))
-    ok = re.search(r'data-images-ok="(\d+)"', body.group(0))
-    assert n and ok and int(n.group(1)) >= 3 and ok.group(1) == n.group(1), body.group(0)
+    attrs = dict(re.findall(r'data-([a-z-]+)="(\d+)"', body.group(0)))
+    assert int(attrs["images"]) >= 3 and attrs["images-ok"] == attrs["images"], body.group(0)
+    assert int(attrs["heatmaps"]) >= 2 and attrs["heatmaps-misfit"] == "0", body.group(0)
+    assert attrs["errors"] == "0", body.group(0)

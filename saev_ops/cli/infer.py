@@ -110,14 +110,20 @@ def lineage(obj: CliContext, ref: str) -> None:
 @click.command("report")
 @click.argument("sweep")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for the page.")
-@click.option("--output", "output_id", type=int, help="Inference output whose latents get top-patch grids.")
-@click.option("--latent", "latents", type=int, multiple=True, help="Latents to show (default: the 4 most frequent).")
+@click.option("--output", "output_ids", type=int, multiple=True,
+              help="Inference output(s) whose latents are shown (default: those of the Pareto frontier's runs).")
+@click.option("--run", "run_ids", type=int, multiple=True, help="Show the latents of these runs' outputs instead.")
+@click.option("--latent", "latents", type=int, multiple=True,
+              help="Latents to show (default: 4 that fire on some patches but under 10%, by highest activation).")
 @pass_ctx
-def report(obj: CliContext, sweep: str, out_dir: str, output_id: int | None, latents: tuple[int, ...]) -> None:
-    """Write a static HTML report of SWEEP (table, Pareto plot, curves, top patches) that needs no server."""
+def report(obj: CliContext, sweep: str, out_dir: str, output_ids: tuple[int, ...], run_ids: tuple[int, ...],
+           latents: tuple[int, ...]) -> None:
+    """Write a static HTML report of SWEEP (table, Pareto plot, curves, the best runs' latents as heat maps over their
+    top images) that needs no server."""
     import pathlib
 
     from saev_ops.explore.report import build_report
 
-    page = build_report(obj.registry, sweep, pathlib.Path(out_dir), output_id=output_id, latents=latents)
+    page = build_report(obj.registry, sweep, pathlib.Path(out_dir), output_ids=output_ids, run_ids=run_ids,
+                        latents=latents)
     click.echo(f"report: {page}")

@@ -20,6 +20,9 @@ class Output:
     path: pathlib.Path
     info: dict[str, Any]
     dataset_path: str
+    token_layout: dict[str, int] = dataclasses.field(default_factory=dict)
+    """The dataset's stored token layout (n_cls, n_registers, n_patches), to place patch rows on the image grid."""
+    _csr: Any = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def open(cls, registry: Registry, output_id: int) -> Output:
@@ -28,12 +31,34 @@ class Output:
         if not (path / "output.json").exists():
             raise errors.DataError(f"{path}: inference output {output_id} is missing on disk (re-run `saev-ops infer`)")
         ds = registry.get_dataset_by_id(rec.dataset_id)
-        return cls(rec, path, json.loads((path / "output.json").read_text()), ds.path)
+        return cls(rec, path, json.loads((path / "output.json").read_text()), ds.path,
+                   dict(ds.extra.get("token_layout") or {}))
 
     def matrix(self) -> Any:
+        """The CSR matrix (loaded once per Output)."""
         import scipy.sparse
 
-        return scipy.sparse.load_npz(self.path / "latents.npz")
+        if self._csr is None:
+            self._csr = scipy.sparse.load_npz(self.path / "latents.npz").tocsr()
+        return self._csr
+
+    def patch_grid(self, example: int, latent: int) -> np.ndarray | None:
+        """``latent``'s activation on each patch of ``example`` as a (side, side) array in the image's layout, or None
+        when the output holds no patch rows or the patches do not form a square grid."""
+        layout = self.token_layout
+        n_patches, first_patch = layout.get("n_patches", 0), layout.get("n_cls", 0) + layout.get("n_registers", 0)
+        side = int(np.sqrt(n_patches))
+        if not n_patches or side * side != n_patches:
+            return None
+        token_idx = np.asarray(self.info["token_idx"])
+        per = self.info["tokens_per_example"]
+        rows = self.matrix()[example * per : (example + 1) * per, latent].toarray().ravel()
+        grid = np.zeros(n_patches, dtype=np.float32)
+        for pos in range(per):
+            t = int(token_idx[pos % len(token_idx)]) - first_patch
+            if 0 <= t < n_patches:
+                grid[t] = rows[pos]
+        return grid.reshape(side, side)
 
     def latent_stats(self) -> dict[str, np.ndarray]:
         with np.load(self.path / "latent_stats.npz") as z:
