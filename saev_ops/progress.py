@@ -27,18 +27,19 @@ class Progress:
         unit: what is counted ("steps", "images", "rows").
         logger: where the lines go when there is no terminal.
         rate_unit / rate_per_item: also show a rate in another unit (e.g. patches/s = steps/s x batch size).
+        start: where the count starts (a resumed loop: its step), so the rate counts this process's work only.
         interactive: force the bar (True) or the lines (False); default: whether stderr is a terminal.
     """
 
     def __init__(self, what: str, total: int, unit: str, logger: logging.Logger, *, rate_unit: str | None = None,
-                 rate_per_item: float = 1.0, interactive: bool | None = None, interval_s: float = INTERVAL_S) -> None:
+                 rate_per_item: float = 1.0, start: int = 0, interactive: bool | None = None,
+                 interval_s: float = INTERVAL_S) -> None:
         self.what, self.total, self.unit, self.log = what, max(1, total), unit, logger
         self.rate_unit, self.rate_per_item = rate_unit or unit, rate_per_item
         self.interval_s = interval_s
         self.t0 = time.monotonic()
         self.last_line = self.t0
-        self.start_done: int | None = None
-        self.done = 0
+        self.start_done = self.done = start
         self._bar: Any = None
         if sys.stderr.isatty() if interactive is None else interactive:
             from rich.console import Console
@@ -47,7 +48,7 @@ class Progress:
             self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn(f"{unit}"), TimeRemainingColumn(), TextColumn("{task.fields[detail]}"),
                             console=Console(stderr=True), transient=False)
-            self._task = self._bar.add_task(what, total=self.total, detail="")
+            self._task = self._bar.add_task(what, total=self.total, completed=start, detail="")
             self._bar.start()
 
     def __enter__(self) -> Progress:
@@ -57,9 +58,7 @@ class Progress:
         self.close()
 
     def rate(self) -> float:
-        """Items per second since the first update (a resumed loop counts only its own work)."""
-        if self.start_done is None:
-            return 0.0
+        """Items per second since this Progress was made."""
         return (self.done - self.start_done) / max(time.monotonic() - self.t0, 1e-9)
 
     def line(self, detail: str = "") -> str:
@@ -72,9 +71,6 @@ class Progress:
         return f"{text} | {detail}" if detail else text
 
     def update(self, done: int, detail: str = "") -> None:
-        if self.start_done is None:
-            self.start_done = done
-            self.t0 = time.monotonic()
         self.done = done
         if self._bar is not None:
             self._bar.update(self._task, completed=done, detail=detail)

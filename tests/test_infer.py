@@ -76,3 +76,24 @@ def test_failed_inference_registers_nothing(trained, tmp_path: pathlib.Path) -> 
     with pytest.raises(Exception, match="not usable"):
         run_inference(InferSpec(db_url=url, run_ids=tuple(ids), dataset="tiny", out_root=str(tmp_path / "out")))
     assert reg.list_outputs() == []
+
+
+def test_reruns_say_what_they_kept(trained, tmp_path: pathlib.Path) -> None:  # noqa: ANN001
+    reg, url, _, run_ids = trained
+    args = ["--db", url, "infer", str(run_ids[0]), "--dataset", "tiny", "--out-root", str(tmp_path / "o")]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0 and " kept (" not in first.output, first.output
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and "kept (it exists; --force computes it again)" in again.output, again.output
+
+
+def test_rerecording_says_reused(tmp_path: pathlib.Path) -> None:
+    from saev_ops.record.images import generate_images
+
+    generate_images(tmp_path / "imgs", 4, size=32, n_classes=2)
+    args = ["--db", str(tmp_path / "r.sqlite"), "datasets", "record", "--name", "d", "--images", str(tmp_path / "imgs"),
+            "--model", "builtin:tiny", "--data-root", str(tmp_path / "data")]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0 and " reused (" not in first.output, first.output
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and "dataset d reused" in again.output, again.output

@@ -150,7 +150,7 @@ class Trainer:
         last_beat = 0.0
         window_start = self.step
         progress = Progress(f"runs {[r.run_id for r in self.spec.runs]}", s.n_steps, "steps", log,
-                            rate_unit="patches", rate_per_item=s.batch_size)
+                            rate_unit="patches", rate_per_item=s.batch_size, start=self.step)
         detail = ""
         held: tuple[int, Any, torch.Tensor] | None = None  # the previous step's batch and its finiteness, checked late
         batches = iter(self.loader)
