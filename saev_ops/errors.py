@@ -39,6 +39,10 @@ class DuplicateError(SaevOpsError):
     """An object with the same unique name or hash already exists."""
 
 
+class HasDependentsError(SaevOpsError):
+    """An object cannot be removed while others depend on it (runs on a dataset, outputs of a run)."""
+
+
 class InvalidTransitionError(SaevOpsError):
     """A run or dataset status change that the state machine does not allow."""
 

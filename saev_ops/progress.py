@@ -43,7 +43,8 @@ class Progress:
         self._bar: Any = None
         if sys.stderr.isatty() if interactive is None else interactive:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
 
             self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TextColumn(f"{unit}"), TimeRemainingColumn(), TextColumn("{task.fields[detail]}"),

@@ -148,7 +148,7 @@ def test_outputs_and_lineage(registry: Registry) -> None:
     assert replaced.id == out.id and replaced.nnz == 40
     detail = registry.run_detail(run.id)
     assert detail.dataset.name == "train" and [o.path for o in detail.outputs] == ["/o2.npz"]
-    with pytest.raises(errors.DuplicateError, match="depend on it"):
+    with pytest.raises(errors.HasDependentsError, match="depend on it"):
         registry.delete_dataset("train")
     assert registry.delete_dataset("train", force=True) == 1
     assert registry.list_outputs() == []

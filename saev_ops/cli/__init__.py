@@ -20,9 +20,7 @@ class _Group(click.Group):
     """A click group that turns saev-ops errors into one clean line (or a traceback with --debug)."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from saev_ops.errors import SaevOpsError
-
-        from saev_ops.errors import NotFoundError
+        from saev_ops.errors import NotFoundError, SaevOpsError
 
         try:
             return super().invoke(ctx)

@@ -36,7 +36,7 @@ class CliContext:
 pass_ctx = click.make_pass_decorator(CliContext)
 
 
-def format_option(f):  # noqa: ANN001, ANN201 - click decorator
+def format_option(f):
     from saev_ops.cli.fmt import FORMATS
 
     return click.option(

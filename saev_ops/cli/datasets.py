@@ -90,7 +90,8 @@ def rm(obj: CliContext, name: str, force: bool, delete_files: bool) -> None:
     from saev_ops.datasets import remove_dataset
 
     n = remove_dataset(obj.registry, name, force=force, delete_files=delete_files)
-    click.echo(f"removed {name}" + (f" and {n} dependent run(s)" if n else "") + (" and its files" if delete_files else ""))
+    click.echo(f"removed {name}" + (f" and {n} dependent run(s)" if n else "")
+               + (" and its files" if delete_files else ""))
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
@@ -104,7 +105,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
 @click.option("--name", required=True, help="Registry name of the dataset.")
 @click.option("--images", required=True, help="Image folder (class sub-folders = labels) or a file list.")
 @click.option("--model", required=True, metavar="FAMILY:CKPT",
-              help="builtin:tiny|small|base[@SEED] (no download), vit:DIR, clip:DIR, dinov2:DIR, siglip:DIR, timm:DIR, open_clip:DIR "
+              help="builtin:tiny|small|base[@SEED] (no download), vit:DIR, clip:DIR, dinov2:DIR, siglip:DIR, "
+              "timm:DIR, open_clip:DIR "
               "(timm/open_clip also hf-hub:REPO from the local cache, or ARCH@WEIGHTS).")
 @click.option("--layers", default="-1", show_default=True, callback=_int_list, help="Blocks to record, e.g. 6,11.")
 @click.option("--tokens", type=click.Choice(["all", "patches", "cls"]), default="all", show_default=True)
@@ -131,7 +133,8 @@ def record(obj: CliContext, executor: str, slurm_opts: tuple[str, ...], **kw: ob
         from saev_ops.record.images import open_images
 
         open_images(spec.images)  # a wrong image path fails here, not in the queue
-        job_id, logs = submit_slurm_job("record", spec.name, RecordJob(obj.db_url, spec), SlurmSpec.from_pairs(slurm_opts))
+        job_id, logs = submit_slurm_job("record", spec.name, RecordJob(obj.db_url, spec),
+                                        SlurmSpec.from_pairs(slurm_opts))
         click.echo(f"submitted recording of {spec.name} as Slurm job {job_id} (logs in {logs})")
         return
     from saev_ops.registry.models import utcnow

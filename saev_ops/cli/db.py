@@ -7,7 +7,7 @@ import click
 from saev_ops.cli.context import CliContext, pass_ctx
 
 
-def _engine(obj: CliContext):  # noqa: ANN202 - sqlalchemy.Engine
+def _engine(obj: CliContext):
     from saev_ops.registry.engine import create_registry_engine
 
     return create_registry_engine(obj.db_url)
@@ -72,7 +72,7 @@ def reader_setup(obj: CliContext) -> None:
     click.echo(f"`saev-ops sql` runs as {READER_ROLE} in this registry")
 
 
-def _current(engine) -> str | None:  # noqa: ANN001
+def _current(engine) -> str | None:
     import sqlalchemy as sa
 
     from saev_ops import errors
@@ -83,4 +83,6 @@ def _current(engine) -> str | None:  # noqa: ANN001
         with engine.connect() as conn:
             return migrate.current_revision(conn)
     except sa.exc.OperationalError as exc:
-        raise errors.RegistryUnavailableError(f"cannot open the registry database {safe_url(engine.url)}: {exc.orig}") from None
+        raise errors.RegistryUnavailableError(
+            f"cannot open the registry database {safe_url(engine.url)}: {exc.orig}"
+        ) from None

@@ -40,7 +40,8 @@ def jsonable(value: Any) -> Any:
 def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> str:
     """Render rows in ``fmt`` (table, csv or json)."""
     if fmt == "json":
-        return json.dumps([{c: jsonable(v) for c, v in zip(columns, r)} for r in rows], indent=2, default=str)
+        records = [{c: jsonable(v) for c, v in zip(columns, r, strict=True)} for r in rows]
+        return json.dumps(records, indent=2, default=str)
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
@@ -53,10 +54,10 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> s
     for r in texts:
         for i, v in enumerate(r):
             widths[i] = max(widths[i], len(v))
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     for r in texts:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
+        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     return "\n".join(lines)
 
 

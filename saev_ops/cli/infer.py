@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import click
 
 from saev_ops.cli import fmt
@@ -25,8 +27,8 @@ def infer(obj: CliContext, target: str, dataset: str, out_root: str | None, batc
     """Apply TARGET's SAEs (a run id, or a sweep name: its completed runs) to --dataset in one ordered pass, writing
     one CSR .npz per run. By default in this process (use it in your own batch scripts)."""
     from saev_ops.infer import InferSpec, check_inference, run_inference
-    from saev_ops.registry import RunQuery
     from saev_ops.paths import default_outputs_root
+    from saev_ops.registry import RunQuery
 
     reg = obj.registry
     if target.isdigit():
@@ -93,7 +95,7 @@ def stats(obj: CliContext, output_id: int) -> None:
     alive = freq[freq > 0]
     if alive.size:
         hist, edges = np.histogram(np.log10(alive), bins=10)
-        for h, a, b in zip(hist, edges[:-1], edges[1:]):
+        for h, (a, b) in zip(hist, itertools.pairwise(edges), strict=True):
             click.echo(f"  10^{a:6.2f} .. 10^{b:6.2f}  {h:7d} {'#' * int(50 * h / max(hist.max(), 1))}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import click
 
@@ -65,7 +66,8 @@ def show(obj: CliContext, run_id: int, **kw: str) -> None:
             "heartbeat_at": r.heartbeat_at, "checkpoint_path": r.checkpoint_path, "error": r.error,
             "summary": d.row.summary,
             "lineage": {
-                "image_source": d.dataset.source_path, "dataset": d.dataset.name, "dataset_hash": d.dataset.content_hash,
+                "image_source": d.dataset.source_path, "dataset": d.dataset.name,
+                "dataset_hash": d.dataset.content_hash,
                 "outputs": [{"id": o.id, "dataset_id": o.dataset_id, "path": o.path, "shape": list(o.shape),
                              "nnz": o.nnz} for o in d.outputs],
             },
@@ -74,7 +76,7 @@ def show(obj: CliContext, run_id: int, **kw: str) -> None:
         return
     pairs = [
         ("id", r.id), ("sweep", d.row.sweep), ("dataset", d.row.dataset), ("status", r.status),
-        ("executor", r.executor), ("slurm_job", f"{r.slurm_job_id}" + (f"_{r.slurm_array_index}" if r.slurm_array_index is not None else "") if r.slurm_job_id else None),
+        ("executor", r.executor), ("slurm_job", _slurm_job(r)),
         ("attempts", r.attempts), ("host", r.host), ("created_at", r.created_at), ("started_at", r.started_at),
         ("ended_at", r.ended_at), ("heartbeat_at", r.heartbeat_at), ("checkpoint", r.checkpoint_path),
         ("config_hash", r.config_hash),
@@ -102,7 +104,8 @@ def show(obj: CliContext, run_id: int, **kw: str) -> None:
 def metrics(obj: CliContext, run_id: int, key: str | None, **kw: str) -> None:
     """Print a run's metric history (one row per logged point)."""
     points = obj.registry.metric_history(run_id, key)
-    click.echo(fmt.render(("key", "step", "value", "time"), [(p.key, p.step, p.value, p.time) for p in points], kw["fmt"]))
+    rows = [(p.key, p.step, p.value, p.time) for p in points]
+    click.echo(fmt.render(("key", "step", "value", "time"), rows, kw["fmt"]))
 
 
 @group.command("pareto")
@@ -119,3 +122,10 @@ def pareto(obj: CliContext, sweep: str, x: str, y: str, out: str) -> None:
 
     res = pareto_plot(obj.registry, sweep, x, y, pathlib.Path(out))
     click.echo(f"{len(res['points'])} runs, frontier: runs {', '.join(str(r) for _, _, r in res['frontier'])} -> {out}")
+
+
+def _slurm_job(r: Any) -> str | None:
+    """``JOB`` or ``JOB_INDEX`` for an array task; None when the run never went to Slurm."""
+    if not r.slurm_job_id:
+        return None
+    return f"{r.slurm_job_id}_{r.slurm_array_index}" if r.slurm_array_index is not None else str(r.slurm_job_id)

@@ -61,7 +61,8 @@ def list_(obj: CliContext, **kw: str) -> None:
 
 @group.command("status")
 @click.argument("name")
-@click.option("--grace", type=float, default=300.0, show_default=True, help="Heartbeat age (s) after which a run is lost.")
+@click.option("--grace", type=float, default=300.0, show_default=True,
+              help="Heartbeat age (s) after which a run is lost.")
 @pass_ctx
 def status(obj: CliContext, name: str, grace: float) -> None:
     """Reconcile NAME's runs with Slurm accounting and heartbeats, then show progress."""
@@ -79,7 +80,8 @@ def status(obj: CliContext, name: str, grace: float) -> None:
 @click.argument("name")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
               help="Seconds between refreshes.")
-@click.option("--grace", type=float, default=300.0, show_default=True, help="Heartbeat age (s) after which a run is lost.")
+@click.option("--grace", type=float, default=300.0, show_default=True,
+              help="Heartbeat age (s) after which a run is lost.")
 @pass_ctx
 def watch(obj: CliContext, name: str, interval: float, grace: float) -> None:
     """A live table of NAME's runs (status, step, last metrics), refreshed until no run is queued or running. Each

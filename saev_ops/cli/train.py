@@ -21,13 +21,14 @@ def group(obj: CliContext, run_ids: tuple[int, ...], runs_root: str | None, devi
 
     from saev_ops import errors
     from saev_ops.datasets import require_complete
-    from saev_ops.sae.config import SAEConfig
     from saev_ops.paths import default_runs_root
+    from saev_ops.sae.config import SAEConfig
     from saev_ops.train import RunSpec, TrainJobSpec, TrainSettings, run_train_job
 
     reg = obj.registry
     runs = [reg.get_run(i) for i in run_ids]
-    keys = {(r.dataset_id, r.config["layer"], r.config["tokens"], repr(sorted(r.config["train"].items()))) for r in runs}
+    keys = {(r.dataset_id, r.config["layer"], r.config["tokens"], repr(sorted(r.config["train"].items())))
+            for r in runs}
     if len(keys) != 1:
         raise errors.ConfigError("these runs do not share dataset, layer, tokens and train settings; train them "
                                  "in separate commands")

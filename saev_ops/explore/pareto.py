@@ -8,8 +8,10 @@ from typing import Any
 from saev_ops import errors
 from saev_ops.registry import Registry, RunQuery, RunRow
 
+Point = tuple[float, float, int]
 
-def frontier(rows: list[RunRow], x: str, y: str) -> tuple[list[tuple[float, float, int]], list[tuple[float, float, int]]]:
+
+def frontier(rows: list[RunRow], x: str, y: str) -> tuple[list[Point], list[Point]]:
     """(all points, frontier points) as (x, y, run id); a point is on the frontier if no other is <= on both and < on
     one."""
     pts = sorted((r.summary[x], r.summary[y], r.run.id) for r in rows if x in r.summary and y in r.summary)

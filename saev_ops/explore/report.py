@@ -25,7 +25,10 @@ DENSE = 0.1  # a latent firing on more than this fraction of patches marks backg
 _SCRIPT = """<script>
 window.__errors = 0;
 window.addEventListener('error', function () { window.__errors++; }, true);  // scripts and failed resources
-(function () { var e = console.error; console.error = function () { window.__errors++; e.apply(console, arguments); }; })();
+(function () {
+  var e = console.error;
+  console.error = function () { window.__errors++; e.apply(console, arguments); };
+})();
 window.addEventListener('load', function () {
   var imgs = Array.prototype.slice.call(document.images);
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
@@ -60,7 +63,7 @@ def _curves(registry: Registry, run_ids: list[int], keys: tuple[str, ...], out: 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), dpi=90)
-    for ax, key in zip(axes, keys):
+    for ax, key in zip(axes, keys, strict=True):
         for rid in run_ids:
             pts = registry.metric_history(rid, key)
             if pts:
@@ -143,7 +146,7 @@ def _latent_strip(output: Any, latent: int, n: int, out_dir: pathlib.Path) -> li
     grids = [output.patch_grid(ex, latent) for ex, _, _ in tiles]
     vmax = max([float(g.max()) for g in grids if g is not None] + [v for _, v, _ in tiles] + [1e-12])
     figures = []
-    for (ex, value, e), grid in zip(tiles, grids):
+    for (ex, value, e), grid in zip(tiles, grids, strict=True):
         base = out_dir / f"img-{ex}.png"
         if not base.exists():
             with Image.open(e["path"]) as im:

@@ -91,4 +91,4 @@ class Output:
         vals = data[hits]
         order = np.argsort(-vals, kind="stable")[:n]
         rows = np.searchsorted(indptr, hits[order], side="right") - 1
-        return [(int(r), float(v)) for r, v in zip(rows, vals[order])]
+        return [(int(r), float(v)) for r, v in zip(rows, vals[order], strict=True)]

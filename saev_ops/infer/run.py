@@ -155,7 +155,7 @@ def run_inference(spec: InferSpec) -> list[OutputRecord]:
             for tmp, _ in tmps.values():
                 shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written is left behind
             raise
-        for rid, sae, meta in items:
+        for rid, sae, _meta in items:
             tmp, final = tmps[rid]
             info = writers[rid].finish(loader.n_rows)
             (tmp / "output.json").write_text(json.dumps({

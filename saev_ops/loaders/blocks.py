@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import sys
@@ -128,7 +129,7 @@ def read_selected(reader: ShardReader, plan: Plan, start: int, n: int, out: np.n
     # runs of (is_selected, first token, count) along one layer's token axis
     edges = np.flatnonzero(np.diff(selected.astype(np.int8))) + 1
     bounds = np.concatenate([[0], edges, [T]])
-    runs = [(bool(selected[a]), int(a), int(b - a)) for a, b in zip(bounds[:-1], bounds[1:])]
+    runs = [(bool(selected[a]), int(a), int(b - a)) for a, b in itertools.pairwise(bounds)]
     max_gap = max([c for s, _, c in runs if not s] + [0]) * row_bytes
     scratch = memoryview(bytearray(min(max(max_gap, 1), iovec.GAP_BYTES)))
     layer_pos = {li: j for j, li in enumerate(plan.layer_idx)}
@@ -142,17 +143,6 @@ def read_selected(reader: ShardReader, plan: Plan, start: int, n: int, out: np.n
         iov: list[memoryview] = []
         call_offset = row * reader.example_bytes
         pos = call_offset  # next file byte the pending call would read
-
-        def flush() -> None:
-            nonlocal iov
-            if iov:
-                want = sum(len(v) for v in iov)
-                got = os.preadv(fd, iov, call_offset)
-                if got != want:
-                    # rare: retry piecewise so a short read is either completed or reported
-                    _complete_short(reader, shard, iov, call_offset, got)
-                iov = []
-
         for e in range(row, row + take):
             for li in range(md.n_layers):
                 layer_start = e * reader.example_bytes + li * reader.layer_bytes
@@ -162,7 +152,7 @@ def read_selected(reader: ShardReader, plan: Plan, start: int, n: int, out: np.n
                     run_off = layer_start + first * row_bytes
                     nbytes = count * row_bytes
                     if run_off != pos or (not is_sel and nbytes > len(scratch)) or len(iov) >= iovec.IOV_MAX:
-                        flush()
+                        iov = _flush(reader, fd, shard, iov, call_offset)
                         call_offset = pos = run_off
                     if is_sel:
                         iov.append(tview[dest : dest + nbytes])
@@ -174,11 +164,21 @@ def read_selected(reader: ShardReader, plan: Plan, start: int, n: int, out: np.n
                     else:
                         pos = run_off + nbytes
                         call_offset = pos
-        flush()
+        _flush(reader, fd, shard, iov, call_offset)
         ex += take
     if not direct:
         dtypes.decode(target, reader.storage_dtype, out)
     return out
+
+
+def _flush(reader: ShardReader, fd: int, shard: int, iov: list[memoryview], offset: int) -> list[memoryview]:
+    """Issue the pending scattered read at ``offset``; returns the emptied list."""
+    if iov:
+        got = os.preadv(fd, iov, offset)
+        if got != sum(len(v) for v in iov):
+            # rare: retry piecewise so a short read is either completed or reported
+            _complete_short(reader, shard, iov, offset, got)
+    return []
 
 
 def _complete_short(reader: ShardReader, shard: int, iov: list[memoryview], offset: int, got: int) -> None:
@@ -207,7 +207,7 @@ def scatter_examples(reader: ShardReader, plan: Plan, starts: np.ndarray, counts
     rpe = plan.rows_per_example
     if reader.disk_dtype != np.float32 or not iovec.AVAILABLE:
         k = 0
-        for s, c in zip(starts.tolist(), counts.tolist()):
+        for s, c in zip(starts.tolist(), counts.tolist(), strict=True):
             rows = staging.get((c * rpe, reader.d_model))
             read_selected(reader, plan, s, c, rows)
             out[dest_rows[k : k + c * rpe]] = rows
@@ -216,12 +216,13 @@ def scatter_examples(reader: ShardReader, plan: Plan, starts: np.ndarray, counts
     row_bytes = md.d_model * 4
     layer_off = np.asarray(plan.layer_idx, dtype=np.int64)[:, None] * reader.layer_bytes
     sel_offsets = (layer_off + plan.token_idx[None, :] * row_bytes).ravel()  # selected rows of one example
-    examples = np.concatenate([np.arange(s, s + c, dtype=np.int64) for s, c in zip(starts.tolist(), counts.tolist())])
+    examples = np.concatenate([np.arange(s, s + c, dtype=np.int64)
+                               for s, c in zip(starts.tolist(), counts.tolist(), strict=True)])
     order = np.argsort(examples, kind="stable")
     examples = examples[order]
     dest = dest_rows.reshape(-1, rpe)[order].astype(np.int64) * row_bytes
     shard, row = np.divmod(examples, md.examples_per_shard)
     cuts = np.concatenate([[0], np.flatnonzero(np.diff(shard)) + 1, [len(shard)]])
-    for a, b in zip(cuts[:-1].tolist(), cuts[1:].tolist()):
+    for a, b in itertools.pairwise(cuts.tolist()):
         offs = ((row[a:b] * reader.example_bytes)[:, None] + sel_offsets[None, :]).ravel()
         iovec.read_rows(reader, int(shard[a]), offs, dest[a:b].ravel(), row_bytes, out)

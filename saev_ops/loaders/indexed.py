@@ -21,7 +21,8 @@ from saev_ops.shards.reader import ShardReader
 
 
 class IndexedDataset:
-    def __init__(self, root: str | os.PathLike[str] | ShardReader, selection: ShardSelection = ShardSelection()) -> None:
+    def __init__(self, root: str | os.PathLike[str] | ShardReader,
+                 selection: ShardSelection = ShardSelection()) -> None:
         self.reader = root if isinstance(root, ShardReader) else ShardReader(root)
         self.selection = selection
         self.plan = plan(self.reader, selection)
@@ -97,7 +98,8 @@ class IndexedDataset:
         for s in np.unique(shard):
             sel = np.nonzero(shard == s)[0]
             rows = self._memmap(int(s))[flat[sel]]
-            out[sel] = rows if self.reader.storage_dtype == "float32" else dtypes.decode(rows, self.reader.storage_dtype)
+            storage = self.reader.storage_dtype
+            out[sel] = rows if storage == "float32" else dtypes.decode(rows, storage)
         layers = np.asarray(self.plan.layer_numbers, dtype=np.int64)[li]
         return to_batch(out, ex, tok, layers)
 

@@ -13,6 +13,7 @@ one contiguous read and a numpy scatter).
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 
 import numpy as np
@@ -70,7 +71,7 @@ def read_rows(reader: ShardReader, shard: int, offsets: np.ndarray, dest: np.nda
     # calls start at row 0, after every long gap, and every _ROWS_PER_CALL rows within a stretch
     breaks = np.flatnonzero(gap > GAP_BYTES) + 1
     seg = np.concatenate([[0], breaks, [n]])
-    starts = np.concatenate([np.arange(a, b, _ROWS_PER_CALL) for a, b in zip(seg[:-1], seg[1:]) if b > a])
+    starts = np.concatenate([np.arange(a, b, _ROWS_PER_CALL) for a, b in itertools.pairwise(seg) if b > a])
     ends = np.append(starts[1:], n)
     scratch_after = np.zeros(n, dtype=bool)
     scratch_after[:-1] = (gap > 0) & (gap <= GAP_BYTES)
@@ -87,7 +88,7 @@ def read_rows(reader: ShardReader, shard: int, offsets: np.ndarray, dest: np.nda
     base = iov.ctypes.data
     for a, b, ia, ib, off_a, off_b in zip(starts.tolist(), ends.tolist(), first_iov[starts].tolist(),
                                           (first_iov[ends - 1] + 1).tolist(), offsets[starts].tolist(),
-                                          offsets[ends - 1].tolist()):
+                                          offsets[ends - 1].tolist(), strict=True):
         _call(reader, shard, fd, base + ia * 16, ib - ia, off_a, off_b + row_bytes - off_a, offsets[a:b], dest[a:b],
               row_bytes, out)
     del scratch  # alive until every call above returned
@@ -102,5 +103,5 @@ def _call(reader: ShardReader, shard: int, fd: int, iov_ptr: int, n_iov: int, of
         err = ctypes.get_errno()
         raise OSError(err, f"{reader.paths.shard(shard)}: preadv at byte {offset}: {os.strerror(err)}")
     flat = memoryview(out.reshape(-1).view(np.uint8))  # short read: finish these rows one by one
-    for off, d in zip(offsets.tolist(), dest.tolist()):
+    for off, d in zip(offsets.tolist(), dest.tolist(), strict=True):
         reader.pread_into(shard, off, flat[d : d + row_bytes])

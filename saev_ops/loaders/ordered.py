@@ -3,8 +3,8 @@
 Rows come example by example; inside an example, layer by layer (file order), then token by token. Chunks of whole
 batches (about ``chunk_mb``) are read by a small thread pool (``preadv`` releases the GIL) ahead of the consumer, each
 read scattering the selected tokens straight into a reused chunk buffer
-(:func:`~saev_ops.loaders.blocks.read_selected`); every batch is a view into one chunk, so the read is the only copy. ``start``/``stop`` split a dataset between
-jobs by example.
+(:func:`~saev_ops.loaders.blocks.read_selected`); every batch is a view into one chunk, so the read is the only copy.
+``start``/``stop`` split a dataset between jobs by example.
 """
 
 from __future__ import annotations

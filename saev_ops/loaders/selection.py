@@ -14,10 +14,10 @@ from saev_ops.shards.reader import ShardReader
 class Batch(TypedDict):
     """One batch from any loader. ``act`` is float32 (B, d_model); the index tensors are int64 (B,)."""
 
-    act: "torch.Tensor"
-    example_idx: "torch.Tensor"
-    token_idx: "torch.Tensor"
-    layer: "torch.Tensor"
+    act: torch.Tensor
+    example_idx: torch.Tensor
+    token_idx: torch.Tensor
+    layer: torch.Tensor
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

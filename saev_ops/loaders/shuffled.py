@@ -20,6 +20,7 @@ recomputes the plan and skips to the row where it stopped, so the batches after 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import queue
 import threading
@@ -107,7 +108,7 @@ class ShuffledDataLoader:
         cuts = [0, max(1, self.blocks_per_group // 8)]
         while cuts[-1] < len(order):
             cuts.append(cuts[-1] + self.blocks_per_group)
-        for a, b in zip(cuts[:-1], cuts[1:]):
+        for a, b in itertools.pairwise(cuts):
             sel = order[a:b]
             blk = np.stack([starts[sel], counts[sel]], axis=1)
             n_rows = int(blk[:, 1].sum()) * self.plan.rows_per_example
@@ -151,7 +152,7 @@ class ShuffledDataLoader:
         self.epoch = int(state["epoch"])
         self.batches_in_epoch = int(state["batches_in_epoch"])
 
-    # -- iteration ------------------------------------------------------------------------------------------------------
+    # -- iteration -----------------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch
         start_row = self.batches_in_epoch * self.cfg.batch_size
@@ -215,7 +216,7 @@ class ShuffledDataLoader:
             blocks.put_or_stop(group_q, None, stop)
         except blocks.Stop:
             return
-        except BaseException:  # noqa: BLE001 - forwarded to the consumer with its traceback
+        except BaseException:
             try:
                 blocks.put_or_stop(group_q, blocks.failure(), stop)
             except blocks.Stop:
@@ -274,7 +275,7 @@ class ShuffledDataLoader:
             blocks.put_or_stop(batch_q, None, stop)
         except blocks.Stop:
             return
-        except BaseException:  # noqa: BLE001
+        except BaseException:
             try:
                 blocks.put_or_stop(batch_q, blocks.failure(), stop)
             except blocks.Stop:

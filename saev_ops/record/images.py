@@ -105,7 +105,8 @@ def generate_images(root: str | pathlib.Path, n: int = 64, *, size: int = 64, n_
     from PIL import Image, ImageDraw
 
     if n <= 0 or n_classes <= 0 or size < 8:
-        raise errors.ConfigError(f"generate_images: need n > 0, n_classes > 0, size >= 8 (got {n}, {n_classes}, {size})")
+        raise errors.ConfigError(
+            f"generate_images: need n > 0, n_classes > 0, size >= 8 (got {n}, {n_classes}, {size})")
     root = pathlib.Path(root)
     palette = [(220, 40, 40), (40, 160, 60), (40, 80, 220), (230, 200, 40), (160, 60, 200), (40, 200, 200)]
     for i in range(n):

@@ -9,11 +9,12 @@
 | ``clip`` | transformers ``CLIPVisionModel`` | same |
 | ``dinov2`` | transformers ``Dinov2Model`` / ``Dinov2WithRegistersModel`` | same |
 | ``siglip`` | transformers ``SiglipVisionModel`` | same |
-| ``timm`` | a timm ViT (extra ``timm``, :mod:`saev_ops.record.models_extra`) | a directory, ``hf-hub:REPO`` (cached), ``ARCH@FILE`` |
+| ``timm`` | a timm ViT (extra ``timm``, in ``models_extra``) | a directory, ``hf-hub:REPO``, ``ARCH@FILE`` |
 | ``open_clip`` | an open_clip image tower (extra ``open-clip``) | same |
 
-Hugging Face checkpoints load with ``local_files_only=True``: saev-ops never downloads weights. Layer ``i`` is the output
-of transformer block ``i`` (0-based; ``-1`` is the last), i.e. ``hidden_states[i + 1]``.
+Hugging Face checkpoints (and ``hf-hub:REPO``, from the cache) load with ``local_files_only=True``: saev-ops never
+downloads weights. Layer ``i`` is the output of transformer block ``i`` (0-based; ``-1`` is the last), i.e.
+``hidden_states[i + 1]``.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class ModelAdapter(abc.ABC):
         return sorted(out)
 
 
-# -- the built-in ViT ---------------------------------------------------------------------------------------------------
+# -- the built-in ViT --------------------------------------------------------------------------------------------------
 BUILTIN_PRESETS = {
     "tiny": dict(image_size=32, patch_size=8, d_model=64, depth=4, heads=4, n_registers=0),
     "small": dict(image_size=64, patch_size=8, d_model=128, depth=6, heads=4, n_registers=2),
@@ -226,7 +227,8 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> ModelAdapter:
     """``FAMILY:CHECKPOINT`` -> an adapter on ``device``."""
     family, sep, ckpt = spec.partition(":")
     if not sep or not ckpt:
-        raise errors.ConfigError(f"--model {spec!r}: expected FAMILY:CHECKPOINT, e.g. builtin:tiny or vit:/models/vit-b16")
+        raise errors.ConfigError(
+            f"--model {spec!r}: expected FAMILY:CHECKPOINT, e.g. builtin:tiny or vit:/models/vit-b16")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise errors.ConfigError("--device cuda: no CUDA device is available here")

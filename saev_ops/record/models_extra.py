@@ -63,10 +63,11 @@ def import_optional(family: str, module: str, extra: str) -> Any:
 
     try:
         return importlib.import_module(module)
-    except Exception as exc:  # noqa: BLE001 - torchvision mismatches raise RuntimeError, not ImportError
+    except Exception as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise errors.ConfigError(f"--model {family}:...: {module} does not import here ({type(exc).__name__}: {first}); "
-                                 f"install saev-ops[{extra}] with a torchvision that matches your torch") from None
+        raise errors.ConfigError(
+            f"--model {family}:...: {module} does not import here ({type(exc).__name__}: {first}); "
+            f"install saev-ops[{extra}] with a torchvision that matches your torch") from None
 
 
 def local_source(family: str, ckpt: str) -> str:
@@ -77,7 +78,7 @@ def local_source(family: str, ckpt: str) -> str:
         repo = ckpt[len("hf-hub:"):]
         try:
             return snapshot_download(repo, local_files_only=True)
-        except Exception as exc:  # noqa: BLE001 - LocalEntryNotFoundError and friends
+        except Exception as exc:
             raise errors.ConfigError(f"--model {family}:{ckpt}: not in the local Hugging Face cache (saev-ops never "
                                      f"downloads; fetch it once with huggingface-cli download {repo}): "
                                      f"{type(exc).__name__}") from None
@@ -105,7 +106,7 @@ def build_model(family: str, ckpt: str, from_weights: Callable[[str, str], nn.Mo
     source = None if arch is not None else local_source(family, ckpt)
     try:
         return from_weights(*arch) if arch is not None else from_dir(source)
-    except Exception as exc:  # noqa: BLE001 - the libraries raise RuntimeError/ValueError/FileNotFoundError/...
+    except Exception as exc:
         raise errors.ConfigError(f"--model {family}:{ckpt}: {family} could not build it: {exc}") from None
 
 
@@ -126,7 +127,8 @@ class TimmAdapter(ModelAdapter):
             lambda arch, weights: timm.create_model(arch, pretrained=False, num_classes=0, checkpoint_path=weights),
             lambda path: timm.create_model("local-dir:" + path, pretrained=True, num_classes=0))
         if not hasattr(model, "blocks") or not hasattr(model, "patch_embed"):
-            raise errors.ConfigError(f"--model timm:{ckpt}: {type(model).__name__} is not a ViT (no blocks/patch_embed)")
+            raise errors.ConfigError(
+                f"--model timm:{ckpt}: {type(model).__name__} is not a ViT (no blocks/patch_embed)")
         self.model = model.to(device).eval()
         self.n_layers = len(model.blocks)
         self.d_model = int(model.embed_dim)

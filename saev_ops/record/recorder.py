@@ -26,8 +26,8 @@ import numpy as np
 
 from saev_ops import __version__, errors
 from saev_ops.registry import DatasetRecord, Registry
-from saev_ops.shards.format import DEFAULT_MAX_TOKENS_PER_SHARD, Metadata, TokenLayout, dataset_dir, encode_data_field
 from saev_ops.settings import default_data_root
+from saev_ops.shards.format import DEFAULT_MAX_TOKENS_PER_SHARD, Metadata, TokenLayout, dataset_dir, encode_data_field
 
 log = logging.getLogger(__name__)
 TOKEN_CHOICES = ("all", "patches", "cls")
@@ -194,7 +194,8 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
                 progress(start + timings.images + len(bad), len(images.items), timings)
         n_written = writer.n_written
         if n_written == 0:
-            raise errors.DataError(f"{images.root}: no readable images ({len(bad)} bad: {bad[0]['error'] if bad else ''})")
+            first = bad[0]["error"] if bad else ""
+            raise errors.DataError(f"{images.root}: no readable images ({len(bad)} bad: {first})")
         sidecar = writer.finalize(n_examples=n_written)
     except BaseException as exc:
         writer.abort()
@@ -224,7 +225,7 @@ def _decoded_batches(items: tuple[Any, ...], preprocess: Callable[[str], np.ndar
         t0 = time.perf_counter()
         try:
             return it, preprocess(it.path), None
-        except Exception as exc:  # noqa: BLE001 - any decoding failure makes a bad image, reported by path
+        except Exception as exc:
             return it, None, f"{type(exc).__name__}: {exc}"
         finally:
             timings.decode_s += time.perf_counter() - t0

@@ -23,7 +23,7 @@ BEGIN_MODE_OPTION = "saev_ops_begin"  # execution option: "DEFERRED" (default) o
 
 
 def normalise_url(url: str) -> URL:
-    """Parse ``url``; ``postgresql://`` and ``postgres://`` are routed to psycopg 3 (the only Postgres driver we ship)."""
+    """Parse ``url``; ``postgresql://`` and ``postgres://`` go to psycopg 3 (the one Postgres driver shipped)."""
     try:
         if url.startswith("postgres://"):
             url = "postgresql://" + url[len("postgres://") :]
@@ -34,7 +34,8 @@ def normalise_url(url: str) -> URL:
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.get_backend_name() not in ("sqlite", "postgresql"):
         raise errors.ConfigError(
-            f"unsupported database {parsed.get_backend_name()!r} in {safe_url(url)}: saev-ops supports sqlite and postgresql"
+            f"unsupported database {parsed.get_backend_name()!r} in {safe_url(url)}: saev-ops supports sqlite and "
+            "postgresql"
         )
     return parsed
 

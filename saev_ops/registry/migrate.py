@@ -144,7 +144,7 @@ def migration_lock(engine: sa.Engine) -> Iterator[None]:
             conn.commit()
 
 
-def _alembic_config(conn: sa.Connection):  # noqa: ANN202 - alembic.config.Config, imported lazily
+def _alembic_config(conn: sa.Connection):
     from alembic.config import Config
 
     cfg = Config()

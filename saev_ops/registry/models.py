@@ -7,7 +7,7 @@ simple). Heartbeats use the database clock (see :func:`utcnow_sql`) so that skew
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
@@ -66,7 +66,7 @@ def _find_by_name(cls: Any, session: sa.orm.Session, name: str, noun: str) -> An
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: sa.JSON, list[Any]: sa.JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: sa.JSON, list[Any]: sa.JSON}
 
 
 class DatasetModel(Base):

@@ -57,7 +57,10 @@ _WARN = (
     "RAISE WARNING 'saev-ops: could not set up the reader role {role} (%); `saev-ops sql` will refuse until "
     "`saev-ops db reader-setup` succeeds (README, SQL on PostgreSQL)', SQLERRM;"
 )
-_FAIL = "RAISE EXCEPTION 'could not set up the reader role {role}: %', SQLERRM USING ERRCODE = 'insufficient_privilege';"
+_FAIL = (
+    "RAISE EXCEPTION 'could not set up the reader role {role}: %', SQLERRM "
+    "USING ERRCODE = 'insufficient_privilege';"
+)
 
 
 def setup_sql(*, strict: bool) -> str:

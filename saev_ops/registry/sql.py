@@ -54,7 +54,9 @@ _SQLITE_ACTIONS = {
     30: "DROP VIRTUAL TABLE", 32: "SAVEPOINT",
 }
 # PostgreSQL: memberships that would let the reader role reach the server's files, programs or other sessions.
-_PG_DANGEROUS_ROLES = ("pg_read_server_files", "pg_write_server_files", "pg_execute_server_program", "pg_signal_backend")
+_PG_DANGEROUS_ROLES = (
+    "pg_read_server_files", "pg_write_server_files", "pg_execute_server_program", "pg_signal_backend",
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 Contract:
 - Every method opens and closes its own transaction and returns frozen records (:mod:`saev_ops.registry.records`).
-- Writes retry on transient lock/deadlock errors, at most :data:`MAX_RETRIES` times with a random 0-2 s sleep: Slurm array
-  tasks write at the same moment, and SQLite (even with WAL and a busy timeout) or Postgres (deadlocks) can refuse one.
+- Writes retry on transient lock/deadlock errors, at most :data:`MAX_RETRIES` times with a random 0-2 s sleep: Slurm
+  array tasks write at the same moment, and SQLite (even with WAL and a busy timeout) or Postgres (deadlocks) can refuse
+  one.
 - Run status changes follow :data:`saev_ops.registry.models.RUN_TRANSITIONS`; only the job that owns a run writes it
   ``running``; heartbeats use the database clock.
 - A Registry pickles as its URL and reopens on unpickling, so submitit jobs can carry one.
@@ -167,7 +168,8 @@ class Registry:
         status: str = "writing",
         extra: dict[str, Any] | None = None,
     ) -> DatasetRecord:
-        """Register a dataset. Raises DuplicateError if the name or content hash is taken, ConfigError for a bad name."""
+        """Register a dataset. Raises DuplicateError if the name or content hash is taken, ConfigError for a bad
+        name."""
         check_name("dataset", name)
         if status not in models.DATASET_STATUSES:
             raise errors.ConfigError(f"dataset status must be one of {models.DATASET_STATUSES}, got {status!r}")
@@ -239,7 +241,8 @@ class Registry:
         if unknown:
             raise errors.ConfigError(f"cannot update dataset fields {unknown}; allowed: {sorted(allowed)}")
         if "status" in fields and fields["status"] not in models.DATASET_STATUSES:
-            raise errors.ConfigError(f"dataset status must be one of {models.DATASET_STATUSES}, got {fields['status']!r}")
+            raise errors.ConfigError(
+                f"dataset status must be one of {models.DATASET_STATUSES}, got {fields['status']!r}")
 
         def fn(s: Session) -> DatasetRecord:
             row = models.DatasetModel.find_or_raise_by_name(s, name)
@@ -270,9 +273,9 @@ class Registry:
                 )
             )
             if (run_ids or n_outputs) and not force:
-                raise errors.DuplicateError(
-                    f"dataset {name!r} has {len(run_ids)} run(s) and {n_outputs} inference output(s) that depend on it; "
-                    "pass --force to remove them too"
+                raise errors.HasDependentsError(
+                    f"dataset {name!r} has {len(run_ids)} run(s) and {n_outputs} inference output(s) that depend on "
+                    "it; pass --force to remove them too"
                 )
             s.execute(
                 sa.delete(models.InferenceOutputModel).where(
@@ -434,7 +437,9 @@ class Registry:
         def fn(s: Session) -> list[RunRow]:
             dataset_id = models.DatasetModel.find_or_raise_by_name(s, q.dataset).id if q.dataset else None
             sweep_id = models.SweepModel.find_or_raise_by_name(s, q.sweep).id if q.sweep else None
-            metric_keys = {c.key for c in conditions if c.is_metric} | ({sort.key} if sort and sort.is_metric else set())
+            metric_keys = {c.key for c in conditions if c.is_metric}
+            if sort and sort.is_metric:
+                metric_keys.add(sort.key)
             for key in sorted(metric_keys):
                 self._check_metric_key(s, key)
             stmt = query.build_run_select(
@@ -449,7 +454,8 @@ class Registry:
     def _check_metric_key(s: Session, key: str) -> None:
         hit = s.scalar(sa.select(models.MetricSummaryModel.run_id).where(models.MetricSummaryModel.key == key).limit(1))
         if hit is None:
-            known = s.scalars(sa.select(models.MetricSummaryModel.key).distinct().order_by(models.MetricSummaryModel.key))
+            summary_key = models.MetricSummaryModel.key
+            known = s.scalars(sa.select(summary_key).distinct().order_by(summary_key))
             names = ", ".join(list(known)[:30]) or "none yet"
             cols = ", ".join(query.RUN_COLUMNS)
             raise errors.QueryError(f"no run has a metric named {key!r}. Metrics: {names}. Columns: {cols}")
@@ -520,7 +526,8 @@ class Registry:
             if key not in last or step >= last[key][0]:
                 last[key] = (step, value)
         summary_rows = [
-            {"run_id": run_id, "key": k, "step": st, "value": v, "updated_at": now} for k, (st, v) in sorted(last.items())
+            {"run_id": run_id, "key": k, "step": st, "value": v, "updated_at": now}
+            for k, (st, v) in sorted(last.items())
         ]
 
         def fn(s: Session) -> int:

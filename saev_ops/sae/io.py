@@ -7,7 +7,6 @@ import os
 import pathlib
 from typing import Any
 
-
 from saev_ops import __version__, errors
 from saev_ops.sae.config import SAEConfig
 from saev_ops.sae.modules import SAE, build_sae
@@ -46,7 +45,8 @@ def load_sae(directory: pathlib.Path, device: str = "cpu") -> tuple[SAE, dict[st
     except FileNotFoundError:
         raise errors.DataError(f"{directory / 'config.json'}: missing SAE config") from None
     if meta.get("schema") != SCHEMA:
-        raise errors.DataError(f"{directory / 'config.json'}: schema {meta.get('schema')}, this saev-ops reads {SCHEMA}")
+        raise errors.DataError(
+            f"{directory / 'config.json'}: schema {meta.get('schema')}, this saev-ops reads {SCHEMA}")
     sae = build_sae(SAEConfig.from_dict(meta["sae"]))
     sae.load_state_dict(load_file(str(directory / "weights.safetensors"), device="cpu"))
     return sae.to(device).eval(), meta

@@ -89,7 +89,8 @@ class SAE(nn.Module):
         mse = (x_hat - x).pow(2).sum(dim=-1).mean()
         return {"mse": mse}
 
-    def forward(self, x: torch.Tensor, sparsity_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    def forward(self, x: torch.Tensor,
+                sparsity_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         pre = self.pre_acts(x)
         z = self.activate(pre)
         x_hat = self.decode(z)
@@ -126,7 +127,7 @@ class ReLUSAE(SAE):
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre)
 
-    def extra_losses(self, x, x_hat, pre, z, sparsity_scale):  # noqa: ANN001, ANN201
+    def extra_losses(self, x, x_hat, pre, z, sparsity_scale):
         l1 = (z.abs() * self.W_dec.norm(dim=1)).sum(-1).mean()
         return {"l1": self.cfg.l1_coeff * sparsity_scale * l1}
 
@@ -140,7 +141,7 @@ class TopKSAE(SAE):
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         return _topk(pre, self.cfg.k)
 
-    def extra_losses(self, x, x_hat, pre, z, sparsity_scale):  # noqa: ANN001, ANN201
+    def extra_losses(self, x, x_hat, pre, z, sparsity_scale):
         return {"auxk": self.auxk_loss(x, x_hat, pre)}
 
 
@@ -176,7 +177,7 @@ class BatchTopKSAE(SAE):
                 self.threshold.copy_(low if float(self.threshold) < 0 else 0.99 * self.threshold + 0.01 * low)
         return z
 
-    def extra_losses(self, x, x_hat, pre, z, sparsity_scale):  # noqa: ANN001, ANN201
+    def extra_losses(self, x, x_hat, pre, z, sparsity_scale):
         return {"auxk": self.auxk_loss(x, x_hat, pre)}
 
 
@@ -184,13 +185,13 @@ class _StepSTE(torch.autograd.Function):
     """Heaviside(pre - threshold) with a rectangle-kernel pseudo-gradient for the threshold (Rajamanoharan et al.)."""
 
     @staticmethod
-    def forward(ctx, pre, threshold, bandwidth):  # noqa: ANN001, ANN205
+    def forward(ctx, pre, threshold, bandwidth):
         ctx.save_for_backward(pre, threshold)
         ctx.bandwidth = bandwidth
         return (pre > threshold).to(pre.dtype)
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx, grad):
         pre, threshold = ctx.saved_tensors
         bw = ctx.bandwidth
         kernel = ((pre - threshold).abs() < bw / 2).to(pre.dtype) / bw
@@ -199,13 +200,13 @@ class _StepSTE(torch.autograd.Function):
 
 class _JumpSTE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, pre, threshold, bandwidth):  # noqa: ANN001, ANN205
+    def forward(ctx, pre, threshold, bandwidth):
         ctx.save_for_backward(pre, threshold)
         ctx.bandwidth = bandwidth
         return pre * (pre > threshold).to(pre.dtype)
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: ANN001, ANN205
+    def backward(ctx, grad):
         pre, threshold = ctx.saved_tensors
         bw = ctx.bandwidth
         kernel = ((pre - threshold).abs() < bw / 2).to(pre.dtype) / bw
@@ -215,12 +216,13 @@ class _JumpSTE(torch.autograd.Function):
 class JumpReLUSAE(SAE):
     def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator)
-        self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), float(torch.log(torch.tensor(cfg.jumprelu_init_threshold)))))
+        log_init = float(torch.log(torch.tensor(cfg.jumprelu_init_threshold)))
+        self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), log_init))
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         return _JumpSTE.apply(torch.relu(pre), self.log_threshold.exp(), self.cfg.jumprelu_bandwidth)
 
-    def extra_losses(self, x, x_hat, pre, z, sparsity_scale):  # noqa: ANN001, ANN201
+    def extra_losses(self, x, x_hat, pre, z, sparsity_scale):
         l0 = _StepSTE.apply(torch.relu(pre), self.log_threshold.exp(), self.cfg.jumprelu_bandwidth).sum(-1).mean()
         return {"l0_penalty": self.cfg.l0_coeff * sparsity_scale * l0}
 
@@ -235,7 +237,7 @@ class MatryoshkaSAE(SAE):
     def recon_losses(self, x: torch.Tensor, x_hat: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"mse": (x_hat - x).pow(2).sum(-1).mean()}
 
-    def extra_losses(self, x, x_hat, pre, z, sparsity_scale):  # noqa: ANN001, ANN201
+    def extra_losses(self, x, x_hat, pre, z, sparsity_scale):
         terms = {}
         for m in self.cfg.matryoshka_prefixes:
             part = z[:, :m] @ self.W_dec[:m] + self.b_dec

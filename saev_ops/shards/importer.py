@@ -30,7 +30,8 @@ def import_saev_dir(root: pathlib.Path, *, extra: dict[str, Any] | None = None) 
     reader = ShardReader(root, require_complete=False)
     md, paths = reader.md, ShardPaths(pathlib.Path(root))
     if paths.progress.exists():
-        raise errors.DataError(f"{paths.progress}: this directory holds an unfinished saev-ops write; resume it instead")
+        raise errors.DataError(
+            f"{paths.progress}: this directory holds an unfinished saev-ops write; resume it instead")
     step = max(1, _EXAMPLES_PER_READ_BYTES // reader.example_bytes)
     stats = StatsAccumulator(md.n_layers, md.d_model)
     checksums = []

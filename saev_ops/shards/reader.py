@@ -66,7 +66,8 @@ class ShardReader:
         md, p = self.md, self.paths
         listing = read_json(p.shards_json)
         if not isinstance(listing, list):
-            raise errors.DataError(f"{p.shards_json}: expected a JSON list of {{name, n_examples}}, found {type(listing).__name__}")
+            raise errors.DataError(f"{p.shards_json}: expected a JSON list of {{name, n_examples}}, "
+                                   f"found {type(listing).__name__}")
         if len(listing) != md.n_shards:
             raise errors.DataError(f"{p.shards_json}: lists {len(listing)} shards, metadata.json implies {md.n_shards} "
                                    f"({md.n_examples} examples, {md.examples_per_shard} per shard)")
@@ -197,5 +198,5 @@ class ShardReader:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
+        except Exception:
             pass

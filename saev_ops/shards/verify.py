@@ -67,7 +67,7 @@ def verify(root: pathlib.Path, *, full: bool = False) -> list[Problem]:
     try:
         md = Metadata.from_json_dict(read_json(p.metadata), source=str(p.metadata))
     except errors.DataError as exc:
-        return out + [Problem(str(p.metadata), "saev protocol 2.1 metadata", str(exc).split(": ", 1)[-1])]
+        return [*out, Problem(str(p.metadata), "saev protocol 2.1 metadata", str(exc).split(": ", 1)[-1])]
     itemsize = dtypes.disk_dtype(md.dtype).itemsize
     shard_bytes = md.examples_per_shard * md.n_layers * md.tokens_per_example * md.d_model * itemsize
     try:
@@ -173,5 +173,7 @@ def _check_labels(path: pathlib.Path, md: Metadata, sidecar: dict[str, Any] | No
             else []
     want = md.n_examples * md.content_tokens_per_example
     size = path.stat().st_size
-    return [] if size == want else [Problem(str(path), f"{want} bytes ({md.n_examples} examples x "
-                                                      f"{md.content_tokens_per_example} tokens, uint8)", f"{size} bytes")]
+    if size == want:
+        return []
+    shape = f"{md.n_examples} examples x {md.content_tokens_per_example} tokens, uint8"
+    return [Problem(str(path), f"{want} bytes ({shape})", f"{size} bytes")]

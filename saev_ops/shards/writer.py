@@ -1,8 +1,8 @@
 """``ShardWriter``: append examples to a dataset directory with bounded memory, resumably.
 
 Each shard is written to ``actsNNNNNN.bin.tmp`` (pre-sized, so the last one has saev's full size too), hashed as it is
-written, fsynced and renamed. After each shard the LMDB index gets its examples and ``.progress.json`` records the shard,
-its checksum and its partial statistics. An interrupted write is resumed by opening the same directory again:
+written, fsynced and renamed. After each shard the LMDB index gets its examples and ``.progress.json`` records the
+shard, its checksum and its partial statistics. An interrupted write is resumed by opening the same directory again:
 :attr:`ShardWriter.resume_from` says which example comes next. ``metadata.json``, ``shards.json``, ``labels.bin``,
 ``stats.npz`` are written by :meth:`finalize`, and ``saev_ops.json`` (``"complete": true``) last of all, so a directory
 never looks complete before it is.
@@ -88,7 +88,8 @@ class ShardWriter:
         done = []
         for s in progress["shards"]:  # keep only the prefix whose files are really there
             f = self.paths.shard(s["shard"])
-            if s["shard"] != len(done) or not f.exists() or f.stat().st_size != self.md.examples_per_shard * self._row_bytes:
+            full_size = self.md.examples_per_shard * self._row_bytes
+            if s["shard"] != len(done) or not f.exists() or f.stat().st_size != full_size:
                 break
             done.append(s)
         return done
@@ -106,7 +107,8 @@ class ShardWriter:
     def n_written(self) -> int:
         return self._next
 
-    def write(self, acts: np.ndarray, entries: Sequence[tuple[str | None, int | None, str | None]] | None = None) -> None:
+    def write(self, acts: np.ndarray,
+              entries: Sequence[tuple[str | None, int | None, str | None]] | None = None) -> None:
         """Append examples. ``acts``: float32 (n, layers, tokens, d_model); ``entries``: (image path, label, label name)
         per example, or None."""
         md = self.md

@@ -190,7 +190,8 @@ def _by_line(problems: list[str], source: str) -> list[str]:
 def expand(model: SweepModel) -> list[dict[str, Any]]:
     grid_keys = list(model.grid)
     combos = list(itertools.product(*(model.grid[k] for k in grid_keys))) or [()]
-    zipped = [dict(zip(model.zip, vals)) for vals in zip(*model.zip.values())] if model.zip else [{}]
+    zipped = ([dict(zip(model.zip, vals, strict=True)) for vals in zip(*model.zip.values(), strict=True)]
+              if model.zip else [{}])
     out = []
     seen = set()
     for entry in model.runs or [{}]:
@@ -198,7 +199,7 @@ def expand(model: SweepModel) -> list[dict[str, Any]]:
             for z in zipped:
                 # precedence: defaults < base < grid < zip < the explicit entry
                 cfg = {"layer": -1, "tokens": "patches", "lr": 4e-4, "seed": 0, **model.base,
-                       **dict(zip(grid_keys, combo)), **z, **entry}
+                       **dict(zip(grid_keys, combo, strict=True)), **z, **entry}
                 key = repr(sorted(cfg.items()))
                 if key not in seen:
                     seen.add(key)

@@ -145,7 +145,7 @@ def job_specs(spec: SweepSpec, dataset: Any, jobs: list[PlannedJob], db_url: str
     out = []
     for job in jobs:
         runs = tuple(RunSpec(run_id=rid, sae=SAEConfig.from_dict(cfg["sae"]), lr=cfg["lr"], seed=cfg["seed"])
-                     for rid, cfg in zip(job.run_ids, job.configs))
+                     for rid, cfg in zip(job.run_ids, job.configs, strict=True))
         layer = dataset.layers[-1] if job.layer == -1 else job.layer
         out.append(TrainJobSpec(db_url=db_url, dataset=dataset.name, dataset_path=dataset.path,
                                 dataset_hash=dataset.content_hash, layer=layer, tokens=job.tokens,
@@ -163,12 +163,12 @@ def launch(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[Planned
     r = spec.resources
     slurm = SlurmSpec(partition=r.partition, account=r.account, qos=r.qos, gpus=r.gpus, cpus=r.cpus, mem_gb=r.mem_gb,
                       time_min=r.time_min, max_parallel=r.max_parallel)
-    for job, job_spec in zip(jobs, specs):
+    for job, job_spec in zip(jobs, specs, strict=True):
         for rid in job.run_ids:
             registry.set_run_fields(rid, executor=spec.executor, run_dir=str(paths.run_dir(job_spec.runs_root, rid)))
     folder = paths.submitit_dir(runs_root_for(spec))
     ids = submit(spec.executor, folder, f"saev-{spec.name}", [TrainJob(s) for s in specs], slurm)
-    for job, (jid, idx) in zip(jobs, ids):
+    for job, (jid, idx) in zip(jobs, ids, strict=True):
         for rid in job.run_ids:
             if spec.executor == "slurm":
                 registry.set_run_fields(rid, slurm_job_id=jid, slurm_array_index=idx)

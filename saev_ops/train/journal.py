@@ -5,8 +5,8 @@ a network blip, a locked SQLite file on a shared file system). :class:`Journal` 
 to the registry; when that fails it appends the same record to ``<run_dir>/metrics.jsonl`` and logs a warning, once per
 outage. ``saev-ops sweep sync`` (:func:`sync_file`) replays the file:
 
-- it reads from the byte offset recorded in ``metrics.jsonl.offset`` up to the last complete line, so lines a running job
-  appends meanwhile are read by the next sync, and a torn last line (a job killed mid-write) waits for its newline;
+- it reads from the byte offset recorded in ``metrics.jsonl.offset`` up to the last complete line, so lines a running
+  job appends meanwhile are read by the next sync, and a torn last line (a job killed mid-write) waits for its newline;
 - the file is never renamed or truncated, and points are upserted by (run, key, step), so syncing twice, or a record
   that reached both the registry and the file, stores each point once;
 - status records replay the job's transitions (running, then completed or failed), so a run trained while the registry

@@ -90,7 +90,7 @@ class Trainer:
             self.opts.append(torch.optim.Adam(sae.parameters(), lr=r.lr, betas=(0.9, 0.999)))
         self.step = 0
 
-    # -- checkpoints ----------------------------------------------------------------------------------------------------
+    # -- checkpoints ---------------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> pathlib.Path:
         from saev_ops.sae.io import save_sae
 
@@ -110,7 +110,7 @@ class Trainer:
             os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
-        for r, sae in zip(self.spec.runs, self.saes):  # the per-run SAE that inference reads
+        for r, sae in zip(self.spec.runs, self.saes, strict=True):  # the per-run SAE that inference reads
             save_sae(sae, run_dir(self.spec, r.run_id) / "sae", scale=self.scale, dataset_hash=self.spec.dataset_hash,
                      layer=self.spec.layer, extra={"run_id": r.run_id, "step": self.step, "tokens": self.spec.tokens})
         return final
@@ -124,12 +124,12 @@ class Trainer:
             raise errors.DataError(f"{path}: checkpoint of other runs ({state.get('runs')}) or schema; remove it")
         self.step = state["step"]
         self.loader.load_state_dict(state["loader"])
-        for sae, opt, sd, od in zip(self.saes, self.opts, state["saes"], state["opts"]):
+        for sae, opt, sd, od in zip(self.saes, self.opts, state["saes"], state["opts"], strict=True):
             sae.load_state_dict(sd)
             opt.load_state_dict(od)
         return True
 
-    # -- the pass -------------------------------------------------------------------------------------------------------
+    # -- the pass ------------------------------------------------------------------------------------------------------
     def train(self, journal: Any = None) -> dict[int, str]:
         """Train to ``n_steps``, reporting to ``journal`` (default: one over this trainer's registry and run
         directories). Returns run id -> error for runs that failed on their own (non-finite loss or weights); the
@@ -169,7 +169,7 @@ class Trainer:
             held = (self.step + 1, batch, finite)
             sparsity = min(1.0, (self.step + 1) / max(1, s.sparsity_warmup_steps))
             factor = lr_factor(self.step, s)
-            for run, sae, opt, win in zip(self.spec.runs, self.saes, self.opts, windows):
+            for run, sae, opt, win in zip(self.spec.runs, self.saes, self.opts, windows, strict=True):
                 if run.run_id in failed:
                     continue
                 for group in opt.param_groups:
@@ -181,7 +181,7 @@ class Trainer:
                 self._check_batch(*held)
                 held = None
                 detail_parts: list[str] = []
-                for run, sae, win in zip(self.spec.runs, self.saes, windows):
+                for run, sae, win in zip(self.spec.runs, self.saes, windows, strict=True):
                     if run.run_id in failed:
                         continue
                     report = win.report(float(sae.dead_mask().float().mean()))
@@ -212,7 +212,7 @@ class Trainer:
         progress.close()
         if held is not None:
             self._check_batch(*held)
-        for run, sae in zip(self.spec.runs, self.saes):  # nothing non-finite is ever called completed
+        for run, sae in zip(self.spec.runs, self.saes, strict=True):  # nothing non-finite is ever called completed
             if run.run_id not in failed and _nonfinite({}, sae):
                 failed[run.run_id] = f"run {run.run_id}: non-finite weights at step {self.step}"
         self.save_checkpoint()
