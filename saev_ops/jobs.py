@@ -83,9 +83,9 @@ def submit(kind: str, folder: pathlib.Path, name: str, calls: Sequence[Callable[
                                             f"{type(exc).__name__}: {exc}") from exc
         return [(None, None)] * len(calls)
     if kind == "local":
-        ex = submitit.LocalExecutor(folder=str(folder / "%j"))
-        ex.update_parameters(timeout_min=(slurm or SlurmSpec()).time_min * max(1, len(calls)))
-        job = ex.submit(_run_all, list(calls))
+        local = submitit.LocalExecutor(folder=str(folder / "%j"))
+        local.update_parameters(timeout_min=(slurm or SlurmSpec()).time_min * max(1, len(calls)))
+        job = local.submit(_run_all, list(calls))
         return [(str(job.job_id), None)] * len(calls)
     if kind == "slurm":
         spec = slurm or SlurmSpec()

@@ -173,3 +173,30 @@ def test_each_group_summary_names_all_its_commands() -> None:
             summary = (group.help or "").splitlines()[0]
             missing = [c for c in group.commands if c not in summary]
             assert not missing, f"`saev-ops {name} --help` says {summary!r} but not {missing}"
+
+
+def test_a_missing_extra_is_one_line_naming_it(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import sys
+
+    from saev_ops.record.images import generate_images
+
+    generate_images(tmp_path / "imgs", 2, size=16, n_classes=1)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if the hf extra were not installed
+    res = CliRunner().invoke(cli, ["--db", str(tmp_path / "r.sqlite"), "datasets", "record", "--name", "d",
+                                   "--images", str(tmp_path / "imgs"), "--model", f"vit:{tmp_path}"])
+    assert res.exit_code == 1 and "pip install 'saev-ops[hf]'" in res.output and "Traceback" not in res.output
+
+
+def test_transient_errors_are_told_by_code() -> None:
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from saev_ops.registry.store import _is_transient
+
+    busy = sqlite3.OperationalError("anything at all")
+    busy.sqlite_errorcode = 5  # type: ignore[attr-defined]  # what the driver sets for SQLITE_BUSY
+    other = sqlite3.OperationalError("database is locked, says the text")
+    other.sqlite_errorcode = 1  # type: ignore[attr-defined]  # SQLITE_ERROR: not to be retried whatever it says
+    assert _is_transient(sa.exc.OperationalError("x", None, busy))
+    assert not _is_transient(sa.exc.OperationalError("x", None, other))

@@ -31,6 +31,7 @@ def infer(obj: CliContext, target: str, dataset: str, out_root: str | None, batc
     from saev_ops.registry import RunQuery
 
     reg = obj.registry
+    ids: tuple[int, ...]
     if target.isdigit():
         ids = (int(target),)
     else:

@@ -41,7 +41,7 @@ def list_(obj: CliContext, dataset: str | None, sweep: str | None, statuses: tup
         leading.insert(0, sort.lstrip("-"))
     keys = sorted({k for r in rows for k in r.summary})
     metric_cols = [k for k in dict.fromkeys(leading) if k in keys] + [k for k in keys if k not in leading]
-    data = [
+    data: list[list[Any]] = [
         [r.run.id, r.sweep, r.dataset, r.run.status, r.run.attempts, r.run.host]
         + [r.summary.get(k) for k in metric_cols]
         for r in rows

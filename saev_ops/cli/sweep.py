@@ -90,12 +90,12 @@ def watch(obj: CliContext, name: str, interval: float, grace: float) -> None:
     import time
 
     from saev_ops.sweeps.status import reconcile
-    from saev_ops.sweeps.watch import snapshot
+    from saev_ops.sweeps.watch import Snapshot, snapshot
 
     reg = obj.registry
     reg.get_sweep(name)
 
-    def current() -> tuple[str, object]:
+    def current() -> tuple[str, Snapshot]:
         reconcile(reg, name, grace_s=grace)
         snap = snapshot(reg, name)
         return snap.headline(name), snap
@@ -105,12 +105,12 @@ def watch(obj: CliContext, name: str, interval: float, grace: float) -> None:
         from rich.live import Live
         from rich.table import Table
 
-        def render() -> tuple[object, bool]:
+        def render() -> tuple[Group, bool]:
             head, snap = current()
-            table = Table(*snap.columns, title=head)  # type: ignore[attr-defined]
-            for row in snap.rows:  # type: ignore[attr-defined]
+            table = Table(*snap.columns, title=head)
+            for row in snap.rows:
                 table.add_row(*(fmt.cell(v) for v in row))
-            return Group(table), snap.active  # type: ignore[attr-defined]
+            return Group(table), snap.active
 
         view, active = render()
         with Live(view, refresh_per_second=4) as live:
@@ -122,8 +122,8 @@ def watch(obj: CliContext, name: str, interval: float, grace: float) -> None:
     while True:  # not a terminal (a log, a pipe): the table again at each refresh
         head, snap = current()
         click.echo(head)
-        click.echo(fmt.render(snap.columns, snap.rows, "table"))  # type: ignore[attr-defined]
-        if not snap.active:  # type: ignore[attr-defined]
+        click.echo(fmt.render(snap.columns, snap.rows, "table"))
+        if not snap.active:
             return
         click.echo()
         time.sleep(interval)

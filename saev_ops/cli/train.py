@@ -47,7 +47,7 @@ def group(obj: CliContext, run_ids: tuple[int, ...], runs_root: str | None, devi
                                  "train them in separate commands or pass --runs-root")
     else:
         names = {s.id: s.name for s, _ in reg.list_sweeps()} if runs[0].sweep_id is not None else {}
-        root = default_runs_root(names.get(runs[0].sweep_id))
+        root = default_runs_root(names.get(runs[0].sweep_id) if runs[0].sweep_id is not None else None)
     layer = runs[0].config["layer"]
     spec = TrainJobSpec(
         db_url=obj.db_url, dataset=dataset.name, dataset_path=dataset.path, dataset_hash=dataset.content_hash,

@@ -36,9 +36,9 @@ def arch_colors(archs: list[str]) -> dict[str, str]:
 def pareto_plot(registry: Registry, sweep: str, x: str, y: str, out: pathlib.Path) -> dict[str, Any]:
     """Scatter of the sweep's runs, one colour per architecture, the frontier drawn and each frontier run labelled;
     a log x axis when ``x`` spans more than 10x (L0 of ReLU and TopK runs differ by that much)."""
-    import matplotlib
+    from saev_ops.extras import require
 
-    matplotlib.use("Agg")
+    require("matplotlib", "plot", "plotting").use("Agg")
     import matplotlib.pyplot as plt
 
     rows = registry.list_runs(RunQuery(sweep=sweep))

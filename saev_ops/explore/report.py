@@ -57,9 +57,9 @@ td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img.plot{max-width:
 
 
 def _curves(registry: Registry, run_ids: list[int], keys: tuple[str, ...], out: pathlib.Path) -> None:
-    import matplotlib
+    from saev_ops.extras import require
 
-    matplotlib.use("Agg")
+    require("matplotlib", "plot", "plotting").use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), dpi=90)
@@ -96,7 +96,7 @@ def best_outputs(registry: Registry, rows: list[RunRow], *, output_ids: tuple[in
 
     if output_ids:
         return list(output_ids)
-    by_run = {}
+    by_run: dict[int, int] = {}
     for o in registry.list_outputs():
         by_run.setdefault(o.run_id, o.id)
     if run_ids:

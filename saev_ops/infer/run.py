@@ -115,6 +115,7 @@ def run_inference(spec: InferSpec) -> list[OutputRecord]:
         if existing is not None and not spec.force and pathlib.Path(existing.path).exists():
             out.append(existing)
             continue
+        assert run.checkpoint_path is not None  # check_inference refused runs without one
         sae, meta = load_sae(pathlib.Path(run.checkpoint_path), spec.device)
         if not all(bool(torch.isfinite(p).all()) for p in sae.parameters()):
             raise errors.DataError(f"run {rid}: the SAE at {run.checkpoint_path} has non-finite weights; retrain it")

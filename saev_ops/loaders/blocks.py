@@ -121,7 +121,7 @@ def read_selected(reader: ShardReader, plan: Plan, start: int, n: int, out: np.n
     T = md.tokens_per_example
     direct = reader.disk_dtype == np.float32
     target = out if direct else np.empty(out.shape, dtype=reader.disk_dtype)
-    tview = memoryview(target.reshape(-1)).cast("B")
+    tview = target.reshape(-1).data.cast("B")
     selected = np.zeros(T, dtype=bool)
     selected[plan.token_idx] = True
     if not np.all(np.diff(plan.token_idx) > 0):

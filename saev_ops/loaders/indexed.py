@@ -65,7 +65,7 @@ class IndexedDataset:
         """One row: ``act`` (d_model,) float32 tensor, ``example_idx``, ``token_idx``, ``layer`` ints."""
         ex, shard, offset, li, tok = self._locate(int(i))
         arr = np.empty(self.reader.md.d_model, dtype=self.reader.disk_dtype)
-        if os.preadv(self._fds[shard], [arr], offset) != self._row_bytes:
+        if os.preadv(self._fds[shard], [arr.data], offset) != self._row_bytes:
             raise errors.DataError(f"{self.reader.paths.shard(shard)}: short read at byte {offset}")
         if self.reader.storage_dtype != "float32":
             arr = dtypes.decode(arr, self.reader.storage_dtype)

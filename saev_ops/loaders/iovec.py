@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import os
+from typing import Any
 
 import numpy as np
 
@@ -27,7 +28,7 @@ IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024
 _ROWS_PER_CALL = IOV_MAX // 2  # each row may bring one scratch iovec for the gap after it
 
 
-def _libc_preadv() -> object | None:
+def _libc_preadv() -> Any:
     try:
         fn = ctypes.CDLL(None, use_errno=True).preadv
     except (OSError, AttributeError):
@@ -102,6 +103,6 @@ def _call(reader: ShardReader, shard: int, fd: int, iov_ptr: int, n_iov: int, of
     if got < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{reader.paths.shard(shard)}: preadv at byte {offset}: {os.strerror(err)}")
-    flat = memoryview(out.reshape(-1).view(np.uint8))  # short read: finish these rows one by one
+    flat = out.reshape(-1).view(np.uint8).data  # short read: finish these rows one by one
     for off, d in zip(offsets.tolist(), dest.tolist(), strict=True):
         reader.pread_into(shard, off, flat[d : d + row_bytes])

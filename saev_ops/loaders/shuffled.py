@@ -24,7 +24,7 @@ import itertools
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
@@ -153,7 +153,7 @@ class ShuffledDataLoader:
         self.batches_in_epoch = int(state["batches_in_epoch"])
 
     # -- iteration -----------------------------------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Generator[Batch, None, None]:
         epoch = self.epoch
         start_row = self.batches_in_epoch * self.cfg.batch_size
         groups = self._groups(epoch)
@@ -233,7 +233,8 @@ class ShuffledDataLoader:
         n_sel_tokens = len(self.plan.token_idx)
         layer_numbers = np.asarray(self.plan.layer_numbers, dtype=np.int64)
         token_idx = self.plan.token_idx
-        act = ex = tok = layer = None
+        # the batch being filled across two groups: activations and its example, token and layer columns
+        pending: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         n_cur = 0
         try:
             while True:
@@ -248,16 +249,17 @@ class ShuffledDataLoader:
                     take = min(B - n_cur, g.n_rows - pos)
                     ex_local, r = np.divmod(perm[pos : pos + take], rpe_sel)
                     li, ti = np.divmod(r, n_sel_tokens)
-                    if act is None and take == B:  # a whole batch inside one group: a view, no copy
+                    if pending is None and take == B:  # a whole batch inside one group: a view, no copy
                         batch = to_batch(buf[pos : pos + take], np.take(ex_ids, ex_local), np.take(token_idx, ti),
-                                         np.take(layer_numbers, li), self.cfg.pin_memory)
+                                         np.asarray(np.take(layer_numbers, li)), self.cfg.pin_memory)
                         blocks.put_or_stop(batch_q, batch, stop)
                         pos += take
                         continue
-                    if act is None:
-                        act = batch_buffers.get((B, d_model))
-                        ex, tok, layer = (np.empty(B, dtype=np.int64) for _ in range(3))
+                    if pending is None:
+                        pending = (batch_buffers.get((B, d_model)), np.empty(B, dtype=np.int64),
+                                   np.empty(B, dtype=np.int64), np.empty(B, dtype=np.int64))
                         n_cur = 0
+                    act, ex, tok, layer = pending
                     act[n_cur : n_cur + take] = buf[pos : pos + take]
                     np.take(layer_numbers, li, out=layer[n_cur : n_cur + take])
                     np.take(token_idx, ti, out=tok[n_cur : n_cur + take])
@@ -266,10 +268,11 @@ class ShuffledDataLoader:
                     pos += take
                     if n_cur == B:
                         blocks.put_or_stop(batch_q, to_batch(act, ex, tok, layer, self.cfg.pin_memory), stop)
-                        act = ex = tok = layer = None
+                        pending = None
                         n_cur = 0
                 del buf, item
-            if act is not None and n_cur and not self.cfg.drop_last:
+            if pending is not None and n_cur and not self.cfg.drop_last:
+                act, ex, tok, layer = pending
                 batch = to_batch(act[:n_cur], ex[:n_cur], tok[:n_cur], layer[:n_cur], self.cfg.pin_memory)
                 blocks.put_or_stop(batch_q, batch, stop)
             blocks.put_or_stop(batch_q, None, stop)

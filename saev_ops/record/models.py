@@ -160,7 +160,9 @@ _HF_CLASSES = {
 
 class HFAdapter(ModelAdapter):
     def __init__(self, family: str, ckpt: str, device: torch.device) -> None:
-        import transformers
+        from saev_ops.extras import require
+
+        transformers = require("transformers", "hf", f"--model {family}:")
 
         self.family, self.ckpt = family, ckpt
         cls_name, has_cls = _HF_CLASSES[family]
@@ -169,7 +171,7 @@ class HFAdapter(ModelAdapter):
         except OSError as exc:
             raise errors.ConfigError(f"--model {family}:{ckpt}: no local checkpoint (saev-ops never downloads; give a "
                                      f"directory with config.json and weights): {str(exc).splitlines()[0]}") from None
-        if family == "dinov2" and getattr(config, "num_register_tokens", 0):
+        if family == "dinov2" and (getattr(config, "num_register_tokens", None) or 0) > 0:
             cls_name = "Dinov2WithRegistersModel"
         vision_cfg = getattr(config, "vision_config", None) or config
         model_cls = getattr(transformers, cls_name)
@@ -202,12 +204,16 @@ class HFAdapter(ModelAdapter):
         return state_dict_hash(self.model)
 
 
-def _hf_norm(ckpt: str, family: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+Triple = tuple[float, float, float]
+
+
+def _hf_norm(ckpt: str, family: str) -> tuple[Triple, Triple]:
     p = pathlib.Path(ckpt) / "preprocessor_config.json"
     if p.is_file():
         cfg = json.loads(p.read_text())
         if "image_mean" in cfg and "image_std" in cfg:
-            return tuple(cfg["image_mean"]), tuple(cfg["image_std"])
+            mean, std = (float(v) for v in cfg["image_mean"]), (float(v) for v in cfg["image_std"])
+            return (next(mean), next(mean), next(mean)), (next(std), next(std), next(std))
     if family == "clip":
         return (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
     if family == "siglip":

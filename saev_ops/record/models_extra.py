@@ -14,6 +14,7 @@ a forward hook, and the forward pass stops after the deepest requested block.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -98,14 +99,17 @@ def _split_arch(family: str, ckpt: str) -> tuple[str, str] | None:
     return arch, str(pathlib.Path(weights).expanduser())
 
 
-def build_model(family: str, ckpt: str, from_weights: Callable[[str, str], nn.Module],
-                from_dir: Callable[[str], nn.Module]) -> nn.Module:
+def build_model(family: str, ckpt: str, from_weights: Callable[[str, str], Any],
+                from_dir: Callable[[str], Any]) -> Any:
     """``ARCH@WEIGHTS`` -> ``from_weights(arch, file)``; a directory or cached ``hf-hub:`` repo -> ``from_dir(path)``.
     Our own checks fail first; whatever the library raises becomes one line naming the checkpoint."""
     arch = _split_arch(family, ckpt)
-    source = None if arch is not None else local_source(family, ckpt)
+    if arch is not None:
+        build = functools.partial(from_weights, *arch)
+    else:
+        build = functools.partial(from_dir, local_source(family, ckpt))  # its own errors come first, unwrapped
     try:
-        return from_weights(*arch) if arch is not None else from_dir(source)
+        return build()
     except Exception as exc:
         raise errors.ConfigError(f"--model {family}:{ckpt}: {family} could not build it: {exc}") from None
 

@@ -35,7 +35,7 @@ class Preprocess:
             im = im.resize((nw, nh), method)
             left, top = (nw - self.crop) // 2, (nh - self.crop) // 2
             im = im.crop((left, top, left + self.crop, top + self.crop))
-            arr = np.asarray(im, dtype=np.float32) / 255.0
+            arr: np.ndarray = np.asarray(im, dtype=np.float32) / 255.0
         arr = (arr - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
 

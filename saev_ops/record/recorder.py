@@ -181,10 +181,10 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
                 if use_cuda:
                     x = x.pin_memory().to(spec.device, non_blocking=True)
                     with torch.autocast("cuda", dtype=torch.bfloat16):
-                        acts = adapter.hidden_states(x, layers)
+                        hidden = adapter.hidden_states(x, layers)
                 else:
-                    acts = adapter.hidden_states(x, layers)
-                acts = acts[:, :, token_idx].float().cpu().numpy()
+                    hidden = adapter.hidden_states(x, layers)
+                acts = hidden[:, :, token_idx].float().cpu().numpy()
             t1 = time.perf_counter()
             writer.write(acts, [(it.path, it.label, it.label_name) for it in batch_items])
             timings.model_s += t1 - t0

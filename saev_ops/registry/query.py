@@ -54,7 +54,7 @@ _PARTIAL_DATE = re.compile(r"^(\d{4})(?:-(\d{2}))?$")
 class Condition:
     key: str
     op: str
-    value: float | int | str
+    value: float | int | str | dt.datetime
     is_metric: bool
 
 

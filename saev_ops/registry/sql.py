@@ -85,9 +85,12 @@ def run_read_only(
         raise errors.QueryError(f"--timeout must be > 0 seconds, got {timeout_s}")
     raw = registry.engine.raw_connection()
     try:
+        dbapi = raw.driver_connection
+        if dbapi is None:
+            raise errors.RegistryUnavailableError("the registry connection was closed")
         if registry.dialect == "sqlite":
-            return _sqlite(raw.driver_connection, statement, max_rows, timeout_s)
-        return _postgres(raw.driver_connection, statement, max_rows, timeout_s)
+            return _sqlite(dbapi, statement, max_rows, timeout_s)
+        return _postgres(dbapi, statement, max_rows, timeout_s)
     finally:
         raw.close()
 

@@ -56,13 +56,22 @@ def config_hash(dataset_hash: str, config: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+_PG_TRANSIENT = ("40001", "40P01", "55P03")  # serialization failure, deadlock, lock not available
+_SQLITE_TRANSIENT = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary codes; extended codes keep them in the low byte)
+
+
 def _is_transient(exc: sa.exc.DBAPIError) -> bool:
+    """Whether a write may succeed if retried: by the driver's error code (psycopg's SQLSTATE, sqlite3's result
+    code), not by its message."""
     orig = exc.orig
-    sqlstate = getattr(orig, "sqlstate", None)
-    if sqlstate in ("40001", "40P01", "55P03"):  # serialization failure, deadlock, lock not available
+    if getattr(orig, "sqlstate", None) in _PG_TRANSIENT:
         return True
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _SQLITE_TRANSIENT
+    # Python 3.10's sqlite3 exposes no code: its messages for those two codes are fixed strings
     text = str(orig).lower()
-    return "database is locked" in text or "database is busy" in text or "database table is locked" in text
+    return "database is locked" in text or "database table is locked" in text
 
 
 # Bookkeeping fields of a run that callers may set (status changes go through transition_run).
@@ -323,7 +332,8 @@ class Registry:
                 .where(models.RunModel.sweep_id.is_not(None))
                 .group_by(models.RunModel.sweep_id, models.RunModel.status)
             ):
-                counts[sweep_id][status] = n
+                if sweep_id is not None:
+                    counts[sweep_id][status] = n
             sweeps = s.scalars(sa.select(models.SweepModel).order_by(models.SweepModel.id))
             return [(SweepRecord.from_model(m), dict(counts[m.id])) for m in sweeps]
 
@@ -380,7 +390,7 @@ class Registry:
             if status == "running" and row.status != "running":
                 row.attempts += 1
                 row.started_at = models.utcnow()
-                row.heartbeat_at = models.utcnow_sql()  # type: ignore[assignment]
+                row.heartbeat_at = models.utcnow_sql()
                 row.ended_at = None
                 row.error = None
             if status in models.TERMINAL_RUN_STATUSES:
@@ -546,10 +556,9 @@ class Registry:
     def _build_upserts(self) -> tuple[Any, Any]:
         """INSERT .. ON CONFLICT DO UPDATE for points and summaries, for executemany (no inline VALUES, so SQLAlchemy
         caches their compilation)."""
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        insert: Any = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         points = models.MetricPointModel.__table__
         stmt = insert(points)
         points_upsert = stmt.on_conflict_do_update(

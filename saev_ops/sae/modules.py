@@ -16,6 +16,8 @@ from saev_ops.sae.config import SAEConfig
 
 
 class SAE(nn.Module):
+    tokens_since_fired: torch.Tensor  # buffer: training tokens since each latent last fired
+
     def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.cfg = cfg
@@ -155,6 +157,8 @@ class SignedTopKSAE(SAE):
 
 class BatchTopKSAE(SAE):
     """TopK over the whole batch (k x batch activations); at inference a learned threshold replaces the batch."""
+
+    threshold: torch.Tensor  # buffer: the running threshold used at inference (-1 until trained)
 
     def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator)

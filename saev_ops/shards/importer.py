@@ -44,7 +44,7 @@ def import_saev_dir(root: pathlib.Path, *, extra: dict[str, Any] | None = None) 
                 n = min(step, n_in - row)
                 raw = np.empty((n, md.n_layers, md.tokens_per_example, md.d_model), dtype=reader.disk_dtype)
                 reader.read_raw(shard * md.examples_per_shard + row, n, None, raw)
-                h.update(memoryview(raw).cast("B"))
+                h.update(raw.data.cast("B"))
                 stats.update(dtypes.decode(raw, md.dtype), None)
             checksums.append(h.hexdigest())
             base = shard * md.examples_per_shard

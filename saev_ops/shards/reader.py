@@ -170,11 +170,11 @@ class ShardReader:
             take = min(n - pos, eps - row)
             dest = out[pos : pos + take]
             if layer_idx is None or self.md.n_layers == 1:
-                self.pread_into(shard, row * self.example_bytes, memoryview(dest).cast("B"))
+                self.pread_into(shard, row * self.example_bytes, dest.data.cast("B"))
             else:
                 for j in range(take):
                     offset = (row + j) * self.example_bytes + layer_idx * self.layer_bytes
-                    self.pread_into(shard, offset, memoryview(dest[j]).cast("B"))
+                    self.pread_into(shard, offset, dest[j].data.cast("B"))
             pos += take
 
     def read(self, example_start: int, n: int, layer_idx: int | None = None) -> np.ndarray:

@@ -23,9 +23,9 @@ class StatsAccumulator:
     n_layers: int
     d_model: int
     n_tokens: int = 0
-    sum: np.ndarray = dataclasses.field(default=None)  # type: ignore[assignment]
-    sum_sq: np.ndarray = dataclasses.field(default=None)  # type: ignore[assignment]  (per layer, scalar)
-    sum_norm: np.ndarray = dataclasses.field(default=None)  # type: ignore[assignment]
+    sum: np.ndarray = None  # type: ignore[assignment]  # filled with zeros in __post_init__ unless given
+    sum_sq: np.ndarray = None  # type: ignore[assignment]  # per layer, a scalar each; as above
+    sum_norm: np.ndarray = None  # type: ignore[assignment]  # as above
     err_sq: float = 0.0
     rel_err_sum: float = 0.0
     n_nonfinite: int = 0

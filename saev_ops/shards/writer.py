@@ -85,7 +85,7 @@ class ShardWriter:
                 f"{self.paths.progress}: an unfinished write of a different dataset is in this directory "
                 f"(hash {progress.get('content_hash', '?')[:8]}, expected {self.md.hash}); remove the directory"
             )
-        done = []
+        done: list[dict[str, Any]] = []
         for s in progress["shards"]:  # keep only the prefix whose files are really there
             f = self.paths.shard(s["shard"])
             full_size = self.md.examples_per_shard * self._row_bytes
@@ -131,8 +131,9 @@ class ShardWriter:
             take = min(n - i, md.examples_per_shard - row)
             chunk = acts[i : i + take]
             stored = dtypes.encode(chunk, md.dtype)
-            self._fh.write(memoryview(stored).cast("B"))
-            self._hash.update(memoryview(stored).cast("B"))
+            assert self._fh is not None and self._hash is not None and self._shard_stats is not None  # opened above
+            self._fh.write(stored.data.cast("B"))
+            self._hash.update(stored.data.cast("B"))
             self._shard_stats.update(chunk, None if md.dtype == "float32" else dtypes.decode(stored, md.dtype))
             for j in range(take):
                 path, label, name = entries[i + j] if entries is not None else (None, None, None)
@@ -164,7 +165,7 @@ class ShardWriter:
             "name": shard_name(shard),
             "n_examples": self.md.shard_n_examples(shard),
             "checksum": h.hexdigest(),
-            "stats": self._shard_stats.to_json(),
+            "stats": self._shard_stats.to_json() if self._shard_stats is not None else {},
         })
         self._save_progress()
         self._fh = self._hash = self._shard_stats = None
@@ -214,7 +215,8 @@ class ShardWriter:
             labels = [reader.get(i).label for i in range(self.md.n_examples)]
         finally:
             reader.close()
-        if not labels or any(lab is None for lab in labels) or max(labels) > 255 or min(labels) < 0:
+        known = [lab for lab in labels if lab is not None]
+        if not labels or len(known) != len(labels) or max(known) > 255 or min(known) < 0:
             return False
         arr = np.repeat(np.asarray(labels, dtype=np.uint8)[:, None], self.md.content_tokens_per_example, axis=1)
         tmp = self.paths.labels.with_name("labels.bin.tmp")

@@ -35,7 +35,8 @@ def _sae(config: dict[str, Any]) -> str:
 def snapshot(registry: Registry, sweep: str) -> Snapshot:
     rows = registry.list_runs(RunQuery(sweep=sweep))
     steps = registry.last_steps([r.run.id for r in rows])
-    out, counts = [], {}
+    out: list[tuple[Any, ...]] = []
+    counts: dict[str, int] = {}
     for r in rows:
         train = r.run.config.get("train", {})
         n_steps = max(1, int(train.get("n_tokens", 0)) // max(1, int(train.get("batch_size", 1)))) if train else None

@@ -16,7 +16,10 @@ class Window:
         self.sums: dict[str, torch.Tensor] = {}
         self.n = 0
         self.tokens = 0
-        self.err = self.var = self.l0 = None  # device tensors, summed without syncing
+        # device tensors, summed without syncing
+        self.err: torch.Tensor | None = None
+        self.var: torch.Tensor | None = None
+        self.l0: torch.Tensor | None = None
         self.fire_counts.zero_()
 
     @torch.no_grad()
