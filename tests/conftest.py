@@ -7,14 +7,12 @@ failure.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-PG_URL = os.environ.get("SAEV_OPS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REQUIRE_SERVICES = os.environ.get("SAEV_OPS_REQUIRE_SERVICES") == "1"
+from tests.helpers import PG_URL, REQUIRE_SERVICES
 
 
 def _pg_available() -> str | None:
@@ -96,21 +94,3 @@ def sqlite_registry(tmp_path):  # noqa: ANN001, ANN201
     reg = Registry(f"sqlite:///{tmp_path / 'registry.sqlite'}")
     yield reg
     reg.close()
-
-
-def make_dataset(reg, name: str = "inat21", **overrides):  # noqa: ANN001, ANN201
-    fields = dict(
-        name=name,
-        content_hash=uuid.uuid4().hex,
-        path=f"/data/{name}",
-        model_family="clip",
-        model_ckpt="ViT-B-16/openai",
-        layers=[6, 11],
-        d_model=768,
-        tokens_per_example=197,
-        n_examples=1000,
-        dtype="float32",
-        source_path="/images/" + name,
-    )
-    fields.update(overrides)
-    return reg.create_dataset(**fields)

@@ -3,6 +3,7 @@ channel 0 = example id, channel 1 = layer number, channel 2 = token index; the r
 
 from __future__ import annotations
 
+import json
 import pathlib
 
 import numpy as np
@@ -42,4 +43,23 @@ def write_dataset(root: pathlib.Path, *, batch: int = 7, labels: bool = True, **
         entries = [(f"img/{i:05d}.jpg", i % 3, f"class{i % 3}") for i in range(s, s + n)] if labels else None
         w.write(synthetic_acts(s, n, md.layers, md.tokens_per_example, md.d_model), entries)
     w.finalize()
+    return path
+
+
+def write_like_saev(root: pathlib.Path, n_examples: int = 25) -> pathlib.Path:
+    """Write only saev's files, the way saev's writer lays them out (see shared notes/saev-format.md)."""
+    md, _ = make_metadata(n_examples=n_examples, layers=(11,), n_patches=9, d_model=16, max_tokens_per_shard=80)
+    path = dataset_dir(root, md.hash)
+    path.mkdir(parents=True)
+    S, T, D = md.examples_per_shard, 10, 16  # 80 // 10 = 8 examples per shard
+    acts = synthetic_acts(0, n_examples, (11,), T, D)
+    shards = []
+    for i in range(md.n_shards):
+        mm = np.memmap(path / f"acts{i:06d}.bin", dtype=np.float32, mode="w+", shape=(S, 1, T, D))
+        part = acts[i * S : (i + 1) * S]
+        mm[: len(part)] = part
+        mm.flush()
+        shards.append({"name": f"acts{i:06d}.bin", "n_examples": len(part)})
+    (path / "metadata.json").write_text(json.dumps(md.to_json_dict()))
+    (path / "shards.json").write_text(json.dumps(shards))
     return path

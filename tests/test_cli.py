@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from saev_ops.cli import cli
 from saev_ops.registry import Registry
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 
 
 @pytest.fixture

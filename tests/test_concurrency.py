@@ -7,7 +7,7 @@ import multiprocessing as mp
 import sqlalchemy as sa
 
 from saev_ops.registry import Registry, RunQuery
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 
 N_PROCS = 16
 POINTS_PER_PROC = 2000

@@ -12,7 +12,7 @@ from saev_ops import errors
 from saev_ops.cli import cli
 from saev_ops.datasets import import_dataset, require_complete
 from saev_ops.registry import Registry
-from tests.test_shards import write_like_saev
+from tests.shard_helpers import write_like_saev
 
 
 @pytest.fixture

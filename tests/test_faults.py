@@ -29,7 +29,7 @@ from saev_ops.train import RunSpec, TrainJobSpec, TrainSettings, run_train_job
 from saev_ops.train.journal import Journal, sync_file
 from saev_ops.train.spec import run_config
 from saev_ops.train.trainer import Trainer
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 from tests.shard_helpers import write_dataset
 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"

@@ -18,9 +18,8 @@ from saev_ops.registry import Registry
 from saev_ops.sae.io import load_sae
 from saev_ops.shards import ShardReader
 from saev_ops.train import run_train_job
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset, make_spec
 from tests.shard_helpers import write_dataset
-from tests.test_train import make_spec
 
 
 @pytest.fixture

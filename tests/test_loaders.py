@@ -10,8 +10,14 @@ import pytest
 import torch
 
 from saev_ops import errors
-from saev_ops.loaders import (IndexedDataset, OrderedConfig, OrderedDataLoader, ShardSelection, ShuffledConfig,
-                              ShuffledDataLoader)
+from saev_ops.loaders import (
+    IndexedDataset,
+    OrderedConfig,
+    OrderedDataLoader,
+    ShardSelection,
+    ShuffledConfig,
+    ShuffledDataLoader,
+)
 from saev_ops.loaders.blocks import WorkerError
 from tests.shard_helpers import write_dataset
 

@@ -11,7 +11,7 @@ from saev_ops import errors
 from saev_ops.registry import Registry, migrate
 from saev_ops.registry.engine import create_registry_engine
 from saev_ops.registry.schema import HEAD_REVISION, KNOWN_REVISIONS, VERSION_TABLE
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 
 TABLES = {"datasets", "sweeps", "runs", "metric_points", "metric_summaries", "inference_outputs", VERSION_TABLE}
 VIEWS = {"run_table", "metric_history", "inference_lineage"}

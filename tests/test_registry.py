@@ -8,7 +8,7 @@ import pytest
 
 from saev_ops import errors
 from saev_ops.registry import Registry, RunQuery
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 
 
 def test_dataset_roundtrip_and_uniqueness(registry: Registry) -> None:

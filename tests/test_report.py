@@ -13,11 +13,10 @@ from saev_ops.explore.pareto import frontier
 from saev_ops.explore.report import build_report
 from saev_ops.infer import InferSpec, run_inference
 from saev_ops.registry import RunQuery
-from tests.conftest import REQUIRE_SERVICES
+from tests.helpers import REQUIRE_SERVICES
 
 
 def test_frontier() -> None:
-    from saev_ops.registry.records import RunRow
 
     class R:
         def __init__(self, i: int, x: float, y: float) -> None:
@@ -42,7 +41,7 @@ def test_interesting_latents_skip_dead_and_dense_ones() -> None:
 def test_pareto_uses_a_log_axis_when_l0_spans_more_than_10x(tmp_path: pathlib.Path) -> None:
     from saev_ops.explore.pareto import pareto_plot
     from saev_ops.registry import Registry
-    from tests.conftest import make_dataset
+    from tests.helpers import make_dataset
 
     reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
     make_dataset(reg)

@@ -15,7 +15,7 @@ from saev_ops.shards import ShardReader, ShardWriter
 from saev_ops.shards.format import dataset_dir, read_json
 from saev_ops.shards.importer import import_saev_dir
 from saev_ops.shards.verify import verify
-from tests.shard_helpers import make_metadata, synthetic_acts, write_dataset
+from tests.shard_helpers import make_metadata, synthetic_acts, write_dataset, write_like_saev
 
 SAEV_FIELDS = ["family", "ckpt", "layers", "content_tokens_per_example", "cls_token", "d_model", "n_examples",
                "max_tokens_per_shard", "data", "dataset", "pixel_agg", "dtype", "protocol"]
@@ -164,25 +164,6 @@ def test_corruption_missing_index(tmp_path: pathlib.Path) -> None:
     assert "index.lmdb: expected an LMDB index" in _problems(path)
     with pytest.raises(errors.DataError, match="index.lmdb: missing LMDB index"):
         ShardReader(path).index.get(0)
-
-
-def write_like_saev(root: pathlib.Path, n_examples: int = 25) -> pathlib.Path:
-    """Write only saev's files, the way saev's writer lays them out (see shared notes/saev-format.md)."""
-    md, _ = make_metadata(n_examples=n_examples, layers=(11,), n_patches=9, d_model=16, max_tokens_per_shard=80)
-    path = dataset_dir(root, md.hash)
-    path.mkdir(parents=True)
-    S, T, D = md.examples_per_shard, 10, 16  # 80 // 10 = 8 examples per shard
-    acts = synthetic_acts(0, n_examples, (11,), T, D)
-    shards = []
-    for i in range(md.n_shards):
-        mm = np.memmap(path / f"acts{i:06d}.bin", dtype=np.float32, mode="w+", shape=(S, 1, T, D))
-        part = acts[i * S : (i + 1) * S]
-        mm[: len(part)] = part
-        mm.flush()
-        shards.append({"name": f"acts{i:06d}.bin", "n_examples": len(part)})
-    (path / "metadata.json").write_text(json.dumps(md.to_json_dict()))
-    (path / "shards.json").write_text(json.dumps(shards))
-    return path
 
 
 def test_import_saev_written_directory(tmp_path: pathlib.Path) -> None:

@@ -6,10 +6,10 @@ take a few minutes in all; the time-limit case alone waits out a one-minute limi
 
 from __future__ import annotations
 
-import os
-import pathlib
 import dataclasses
 import json
+import os
+import pathlib
 import re
 import shutil
 import subprocess
@@ -23,7 +23,7 @@ from saev_ops.registry import Registry, RunQuery
 from saev_ops.sae.io import load_sae
 from saev_ops.sweeps import parse_sweep, submit_sweep
 from saev_ops.sweeps.status import reconcile
-from tests.conftest import REQUIRE_SERVICES, make_dataset
+from tests.helpers import REQUIRE_SERVICES, make_dataset
 from tests.shard_helpers import write_dataset
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -7,7 +7,7 @@ import pytest
 from saev_ops import errors
 from saev_ops.registry import Registry
 from saev_ops.registry.sql import run_read_only
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 
 
 def _seed(reg: Registry) -> int:

@@ -21,7 +21,7 @@ from saev_ops.cli import cli
 from saev_ops.registry import Registry
 from saev_ops.registry.schema import READ_FUNCTION
 from saev_ops.registry.sql import run_read_only
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 
 
 def _seeded(url: str) -> Registry:

@@ -13,7 +13,7 @@ from saev_ops.cli import cli
 from saev_ops.registry import Registry, RunQuery
 from saev_ops.sweeps import parse_sweep, submit_sweep
 from saev_ops.sweeps.submit import group_runs
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset
 from tests.shard_helpers import write_dataset
 
 GRID = """\
@@ -34,11 +34,10 @@ def env(tmp_path: pathlib.Path) -> tuple[Registry, str]:
     path = write_dataset(tmp_path / "data", n_examples=40, layers=(3, 7), n_patches=16, d_model=32)
     url = f"sqlite:///{tmp_path / 'r.sqlite'}"
     reg = Registry(url)
-    ds = make_dataset(reg, name="tiny", path=str(path), d_model=32, layers=[3, 7], tokens_per_example=17,
-                      n_examples=40, status="complete")
+    make_dataset(reg, name="tiny", path=str(path), d_model=32, layers=[3, 7], tokens_per_example=17,
+                 n_examples=40, status="complete")
     reg.update_dataset("tiny", extra={"metadata_hash": __import__("json").loads(
         (path / "saev_ops.json").read_text())["content_hash"]})
-    assert ds
     return reg, url
 
 

@@ -11,10 +11,10 @@ from saev_ops import errors
 from saev_ops.registry import Registry, RunQuery
 from saev_ops.sae import SAEConfig, build_sae
 from saev_ops.sae.io import load_sae
-from saev_ops.train import RunSpec, TrainJobSpec, TrainSettings, run_train_job
+from saev_ops.train import TrainJobSpec, run_train_job
 from saev_ops.train.journal import sync_file
 from saev_ops.train.trainer import Trainer
-from tests.conftest import make_dataset
+from tests.helpers import make_dataset, make_spec
 from tests.shard_helpers import write_dataset
 
 ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "matryoshka", "signed-topk"]
@@ -64,21 +64,6 @@ def setup(tmp_path: pathlib.Path) -> tuple[Registry, str, pathlib.Path]:
     reg = Registry(url)
     make_dataset(reg, name="tiny", path=str(path), d_model=32, layers=[3, 7], tokens_per_example=17, n_examples=40)
     return reg, url, path
-
-
-def make_spec(reg: Registry, url: str, path: pathlib.Path, root: pathlib.Path, *, n_tokens: int = 3200,
-              ckpt_every: int = 5) -> TrainJobSpec:
-    settings = TrainSettings(batch_size=64, n_tokens=n_tokens, log_every=5, ckpt_every=ckpt_every, lr_warmup_steps=3,
-                             sparsity_warmup_steps=3, buffer_mb=0.2, heartbeat_s=0.0)
-    saes = [SAEConfig(arch="topk", d_model=32, d_sae=64, k=4, dead_tokens=640),
-            SAEConfig(arch="relu", d_model=32, d_sae=128),
-            SAEConfig(arch="jumprelu", d_model=32, d_sae=48)]
-    configs = [{"sae": s.to_dict(), "lr": 1e-3, "seed": i, "layer": 7, "tokens": "patches"} for i, s in enumerate(saes)]
-    runs = reg.add_runs("tiny", configs)
-    return TrainJobSpec(db_url=url, dataset="tiny", dataset_path=str(path), dataset_hash="h", layer=7,
-                        tokens="patches", settings=settings, runs_root=str(root),
-                        runs=tuple(RunSpec(run_id=r.id, sae=s, lr=1e-3, seed=i)
-                                   for i, ((r, _), s) in enumerate(zip(runs, saes))))
 
 
 def test_one_pass_trains_many_saes_and_metrics_land(setup, tmp_path: pathlib.Path) -> None:  # noqa: ANN001

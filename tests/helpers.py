@@ -1,0 +1,47 @@
+"""Helpers shared by the test modules (tests import these, never each other): service flags and registry rows."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import uuid
+
+from saev_ops.registry import Registry
+from saev_ops.sae.config import SAEConfig
+from saev_ops.train import RunSpec, TrainJobSpec, TrainSettings
+
+PG_URL = os.environ.get("SAEV_OPS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REQUIRE_SERVICES = os.environ.get("SAEV_OPS_REQUIRE_SERVICES") == "1"
+
+
+def make_dataset(reg, name: str = "inat21", **overrides):  # noqa: ANN001, ANN201
+    fields = dict(
+        name=name,
+        content_hash=uuid.uuid4().hex,
+        path=f"/data/{name}",
+        model_family="clip",
+        model_ckpt="ViT-B-16/openai",
+        layers=[6, 11],
+        d_model=768,
+        tokens_per_example=197,
+        n_examples=1000,
+        dtype="float32",
+        source_path="/images/" + name,
+    )
+    fields.update(overrides)
+    return reg.create_dataset(**fields)
+
+
+def make_spec(reg: Registry, url: str, path: pathlib.Path, root: pathlib.Path, *, n_tokens: int = 3200,
+              ckpt_every: int = 5) -> TrainJobSpec:
+    settings = TrainSettings(batch_size=64, n_tokens=n_tokens, log_every=5, ckpt_every=ckpt_every, lr_warmup_steps=3,
+                             sparsity_warmup_steps=3, buffer_mb=0.2, heartbeat_s=0.0)
+    saes = [SAEConfig(arch="topk", d_model=32, d_sae=64, k=4, dead_tokens=640),
+            SAEConfig(arch="relu", d_model=32, d_sae=128),
+            SAEConfig(arch="jumprelu", d_model=32, d_sae=48)]
+    configs = [{"sae": s.to_dict(), "lr": 1e-3, "seed": i, "layer": 7, "tokens": "patches"} for i, s in enumerate(saes)]
+    runs = reg.add_runs("tiny", configs)
+    return TrainJobSpec(db_url=url, dataset="tiny", dataset_path=str(path), dataset_hash="h", layer=7,
+                        tokens="patches", settings=settings, runs_root=str(root),
+                        runs=tuple(RunSpec(run_id=r.id, sae=s, lr=1e-3, seed=i)
+                                   for i, ((r, _), s) in enumerate(zip(runs, saes))))
