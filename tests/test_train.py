@@ -164,3 +164,18 @@ def test_job_log_shows_progress_lines(setup, tmp_path: pathlib.Path, caplog) -> 
     last = lines[-1]
     assert "20/20 steps (100%)" in last and "patches/s" in last and "ETA" in last
     assert f"run {spec.runs[0].run_id}: loss" in last and "L0" in last
+
+
+def test_a_crash_between_checkpoint_renames_still_resumes(setup, tmp_path: pathlib.Path) -> None:  # noqa: ANN001
+    from saev_ops import atomic
+    from saev_ops.train.trainer import job_dir
+
+    reg, url, path = setup
+    spec = make_spec(reg, url, path, tmp_path / "runs", n_tokens=640)
+    trainer = Trainer(spec, None)
+    trainer.step = 7
+    trainer.save_checkpoint()
+    ckpt = job_dir(spec) / "ckpt"
+    ckpt.rename(atomic.old_path(ckpt))  # only the previous copy is left
+    resumed = Trainer(spec, None)
+    assert resumed.load_checkpoint() and resumed.step == 7  # used to start over from step 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
-from saev_ops import errors
+from saev_ops import atomic, errors
 from saev_ops.registry import Registry, RunQuery, RunRow
 
 Point = tuple[float, float, int]
@@ -66,8 +66,7 @@ def pareto_plot(registry: Registry, sweep: str, x: str, y: str, out: pathlib.Pat
     fig.tight_layout()
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-    fig.savefig(tmp)
+    with atomic.atomic_file(out) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(out)
     return {"points": pts, "frontier": front, "path": str(out), "log_x": log_x}

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from saev_ops import errors
+from saev_ops import atomic, errors
 from saev_ops.registry import Registry, RunQuery, RunRow
 
 TILE = 112  # px, base image and heat map alike
@@ -203,7 +203,5 @@ def build_report(registry: Registry, sweep: str, out_dir: pathlib.Path, *, outpu
                          "<p>never fires, or its images are gone</p>")
     parts.append("</body></html>")
     page = out_dir / "index.html"
-    tmp = out_dir / "index.html.tmp"
-    tmp.write_text("\n".join(parts))
-    tmp.replace(page)
+    atomic.write_text(page, "\n".join(parts))
     return page

@@ -12,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import pathlib
 import shutil
 from typing import Any
 
 import numpy as np
 
-from saev_ops import errors, paths
+from saev_ops import atomic, errors, paths
 from saev_ops.progress import Progress
 from saev_ops.registry import DatasetRecord, OutputRecord, Registry, RunRecord
 
@@ -135,9 +134,7 @@ def run_inference(spec: InferSpec) -> list[OutputRecord]:
         writers = {}
         for rid, sae, _ in items:
             final = paths.output_dir(spec.out_root, rid, dataset.content_hash)
-            tmp = final.with_name(final.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
+            tmp = atomic.fresh_dir(final.with_name(final.name + ".tmp"))
             tmps[rid] = (tmp, final)
             writers[rid] = _CsrWriter(tmp, sae.cfg.d_sae)
         bar = Progress(f"inference, runs {[i[0] for i in items]}", loader.n_rows, "rows", log)
@@ -159,14 +156,12 @@ def run_inference(spec: InferSpec) -> list[OutputRecord]:
         for rid, sae, _meta in items:
             tmp, final = tmps[rid]
             info = writers[rid].finish(loader.n_rows)
-            (tmp / "output.json").write_text(json.dumps({
+            atomic.write_text(tmp / "output.json", json.dumps({
                 "run_id": rid, "dataset": dataset.name, "dataset_hash": dataset.content_hash, "layer": layer,
                 "tokens": tokens, "rows": "example-major: row = example * tokens_selected + token position",
                 "tokens_per_example": loader.plan.rows_per_example, "token_idx": loader.plan.token_idx.tolist(),
                 **info}, indent=2))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            atomic.replace_dir(tmp, final)
             out.append(reg.add_output(run_id=rid, dataset=dataset.name, path=str(final), n_rows=info["n_rows"],
                                       n_cols=sae.cfg.d_sae, nnz=info["nnz"],
                                       extra={"layer": layer, "tokens": tokens}, replace=True))

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from saev_ops import errors
+from saev_ops import atomic, errors
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -125,7 +125,6 @@ def generate_images(root: str | pathlib.Path, n: int = 64, *, size: int = 64, n_
             box = (x0, y0, min(size - 1, x0 + w), min(size - 1, y0 + w))
             (draw.ellipse if cls % 2 else draw.rectangle)(box, fill=color)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        img.save(tmp, format="PNG")
-        tmp.replace(path)
+        with atomic.atomic_file(path) as tmp:
+            img.save(tmp, format="PNG")
     return image_folder(root)

@@ -15,16 +15,14 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import pathlib
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from saev_ops import __version__, errors
+from saev_ops import __version__, atomic, errors
 from saev_ops.registry import DatasetRecord, Registry
 from saev_ops.settings import default_data_root
 from saev_ops.shards.format import DEFAULT_MAX_TOKENS_PER_SHARD, Metadata, TokenLayout, dataset_dir, encode_data_field
@@ -209,9 +207,7 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
         raise
     final_md = writer.md
     final = dataset_dir(data_root, final_md.hash)
-    if final.exists():
-        shutil.rmtree(final)  # a leftover of an earlier, unregistered attempt at the same content
-    os.replace(partial, final)
+    atomic.replace_dir(partial, final)  # over a leftover of an earlier, unregistered attempt at the same content
     extra = {"bad_images": bad, "n_bad_images": len(bad), "timings": timings.as_dict(),
              "provenance": provenance}
     return datasets.mark_complete(registry, spec.name, sidecar, path=final, md=final_md, extra=extra)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from typing import Any
 
-from saev_ops import __version__, errors
+from saev_ops import __version__, atomic, errors
 from saev_ops.sae.config import SAEConfig
 from saev_ops.sae.modules import SAE, build_sae
 
@@ -16,24 +15,16 @@ SCHEMA = 1
 
 def save_sae(sae: SAE, directory: pathlib.Path, *, scale: float, dataset_hash: str, layer: int,
              extra: dict[str, Any] | None = None) -> None:
-    """Write atomically: files go to ``directory.tmp`` which then replaces ``directory``."""
+    """Write atomically: files go to ``directory.tmp``, which then replaces ``directory``."""
     from safetensors.torch import save_file
 
     directory = pathlib.Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    tmp = atomic.fresh_dir(directory.with_name(directory.name + ".tmp"))
     save_file({k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}, str(tmp / "weights.safetensors"))
     cfg = {"schema": SCHEMA, "sae": sae.cfg.to_dict(), "scale": scale, "dataset": dataset_hash, "layer": layer,
            "saev_ops_version": __version__, **(extra or {})}
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
-    old = directory.with_name(directory.name + ".old")
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    if old.exists():
-        import shutil
-
-        shutil.rmtree(old)
+    atomic.replace_dir(tmp, directory)
 
 
 def load_sae(directory: pathlib.Path, device: str = "cpu") -> tuple[SAE, dict[str, Any]]:

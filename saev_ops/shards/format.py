@@ -17,7 +17,6 @@ import base64
 import dataclasses
 import hashlib
 import json
-import os
 import pathlib
 import pickle
 from typing import Any
@@ -183,16 +182,6 @@ class ShardPaths:
 def dataset_dir(data_root: pathlib.Path, short_hash: str) -> pathlib.Path:
     """saev's layout: ``<root>/saev/shards/<hash>`` (saev refuses other paths)."""
     return data_root / "saev" / "shards" / short_hash
-
-
-def write_json_atomic(path: pathlib.Path, obj: Any, *, indent: int | None = 2) -> None:
-    """Write JSON to ``path.tmp``, fsync, rename: readers never see a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=indent)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def read_json(path: pathlib.Path) -> Any:

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from saev_ops import errors
+from saev_ops import atomic, errors
 from saev_ops.shards import dtypes
-from saev_ops.shards.format import ShardPaths, write_json_atomic
+from saev_ops.shards.format import ShardPaths
 from saev_ops.shards.index import ExampleEntry, IndexWriter
 from saev_ops.shards.reader import ShardReader
 from saev_ops.shards.stats import StatsAccumulator, save_stats
@@ -57,5 +57,5 @@ def import_saev_dir(root: pathlib.Path, *, extra: dict[str, Any] | None = None) 
     save_stats(paths.stats, summary, md.layers)
     sidecar = build_sidecar(md, reader.layout, checksums, summary, {"imported_from_saev": True, **(extra or {})},
                             labels_bin=paths.labels.exists())
-    write_json_atomic(paths.sidecar, sidecar)
+    atomic.write_json(paths.sidecar, sidecar)
     return sidecar

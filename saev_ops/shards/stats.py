@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from saev_ops import errors
+from saev_ops import atomic, errors
 
 
 @dataclasses.dataclass
@@ -106,10 +106,9 @@ class StatsAccumulator:
 
 
 def save_stats(path: pathlib.Path, summary: dict[str, Any], layers: tuple[int, ...]) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, mean=summary["mean"], mean_norm=summary["mean_norm"], scale=summary["scale"],
-             layers=np.asarray(layers, dtype=np.int64), n_tokens=np.int64(summary["n_tokens"]))
-    tmp.replace(path)
+    with atomic.atomic_file(path) as tmp:  # stats.tmp.npz: numpy keeps a name that ends in .npz
+        np.savez(tmp, mean=summary["mean"], mean_norm=summary["mean_norm"], scale=summary["scale"],
+                 layers=np.asarray(layers, dtype=np.int64), n_tokens=np.int64(summary["n_tokens"]))
 
 
 def load_stats(path: pathlib.Path) -> dict[str, np.ndarray]:

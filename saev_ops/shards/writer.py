@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from saev_ops import __version__, errors
+from saev_ops import __version__, atomic, errors
 from saev_ops.shards import dtypes
 from saev_ops.shards.format import (
     SIDECAR_SCHEMA,
@@ -28,7 +28,6 @@ from saev_ops.shards.format import (
     TokenLayout,
     read_json,
     shard_name,
-    write_json_atomic,
 )
 from saev_ops.shards.index import ExampleEntry, IndexReader, IndexWriter
 from saev_ops.shards.stats import StatsAccumulator, save_stats
@@ -95,7 +94,7 @@ class ShardWriter:
         return done
 
     def _save_progress(self) -> None:
-        write_json_atomic(self.paths.progress, {"content_hash": self.md.content_hash, "shards": self._completed},
+        atomic.write_json(self.paths.progress, {"content_hash": self.md.content_hash, "shards": self._completed},
                           indent=None)
 
     def written_paths(self) -> list[str | None]:
@@ -197,13 +196,13 @@ class ShardWriter:
         self._index.put_meta({"n_examples": md.n_examples, "content_hash": md.content_hash})
         self._index.close()
         labels_bin = self._write_labels()
-        write_json_atomic(self.paths.shards_json, [{"name": s["name"], "n_examples": s["n_examples"]}
+        atomic.write_json(self.paths.shards_json, [{"name": s["name"], "n_examples": s["n_examples"]}
                                                    for s in self._completed])
-        write_json_atomic(self.paths.metadata, md.to_json_dict(), indent=None)
+        atomic.write_json(self.paths.metadata, md.to_json_dict(), indent=None)
         save_stats(self.paths.stats, summary, md.layers)
         sidecar = build_sidecar(md, self.layout, [s["checksum"] for s in self._completed], summary, self.extra,
                                 labels_bin=labels_bin)
-        write_json_atomic(self.paths.sidecar, sidecar)
+        atomic.write_json(self.paths.sidecar, sidecar)
         self.paths.progress.unlink(missing_ok=True)
         return sidecar
 
@@ -219,9 +218,8 @@ class ShardWriter:
         if not labels or len(known) != len(labels) or max(known) > 255 or min(known) < 0:
             return False
         arr = np.repeat(np.asarray(labels, dtype=np.uint8)[:, None], self.md.content_tokens_per_example, axis=1)
-        tmp = self.paths.labels.with_name("labels.bin.tmp")
-        arr.tofile(tmp)
-        os.replace(tmp, self.paths.labels)
+        with atomic.atomic_file(self.paths.labels) as tmp:
+            arr.tofile(tmp)
         return True
 
     def abort(self) -> None:

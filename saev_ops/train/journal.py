@@ -24,7 +24,7 @@ import os
 import pathlib
 from typing import Any
 
-from saev_ops import errors, paths
+from saev_ops import atomic, errors, paths
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +137,7 @@ def sync_file(registry: Any, path: pathlib.Path) -> SyncResult:
                 problems.append(f"{path}:{lineno}: run {run_id} -> {status} refused ({exc})")
         else:
             points += registry.log_metrics(run_id, batch)
-    tmp = offset_path.with_name(offset_path.name + ".tmp")
-    tmp.write_text(str(start + end))
-    os.replace(tmp, offset_path)
+    atomic.write_text(offset_path, str(start + end))
     return SyncResult(points, transitions, tuple(problems))
 
 

@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import pathlib
-import shutil
 import socket
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 import torch
 
-from saev_ops import errors, paths
+from saev_ops import atomic, errors, paths
 from saev_ops.train.spec import TrainJobSpec
 
 CKPT_SCHEMA = 1
@@ -95,29 +94,22 @@ class Trainer:
         from saev_ops.sae.io import save_sae
 
         jd = job_dir(self.spec)
-        jd.mkdir(parents=True, exist_ok=True)
-        tmp = jd / "ckpt.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
+        tmp = atomic.fresh_dir(jd / "ckpt.tmp")
         state = {"schema": CKPT_SCHEMA, "step": self.step, "loader": self.loader.state_dict(),
                  "runs": [r.run_id for r in self.spec.runs],
                  "saes": [s.state_dict() for s in self.saes], "opts": [o.state_dict() for o in self.opts]}
         torch.save(state, tmp / "state.pt")
         final = jd / "ckpt"
-        old = jd / "ckpt.old"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        atomic.replace_dir(tmp, final)
         for r, sae in zip(self.spec.runs, self.saes, strict=True):  # the per-run SAE that inference reads
             save_sae(sae, run_dir(self.spec, r.run_id) / "sae", scale=self.scale, dataset_hash=self.spec.dataset_hash,
                      layer=self.spec.layer, extra={"run_id": r.run_id, "step": self.step, "tokens": self.spec.tokens})
         return final
 
     def load_checkpoint(self) -> bool:
-        path = job_dir(self.spec) / "ckpt" / "state.pt"
-        if not path.exists():
+        ckpt = atomic.existing_dir(job_dir(self.spec) / "ckpt")  # .old if a crash fell between the two renames
+        path = ckpt / "state.pt" if ckpt is not None else None
+        if path is None or not path.exists():
             return False
         state = torch.load(path, map_location=self.device, weights_only=False)
         if state.get("schema") != CKPT_SCHEMA or state["runs"] != [r.run_id for r in self.spec.runs]:
