@@ -103,9 +103,9 @@ def test_db_commands(tmp_path) -> None:  # noqa: ANN001
     assert "(empty) -> 0001_initial" in invoke(url, "db", "upgrade", "--revision", "0001_initial").output
     res = CliRunner().invoke(cli, ["--db", url, "runs", "list"])
     assert res.exit_code == 1 and "saev-ops db upgrade" in res.output
-    assert "0001_initial -> 0003_integrity" in invoke(url, "db", "upgrade").output
+    assert "0001_initial -> 0004_run_identity" in invoke(url, "db", "upgrade").output
     assert "(head)" in invoke(url, "db", "current").output
-    assert "0003_integrity -> 0001_initial" in invoke(url, "db", "downgrade", "0001_initial").output
+    assert "0004_run_identity -> 0001_initial" in invoke(url, "db", "downgrade", "0001_initial").output
     res = CliRunner().invoke(cli, ["--db", url, "db", "downgrade", "bogus"])
     assert res.exit_code == 1 and "unknown revision" in res.output
 

@@ -173,3 +173,42 @@ def test_watch_refreshes_until_the_sweep_ends(tmp_path: pathlib.Path, env) -> No
     assert res.exit_code == 0, res.output
     assert "w: 1 queued, 1 running" in res.output and "w: 1 cancelled, 1 completed" in res.output
     assert "topk 64 k=4 lr=0.001" in res.output and "0/10" in res.output and "0.25" in res.output
+
+
+def test_resubmitting_on_another_device_finds_the_same_runs(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
+    reg, url = env
+    first = submit_sweep(reg, parse_sweep(grid(tmp_path)), url, dry_run=False)
+    assert len(first.new_runs) == 6
+    moved = grid(tmp_path).replace("train: {", "train: {device: meta, log_every: 7, ckpt_every: 3, heartbeat_s: 9, ")
+    assert submit_sweep(reg, parse_sweep(moved), url, dry_run=True).new_runs == ()
+    again = submit_sweep(reg, parse_sweep(moved), url)
+    assert again.new_runs == () and again.jobs == ()
+    relu_k = grid(tmp_path).replace("{arch: relu, l1_coeff: 0.001, k: 1}", "{arch: relu, l1_coeff: 0.001, k: 7}")
+    assert submit_sweep(reg, parse_sweep(relu_k), url, dry_run=True).new_runs == ()  # ReLU reads no k
+
+
+def test_migration_rehashes_runs_by_identity(tmp_path: pathlib.Path) -> None:
+    from saev_ops.registry import config_hash, migrate
+    from saev_ops.registry.engine import create_registry_engine
+    from saev_ops.train.spec import run_identity
+
+    url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    engine = create_registry_engine(url)
+    migrate.run_upgrade(engine, "0003_integrity")
+    reg = Registry(url, check_schema=False)
+    make_dataset(reg, name="d")
+    base = {"sae": {"arch": "relu", "d_model": 8, "d_sae": 16, "l1_coeff": 0.1, "k": 4}, "lr": 0.001,
+            "train": {"batch_size": 64, "device": "cpu", "log_every": 5}}
+    on_gpu = {**base, "train": {**base["train"], "device": "cuda"}}
+    (a, _), (b, _) = reg.add_runs("d", [base, on_gpu])  # the old way: full configs, two runs
+    old_b = b.config_hash
+    migrate.run_upgrade(engine)
+    ds_hash = reg.get_dataset("d").content_hash
+    assert reg.get_run(a.id).config_hash == config_hash(ds_hash, run_identity(base))
+    assert reg.get_run(b.id).config_hash == old_b  # same identity as a: a (the earliest) took it
+    (found, created), = reg.add_runs("d", [on_gpu], identities=[run_identity(on_gpu)])
+    assert not created and found.id == a.id
+    migrate.run_downgrade(engine, "0003_integrity")
+    assert reg.get_run(a.id).config_hash == config_hash(ds_hash, base)
+    reg.close()
+    engine.dispose()

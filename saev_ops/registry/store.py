@@ -51,7 +51,8 @@ MAX_RETRIES = 5
 
 
 def config_hash(dataset_hash: str, config: dict[str, Any]) -> str:
-    """The identity of a run: SHA-256 of its dataset's content hash and its full config as canonical JSON."""
+    """The identity of a run: SHA-256 of its dataset's content hash and its identity config (what determines its
+    result) as canonical JSON."""
     payload = json.dumps({"dataset": dataset_hash, "config": config}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -341,17 +342,22 @@ class Registry:
 
     # -- runs --------------------------------------------------------------------------------------------------------
     def add_runs(
-        self, dataset: str, configs: Sequence[dict[str, Any]], *, sweep: str | None = None
+        self, dataset: str, configs: Sequence[dict[str, Any]], *, sweep: str | None = None,
+        identities: Sequence[dict[str, Any]] | None = None,
     ) -> list[tuple[RunRecord, bool]]:
-        """Register runs by config; a config already registered (same hash) is returned as is.
+        """Register runs by config; one whose identity is registered already (same hash) is returned as is.
 
-        Returns (record, created) per config, in order.
+        ``identities`` (one per config, default the configs themselves) is what is hashed: the part of a config that
+        determines the run's result (:func:`saev_ops.train.spec.run_identity`). Returns (record, created) per config.
         """
+        idents = list(configs) if identities is None else list(identities)
+        if len(idents) != len(configs):
+            raise errors.ConfigError(f"add_runs: {len(configs)} configs but {len(idents)} identities")
 
         def fn(s: Session) -> list[tuple[RunRecord, bool]]:
             ds = models.DatasetModel.find_or_raise_by_name(s, dataset)
             sweep_id = models.SweepModel.find_or_raise_by_name(s, sweep).id if sweep is not None else None
-            hashes = [config_hash(ds.content_hash, c) for c in configs]
+            hashes = [config_hash(ds.content_hash, i) for i in idents]
             existing = {
                 r.config_hash: r
                 for r in s.scalars(sa.select(models.RunModel).where(models.RunModel.config_hash.in_(hashes)))

@@ -8,6 +8,17 @@ from typing import Any
 from saev_ops import errors
 
 ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka", "signed-topk")
+# The SAE fields each architecture reads; the others cannot change its weights and stay out of a run's identity.
+_COMMON = ("arch", "d_model", "d_sae")
+_AUXK = ("aux_k", "aux_coeff", "dead_tokens")  # the AuxK loss revives dead latents
+ARCH_FIELDS: dict[str, tuple[str, ...]] = {
+    "relu": (*_COMMON, "l1_coeff"),
+    "topk": (*_COMMON, "k", *_AUXK),
+    "batchtopk": (*_COMMON, "k", *_AUXK),
+    "matryoshka": (*_COMMON, "k", "matryoshka_prefixes", *_AUXK),
+    "signed-topk": (*_COMMON, "k"),
+    "jumprelu": (*_COMMON, "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth"),
+}
 # Keys of stored configs that no longer exist; read (registry rows, SAE files) and ignored. grid.yaml refuses them.
 LEGACY_KEYS = {"dead_steps": "dead_steps was replaced by dead_tokens (the dead window in training tokens)"}
 

@@ -9,7 +9,7 @@ from typing import Any
 from saev_ops import errors, paths
 from saev_ops.registry import Registry, RunRecord
 from saev_ops.sweeps.spec import ResourcesModel, SweepSpec, validate_run
-from saev_ops.train.spec import RunSpec, TrainJobSpec, TrainSettings, run_config
+from saev_ops.train.spec import RunSpec, TrainJobSpec, TrainSettings, run_config, run_identity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +75,18 @@ def runs_root_for(spec: SweepSpec) -> pathlib.Path:
 
 
 def bind_configs(spec: SweepSpec, d_model: int) -> list[dict[str, Any]]:
-    out = []
+    """The sweep's full run configs, one per identity: entries that differ only in what their architecture does not
+    read (a ReLU entry picking up a zipped ``k``) are one run."""
+    import json
+
+    out, seen = [], set()
     for cfg in spec.configs:
         sae = validate_run(cfg, d_model).to_dict()
-        out.append(run_config(sae, float(cfg["lr"]), int(cfg["seed"]), int(cfg["layer"]), cfg["tokens"],
-                              spec.settings))
+        full = run_config(sae, float(cfg["lr"]), int(cfg["seed"]), int(cfg["layer"]), cfg["tokens"], spec.settings)
+        key = json.dumps(run_identity(full), sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            out.append(full)
     return out
 
 
@@ -99,7 +106,7 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
     if dry_run:
         existing = {}
         for cfg in configs:
-            rec = _find_by_hash(registry, config_hash(dataset.content_hash, cfg))
+            rec = _find_by_hash(registry, config_hash(dataset.content_hash, run_identity(cfg)))
             if rec is not None:
                 existing[id(cfg)] = rec
         fresh = [(-(i + 1), cfg) for i, cfg in enumerate(configs) if id(cfg) not in existing]
@@ -108,7 +115,7 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
                             window_warnings(configs))
 
     registry.get_or_create_sweep(spec.name, spec.text)
-    added = registry.add_runs(spec.dataset, configs, sweep=spec.name)
+    added = registry.add_runs(spec.dataset, configs, sweep=spec.name, identities=[run_identity(c) for c in configs])
     new = [(r.id, r.config) for r, created in added if created]
     retried: list[tuple[int, dict[str, Any]]] = []
     if retry_failed:

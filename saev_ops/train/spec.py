@@ -74,6 +74,26 @@ class TrainJobSpec:
         return hashlib.sha256(ids.encode()).hexdigest()[:12]
 
 
+# Train settings that change how a run is carried out or reported, not what it learns: out of its identity.
+RUN_ONLY_SETTINGS = frozenset({"device", "log_every", "ckpt_every", "heartbeat_s"})
+
+
+def run_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """What determines a run's result, hashed into its identity (:func:`saev_ops.registry.config_hash`): the config
+    without the settings of :data:`RUN_ONLY_SETTINGS` and without SAE fields its architecture does not read. So the
+    same sweep resubmitted on ``device: cuda`` finds its runs, and a ReLU entry needs no ``k``."""
+    from saev_ops.sae.config import ARCH_FIELDS
+
+    out = dict(config)
+    sae = config.get("sae")
+    if isinstance(sae, dict) and sae.get("arch") in ARCH_FIELDS:
+        out["sae"] = {k: v for k, v in sae.items() if k in ARCH_FIELDS[sae["arch"]]}
+    train = config.get("train")
+    if isinstance(train, dict):
+        out["train"] = {k: v for k, v in train.items() if k not in RUN_ONLY_SETTINGS}
+    return out
+
+
 def run_config(sae: dict[str, Any], lr: float, seed: int, layer: int, tokens: str,
                settings: TrainSettings) -> dict[str, Any]:
     """The full config of a run as stored in the registry (and hashed into its identity)."""
