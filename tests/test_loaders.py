@@ -81,6 +81,41 @@ def test_ordered_batches_survive_being_kept(ds: pathlib.Path) -> None:
     np.testing.assert_array_equal(got, expected_rows(ShardSelection(tokens="all", layers=(3,))))
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_shuffled_batches_survive_being_kept(ds: pathlib.Path, native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches kept across two epochs (views of group buffers, and batches spanning two groups) are never written
+    over: each equals the copy taken when it arrived, whatever the pools reused meanwhile."""
+    from saev_ops.loaders import iovec
+
+    if not native:
+        monkeypatch.setattr(iovec, "AVAILABLE", False)  # the fallback path stages rows in a pool too
+    loader = shuffled(ds, ShardSelection(tokens="all", layers=(3, 7)), batch_size=37, buffer_mb=0.05)
+    kept, copies = [], []
+    for _ in range(2):
+        for b in loader:
+            kept.append(b)
+            copies.append({k: v.clone() for k, v in b.items()})
+    assert len(kept) > 10
+    for b, c in zip(kept, copies, strict=True):
+        for k in c:
+            assert torch.equal(b[k], c[k]), k
+
+
+def test_buffer_pool_frees_a_buffer_when_its_last_view_goes() -> None:
+    from saev_ops.loaders.blocks import BufferPool
+
+    pool = BufferPool(max_buffers=2)
+    a = pool.get((8, 4))
+    tensor = torch.from_numpy(a[2:5])  # a batch cut from the buffer outlives the array handed out
+    del a
+    b = pool.get((8, 4))
+    assert pool.in_use() == 2 and not np.shares_memory(b, tensor.numpy())
+    del tensor
+    assert pool.in_use() == 1
+    c = pool.get((8, 4))  # the freed buffer is handed out again
+    assert pool.in_use() == 2 and not np.shares_memory(b, c)
+
+
 def shuffled(ds: pathlib.Path, sel: ShardSelection = ShardSelection(), **kw) -> ShuffledDataLoader:  # noqa: ANN003
     cfg = dict(selection=sel, batch_size=100, buffer_mb=0.3, read_mb=0.004, n_threads=2)
     cfg.update(kw)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import os
 import queue
-import sys
 import threading
 import traceback
+import weakref
 from typing import Any
 
 import numpy as np
@@ -78,33 +79,49 @@ def failure() -> _Failure:
 
 
 class BufferPool:
-    """Large numpy buffers, reused once nothing else references them.
+    """Large numpy buffers, reused once nothing handed out from them is alive.
 
-    Batches handed to the consumer are views of (or tensors over) pooled buffers, and a numpy view keeps its base
-    alive, so a buffer whose reference count is back to the pool's own references is free: the consumer has dropped
-    every batch cut from it. Reusing buffers avoids the page faults (and kernel zeroing) of fresh 64 MiB-1 GiB
-    allocations, which otherwise cost as much as the reads. A consumer that keeps batches simply makes the pool allocate
-    new buffers; at most ``max_buffers`` are pooled, further ones are allocated and dropped normally.
+    Reusing buffers avoids the page faults (and kernel zeroing) of fresh 64 MiB-1 GiB allocations, which otherwise cost
+    as much as the reads. Each hand-out is a *lease*: a ctypes array over the pooled buffer, from which the returned
+    array is made, so every view cut from it (numpy slices, the torch tensors of a batch) keeps the lease alive. A
+    weak reference to the lease frees the buffer when the last of those is dropped: tracked explicitly, on any Python,
+    not by reading reference counts. A consumer that keeps batches simply makes the pool allocate new buffers; at most
+    ``max_buffers`` are pooled, further ones are allocated and dropped normally.
     """
-
-    _POOL_REFS = 3  # the pool's list, the loop variable, getrefcount's argument
 
     def __init__(self, max_buffers: int) -> None:
         self.max_buffers = max_buffers
         self._buffers: list[np.ndarray] = []
-        self._lock = threading.Lock()
+        self._leased: set[int] = set()  # indices into _buffers with a live lease
+        self._lock = threading.RLock()  # a lease may be collected while this thread holds the lock
 
     def get(self, shape: tuple[int, ...], dtype: Any = np.float32) -> np.ndarray:
         dtype = np.dtype(dtype)
         nbytes = int(np.prod(shape)) * dtype.itemsize
         with self._lock:
-            for buf in self._buffers:
-                if buf.nbytes >= nbytes and sys.getrefcount(buf) <= self._POOL_REFS:
-                    return buf[:nbytes].view(dtype).reshape(shape)
+            for i, buf in enumerate(self._buffers):
+                if buf.nbytes >= nbytes and i not in self._leased:
+                    return self._lease(i, nbytes).view(dtype).reshape(shape)
             buf = np.empty(nbytes, dtype=np.uint8)
             if len(self._buffers) < self.max_buffers:
                 self._buffers.append(buf)
+                return self._lease(len(self._buffers) - 1, nbytes).view(dtype).reshape(shape)
         return buf.view(dtype).reshape(shape)
+
+    def _lease(self, i: int, nbytes: int) -> np.ndarray:
+        owner = (ctypes.c_uint8 * nbytes).from_buffer(self._buffers[i].data)
+        self._leased.add(i)
+        weakref.finalize(owner, self._release, i)
+        return np.frombuffer(memoryview(owner), dtype=np.uint8)  # arrays -> memoryview -> owner: all keep it
+
+    def _release(self, i: int) -> None:
+        with self._lock:
+            self._leased.discard(i)
+
+    def in_use(self) -> int:
+        """Pooled buffers with a live lease (for tests and diagnostics)."""
+        with self._lock:
+            return len(self._leased)
 
 
 def read_selected(reader: ShardReader, plan: Plan, start: int, n: int, out: np.ndarray) -> np.ndarray:
