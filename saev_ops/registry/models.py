@@ -7,7 +7,7 @@ simple). Heartbeats use the database clock (see :func:`utcnow_sql`) so that skew
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
@@ -17,13 +17,30 @@ from sqlalchemy.sql.functions import FunctionElement
 from saev_ops import errors
 
 # Status vocabularies. Kept as short strings (not database enums) so a new status is a code change, not an ALTER TYPE.
-DATASET_STATUSES = ("writing", "complete", "failed")
-RUN_STATUSES = ("queued", "running", "completed", "failed", "cancelled", "lost")
-TERMINAL_RUN_STATUSES = ("completed", "failed", "cancelled", "lost")
+DatasetStatus = Literal["writing", "complete", "failed"]
+RunStatus = Literal["queued", "running", "completed", "failed", "cancelled", "lost"]
+DATASET_STATUSES: tuple[DatasetStatus, ...] = get_args(DatasetStatus)
+RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
+TERMINAL_RUN_STATUSES: tuple[RunStatus, ...] = ("completed", "failed", "cancelled", "lost")
+
+
+def as_run_status(value: str) -> RunStatus:
+    """``value`` as a run status (checked: from the database, a journal file, the command line)."""
+    for status in RUN_STATUSES:
+        if value == status:
+            return status
+    raise ValueError(f"unknown run status {value!r}; expected one of {', '.join(RUN_STATUSES)}")
+
+
+def as_dataset_status(value: str) -> DatasetStatus:
+    for status in DATASET_STATUSES:
+        if value == status:
+            return status
+    raise ValueError(f"unknown dataset status {value!r}; expected one of {', '.join(DATASET_STATUSES)}")
 
 # Allowed run status transitions. A run is written RUNNING only by the job that owns it; anyone may cancel it; the
 # reconciler (sweep status / runs reap) marks it lost or failed when Slurm or the heartbeat says it died.
-RUN_TRANSITIONS: dict[str, frozenset[str]] = {
+RUN_TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     "queued": frozenset({"running", "cancelled", "failed", "lost"}),
     "running": frozenset({"running", "completed", "failed", "cancelled", "lost", "queued"}),
     "completed": frozenset(),

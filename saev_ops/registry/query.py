@@ -74,7 +74,7 @@ class RunQuery:
     sweep: str | None = None
     """Only runs of this sweep (by name)."""
     statuses: tuple[str, ...] = ()
-    """Only runs in one of these statuses."""
+    """Only runs in one of these statuses (user input: checked by :meth:`Registry.list_runs`)."""
     where: tuple[str, ...] = ()
     """Filters such as ``nmse<0.2`` or ``status=completed``; all must hold."""
     sort: str | None = None

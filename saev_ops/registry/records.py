@@ -7,6 +7,7 @@ import datetime as dt
 from typing import Any
 
 from saev_ops.registry import models
+from saev_ops.registry.models import DatasetStatus, RunStatus
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,7 +16,7 @@ class DatasetRecord:
     name: str
     content_hash: str
     path: str
-    status: str
+    status: DatasetStatus
     source_path: str | None
     model_family: str
     model_ckpt: str
@@ -35,7 +36,7 @@ class DatasetRecord:
             name=m.name,
             content_hash=m.content_hash,
             path=m.path,
-            status=m.status,
+            status=models.as_dataset_status(m.status),
             source_path=m.source_path,
             model_family=m.model_family,
             model_ckpt=m.model_ckpt,
@@ -69,7 +70,7 @@ class RunRecord:
     dataset_id: int
     config: dict[str, Any]
     config_hash: str
-    status: str
+    status: RunStatus
     executor: str | None
     slurm_job_id: str | None
     slurm_array_index: int | None
@@ -94,7 +95,7 @@ class RunRecord:
             dataset_id=m.dataset_id,
             config=dict(m.config),
             config_hash=m.config_hash,
-            status=m.status,
+            status=models.as_run_status(m.status),
             executor=m.executor,
             slurm_job_id=m.slurm_job_id,
             slurm_array_index=m.slurm_array_index,

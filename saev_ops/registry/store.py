@@ -175,7 +175,7 @@ class Registry:
         n_examples: int,
         dtype: str,
         source_path: str | None = None,
-        status: str = "writing",
+        status: models.DatasetStatus = "writing",
         extra: dict[str, Any] | None = None,
     ) -> DatasetRecord:
         """Register a dataset. Raises DuplicateError if the name or content hash is taken, ConfigError for a bad
@@ -379,7 +379,7 @@ class Registry:
     def get_run(self, run_id: int) -> RunRecord:
         return self._read(lambda s: RunRecord.from_model(models.RunModel.find_or_raise_by_id(s, run_id)))
 
-    def transition_run(self, run_id: int, status: str, **fields: Any) -> RunRecord:
+    def transition_run(self, run_id: int, status: models.RunStatus, **fields: Any) -> RunRecord:
         """Move a run to ``status`` (checked against RUN_TRANSITIONS) and set other fields in the same transaction.
 
         Entering ``running`` counts an attempt and stamps started_at and the heartbeat; entering a terminal status
@@ -391,7 +391,7 @@ class Registry:
 
         def fn(s: Session) -> RunRecord:
             row = models.RunModel.find_or_raise_by_id(s, run_id, for_update=True)
-            if status not in models.RUN_TRANSITIONS[row.status] and status != row.status:
+            if status not in models.RUN_TRANSITIONS[models.as_run_status(row.status)] and status != row.status:
                 raise errors.InvalidTransitionError(f"run {run_id} cannot go from {row.status} to {status}")
             if status == "running" and row.status != "running":
                 row.attempts += 1

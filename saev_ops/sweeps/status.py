@@ -14,9 +14,10 @@ import time
 
 from saev_ops import errors
 from saev_ops.registry import Registry, RunQuery, RunRecord
+from saev_ops.registry.models import RunStatus
 
 # sacct state -> (registry status, reason)
-SLURM_STATES = {
+SLURM_STATES: dict[str, tuple[RunStatus, str]] = {
     "CANCELLED": ("cancelled", "cancelled in Slurm"),
     "TIMEOUT": ("failed", "Slurm time limit reached"),
     "OUT_OF_MEMORY": ("failed", "out of memory (Slurm)"),
@@ -87,7 +88,7 @@ def reconcile(registry: Registry, sweep: str, *, grace_s: float = 300.0) -> list
     return changes
 
 
-def _apply(registry: Registry, run: RunRecord, new: str, reason: str) -> Change:
+def _apply(registry: Registry, run: RunRecord, new: RunStatus, reason: str) -> Change:
     current = registry.get_run(run.id)
     if current.status not in ("queued", "running"):
         return Change(run.id, run.status, current.status, "already updated by the job")

@@ -25,6 +25,7 @@ import pathlib
 from typing import Any
 
 from saev_ops import atomic, errors, paths
+from saev_ops.registry.models import RunStatus, as_run_status
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ JOURNAL_NAME = paths.JOURNAL_NAME
 OFFSET_SUFFIX = ".offset"
 
 
-def apply_transition(registry: Any, run_id: int, status: str, **fields: Any) -> None:
+def apply_transition(registry: Any, run_id: int, status: RunStatus, **fields: Any) -> None:
     """Move a run to ``status`` the way its job does: a rerun of a failed or cancelled run goes back to ``queued``
     first; a run that never showed ``running`` (the registry was down when its job started) gets that step first."""
     current = registry.get_run(run_id).status
@@ -58,7 +59,7 @@ class Journal:
             return
         self._append(run_id, {"run_id": run_id, "step": step, "values": values})
 
-    def transition(self, run_id: int, status: str, **fields: Any) -> None:
+    def transition(self, run_id: int, status: RunStatus, **fields: Any) -> None:
         """Record a status change; an invalid transition (say, the run was cancelled meanwhile) still raises."""
         if self._try(lambda: apply_transition(self.registry, run_id, status, **fields), f"run {run_id} -> {status}"):
             return
@@ -122,7 +123,7 @@ def sync_file(registry: Any, path: pathlib.Path) -> SyncResult:
             rec = json.loads(raw)
             run_id = int(rec["run_id"])
             if "status" in rec:
-                status, fields = str(rec["status"]), dict(rec.get("fields") or {})
+                status, fields = as_run_status(str(rec["status"])), dict(rec.get("fields") or {})
             else:
                 step = int(rec["step"])
                 batch = [(str(k), step, float(v)) for k, v in rec["values"].items()]
