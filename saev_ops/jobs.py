@@ -7,46 +7,43 @@ plain picklable spec plus a callable from :mod:`saev_ops.train` or :mod:`saev_op
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from pydantic import Field
+
 from saev_ops import errors
+from saev_ops.schema import Schema, parse_pairs
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SlurmSpec:
-    """The only place Slurm options are named."""
+class SlurmSpec(Schema):
+    """Slurm resources of a job: the only place Slurm options are named. ``resources:`` in grid.yaml extends it;
+    ``--slurm KEY=VALUE`` parses into it."""
 
     partition: str | None = None
+    """Slurm partition (default: the cluster's)."""
     account: str | None = None
+    """Slurm account to charge."""
     qos: str | None = None
-    gpus: int = 0
-    cpus: int = 2
-    mem_gb: float = 8.0
-    time_min: int = 60
-    max_parallel: int = 8
+    """Slurm quality of service."""
+    gpus: int = Field(0, ge=0)
+    """GPUs per job."""
+    cpus: int = Field(2, gt=0)
+    """CPUs per job."""
+    mem_gb: float = Field(8.0, gt=0)
+    """Memory per job, in GB."""
+    time_min: int = Field(60, gt=0)
+    """Time limit per job, in minutes."""
+    max_parallel: int = Field(8, gt=0)
+    """Array tasks running at once."""
 
     @classmethod
     def from_pairs(cls, pairs: Sequence[str]) -> SlurmSpec:
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        bad = []
-        for pair in pairs:
-            key, sep, raw = pair.partition("=")
-            if not sep or key not in fields:
-                bad.append(pair)
-                continue
-            kind = fields[key].type
-            try:
-                values[key] = int(raw) if kind == "int" else float(raw) if kind == "float" else raw
-            except ValueError:
-                bad.append(pair)
-        if bad:
-            raise errors.ConfigError(f"bad --slurm option(s) {bad}: expected KEY=VALUE with KEY one of "
-                                     + ", ".join(f"{k} (default {f.default})" for k, f in fields.items()))
-        return cls(**values)
+        """``--slurm KEY=VALUE`` options, typed and checked by this schema (every problem in one error)."""
+        spec = parse_pairs(cls, tuple(pairs), "--slurm")
+        assert isinstance(spec, SlurmSpec)
+        return spec
 
     def parameters(self, name: str) -> dict[str, Any]:
         """submitit ``update_parameters`` keywords for the Slurm executor."""

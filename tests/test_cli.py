@@ -200,3 +200,22 @@ def test_transient_errors_are_told_by_code() -> None:
     other.sqlite_errorcode = 1  # type: ignore[attr-defined]  # SQLITE_ERROR: not to be retried whatever it says
     assert _is_transient(sa.exc.OperationalError("x", None, busy))
     assert not _is_transient(sa.exc.OperationalError("x", None, other))
+
+
+def test_slurm_option_help_names_the_schema_and_parsing_reports_every_problem() -> None:
+    import re
+
+    from saev_ops import errors
+    from saev_ops.cli.context import SLURM_OPTION_HELP
+    from saev_ops.jobs import SlurmSpec
+
+    keys = re.split(r",\s*", SLURM_OPTION_HELP.split("repeatable: ", 1)[1].rstrip("."))
+    assert keys == list(SlurmSpec.model_fields)
+    assert SlurmSpec.from_pairs(["cpus=4", "mem_gb=2.5", "partition=debug"]) == SlurmSpec(cpus=4, mem_gb=2.5,
+                                                                                           partition="debug")
+    with pytest.raises(errors.ConfigError) as info:
+        SlurmSpec.from_pairs(["cpus=four", "gpus=-1", "bogus=1", "noequals"])
+    text = str(info.value)
+    for part in ("cpus: Input should be a valid integer", "gpus: Input should be greater than or equal to 0",
+                 "bogus: Extra inputs are not permitted", "'noequals': expected KEY=VALUE"):
+        assert part in text, text

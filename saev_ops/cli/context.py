@@ -35,6 +35,10 @@ class CliContext:
 
 pass_ctx = click.make_pass_decorator(CliContext)
 
+# The keys of saev_ops.jobs.SlurmSpec, spelled here so `--help` does not import pydantic; a test keeps them equal.
+SLURM_OPTION_HELP = ("Slurm resources for --executor slurm, KEY=VALUE, repeatable: partition, account, qos, gpus, "
+                     "cpus, mem_gb, time_min, max_parallel.")
+
 
 def format_option(f):
     from saev_ops.cli.fmt import FORMATS

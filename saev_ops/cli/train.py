@@ -16,7 +16,6 @@ from saev_ops.cli.context import CliContext, pass_ctx
 def group(obj: CliContext, run_ids: tuple[int, ...], runs_root: str | None, device: str | None) -> None:
     """Train RUN_IDS together in one pass over their dataset, against the registry named by --db/SAEV_OPS_DB_URL.
     The runs must share dataset, layer, tokens and train settings. Resumes from their last checkpoint."""
-    import dataclasses
     import pathlib
 
     from saev_ops import errors
@@ -36,7 +35,7 @@ def group(obj: CliContext, run_ids: tuple[int, ...], runs_root: str | None, devi
     require_complete(reg, dataset.name)
     settings = TrainSettings(**runs[0].config["train"])
     if device:
-        settings = dataclasses.replace(settings, device=device)
+        settings = settings.model_copy(update={"device": device})
     recorded = {str(pathlib.Path(r.run_dir).parent) for r in runs if r.run_dir}
     if runs_root:
         root = pathlib.Path(runs_root)

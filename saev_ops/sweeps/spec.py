@@ -24,59 +24,38 @@ import pathlib
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from saev_ops import errors
+from saev_ops.jobs import SlurmSpec
 from saev_ops.registry.names import MAX_NAME_LENGTH, NAME_PATTERN
 from saev_ops.sae.config import LEGACY_KEYS, SAEConfig
+from saev_ops.schema import Schema
 from saev_ops.train.spec import TrainSettings
 
 RUN_KEYS = {f.name for f in dataclasses.fields(SAEConfig)} - {"d_model"} | {"lr", "seed", "layer", "tokens"}
 TOKENS = ("all", "patches", "cls", "special", "no-registers")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class ResourcesModel(SlurmSpec):
+    """``resources:``: the Slurm resources of each job, and how runs are grouped into jobs."""
 
-
-class TrainModel(_Strict):
-    batch_size: int = Field(4096, gt=0)
-    n_tokens: int = Field(1_000_000, gt=0)
-    seed: int = 0
-    lr_warmup_steps: int = Field(100, ge=0)
-    lr_decay: Literal["cosine", "linear", "none"] = "cosine"
-    sparsity_warmup_steps: int = Field(100, ge=0)
-    log_every: int = Field(50, gt=0)
-    ckpt_every: int = Field(500, gt=0)
-    device: str = "cpu"
-    buffer_mb: float = Field(1024.0, gt=0)
-    heartbeat_s: float = Field(30.0, gt=0)
-
-
-class ResourcesModel(_Strict):
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    gpus: int = Field(0, ge=0)
-    cpus: int = Field(2, gt=0)
-    mem_gb: float = Field(8.0, gt=0)
-    time_min: int = Field(60, gt=0)
-    max_parallel: int = Field(8, gt=0)
     max_runs_per_job: int = Field(16, gt=0)
+    """At most this many runs share a job (one pass over the data)."""
     device_memory_gb: float = Field(16.0, gt=0)
     """Memory the SAEs of one job may use on the device; grouping splits runs to fit it."""
 
 
-class SweepModel(_Strict):
+class SweepModel(Schema):
     name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
     dataset: str = Field(min_length=1)
     executor: Literal["local", "debug", "slurm"] = "local"
     runs_root: str | None = None
-    train: TrainModel = TrainModel()
-    base: dict[str, Any] = {}
-    grid: dict[str, list[Any]] = {}
-    zip: dict[str, list[Any]] = {}
-    runs: list[dict[str, Any]] = []
+    train: TrainSettings = TrainSettings()
+    base: dict[str, Any] = Field(default_factory=dict)
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    zip: dict[str, list[Any]] = Field(default_factory=dict)
+    runs: list[dict[str, Any]] = Field(default_factory=list)
     resources: ResourcesModel = ResourcesModel()
 
 
@@ -176,7 +155,7 @@ def parse_sweep(text: str, source: str = "grid.yaml") -> SweepSpec:
         except errors.ConfigError as exc:
             raise errors.ConfigError(f"{source}: expanded run {i} {cfg}: {exc}") from None
     return SweepSpec(model.name, model.dataset, model.executor, model.runs_root,
-                     TrainSettings(**model.train.model_dump()), model.resources, tuple(configs), text)
+                     model.train, model.resources, tuple(configs), text)
 
 
 def _by_line(problems: list[str], source: str) -> list[str]:

@@ -168,8 +168,7 @@ def launch(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[Planned
         return []
     specs = job_specs(spec, dataset, jobs, db_url)
     r = spec.resources
-    slurm = SlurmSpec(partition=r.partition, account=r.account, qos=r.qos, gpus=r.gpus, cpus=r.cpus, mem_gb=r.mem_gb,
-                      time_min=r.time_min, max_parallel=r.max_parallel)
+    slurm = SlurmSpec(**r.model_dump(include=set(SlurmSpec.model_fields)))
     for job, job_spec in zip(jobs, specs, strict=True):
         for rid in job.run_ids:
             registry.set_run_fields(rid, executor=spec.executor, run_dir=str(paths.run_dir(job_spec.runs_root, rid)))

@@ -4,41 +4,40 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any
+from typing import Any, Literal
 
-from saev_ops import errors
+from pydantic import Field
+
 from saev_ops.sae.config import SAEConfig
+from saev_ops.schema import Schema
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class TrainSettings:
-    """Settings shared by every run of a job (they share one pass over the data)."""
+class TrainSettings(Schema):
+    """Settings shared by every run of a job (they share one pass over the data): the ``train:`` section of grid.yaml
+    and the ``train`` part of a stored run config."""
 
-    batch_size: int = 4096
+    batch_size: int = Field(4096, gt=0)
     """Patches per step."""
-    n_tokens: int = 1_000_000
+    n_tokens: int = Field(1_000_000, gt=0)
     """Patches each SAE trains on (steps = n_tokens // batch_size)."""
     seed: int = 0
     """Data order seed."""
-    lr_warmup_steps: int = 100
-    lr_decay: str = "cosine"
+    lr_warmup_steps: int = Field(100, ge=0)
+    """Steps of linear learning-rate warm-up."""
+    lr_decay: Literal["cosine", "linear", "none"] = "cosine"
     """cosine or linear decay to 0 after warm-up, or none."""
-    sparsity_warmup_steps: int = 100
-    log_every: int = 50
+    sparsity_warmup_steps: int = Field(100, ge=0)
+    """Steps over which the sparsity penalty ramps up."""
+    log_every: int = Field(50, gt=0)
     """Steps between metric reports."""
-    ckpt_every: int = 500
+    ckpt_every: int = Field(500, gt=0)
     """Steps between checkpoints."""
     device: str = "cpu"
-    buffer_mb: float = 1024.0
+    """Where the SAEs train (cpu, cuda, cuda:1)."""
+    buffer_mb: float = Field(1024.0, gt=0)
     """Shuffled loader memory."""
-    heartbeat_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        bad = [n for n in ("batch_size", "n_tokens", "log_every", "ckpt_every") if getattr(self, n) <= 0]
-        if bad:
-            raise errors.ConfigError(f"train settings {bad} must be > 0")
-        if self.lr_decay not in ("cosine", "linear", "none"):
-            raise errors.ConfigError(f"train.lr_decay must be cosine, linear or none, got {self.lr_decay!r}")
+    heartbeat_s: float = Field(30.0, ge=0)
+    """Seconds between heartbeats to the registry (0: every step)."""
 
     @property
     def n_steps(self) -> int:
@@ -98,4 +97,4 @@ def run_config(sae: dict[str, Any], lr: float, seed: int, layer: int, tokens: st
                settings: TrainSettings) -> dict[str, Any]:
     """The full config of a run as stored in the registry (and hashed into its identity)."""
     return {"sae": sae, "lr": lr, "seed": seed, "layer": layer, "tokens": tokens,
-            "train": dataclasses.asdict(settings)}
+            "train": settings.model_dump()}
