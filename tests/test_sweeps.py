@@ -36,8 +36,8 @@ def env(tmp_path: pathlib.Path) -> tuple[Registry, str]:
     reg = Registry(url)
     make_dataset(reg, name="tiny", path=str(path), d_model=32, layers=[3, 7], tokens_per_example=17,
                  n_examples=40, status="complete")
-    reg.update_dataset("tiny", extra={"metadata_hash": __import__("json").loads(
-        (path / "saev_ops.json").read_text())["content_hash"]})
+    sidecar = __import__("json").loads((path / "saev_ops.json").read_text())
+    reg.update_dataset("tiny", extra={"metadata_hash": sidecar["content_hash"], "token_layout": sidecar["token_layout"]})
     return reg, url
 
 
@@ -60,12 +60,12 @@ def test_expansion_and_precedence(tmp_path: pathlib.Path) -> None:
         ("name: s\ndataset: d\ntrain:\n  batch_sise: 3\nbase: {kk: 3}\n",
          r"grid.yaml:4: train.batch_sise: Extra inputs.*\n.*grid.yaml:5: base.kk: unknown run key"),
         ("name: s\ndataset: d\nresources:\n  gpus: -1\n", r"grid.yaml:4: resources.gpus: .*greater than or equal to 0"),
-        ("name: s\ndataset: d\nbase: {d_sae: 64}\ngrid: {k: [4, 8000]}\n", r"expanded run 1 .*k=8000 > d_sae=64"),
+        ("name: s\ndataset: d\nbase: {d_sae: 64}\ngrid: {k: [4, 8000]}\n", r"grid.yaml:4: grid\.k: must be in 1\.\.d_sae \(64\), got 8000"),
         ("name: s\ndataset: d\nzip: {k: [1, 2], lr: [0.1]}\n", r"grid.yaml:3: zip: lists must have the same length"),
         ("name: s\ndataset: d\nexecutor: kubernetes\n", r"grid.yaml:3: executor: Input should be 'local', 'debug'"),
         ("name: s\n  dataset: [\n", r"grid.yaml:2: not valid YAML"),
         ("- 1\n- 2\n", r"expected a mapping at the top level"),
-        ("name: s\ndataset: d\nbase: {tokens: sideways}\n", r"tokens must be one of"),
+        ("name: s\ndataset: d\nbase: {tokens: sideways}\n", r"grid.yaml:3: base\.tokens: must be one of"),
     ],
 )
 def test_validation_errors_name_key_and_line(text: str, message: str) -> None:
@@ -212,3 +212,37 @@ def test_migration_rehashes_runs_by_identity(tmp_path: pathlib.Path) -> None:
     assert reg.get_run(a.id).config_hash == config_hash(ds_hash, base)
     reg.close()
     engine.dispose()
+
+
+def test_every_grid_problem_in_one_pass_with_its_line(tmp_path: pathlib.Path) -> None:
+    text = """\
+name: off
+dataset: d
+grid:
+  lr: []
+zip:
+  d_sae: [64, 128]
+  k: [8]
+base:
+  arch: foo
+runs:
+  - {}
+  - {arch: matryoshka, d_sae: 64, k: 8, matryoshka_prefixes: [32, 16]}
+  - {arch: topk, d_sae: 16, k: 32}
+"""
+    with pytest.raises(errors.ConfigError) as info:
+        parse_sweep(text, "g.yaml")
+    lines = str(info.value).splitlines()[1:]
+    assert [ln.split(":")[1] for ln in lines] == ["1", "4", "5", "9", "12", "13"], lines
+    assert "quote it" in lines[0] and "grid.lr: empty list" in lines[1] and "d_sae=2, k=1" in lines[2]
+    assert "base.arch: must be one of" in lines[3] and "runs.1.matryoshka_prefixes" in lines[4]
+    assert "runs.2.k: must be in 1..d_sae (16), got 32" in lines[5]
+
+
+def test_a_batch_larger_than_the_dataset_is_refused_at_submit(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
+    reg, url = env
+    text = grid(tmp_path).replace("batch_size: 64", "batch_size: 1000")  # 40 examples x 16 patches = 640 rows
+    for dry_run in (True, False):
+        with pytest.raises(errors.ConfigError, match="batch_size 1,000 is larger than.*tokens=patches: 640 rows"):
+            submit_sweep(reg, parse_sweep(text), url, dry_run=dry_run)
+    assert reg.list_runs() == []

@@ -50,23 +50,41 @@ class SAEConfig:
     """Nested prefix sizes (ascending, the last < d_sae); the full width is always included."""
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = self.problems()
+        if problems:
+            raise errors.ConfigError("SAE config: " + "; ".join(f"{k} {msg}" for k, msg in problems))
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, what is wrong) for every invalid value; empty when the config is sound."""
+        out = []
         if self.arch not in ARCHS:
-            problems.append(f"arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
-        if self.d_model <= 0 or self.d_sae <= 0:
-            problems.append(f"d_model and d_sae must be > 0, got {self.d_model}, {self.d_sae}")
+            out.append(("arch", f"must be one of {', '.join(ARCHS)}, got {self.arch!r}"))
+        for name in ("d_model", "d_sae", "dead_tokens"):
+            if getattr(self, name) <= 0:
+                out.append((name, f"must be > 0, got {getattr(self, name)}"))
         if self.arch in ("topk", "batchtopk", "matryoshka", "signed-topk") and not 0 < self.k <= self.d_sae:
-            problems.append(f"k must be in 1..d_sae ({self.d_sae}), got {self.k}")
+            out.append(("k", f"must be in 1..d_sae ({self.d_sae}), got {self.k}"))
         if self.arch == "matryoshka":
             p = list(self.matryoshka_prefixes)
             if p != sorted(set(p)) or any(x <= 0 or x >= self.d_sae for x in p):
-                problems.append(f"matryoshka_prefixes must be ascending, unique and in 1..d_sae-1, got {p}")
-        if self.dead_tokens <= 0:
-            problems.append(f"dead_tokens must be > 0, got {self.dead_tokens}")
-        if min(self.l1_coeff, self.l0_coeff, self.aux_coeff) < 0:
-            problems.append("coefficients must be >= 0")
-        if problems:
-            raise errors.ConfigError("SAE config: " + "; ".join(problems))
+                out.append(("matryoshka_prefixes", f"must be ascending, unique and in 1..d_sae-1, got {p}"))
+        for name in ("l1_coeff", "l0_coeff", "aux_coeff"):
+            if getattr(self, name) < 0:
+                out.append((name, f"must be >= 0, got {getattr(self, name)}"))
+        return out
+
+    @classmethod
+    def problems_of(cls, d: dict[str, Any]) -> list[tuple[str, str]]:
+        """:meth:`problems` of the config ``d`` would make, without raising (known keys only; defaults fill in)."""
+        obj = cls.__new__(cls)
+        for f in dataclasses.fields(cls):
+            object.__setattr__(obj, f.name, d.get(f.name, f.default))
+        if isinstance(obj.matryoshka_prefixes, list):
+            object.__setattr__(obj, "matryoshka_prefixes", tuple(obj.matryoshka_prefixes))
+        try:
+            return obj.problems()
+        except TypeError as exc:  # a value of the wrong type (a string for k, ...)
+            return [("sae", f"a value has the wrong type ({exc})")]
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -46,16 +46,30 @@ class ResourcesModel(SlurmSpec):
     """Memory the SAEs of one job may use on the device; grouping splits runs to fit it."""
 
 
-class SweepModel(Schema):
-    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
-    dataset: str = Field(min_length=1)
-    executor: Literal["local", "debug", "slurm"] = "local"
-    runs_root: str | None = None
-    train: TrainSettings = TrainSettings()
+class RunsSections(Schema):
+    """The sections that define the runs (checked, expanded and reported on their own, so a problem elsewhere in the
+    file does not hide theirs)."""
+
     base: dict[str, Any] = Field(default_factory=dict)
+    """Keys every run starts from."""
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    """Cartesian product over these lists."""
     zip: dict[str, list[Any]] = Field(default_factory=dict)
+    """Lists walked together (same length)."""
     runs: list[dict[str, Any]] = Field(default_factory=list)
+    """Explicit entries; each is combined with the grid and zip."""
+
+
+class SweepModel(RunsSections):
+    name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
+    """The sweep's name in the registry."""
+    dataset: str = Field(min_length=1)
+    """Registry name of a complete dataset."""
+    executor: Literal["local", "debug", "slurm"] = "local"
+    """Where the jobs run."""
+    runs_root: str | None = None
+    """Where run directories go (default $SAEV_OPS_HOME/runs/<sweep>)."""
+    train: TrainSettings = TrainSettings()
     resources: ResourcesModel = ResourcesModel()
 
 
@@ -130,32 +144,69 @@ def parse_sweep(text: str, source: str = "grid.yaml") -> SweepSpec:
         for i, entry in enumerate(data["runs"]):
             if isinstance(entry, dict):
                 check_keys(f"runs[{i}]", entry, ("runs", i))
+    model, schema_problems = _schema(data, root, source)
+    problems += schema_problems + _structure(data, root, source)
     try:
-        model = SweepModel.model_validate(data)
-    except ValidationError as exc:
-        for e in exc.errors():
-            loc = tuple(e["loc"])
-            line = _line_of(root, loc)
-            key = ".".join(str(x) for x in loc)
-            problems.append(f"{source}{f':{line}' if line else ''}: {key}: {e['msg']}")
-        raise errors.ConfigError("invalid sweep file:\n  " + "\n  ".join(_by_line(problems, source))) from None
-    for k, v in model.grid.items():
-        if not v:
-            problems.append(f"{source}:{_line_of(root, ('grid', k))}: grid.{k}: empty list")
-    lengths = {len(v) for v in model.zip.values()}
-    if len(lengths) > 1:
-        problems.append(f"{source}:{_line_of(root, ('zip',))}: zip: lists must have the same length, got "
-                        + ", ".join(f"{k}={len(v)}" for k, v in model.zip.items()))
-    if problems:
+        sections: RunsSections | None = RunsSections.model_validate(
+            {k: data[k] for k in RunsSections.model_fields if k in data})
+    except ValidationError:
+        sections = None  # its problems are in schema_problems already
+    if sections is not None:
+        problems += [p for p in _runs(sections, root, source) if p not in problems]
+    if problems or model is None:
         raise errors.ConfigError("invalid sweep file:\n  " + "\n  ".join(_by_line(problems, source)))
-    configs = expand(model)
-    for i, cfg in enumerate(configs):  # each expanded run must make a valid SAE config
-        try:
-            validate_run(cfg, d_model=1)
-        except errors.ConfigError as exc:
-            raise errors.ConfigError(f"{source}: expanded run {i} {cfg}: {exc}") from None
     return SweepSpec(model.name, model.dataset, model.executor, model.runs_root,
-                     model.train, model.resources, tuple(configs), text)
+                     model.train, model.resources, tuple(expand(model)[0]), text)
+
+
+def _where(source: str, root: yaml.Node | None, loc: tuple[Any, ...] | None, key: str) -> str:
+    line = _line_of(root, loc) if loc else None
+    return f"{source}{f':{line}' if line else ''}: {'.'.join(str(x) for x in loc) if loc else key}"
+
+
+def _schema(data: dict[str, Any], root: yaml.Node | None, source: str) -> tuple[SweepModel | None, list[str]]:
+    """The file against the schema: the model, or every problem with its key and line."""
+    try:
+        return SweepModel.model_validate(data), []
+    except ValidationError as exc:
+        out = []
+        for e in exc.errors():
+            hint = ""
+            if isinstance(e.get("input"), bool) and e["type"] == "string_type":
+                hint = " (YAML reads off/on/yes/no/true/false as booleans: quote it)"
+            out.append(f"{_where(source, root, tuple(e['loc']), '')}: {e['msg']}{hint}")
+        return None, out
+
+
+def _structure(data: dict[str, Any], root: yaml.Node | None, source: str) -> list[str]:
+    """What the schema cannot say: empty grid lists, zip lists of different lengths (read from the raw file, so they
+    are reported even when other parts are invalid)."""
+    out = []
+    grid = data.get("grid")
+    for k, v in grid.items() if isinstance(grid, dict) else ():
+        if isinstance(v, list) and not v:
+            out.append(f"{_where(source, root, ('grid', k), '')}: empty list (a grid key needs values)")
+    zipped = data.get("zip")
+    if isinstance(zipped, dict) and len({len(v) for v in zipped.values() if isinstance(v, list)}) > 1:
+        out.append(f"{_where(source, root, ('zip',), '')}: lists must have the same length, got "
+                   + ", ".join(f"{k}={len(v)}" for k, v in zipped.items() if isinstance(v, list)))
+    return out
+
+
+def _runs(sections: RunsSections, root: yaml.Node | None, source: str) -> list[str]:
+    """Every problem of every expanded run, at the key (and line) its bad value came from, each once. Empty grid lists
+    and zip lists of different lengths (reported on their own) are left out or cut to the shortest here, so the other
+    keys are still checked."""
+    out: list[str] = []
+    grid = {k: v for k, v in sections.grid.items() if v}
+    shortest = min((len(v) for v in sections.zip.values()), default=0)
+    zipped = {k: v[:shortest] for k, v in sections.zip.items()}
+    for cfg, origin in zip(*expand(sections.model_copy(update={"grid": grid, "zip": zipped})), strict=True):
+        for key, message in run_problems(cfg):
+            problem = f"{_where(source, root, origin.get(key), key)}: {message}"
+            if problem not in out:
+                out.append(problem)
+    return out
 
 
 def _by_line(problems: list[str], source: str) -> list[str]:
@@ -166,34 +217,50 @@ def _by_line(problems: list[str], source: str) -> list[str]:
     return sorted(problems, key=line)
 
 
-def expand(model: SweepModel) -> list[dict[str, Any]]:
+def expand(model: RunsSections) -> tuple[list[dict[str, Any]], list[dict[str, tuple[Any, ...]]]]:
+    """The sweep's runs (precedence: defaults < base < grid < zip < the explicit entry, duplicates once), each with
+    where every key came from (a location in the file, for messages)."""
     grid_keys = list(model.grid)
     combos = list(itertools.product(*(model.grid[k] for k in grid_keys))) or [()]
     zipped = ([dict(zip(model.zip, vals, strict=True)) for vals in zip(*model.zip.values(), strict=True)]
               if model.zip else [{}])
-    out = []
+    out, origins = [], []
     seen = set()
-    for entry in model.runs or [{}]:
+    for i, entry in enumerate(model.runs or [{}]):
         for combo in combos:
             for z in zipped:
-                # precedence: defaults < base < grid < zip < the explicit entry
                 cfg = {"layer": -1, "tokens": "patches", "lr": 4e-4, "seed": 0, **model.base,
                        **dict(zip(grid_keys, combo, strict=True)), **z, **entry}
                 key = repr(sorted(cfg.items()))
-                if key not in seen:
-                    seen.add(key)
-                    out.append(cfg)
-    return out
+                if key in seen:
+                    continue
+                seen.add(key)
+                origin: dict[str, tuple[Any, ...]] = {k: ("base", k) for k in model.base}
+                origin.update({k: ("grid", k) for k in grid_keys})
+                origin.update({k: ("zip", k) for k in z})
+                origin.update({k: ("runs", i, k) for k in entry})
+                out.append(cfg)
+                origins.append(origin)
+    return out, origins
+
+
+def run_problems(cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """(key, what is wrong) for one expanded run, all of them."""
+    out = []
+    if not isinstance(cfg.get("lr"), (int, float)) or isinstance(cfg.get("lr"), bool) or not cfg["lr"] > 0:
+        out.append(("lr", f"must be a number > 0, got {cfg.get('lr')!r}"))
+    if cfg.get("tokens") not in TOKENS:
+        out.append(("tokens", f"must be one of {', '.join(TOKENS)}, got {cfg.get('tokens')!r}"))
+    if not isinstance(cfg.get("layer"), int):
+        out.append(("layer", f"must be an integer, got {cfg.get('layer')!r}"))
+    sae_keys = {k: v for k, v in cfg.items() if k not in ("lr", "seed", "layer", "tokens")}
+    return out + [(k, m) for k, m in SAEConfig.problems_of({**sae_keys, "d_model": 1}) if k != "d_model"]
 
 
 def validate_run(cfg: dict[str, Any], d_model: int) -> SAEConfig:
+    """The run's SAE config for a dataset of width ``d_model``; ConfigError listing every problem."""
+    problems = run_problems(cfg)
+    if problems:
+        raise errors.ConfigError("; ".join(f"{k}: {m}" for k, m in problems))
     sae_keys = {k: v for k, v in cfg.items() if k not in ("lr", "seed", "layer", "tokens")}
-    if "d_sae" in sae_keys and isinstance(sae_keys.get("k"), int) and sae_keys["k"] > sae_keys["d_sae"]:
-        raise errors.ConfigError(f"k={sae_keys['k']} > d_sae={sae_keys['d_sae']}")
-    if not isinstance(cfg.get("lr"), (int, float)) or not cfg["lr"] > 0:
-        raise errors.ConfigError(f"lr must be a number > 0, got {cfg.get('lr')!r}")
-    if cfg.get("tokens") not in TOKENS:
-        raise errors.ConfigError(f"tokens must be one of {', '.join(TOKENS)}, got {cfg.get('tokens')!r}")
-    if not isinstance(cfg.get("layer"), int):
-        raise errors.ConfigError(f"layer must be an integer, got {cfg.get('layer')!r}")
     return SAEConfig.from_dict({**sae_keys, "d_model": d_model})

@@ -99,6 +99,7 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
 
     dataset = require_complete(registry, spec.dataset)
     configs = bind_configs(spec, dataset.d_model)
+    check_batch_size(configs, dataset, spec.settings.batch_size)
     for cfg in configs:  # the layer must exist in the dataset
         if cfg["layer"] != -1 and cfg["layer"] not in dataset.layers:
             raise errors.ConfigError(f"layer {cfg['layer']} is not recorded in dataset {dataset.name!r} "
@@ -128,6 +129,24 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
     job_ids = launch(registry, spec, dataset, jobs, db_url)
     return SubmitResult(spec.name, len(configs), tuple(r for r, _ in new), tuple(r for r, _ in retried), tuple(jobs),
                         tuple(job_ids), False, window_warnings(configs))
+
+
+def check_batch_size(configs: list[dict[str, Any]], dataset: Any, batch_size: int) -> None:
+    """Refuse, before anything is written, runs whose token selection gives fewer rows than one batch (the job would
+    fail at its start). Needs the dataset's recorded token layout; without one the job checks."""
+    from saev_ops.shards.format import TokenLayout
+
+    layout = dataset.extra.get("token_layout")
+    if not layout:
+        return
+    short = []
+    for tokens in sorted({c["tokens"] for c in configs}):
+        rows = dataset.n_examples * len(TokenLayout(**layout).indices(tokens))
+        if batch_size > rows:
+            short.append(f"tokens={tokens}: {rows:,} rows")
+    if short:
+        raise errors.ConfigError(f"train.batch_size {batch_size:,} is larger than what dataset {dataset.name!r} "
+                                 f"gives one layer ({'; '.join(short)}); lower batch_size")
 
 
 def window_warnings(configs: list[dict[str, Any]]) -> tuple[str, ...]:
