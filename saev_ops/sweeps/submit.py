@@ -164,19 +164,58 @@ def _find_by_hash(registry: Registry, h: str) -> RunRecord | None:
     return rows[0].run if rows else None
 
 
-def job_specs(spec: SweepSpec, dataset: Any, jobs: list[PlannedJob], db_url: str) -> list[TrainJobSpec]:
+def _job_spec(db_url: str, dataset: Any, layer: int, tokens: str, members: list[tuple[int, dict[str, Any]]],
+              runs_root: str | pathlib.Path, settings: TrainSettings | None = None) -> TrainJobSpec:
+    """One job: runs (id, stored config) that share dataset, layer, tokens and train settings."""
     from saev_ops.sae.config import SAEConfig
 
+    runs = tuple(RunSpec(run_id=rid, sae=SAEConfig.from_dict(cfg["sae"]), lr=cfg["lr"], seed=cfg["seed"])
+                 for rid, cfg in members)
+    return TrainJobSpec(db_url=db_url, dataset=dataset.name, dataset_path=dataset.path,
+                        dataset_hash=dataset.content_hash, layer=dataset.layers[-1] if layer == -1 else layer,
+                        tokens=tokens, settings=settings or TrainSettings(**members[0][1]["train"]), runs=runs,
+                        runs_root=str(runs_root))
+
+
+def job_specs(spec: SweepSpec, dataset: Any, jobs: list[PlannedJob], db_url: str) -> list[TrainJobSpec]:
     root = runs_root_for(spec)
-    out = []
-    for job in jobs:
-        runs = tuple(RunSpec(run_id=rid, sae=SAEConfig.from_dict(cfg["sae"]), lr=cfg["lr"], seed=cfg["seed"])
-                     for rid, cfg in zip(job.run_ids, job.configs, strict=True))
-        layer = dataset.layers[-1] if job.layer == -1 else job.layer
-        out.append(TrainJobSpec(db_url=db_url, dataset=dataset.name, dataset_path=dataset.path,
-                                dataset_hash=dataset.content_hash, layer=layer, tokens=job.tokens,
-                                settings=TrainSettings(**job.configs[0]["train"]), runs=runs, runs_root=str(root)))
-    return out
+    return [_job_spec(db_url, dataset, job.layer, job.tokens, list(zip(job.run_ids, job.configs, strict=True)), root)
+            for job in jobs]
+
+
+def job_for_runs(registry: Registry, run_ids: tuple[int, ...], db_url: str, *, runs_root: str | None = None,
+                 device: str | None = None) -> TrainJobSpec:
+    """The job that trains registered runs together (`saev-ops train RUN...`): they must share dataset, layer, tokens
+    and train settings. It writes where their sweep's job wrote them (so it resumes from that checkpoint), else under
+    ``runs_root`` or the default root of their sweep."""
+    from saev_ops.datasets import require_complete
+
+    runs = [registry.get_run(i) for i in run_ids]
+    keys = {(r.dataset_id, r.config["layer"], r.config["tokens"], repr(sorted(r.config["train"].items())))
+            for r in runs}
+    if len(keys) != 1:
+        raise errors.ConfigError("these runs do not share dataset, layer, tokens and train settings; train them "
+                                 "in separate commands")
+    dataset = registry.get_dataset_by_id(runs[0].dataset_id)
+    require_complete(registry, dataset.name)
+    settings = TrainSettings(**runs[0].config["train"])
+    if device:
+        settings = settings.model_copy(update={"device": device})
+    recorded = {str(pathlib.Path(r.run_dir).parent) for r in runs if r.run_dir}
+    if runs_root:
+        root = pathlib.Path(runs_root)
+    elif len(recorded) == 1 and all(r.run_dir for r in runs):
+        root = pathlib.Path(recorded.pop())  # where their sweep's job wrote (and checkpointed) them
+    elif recorded:
+        raise errors.ConfigError(f"these runs were written under different roots ({', '.join(sorted(recorded))}); "
+                                 "train them in separate commands or pass --runs-root")
+    else:
+        sweep_id = runs[0].sweep_id
+        names = {s.id: s.name for s, _ in registry.list_sweeps()} if sweep_id is not None else {}
+        root = paths.default_runs_root(names.get(sweep_id) if sweep_id is not None else None)
+    first = runs[0].config
+    return _job_spec(db_url, dataset, first["layer"], first["tokens"], [(r.id, r.config) for r in runs], root,
+                     settings)
 
 
 def launch(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[PlannedJob], db_url: str) -> list[str | None]:
