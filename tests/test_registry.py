@@ -160,3 +160,17 @@ def test_registry_pickles_as_url(tmp_path) -> None:  # noqa: ANN001
     clone = pickle.loads(pickle.dumps(reg))
     assert clone.get_dataset("inat21").name == "inat21"
     assert "engine" not in reg.__getstate__()
+
+
+def test_every_sqlalchemy_error_is_a_registry_error(sqlite_registry, monkeypatch) -> None:  # noqa: ANN001
+    import sqlalchemy as sa
+
+    def exhausted(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - what a full connection pool raises
+        raise sa.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached")
+
+    sqlite_registry.engine.dispose()
+    monkeypatch.setattr(sqlite_registry.engine.pool, "connect", exhausted)
+    with pytest.raises(errors.RegistryUnavailableError, match="QueuePool limit"):
+        sqlite_registry.list_datasets()
+    with pytest.raises(errors.RegistryUnavailableError, match="registry write failed.*QueuePool limit"):
+        sqlite_registry.get_or_create_sweep("s")

@@ -75,6 +75,15 @@ def _is_transient(exc: sa.exc.DBAPIError) -> bool:
     return "database is locked" in text or "database table is locked" in text
 
 
+def _mapped(exc: sa.exc.SQLAlchemyError, what: str) -> errors.RegistryError:
+    """A SQLAlchemy error as saev-ops' own: unreachable (connection, pool time-out) or failed (anything else)."""
+    detail = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    text = str(detail).strip().splitlines()[0] if str(detail).strip() else type(detail).__name__
+    if isinstance(exc, (sa.exc.OperationalError, sa.exc.TimeoutError, sa.exc.InterfaceError)):
+        return errors.RegistryUnavailableError(f"{what}: {text}")
+    return errors.RegistryError(f"{what}: {text}")
+
+
 # Bookkeeping fields of a run that callers may set (status changes go through transition_run).
 RUN_FIELDS = frozenset(
     {"executor", "slurm_job_id", "slurm_array_index", "host", "checkpoint_path", "error", "run_dir", "local_pid"}
@@ -141,10 +150,8 @@ class Registry:
         try:
             with Session(self.engine) as session, session.begin():
                 return fn(session)
-        except sa.exc.OperationalError as exc:
-            raise errors.RegistryUnavailableError(f"registry read failed at {safe_url(self.url)}: {exc.orig}") from None
-        except sa.exc.DBAPIError as exc:  # a missing table, a dropped connection, ...: never a raw driver traceback
-            raise errors.RegistryError(f"registry read failed at {safe_url(self.url)}: {exc.orig}") from None
+        except sa.exc.SQLAlchemyError as exc:  # never a raw driver or pool traceback
+            raise _mapped(exc, f"registry read failed at {safe_url(self.url)}") from None
 
     def _write(self, fn: Callable[[Session], T]) -> T:
         for attempt in range(MAX_RETRIES + 1):
@@ -157,7 +164,9 @@ class Registry:
                 if attempt < MAX_RETRIES and _is_transient(exc):
                     time.sleep(random.random() * 2.0)
                     continue
-                raise errors.RegistryError(f"registry write failed at {safe_url(self.url)}: {exc.orig}") from None
+                raise _mapped(exc, f"registry write failed at {safe_url(self.url)}") from None
+            except sa.exc.SQLAlchemyError as exc:
+                raise _mapped(exc, f"registry write failed at {safe_url(self.url)}") from None
         raise AssertionError("unreachable")
 
     # -- datasets ----------------------------------------------------------------------------------------------------
