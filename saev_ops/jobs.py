@@ -57,6 +57,17 @@ class SlurmSpec(Schema):
         return params
 
 
+def sbatch_text(slurm: SlurmSpec, name: str, folder: pathlib.Path) -> str:
+    """The batch script submitit writes for one job with these resources (what ``sbatch`` receives)."""
+    import submitit
+
+    ex = submitit.AutoExecutor(folder=str(pathlib.Path(folder) / "%j"), cluster="slurm")
+    ex.update_parameters(**slurm.parameters(name))
+    inner = ex._executor
+    assert isinstance(inner, submitit.SlurmExecutor)  # cluster="slurm" above
+    return inner._make_submission_file_text("python -u -m submitit.core._submit", "UID")
+
+
 def _run_all(calls: Sequence[Callable[[], Any]]) -> list[Any]:
     return [c() for c in calls]
 

@@ -47,8 +47,14 @@ def sacct_states(job_ids: list[str]) -> dict[str, str]:
                          capture_output=True, text=True, timeout=60)
     if res.returncode != 0:
         raise errors.ClusterError(f"sacct failed (exit {res.returncode}): {res.stderr.strip()}")
+    return parse_sacct(res.stdout)
+
+
+def parse_sacct(text: str) -> dict[str, str]:
+    """``sacct -X -n -P -o JobID,State`` lines as ``{JOBID or JOBID_INDEX: STATE}``; the state's first word only
+    (``CANCELLED by 0`` -> ``CANCELLED``); pending array ranges (``8_[2-4%1]``) keep their own key."""
     out = {}
-    for line in res.stdout.splitlines():
+    for line in text.splitlines():
         if "|" in line:
             jid, state = line.split("|", 1)
             out[jid.strip()] = state.split()[0] if state.strip() else ""
