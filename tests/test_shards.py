@@ -176,3 +176,15 @@ def test_import_saev_written_directory(tmp_path: pathlib.Path) -> None:
     np.testing.assert_array_equal(r.read(0, 25), synthetic_acts(0, 25, (11,), 10, 16))
     assert r.index.get(17).shard == 2 and r.index.get(17).row == 1
     assert verify(path, full=True) == []
+
+
+def test_bfloat16_round_trip_keeps_nan_and_inf() -> None:
+    from saev_ops.shards import dtypes
+
+    special = np.array([0x7FFFFFFF, 0x7FC00000, 0xFF800000, 0x7F800000], dtype=np.uint32).view(np.float32)
+    x = np.concatenate([special, np.linspace(-3, 3, 11, dtype=np.float32)])
+    back = dtypes.decode(dtypes.encode(x, "bfloat16"), "bfloat16")
+    assert np.isnan(back[:2]).all() and back[2] == -np.inf and back[3] == np.inf  # a NaN used to come back -0.0
+    np.testing.assert_allclose(back[4:], x[4:], rtol=2**-8)
+    out = np.empty_like(x)
+    assert dtypes.decode(dtypes.encode(x, "bfloat16"), "bfloat16", out) is out
