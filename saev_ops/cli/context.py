@@ -35,6 +35,18 @@ class CliContext:
 
 pass_ctx = click.make_pass_decorator(CliContext)
 
+def executor_options(what: str):
+    """``--executor local|slurm`` and ``--slurm KEY=VALUE`` for a job command (record, infer)."""
+
+    def wrap(f):
+        f = click.option("--slurm", "slurm_opts", multiple=True, metavar="KEY=VALUE", help=SLURM_OPTION_HELP)(f)
+        return click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+                            help=f"local: {what} in this process. slurm: submit a Slurm job (resources from --slurm) "
+                            "and return.")(f)
+
+    return wrap
+
+
 # The keys of saev_ops.jobs.SlurmSpec, spelled here so `--help` does not import pydantic; a test keeps them equal.
 SLURM_OPTION_HELP = ("Slurm resources for --executor slurm, KEY=VALUE, repeatable: partition, account, qos, gpus, "
                      "cpus, mem_gb, time_min, max_parallel.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from saev_ops.cli import fmt
-from saev_ops.cli.context import SLURM_OPTION_HELP, CliContext, format_option, pass_ctx
+from saev_ops.cli.context import CliContext, executor_options, format_option, pass_ctx
 
 
 @click.group("datasets")
@@ -118,10 +118,7 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where datasets go (default $SAEV_OPS_HOME/data).")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--force", is_flag=True, help="Record again even if this exact recording exists.")
-@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
-              help="local: record in this process. slurm: submit a Slurm job (resources from --slurm) and return.")
-@click.option("--slurm", "slurm_opts", multiple=True, metavar="KEY=VALUE",
-              help=SLURM_OPTION_HELP)
+@executor_options("record")
 @pass_ctx
 def record(obj: CliContext, executor: str, slurm_opts: tuple[str, ...], **kw: object) -> None:
     """Record a model's activations over an image set into a registered dataset (resumes an interrupted one)."""

@@ -7,7 +7,7 @@ import itertools
 import click
 
 from saev_ops.cli import fmt
-from saev_ops.cli.context import SLURM_OPTION_HELP, CliContext, format_option, pass_ctx
+from saev_ops.cli.context import CliContext, executor_options, format_option, pass_ctx
 
 
 @click.command("infer")
@@ -17,10 +17,7 @@ from saev_ops.cli.context import SLURM_OPTION_HELP, CliContext, format_option, p
 @click.option("--batch-size", type=int, default=16384, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--force", is_flag=True, help="Recompute outputs that exist.")
-@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
-              help="local: infer in this process. slurm: submit a Slurm job (resources from --slurm) and return.")
-@click.option("--slurm", "slurm_opts", multiple=True, metavar="KEY=VALUE",
-              help=SLURM_OPTION_HELP)
+@executor_options("infer")
 @pass_ctx
 def infer(obj: CliContext, target: str, dataset: str, out_root: str | None, batch_size: int, device: str,
           force: bool, executor: str, slurm_opts: tuple[str, ...]) -> None:

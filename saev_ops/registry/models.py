@@ -7,7 +7,7 @@ simple). Heartbeats use the database clock (see :func:`utcnow_sql`) so that skew
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, ClassVar, Literal, get_args
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 import sqlalchemy as sa
 from sqlalchemy.ext.compiler import compiles
@@ -15,6 +15,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql.functions import FunctionElement
 
 from saev_ops import errors
+
+T = TypeVar("T")
 
 # Status vocabularies. Kept as short strings (not database enums) so a new status is a code change, not an ALTER TYPE.
 DatasetStatus = Literal["writing", "complete", "failed"]
@@ -79,6 +81,14 @@ def _find_by_name(cls: Any, session: sa.orm.Session, name: str, noun: str) -> An
         known = session.scalars(sa.select(cls.name).order_by(cls.name).limit(20)).all()
         hint = f" Known {noun}s: {', '.join(known)}." if known else f" The registry has no {noun}s yet."
         raise errors.NotFoundError(f"no {noun} named {name!r} in the registry.{hint}")
+    return row
+
+
+def get_or_raise(session: sa.orm.Session, model: type[T], row_id: int, noun: str) -> T:
+    """The row of ``model`` with primary key ``row_id``, or NotFoundError naming it."""
+    row = session.get(model, row_id)
+    if row is None:
+        raise errors.NotFoundError(f"no {noun} with id {row_id} in the registry")
     return row
 
 

@@ -228,13 +228,8 @@ class Registry:
         return self._read(lambda s: DatasetRecord.from_model(models.DatasetModel.find_or_raise_by_name(s, name)))
 
     def get_dataset_by_id(self, dataset_id: int) -> DatasetRecord:
-        def fn(s: Session) -> DatasetRecord:
-            row = s.get(models.DatasetModel, dataset_id)
-            if row is None:
-                raise errors.NotFoundError(f"no dataset with id {dataset_id} in the registry")
-            return DatasetRecord.from_model(row)
-
-        return self._read(fn)
+        return self._read(
+            lambda s: DatasetRecord.from_model(models.get_or_raise(s, models.DatasetModel, dataset_id, "dataset")))
 
     def find_dataset_by_hash(self, content_hash: str) -> DatasetRecord | None:
         def fn(s: Session) -> DatasetRecord | None:
@@ -650,13 +645,8 @@ class Registry:
         return self._write(fn)
 
     def get_output(self, output_id: int) -> OutputRecord:
-        def fn(s: Session) -> OutputRecord:
-            row = s.get(models.InferenceOutputModel, output_id)
-            if row is None:
-                raise errors.NotFoundError(f"no inference output with id {output_id} in the registry")
-            return OutputRecord.from_model(row)
-
-        return self._read(fn)
+        return self._read(lambda s: OutputRecord.from_model(
+            models.get_or_raise(s, models.InferenceOutputModel, output_id, "inference output")))
 
     def find_output(self, run_id: int, dataset_id: int) -> OutputRecord | None:
         o = models.InferenceOutputModel
