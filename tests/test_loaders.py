@@ -293,3 +293,24 @@ def test_iovec_read_rows_checks_its_arguments_and_short_reads(tmp_path: pathlib.
     os.truncate(reader.paths.shard(0), 200)
     with pytest.raises(errors.DataError, match="short read"):
         iovec.read_rows(reader, 0, offs, np.arange(4, dtype=np.int64) * 128, 128, out)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_every_loader_reads_through_the_one_scatter_path(ds: pathlib.Path, native: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ordered batches, indexed rows (single and batched, duplicates included) and shuffled epochs give the same rows
+    with libc's preadv and with the numpy fallback."""
+    from saev_ops.loaders import iovec
+
+    if not native:
+        monkeypatch.setattr(iovec, "AVAILABLE", False)
+    sel = ShardSelection(tokens="patches", layers=(7,))
+    want = expected_rows(sel)
+    got = np.concatenate([check_batch(b) for b in OrderedDataLoader(ds, OrderedConfig(selection=sel, batch_size=50,
+                                                                                        chunk_mb=0.01))])
+    np.testing.assert_array_equal(got, want)
+    idx = IndexedDataset(ds, sel)
+    picks = [5, 0, len(want) - 1, 5, 17]
+    np.testing.assert_array_equal(check_batch(idx.get_batch(picks)), want[picks])
+    np.testing.assert_array_equal(idx[17]["act"][:3].long().numpy(), want[17])
+    np.testing.assert_array_equal(np.sort(epoch_rows(shuffled(ds, sel)), axis=0), np.sort(want, axis=0))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-import os
 import queue
 import threading
 import traceback
@@ -124,122 +123,35 @@ class BufferPool:
             return len(self._leased)
 
 
-def read_selected(reader: ShardReader, plan: Plan, start: int, n: int, out: np.ndarray) -> np.ndarray:
-    """Examples ``[start, start + n)`` as their selected rows, in order, straight into ``out`` (n * rows, D).
-
-    The kernel scatters each read: ``preadv`` gets one iovec per selected run of tokens (into ``out``) and one per
-    short unselected run (into a scratch buffer), so selecting patches (no CLS) costs no extra copy. Unselected
-    stretches longer than 256 KiB (whole layers not asked for) end the call and are skipped. For reduced-precision
-    storage the same scatter fills a disk-dtype buffer, widened to float32 afterwards.
-    """
-    md = reader.md
-    itemsize = reader.disk_dtype.itemsize
-    row_bytes = md.d_model * itemsize
-    T = md.tokens_per_example
-    direct = reader.disk_dtype == np.float32
-    target = out if direct else np.empty(out.shape, dtype=reader.disk_dtype)
-    tview = target.reshape(-1).data.cast("B")
-    selected = np.zeros(T, dtype=bool)
-    selected[plan.token_idx] = True
-    if not np.all(np.diff(plan.token_idx) > 0):
-        raise AssertionError("token selection must be increasing")  # layout indices are always sorted
-    # runs of (is_selected, first token, count) along one layer's token axis
-    edges = np.flatnonzero(np.diff(selected.astype(np.int8))) + 1
-    bounds = np.concatenate([[0], edges, [T]])
-    runs = [(bool(selected[a]), int(a), int(b - a)) for a, b in itertools.pairwise(bounds)]
-    max_gap = max([c for s, _, c in runs if not s] + [0]) * row_bytes
-    scratch = memoryview(bytearray(min(max(max_gap, 1), iovec.GAP_BYTES)))
-    layer_pos = {li: j for j, li in enumerate(plan.layer_idx)}
-    eps = md.examples_per_shard
-    dest = 0  # byte position in target
-    ex = start
-    while ex < start + n:
-        shard, row = divmod(ex, eps)
-        take = min(start + n - ex, eps - row)
-        fd = reader.fd(shard)
-        iov: list[memoryview] = []
-        call_offset = row * reader.example_bytes
-        pos = call_offset  # next file byte the pending call would read
-        for e in range(row, row + take):
-            for li in range(md.n_layers):
-                layer_start = e * reader.example_bytes + li * reader.layer_bytes
-                if li not in layer_pos:
-                    continue
-                for is_sel, first, count in runs:
-                    run_off = layer_start + first * row_bytes
-                    nbytes = count * row_bytes
-                    if run_off != pos or (not is_sel and nbytes > len(scratch)) or len(iov) >= iovec.IOV_MAX:
-                        iov = _flush(reader, fd, shard, iov, call_offset)
-                        call_offset = pos = run_off
-                    if is_sel:
-                        iov.append(tview[dest : dest + nbytes])
-                        dest += nbytes
-                        pos += nbytes
-                    elif nbytes <= len(scratch):
-                        iov.append(scratch[:nbytes])
-                        pos += nbytes
-                    else:
-                        pos = run_off + nbytes
-                        call_offset = pos
-        _flush(reader, fd, shard, iov, call_offset)
-        ex += take
-    if not direct:
-        dtypes.decode(target, reader.storage_dtype, out)
-    return out
-
-
-def _flush(reader: ShardReader, fd: int, shard: int, iov: list[memoryview], offset: int) -> list[memoryview]:
-    """Issue the pending scattered read at ``offset``; returns the emptied list."""
-    if iov:
-        got = os.preadv(fd, iov, offset)
-        if got != sum(len(v) for v in iov):
-            # rare: retry piecewise so a short read is either completed or reported
-            _complete_short(reader, shard, iov, offset, got)
-    return []
-
-
-def _complete_short(reader: ShardReader, shard: int, iov: list[memoryview], offset: int, got: int) -> None:
-    """A scattered read came back short: finish each buffer with the reader's own retrying read (which reports a
-    truncated file)."""
-    pos = offset
-    for v in iov:
-        done = max(0, min(len(v), got - (pos - offset)))
-        if done < len(v):
-            reader.pread_into(shard, pos + done, v[done:])
-        pos += len(v)
-
-
 def scatter_examples(reader: ShardReader, plan: Plan, starts: np.ndarray, counts: np.ndarray, dest_rows: np.ndarray,
                      out: np.ndarray, staging: BufferPool) -> None:
     """Read the selected rows of the example ranges ``[starts[i], starts[i] + counts[i])`` so that the k-th row (ranges
-    in the given order, then examples, then rows in plan order) lands in ``out[dest_rows[k]]``.
+    in the given order, then examples, then rows in plan order) lands in ``out[dest_rows[k]]`` (float32).
 
-    float32 on disk: the ranges are sorted into file order and the kernel puts every row straight in its place
-    (:func:`saev_ops.loaders.iovec.read_rows`, iovecs built by numpy for all ranges at once, the GIL released for each
-    call), so the Python work is a fixed cost per call of this function, not per row or per range, and reader threads
-    scale with cores. Otherwise (reduced-precision storage, or no libc ``preadv``): per range one
-    :func:`read_selected` into a reused staging buffer, widened to float32, then one numpy indexed assignment.
+    The one read path of every loader. The ranges are sorted into file order and
+    :func:`saev_ops.loaders.iovec.read_rows` puts every row in its place (native ``preadv`` with iovecs built by numpy,
+    the GIL released for each call; else its one numpy fallback), so the Python work is a fixed cost per call of this
+    function, not per row or per range. float32 storage lands straight in ``out``; reduced precision lands in a
+    staging buffer of the disk dtype and is widened into ``out`` with one indexed assignment.
     """
-    md = reader.md
     rpe = plan.rows_per_example
-    if reader.disk_dtype != np.float32 or not iovec.AVAILABLE:
-        k = 0
-        for s, c in zip(starts.tolist(), counts.tolist(), strict=True):
-            rows = staging.get((c * rpe, reader.d_model))
-            read_selected(reader, plan, s, c, rows)
-            out[dest_rows[k : k + c * rpe]] = rows
-            k += c * rpe
-        return
-    row_bytes = md.d_model * 4
-    layer_off = np.asarray(plan.layer_idx, dtype=np.int64)[:, None] * reader.layer_bytes
-    sel_offsets = (layer_off + plan.token_idx[None, :] * row_bytes).ravel()  # selected rows of one example
     examples = np.concatenate([np.arange(s, s + c, dtype=np.int64)
-                               for s, c in zip(starts.tolist(), counts.tolist(), strict=True)])
+                               for s, c in zip(np.atleast_1d(starts).tolist(), np.atleast_1d(counts).tolist(),
+                                               strict=True)])
     order = np.argsort(examples, kind="stable")
-    examples = examples[order]
-    dest = dest_rows.reshape(-1, rpe)[order].astype(np.int64) * row_bytes
-    shard, row = np.divmod(examples, md.examples_per_shard)
+    n_tok = len(plan.token_idx)
+    layers = np.repeat(np.asarray(plan.layer_idx, dtype=np.int64), n_tok)[None, :]  # layer-major, as plan rows are
+    tokens = np.tile(plan.token_idx, len(plan.layer_idx))[None, :]
+    shard, offsets = reader.row_offsets(examples[order][:, None], layers, tokens)
+    shard = shard[:, 0]
+    rows_sorted = np.asarray(dest_rows, dtype=np.int64).reshape(-1, rpe)[order]
+    if reader.disk_dtype == np.float32:
+        target, dest = out, rows_sorted * reader.row_bytes
+    else:
+        target = staging.get((len(examples) * rpe, reader.d_model), reader.disk_dtype)
+        dest = np.arange(len(examples) * rpe, dtype=np.int64).reshape(-1, rpe) * reader.row_bytes
     cuts = np.concatenate([[0], np.flatnonzero(np.diff(shard)) + 1, [len(shard)]])
     for a, b in itertools.pairwise(cuts.tolist()):
-        offs = ((row[a:b] * reader.example_bytes)[:, None] + sel_offsets[None, :]).ravel()
-        iovec.read_rows(reader, int(shard[a]), offs, dest[a:b].ravel(), row_bytes, out)
+        iovec.read_rows(reader, int(shard[a]), offsets[a:b].ravel(), dest[a:b].ravel(), reader.row_bytes, target)
+    if target is not out:
+        out[rows_sorted.ravel()] = dtypes.decode(target, reader.storage_dtype)

@@ -32,13 +32,8 @@ class IndexedDataset:
         self._tokens = self.plan.token_idx.tolist()
         self._layer_idx = list(self.plan.layer_idx)
         self._eps = md.examples_per_shard
-        self._item = self.reader.disk_dtype.itemsize
-        self._row_bytes = md.d_model * self._item
-        self._example_bytes = self.reader.example_bytes
-        self._layer_bytes = self.reader.layer_bytes
+        self._row_bytes = self.reader.row_bytes
         self._len = md.n_examples * self._rpe
-        self._fds = [self.reader.fd(s) for s in range(md.n_shards)]
-        self._memmaps: dict[int, np.ndarray] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         return {"root": str(self.reader.root), "selection": self.selection}
@@ -56,30 +51,19 @@ class IndexedDataset:
             raise IndexError(f"index {i} out of range for {self._len} rows")
         ex, within = divmod(i, self._rpe)
         li, ti = divmod(within, self._n_tok)
-        shard, row = divmod(ex, self._eps)
         tok = self._tokens[ti]
-        offset = row * self._example_bytes + self._layer_idx[li] * self._layer_bytes + tok * self._row_bytes
-        return ex, shard, offset, li, tok
+        shard, offset = self.reader.row_offsets(ex, self._layer_idx[li], tok)
+        return ex, int(shard), int(offset), li, tok
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         """One row: ``act`` (d_model,) float32 tensor, ``example_idx``, ``token_idx``, ``layer`` ints."""
         ex, shard, offset, li, tok = self._locate(int(i))
         arr = np.empty(self.reader.md.d_model, dtype=self.reader.disk_dtype)
-        if os.preadv(self._fds[shard], [arr.data], offset) != self._row_bytes:
-            raise errors.DataError(f"{self.reader.paths.shard(shard)}: short read at byte {offset}")
+        self.reader.pread_into(shard, offset, arr.data)  # the retrying read that read_rows finishes short reads with
         if self.reader.storage_dtype != "float32":
             arr = dtypes.decode(arr, self.reader.storage_dtype)
         return {"act": torch.from_numpy(arr), "example_idx": ex,
                 "token_idx": tok, "layer": self.plan.layer_numbers[li]}
-
-    def _memmap(self, shard: int) -> np.ndarray:
-        mm = self._memmaps.get(shard)
-        if mm is None:
-            md = self.reader.md
-            mm = np.memmap(self.reader.paths.shard(shard), dtype=self.reader.disk_dtype, mode="r",
-                           shape=(self._eps * md.n_layers * md.tokens_per_example, md.d_model))
-            self._memmaps[shard] = mm
-        return mm
 
     def get_batch(self, indices: Any) -> Batch:
         """Many rows at once (vectorised): a :class:`Batch` in the order of ``indices``."""
@@ -87,18 +71,16 @@ class IndexedDataset:
         if idx.size and (idx.min() < -self._len or idx.max() >= self._len):
             raise IndexError(f"indices out of range for {self._len} rows")
         idx = np.where(idx < 0, idx + self._len, idx)
-        md = self.reader.md
         ex, within = np.divmod(idx, self._rpe)
         li, ti = np.divmod(within, self._n_tok)
-        shard, row = np.divmod(ex, self._eps)
-        layer_pos = np.asarray(self._layer_idx, dtype=np.int64)[li]
         tok = self.plan.token_idx[ti]
-        flat = (row * md.n_layers + layer_pos) * md.tokens_per_example + tok
-        out = np.empty((len(idx), md.d_model), dtype=np.float32)
-        for s in np.unique(shard):
-            sel = np.nonzero(shard == s)[0]
-            rows = self._memmap(int(s))[flat[sel]]
-            storage = self.reader.storage_dtype
+        shard, offsets = self.reader.row_offsets(ex, np.asarray(self._layer_idx, dtype=np.int64)[li], tok)
+        # scattered rows are gathered from the page cache through a memory map (one C loop, no call per row)
+        out = np.empty((len(idx), self.reader.d_model), dtype=np.float32)
+        storage = self.reader.storage_dtype
+        for s in np.unique(shard).tolist():
+            sel = np.flatnonzero(shard == s)
+            rows = self.reader.rows(s)[offsets[sel] // self._row_bytes]
             out[sel] = rows if storage == "float32" else dtypes.decode(rows, storage)
         layers = np.asarray(self.plan.layer_numbers, dtype=np.int64)[li]
         return to_batch(out, ex, tok, layers)

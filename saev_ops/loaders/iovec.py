@@ -24,8 +24,8 @@ from saev_ops.shards.reader import ShardReader
 GAP_BYTES = 256 << 10
 """Unselected stretches up to this long are read into scratch (one call continues); longer ones end the call."""
 IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
-"""Buffers per ``preadv`` call (also for :func:`saev_ops.loaders.blocks.read_selected`)."""
-_ROWS_PER_CALL = IOV_MAX // 2  # each row may bring one scratch iovec for the gap after it
+"""Buffers per ``preadv`` call."""
+_SEGS_PER_CALL = IOV_MAX // 2  # each segment may bring one scratch iovec for the gap after it
 
 
 def _libc_preadv() -> Any:
@@ -54,55 +54,69 @@ def read_rows(reader: ShardReader, shard: int, offsets: np.ndarray, dest: np.nda
         return
     if int(dest.min()) < 0 or int(dest.max()) + row_bytes > out.nbytes:
         raise ValueError("a destination row lies outside out")  # the pointers below must stay inside the buffer
-    fd = reader.fd(shard)
     gap = np.diff(offsets) - row_bytes  # unselected bytes after each row but the last
     if n > 1 and int(gap.min()) < 0:
         raise ValueError("offsets must be ascending and rows must not overlap")
-    ptrs = out.ctypes.data + dest.astype(np.uint64)
-    if not gap.any():  # the rows are one contiguous stretch of the file: one iovec per row
-        iov = np.empty((n, 2), dtype=np.uint64)
-        iov[:, 0] = ptrs
-        iov[:, 1] = row_bytes
-        base = iov.ctypes.data
-        for a in range(0, n, IOV_MAX):
-            b = min(n, a + IOV_MAX)
-            _call(reader, shard, fd, base + a * 16, b - a, int(offsets[a]), (b - a) * row_bytes, offsets[a:b],
-                  dest[a:b], row_bytes, out)
+    if not AVAILABLE:
+        _read_rows_numpy(reader, shard, offsets, dest, row_bytes, out, gap)
         return
-    # calls start at row 0, after every long gap, and every _ROWS_PER_CALL rows within a stretch
-    breaks = np.flatnonzero(gap > GAP_BYTES) + 1
-    seg = np.concatenate([[0], breaks, [n]])
-    starts = np.concatenate([np.arange(a, b, _ROWS_PER_CALL) for a, b in itertools.pairwise(seg) if b > a])
-    ends = np.append(starts[1:], n)
-    scratch_after = np.zeros(n, dtype=bool)
-    scratch_after[:-1] = (gap > 0) & (gap <= GAP_BYTES)
-    scratch_after[ends - 1] = False  # a call never reads past its last row
+    fd = reader.fd(shard)
+    # segments: runs of rows contiguous both in the file and in out, one iovec each
+    brk = np.flatnonzero((gap != 0) | (np.diff(dest) != row_bytes)) + 1
+    first = np.concatenate([[0], brk]).astype(np.int64)
+    s_off = offsets[first]
+    s_dest = dest[first]
+    s_len = (np.append(brk, n) - first) * row_bytes
+    m = len(first)
+    s_gap = s_off[1:] - (s_off[:-1] + s_len[:-1])  # unselected bytes after each segment but the last
+    # calls start at segment 0, after every long gap, and every _SEGS_PER_CALL segments within a stretch
+    breaks = np.flatnonzero(s_gap > GAP_BYTES) + 1
+    seg = np.concatenate([[0], breaks, [m]])
+    starts = np.concatenate([np.arange(a, b, _SEGS_PER_CALL) for a, b in itertools.pairwise(seg) if b > a])
+    ends = np.append(starts[1:], m)
+    scratch_after = np.zeros(m, dtype=bool)
+    scratch_after[:-1] = (s_gap > 0) & (s_gap <= GAP_BYTES)
+    scratch_after[ends - 1] = False  # a call never reads past its last segment
     n_iov = 1 + scratch_after.astype(np.int64)
     first_iov = np.cumsum(n_iov) - n_iov
     iov = np.empty((int(n_iov[-1] + first_iov[-1]), 2), dtype=np.uint64)
-    iov[first_iov, 0] = ptrs
-    iov[first_iov, 1] = row_bytes
+    iov[first_iov, 0] = out.ctypes.data + s_dest.astype(np.uint64)
+    iov[first_iov, 1] = s_len
     scratch = np.empty(GAP_BYTES if scratch_after.any() else 1, dtype=np.uint8)
     after = first_iov[scratch_after] + 1
     iov[after, 0] = scratch.ctypes.data
-    iov[after, 1] = gap[scratch_after[:-1]].astype(np.uint64)
+    iov[after, 1] = s_gap[scratch_after[:-1]].astype(np.uint64)
     base = iov.ctypes.data
-    for a, b, ia, ib, off_a, off_b in zip(starts.tolist(), ends.tolist(), first_iov[starts].tolist(),
-                                          (first_iov[ends - 1] + 1).tolist(), offsets[starts].tolist(),
-                                          offsets[ends - 1].tolist(), strict=True):
-        _call(reader, shard, fd, base + ia * 16, ib - ia, off_a, off_b + row_bytes - off_a, offsets[a:b], dest[a:b],
-              row_bytes, out)
+    for a, b, ia, ib in zip(starts.tolist(), ends.tolist(), first_iov[starts].tolist(),
+                            (first_iov[ends - 1] + 1).tolist(), strict=True):
+        off_a, off_b = int(s_off[a]), int(s_off[b - 1] + s_len[b - 1])
+        _call(reader, shard, fd, base + ia * 16, ib - ia, off_a, off_b - off_a, s_off[a:b], s_dest[a:b],
+              s_len[a:b], out)
     del scratch  # alive until every call above returned
 
 
+def _read_rows_numpy(reader: ShardReader, shard: int, offsets: np.ndarray, dest: np.ndarray, row_bytes: int,
+                     out: np.ndarray, gap: np.ndarray) -> None:
+    """The one fallback (no libc ``preadv``): each stretch of rows with gaps under :data:`GAP_BYTES` is read whole
+    (retrying short reads) and its rows are moved into place by one numpy indexed assignment. Rows start at multiples
+    of ``row_bytes`` in the file and in ``out``, so both sides are row arrays."""
+    rows_out = out.reshape(-1).view(np.uint8).reshape(-1, row_bytes)
+    breaks = np.flatnonzero(gap > GAP_BYTES) + 1
+    for a, b in itertools.pairwise([0, *breaks.tolist(), len(offsets)]):
+        first = int(offsets[a])
+        span = np.empty(int(offsets[b - 1]) - first + row_bytes, dtype=np.uint8)
+        reader.pread_into(shard, first, span.data)
+        rows_out[dest[a:b] // row_bytes] = span.reshape(-1, row_bytes)[(offsets[a:b] - first) // row_bytes]
+
+
 def _call(reader: ShardReader, shard: int, fd: int, iov_ptr: int, n_iov: int, offset: int, want: int,
-          offsets: np.ndarray, dest: np.ndarray, row_bytes: int, out: np.ndarray) -> None:
+          offsets: np.ndarray, dest: np.ndarray, lengths: np.ndarray, out: np.ndarray) -> None:
     got = _PREADV(fd, iov_ptr, n_iov, offset)
     if got == want:
         return
     if got < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"{reader.paths.shard(shard)}: preadv at byte {offset}: {os.strerror(err)}")
-    flat = out.reshape(-1).view(np.uint8).data  # short read: finish these rows one by one
-    for off, d in zip(offsets.tolist(), dest.tolist(), strict=True):
-        reader.pread_into(shard, off, flat[d : d + row_bytes])
+    flat = out.reshape(-1).view(np.uint8).data  # short read: finish these segments with the retrying read
+    for off, d, length in zip(offsets.tolist(), dest.tolist(), lengths.tolist(), strict=True):
+        reader.pread_into(shard, off, flat[d : d + length])

@@ -3,7 +3,8 @@
 Rows come example by example; inside an example, layer by layer (file order), then token by token. Chunks of whole
 batches (about ``chunk_mb``) are read by a small thread pool (``preadv`` releases the GIL) ahead of the consumer, each
 read scattering the selected tokens straight into a reused chunk buffer
-(:func:`~saev_ops.loaders.blocks.read_selected`); every batch is a view into one chunk, so the read is the only copy.
+(:func:`~saev_ops.loaders.blocks.scatter_examples`); every batch is a view into one chunk, so the read is the only
+copy.
 ``start``/``stop`` split a dataset between jobs by example.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from saev_ops import errors
-from saev_ops.loaders.blocks import BufferPool, read_selected
+from saev_ops.loaders.blocks import BufferPool, scatter_examples
 from saev_ops.loaders.selection import Batch, ShardSelection, plan, to_batch
 from saev_ops.shards.reader import ShardReader
 
@@ -73,13 +74,14 @@ class OrderedDataLoader:
     def __len__(self) -> int:
         return -(-self.n_rows // self.cfg.batch_size)
 
-    def _load(self, pool: BufferPool, first_row: int, n_rows: int) -> np.ndarray:
+    def _load(self, pool: BufferPool, staging: BufferPool, first_row: int, n_rows: int) -> np.ndarray:
         """Rows ``[first_row, first_row + n_rows)`` (counted from ``start``): the whole examples that hold them are read
         (at most one partial example at each end is read twice), and the rows are a view of that buffer."""
         rpe = self.plan.rows_per_example
         e0, e1 = first_row // rpe, -(-(first_row + n_rows) // rpe)
         out = pool.get(((e1 - e0) * rpe, self.reader.d_model))
-        read_selected(self.reader, self.plan, self.start + e0, e1 - e0, out)
+        scatter_examples(self.reader, self.plan, np.asarray([self.start + e0]), np.asarray([e1 - e0]),
+                         np.arange((e1 - e0) * rpe), out, staging)
         skip = first_row - e0 * rpe
         return out[skip : skip + n_rows]
 
@@ -101,11 +103,12 @@ class OrderedDataLoader:
             return to_batch(act, ex + self.start, token_idx[ti], layer_numbers[li], cfg.pin_memory)
 
         buffers = BufferPool(max_buffers=2 * (cfg.prefetch + cfg.n_threads) + 2)
+        staging = BufferPool(max_buffers=cfg.n_threads + 1)  # reduced-precision rows before widening
         with cf.ThreadPoolExecutor(cfg.n_threads, thread_name_prefix="saev-ordered") as pool:
             futures: collections.deque[tuple[int, cf.Future[np.ndarray]]] = collections.deque()
             it = iter(chunks)
             for r, n in it:
-                futures.append((r, pool.submit(self._load, buffers, r, n)))
+                futures.append((r, pool.submit(self._load, buffers, staging, r, n)))
                 if len(futures) >= cfg.prefetch:
                     break
             try:
@@ -114,7 +117,7 @@ class OrderedDataLoader:
                     rows = fut.result()
                     nxt = next(it, None)
                     if nxt is not None:
-                        futures.append((nxt[0], pool.submit(self._load, buffers, *nxt)))
+                        futures.append((nxt[0], pool.submit(self._load, buffers, staging, *nxt)))
                     for pos in range(0, len(rows), B):
                         yield emit(rows[pos : pos + B], r + pos)
                     del rows, fut  # the chunk buffer goes back to the pool once the consumer drops its batches

@@ -58,7 +58,9 @@ class ShardReader:
         self.shard_sizes = self._validate_shards()
         self.example_bytes = self.md.n_layers * self.md.tokens_per_example * self.md.d_model * self.disk_dtype.itemsize
         self.layer_bytes = self.md.tokens_per_example * self.md.d_model * self.disk_dtype.itemsize
+        self.row_bytes = self.md.d_model * self.disk_dtype.itemsize
         self._fds: dict[int, int] = {}
+        self._rows: dict[int, np.ndarray] = {}
         self._lock = threading.Lock()
         self._index: Any = None
 
@@ -156,6 +158,29 @@ class ShardReader:
                 raise errors.DataError(f"{self.paths.shard(shard)}: short read at byte {offset + done} "
                                        f"(file truncated after it was opened?)")
             done += n
+
+    def row_offsets(self, examples: Any, layer_idx: Any, token_idx: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Where rows (example, layer position, token) live on disk: their shard and byte offset in it, numpy
+        broadcasting the three. The one place file offsets are computed."""
+        if isinstance(examples, int) and isinstance(layer_idx, int) and isinstance(token_idx, int):
+            shard_, row_ = divmod(examples, self.md.examples_per_shard)  # one row: plain ints, no numpy overhead
+            return (np.asarray(shard_),
+                    np.asarray(row_ * self.example_bytes + layer_idx * self.layer_bytes + token_idx * self.row_bytes))
+        shard, row = np.divmod(np.asarray(examples, dtype=np.int64), self.md.examples_per_shard)
+        offsets = (row * self.example_bytes + np.asarray(layer_idx, dtype=np.int64) * self.layer_bytes
+                   + np.asarray(token_idx, dtype=np.int64) * self.row_bytes)
+        return shard, offsets
+
+    def rows(self, shard: int) -> np.ndarray:
+        """Shard ``shard`` memory-mapped as (rows, d_model) in its disk dtype: row ``offset // row_bytes`` holds the row
+        at a :meth:`row_offsets` offset. For gathering many scattered rows at once (the page cache serves them)."""
+        mm = self._rows.get(shard)
+        if mm is None:
+            md = self.md
+            mm = np.memmap(self.paths.shard(shard), dtype=self.disk_dtype, mode="r",
+                           shape=(md.examples_per_shard * md.n_layers * md.tokens_per_example, md.d_model))
+            self._rows[shard] = mm
+        return mm
 
     def read_raw(self, example_start: int, n: int, layer_idx: int | None, out: np.ndarray) -> None:
         """Read examples ``[example_start, example_start + n)`` in storage dtype into ``out``.
