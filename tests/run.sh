@@ -2,6 +2,7 @@
 # Set up a virtual environment and run the test suite: the README's test command.
 #   bash tests/run.sh            # all tests; Postgres/Slurm cases skip if those services are absent
 #   bash tests/run.sh -k cli     # extra arguments go to pytest
+#   bash tests/run.sh -m "not slow"   # leave out the tests that take more than a few seconds
 # Environment: VENV (default .venv), PYTHON (default python3), SAEV_OPS_REQUIRE_SERVICES=1 to fail instead of skip,
 # SAEV_OPS_LINT=1 to run ruff and mypy on saev_ops first (CI does; both must pass).
 set -euo pipefail

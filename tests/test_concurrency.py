@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
+import pytest
 import sqlalchemy as sa
 
 from saev_ops.registry import Registry, RunQuery
@@ -24,6 +25,7 @@ def _writer(url: str, run_id: int, barrier) -> int:  # noqa: ANN001
     return written
 
 
+@pytest.mark.slow
 def test_sixteen_processes_write_concurrently(shared_db_url: str) -> None:
     reg = Registry(shared_db_url)
     make_dataset(reg)

@@ -140,6 +140,7 @@ def test_quick_verify_uses_the_recorded_nonfinite_count(tmp_path: pathlib.Path) 
 
 
 # -- non-finite data never ends `completed` ---------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("value", [np.nan, np.inf, 1e30])
 def test_nonfinite_activation_fails_training_naming_step_and_examples(env, tmp_path: pathlib.Path,
                                                                       value: float) -> None:  # noqa: ANN001

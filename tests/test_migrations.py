@@ -100,6 +100,7 @@ def _open(url: str, barrier) -> str:  # noqa: ANN001
     return rev
 
 
+@pytest.mark.slow
 def test_concurrent_first_open_creates_one_schema(shared_db_url: str) -> None:
     n = 8
     ctx = mp.get_context("spawn")

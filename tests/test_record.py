@@ -55,6 +55,7 @@ def model_outputs(model_spec: str, paths: list[str], layers: list[int]) -> np.nd
         return adapter.hidden_states(x, adapter.resolve_layers(layers)).numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["builtin", "vit", "clip", "dinov2", "dinov2-reg", "siglip"])
 def test_adapters_record_what_the_model_computes(tmp_path: pathlib.Path, images: pathlib.Path, reg: Registry,
                                                  family: str) -> None:

@@ -60,6 +60,7 @@ def _chromium() -> str | None:
     return None
 
 
+@pytest.mark.slow
 def test_report_renders_with_its_images(tmp_path: pathlib.Path) -> None:
     from saev_ops.record import RecordSpec, record_dataset
     from saev_ops.record.images import generate_images

@@ -116,6 +116,7 @@ def test_debug_sweep_dry_run_resubmit_and_retry(tmp_path: pathlib.Path, env) -> 
     assert run.status == "completed" and run.attempts == 2
 
 
+@pytest.mark.slow
 def test_local_executor_runs_in_the_background(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
     reg, url = env
     res = CliRunner().invoke(cli, ["--db", url, "sweep", "submit", "-"], input=None)
