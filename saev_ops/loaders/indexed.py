@@ -7,6 +7,7 @@ A global index ``i`` enumerates the selected rows in the same order as :class:`O
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from saev_ops import errors
+from saev_ops.loaders import iovec
 from saev_ops.loaders.blocks import read_examples
 from saev_ops.loaders.selection import Batch, ShardSelection, plan, to_batch
 from saev_ops.shards import dtypes
@@ -59,7 +61,7 @@ class IndexedDataset:
         """One row: ``act`` (d_model,) float32 tensor, ``example_idx``, ``token_idx``, ``layer`` ints."""
         ex, shard, offset, li, tok = self._locate(int(i))
         arr = np.empty(self.reader.md.d_model, dtype=self.reader.disk_dtype)
-        self.reader.pread_into(shard, offset, arr.data)  # the retrying read that read_rows finishes short reads with
+        self.reader.pread_into(shard, offset, arr.data)  # read_rows' one-row case, without building arrays
         if self.reader.storage_dtype != "float32":
             arr = dtypes.decode(arr, self.reader.storage_dtype)
         return {"act": torch.from_numpy(arr), "example_idx": ex,
@@ -75,15 +77,18 @@ class IndexedDataset:
         li, ti = np.divmod(within, self._n_tok)
         tok = self.plan.token_idx[ti]
         shard, offsets = self.reader.row_offsets(ex, np.asarray(self._layer_idx, dtype=np.int64)[li], tok)
-        # scattered rows are gathered from the page cache through a memory map (one C loop, no call per row)
-        out = np.empty((len(idx), self.reader.d_model), dtype=np.float32)
-        storage = self.reader.storage_dtype
-        for s in np.unique(shard).tolist():
-            sel = np.flatnonzero(shard == s)
-            rows = self.reader.rows(s)[offsets[sel] // self._row_bytes]
-            out[sel] = rows if storage == "float32" else dtypes.decode(rows, storage)
+        # each distinct row once, in file order, through the loaders' one read (random picks: its memory-map gather)
+        key = shard * (self.reader.example_bytes * self.reader.md.examples_per_shard) + offsets
+        uniq, inverse = np.unique(key, return_inverse=True)
+        u_shard, u_off = np.divmod(uniq, self.reader.example_bytes * self.reader.md.examples_per_shard)
+        raw = np.empty((len(uniq), self.reader.d_model), dtype=self.reader.disk_dtype)
+        cuts = np.concatenate([[0], np.flatnonzero(np.diff(u_shard)) + 1, [len(uniq)]])
+        for a, b in itertools.pairwise(cuts.tolist()):
+            dest = np.arange(a, b, dtype=np.int64) * self._row_bytes
+            iovec.read_rows(self.reader, int(u_shard[a]), u_off[a:b], dest, self._row_bytes, raw, picks=True)
+        out = dtypes.decode(raw, self.reader.storage_dtype)[inverse.ravel()]
         layers = np.asarray(self.plan.layer_numbers, dtype=np.int64)[li]
-        return to_batch(out, ex, tok, layers)
+        return to_batch(np.ascontiguousarray(out, dtype=np.float32), ex, tok, layers)
 
     def __getitems__(self, indices: list[int]) -> Batch:
         return self.get_batch(indices)

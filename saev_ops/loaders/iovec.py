@@ -43,22 +43,29 @@ AVAILABLE = _PREADV is not None and ctypes.sizeof(ctypes.c_void_p) == 8
 
 
 def read_rows(reader: ShardReader, shard: int, offsets: np.ndarray, dest: np.ndarray, row_bytes: int,
-              out: np.ndarray) -> None:
+              out: np.ndarray, *, picks: bool = False) -> None:
     """Read ``row_bytes`` at each file offset of ``shard`` (ascending, non-overlapping) into byte offset ``dest[k]`` of
     ``out`` (C-contiguous). Short reads are finished row by row with the reader's retrying read, which reports a
-    truncated file."""
+    truncated file. ``picks``: rows chosen at random (few per stretch of file), gathered from the shard's memory map
+    instead of a call per row; the loaders' block reads leave it off."""
     if not out.flags.c_contiguous:
         raise ValueError("out must be C-contiguous")
     n = len(offsets)
     if n == 0:
         return
+    if n == 1:  # one row (IndexedDataset[i]): the reader's retrying read, without the set-up below
+        start = int(dest[0])
+        if start < 0 or start + row_bytes > out.nbytes:
+            raise ValueError("a destination row lies outside out")
+        reader.pread_into(shard, int(offsets[0]), out.reshape(-1).view(np.uint8).data[start : start + row_bytes])
+        return
     if int(dest.min()) < 0 or int(dest.max()) + row_bytes > out.nbytes:
         raise ValueError("a destination row lies outside out")  # the pointers below must stay inside the buffer
     gap = np.diff(offsets) - row_bytes  # unselected bytes after each row but the last
-    if n > 1 and int(gap.min()) < 0:
+    if int(gap.min()) < 0:
         raise ValueError("offsets must be ascending and rows must not overlap")
-    if not AVAILABLE:
-        _read_rows_numpy(reader, shard, offsets, dest, row_bytes, out, gap)
+    if picks or not AVAILABLE:
+        _gather(reader, shard, offsets, dest, row_bytes, out)
         return
     fd = reader.fd(shard)
     # segments: runs of rows contiguous both in the file and in out, one iovec each
@@ -95,18 +102,14 @@ def read_rows(reader: ShardReader, shard: int, offsets: np.ndarray, dest: np.nda
     del scratch  # alive until every call above returned
 
 
-def _read_rows_numpy(reader: ShardReader, shard: int, offsets: np.ndarray, dest: np.ndarray, row_bytes: int,
-                     out: np.ndarray, gap: np.ndarray) -> None:
-    """The one fallback (no libc ``preadv``): each stretch of rows with gaps under :data:`GAP_BYTES` is read whole
-    (retrying short reads) and its rows are moved into place by one numpy indexed assignment. Rows start at multiples
-    of ``row_bytes`` in the file and in ``out``, so both sides are row arrays."""
+def _gather(reader: ShardReader, shard: int, offsets: np.ndarray, dest: np.ndarray, row_bytes: int,
+            out: np.ndarray) -> None:
+    """The one fallback, and the way for scattered rows: one numpy gather from the shard's memory map
+    (:meth:`ShardReader.rows`), served by the page cache without a call per row. Rows start at multiples of
+    ``row_bytes`` in the file and in ``out``, so both sides are arrays of rows."""
     rows_out = out.reshape(-1).view(np.uint8).reshape(-1, row_bytes)
-    breaks = np.flatnonzero(gap > GAP_BYTES) + 1
-    for a, b in itertools.pairwise([0, *breaks.tolist(), len(offsets)]):
-        first = int(offsets[a])
-        span = np.empty(int(offsets[b - 1]) - first + row_bytes, dtype=np.uint8)
-        reader.pread_into(shard, first, span.data)
-        rows_out[dest[a:b] // row_bytes] = span.reshape(-1, row_bytes)[(offsets[a:b] - first) // row_bytes]
+    src = reader.rows(shard).reshape(-1).view(np.uint8).reshape(-1, row_bytes)
+    rows_out[dest // row_bytes] = src[offsets // row_bytes]
 
 
 def _call(reader: ShardReader, shard: int, fd: int, iov_ptr: int, n_iov: int, offset: int, want: int,
