@@ -8,7 +8,7 @@ VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 # the built-in ViT needs no transformers: only the plot extra (matplotlib) for the Pareto plot and the report
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[plot]' 'torch==2.13.0'
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile -e '.[plot]' 'torch==2.13.0'
 export SAEV_OPS_HOME="${SAEV_OPS_HOME:-$PWD/.quickstart}"
 unset SAEV_OPS_DB_URL
 S="$VENV/bin/saev-ops"
