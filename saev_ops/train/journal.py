@@ -112,7 +112,14 @@ def sync_file(registry: Any, path: pathlib.Path) -> SyncResult:
         fh.seek(start)
         data = fh.read()
     end = data.rfind(b"\n") + 1  # a last line without its newline is still being written, or torn: next time
-    lineno = _lines_before(path, start)
+    lineno = 0  # lines read in this sync; the file's line number is only worked out for a message
+    base: list[int] = []
+
+    def where() -> str:
+        if not base:
+            base.append(_lines_before(path, start))  # reads the file up to the offset: only when a line is bad
+        return f"{path}:{base[0] + lineno}"
+
     points = transitions = 0
     problems: list[str] = []
     for raw in data[:end].splitlines():
@@ -128,14 +135,14 @@ def sync_file(registry: Any, path: pathlib.Path) -> SyncResult:
                 step = int(rec["step"])
                 batch = [(str(k), step, float(v)) for k, v in rec["values"].items()]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            problems.append(f"{path}:{lineno}: not a journal record ({type(exc).__name__}: {exc}); skipped")
+            problems.append(f"{where()}: not a journal record ({type(exc).__name__}: {exc}); skipped")
             continue
         if "status" in rec:
             try:
                 apply_transition(registry, run_id, status, **fields)
                 transitions += 1
             except (errors.InvalidTransitionError, errors.NotFoundError) as exc:
-                problems.append(f"{path}:{lineno}: run {run_id} -> {status} refused ({exc})")
+                problems.append(f"{where()}: run {run_id} -> {status} refused ({exc})")
         else:
             points += registry.log_metrics(run_id, batch)
     atomic.write_text(offset_path, str(start + end))
