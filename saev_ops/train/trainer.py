@@ -13,7 +13,6 @@ import math
 import os
 import pathlib
 import socket
-import sys
 import time
 import traceback
 from typing import Any
@@ -270,8 +269,8 @@ def run_train_job(spec: TrainJobSpec) -> dict[int, str]:
     try:
         trainer = Trainer(spec, registry)
         if trainer.load_checkpoint():  # said in the job's log, so a requeued attempt shows where it picked up
-            print(f"saev-ops: runs {ids} resumed from {job_dir(spec) / 'ckpt'} at step {trainer.step} of "
-                  f"{spec.settings.n_steps}", file=sys.stderr, flush=True)
+            log.info("runs %s resumed from %s at step %d of %d", ids, job_dir(spec) / "ckpt", trainer.step,
+                     spec.settings.n_steps)
         failed = trainer.train(journal)
     except BaseException as exc:
         if not isinstance(exc, (KeyboardInterrupt, SystemExit)):
