@@ -314,3 +314,16 @@ def test_every_loader_reads_through_the_one_scatter_path(ds: pathlib.Path, nativ
     np.testing.assert_array_equal(check_batch(idx.get_batch(picks)), want[picks])
     np.testing.assert_array_equal(idx[17]["act"][:3].long().numpy(), want[17])
     np.testing.assert_array_equal(np.sort(epoch_rows(shuffled(ds, sel)), axis=0), np.sort(want, axis=0))
+
+
+def test_indexed_batches_survive_being_kept(ds: pathlib.Path) -> None:
+    idx = IndexedDataset(ds, ShardSelection(tokens="all", layers=(3, 7)))
+    kept = [idx.get_batch(list(range(i, i + 40))) for i in range(0, 400, 40)]
+    rows = [idx[i] for i in range(0, 400, 7)]
+    copies = [b["act"].clone() for b in kept]
+    for _ in range(3):  # more reads after the kept ones
+        idx.get_batch(list(range(0, 400, 3)))
+    assert all(torch.equal(b["act"], c) for b, c in zip(kept, copies, strict=True))
+    np.testing.assert_array_equal(np.concatenate([check_batch(b) for b in kept]),
+                                  expected_rows(ShardSelection(tokens="all", layers=(3, 7)))[:400])
+    assert all(int(r["act"][0]) == r["example_idx"] for r in rows)
