@@ -8,7 +8,9 @@ the write lock up front makes every writer queue on the busy timeout instead.
 from __future__ import annotations
 
 import pathlib
+import random
 import re
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -59,6 +61,25 @@ def create_registry_engine(url: str | URL, **kwargs: Any) -> sa.Engine:
     return sa.create_engine(parsed, pool_pre_ping=True, **kwargs)
 
 
+def _set_wal(cur: Any) -> None:
+    """``PRAGMA journal_mode=WAL``, retried within the busy timeout: SQLite answers it "database is locked" at once,
+    without its busy handler, while another process holds a write lock (many jobs opening a brand-new registry while
+    the first one creates the schema)."""
+    import sqlite3
+
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            code = getattr(exc, "sqlite_errorcode", None)
+            busy = code & 0xFF in (5, 6) if code is not None else "locked" in str(exc)  # SQLITE_BUSY, SQLITE_LOCKED
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02 + random.random() * 0.08)
+
+
 def _sqlite_engine(url: URL, **kwargs: Any) -> sa.Engine:
     if is_memory_sqlite(url):
         kwargs.setdefault("poolclass", StaticPool)
@@ -80,7 +101,7 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> sa.Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         if not is_memory_sqlite(url):
-            cur.execute("PRAGMA journal_mode=WAL")
+            _set_wal(cur)
             cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
