@@ -460,3 +460,19 @@ def test_a_running_run_whose_local_process_is_gone_is_lost(env) -> None:  # noqa
     changes = reconcile(reg, "gone", grace_s=3600)  # the heartbeat is fresh: only the process says it died
     assert [(c.run_id, c.new) for c in changes] == [(run.id, "lost")]
     assert f"process {ended.pid}" in reg.get_run(run.id).error
+
+
+def test_a_job_never_revives_a_cancelled_run(env, tmp_path: pathlib.Path) -> None:  # noqa: ANN001
+    """A Slurm task that starts as its sweep is cancelled used to requeue and train the run (cancelled -> queued ->
+    running); now it trains nothing and the runs stay as they were. Asking for a rerun explicitly still works."""
+    reg, url, path = env
+    spec = _spec(reg, url, path, tmp_path / "runs")
+    first, second = (r.run_id for r in spec.runs)
+    reg.transition_run(second, "cancelled")
+    assert run_train_job(spec) == {}
+    assert reg.get_run(first).status == "queued" and reg.get_run(second).status == "cancelled"
+    assert reg.metric_history(first) == [] and reg.get_run(second).attempts == 0
+    reg.transition_run(first, "cancelled")
+    res = CliRunner().invoke(cli, ["--db", url, "train", str(first), str(second)])
+    assert res.exit_code == 0, res.output
+    assert {reg.get_run(first).status, reg.get_run(second).status} == {"completed"}

@@ -20,5 +20,8 @@ def group(obj: CliContext, run_ids: tuple[int, ...], runs_root: str | None, devi
     from saev_ops.train import run_train_job
 
     spec = job_for_runs(obj.registry, run_ids, obj.db_url, runs_root=runs_root, device=device)
+    for rid in run_ids:  # training failed, cancelled or lost runs again is what this command is asked for
+        if obj.registry.get_run(rid).status in ("failed", "cancelled", "lost"):
+            obj.registry.transition_run(rid, "queued")
     for rid, path in run_train_job(spec).items():
         click.echo(f"run {rid}: completed -> {path}")

@@ -62,14 +62,16 @@ def ensure_schema(engine: sa.Engine, *, create: bool = True) -> None:
         SchemaOutdatedError: its schema is older or newer than this code.
     """
     state, revision = _read_state(engine)
-    if state is SchemaState.EMPTY and not create:
-        raise errors.RegistryUnavailableError(_no_registry_yet(safe_url(engine.url)))
-    if state is SchemaState.EMPTY:
+    if state in (SchemaState.EMPTY, SchemaState.OUTDATED):
+        # Another process may be creating the schema right now (its version table passes through the older revisions):
+        # judge only under the migration lock, once it is done.
         with migration_lock(engine):
-            state, revision = _read_state(engine)  # another process may have migrated while we waited
-            if state is SchemaState.EMPTY:
+            state, revision = _read_state(engine)
+            if state is SchemaState.EMPTY and create:
                 _run(engine, "upgrade", "head")  # already under the lock; run_upgrade would wait on ourselves
                 state, revision = _read_state(engine)
+    if state is SchemaState.EMPTY:
+        raise errors.RegistryUnavailableError(_no_registry_yet(safe_url(engine.url)))
     url = safe_url(engine.url)
     if state is SchemaState.CURRENT:
         return

@@ -204,9 +204,9 @@ def job_for_runs(registry: Registry, run_ids: tuple[int, ...], db_url: str, *, r
     recorded = {str(pathlib.Path(r.run_dir).parent) for r in runs if r.run_dir}
     if runs_root:
         root = pathlib.Path(runs_root)
-    elif len(recorded) == 1 and all(r.run_dir for r in runs):
+    elif len(recorded) == 1:
         root = pathlib.Path(recorded.pop())  # where their sweep's job wrote (and checkpointed) them
-    elif recorded:
+    elif len(recorded) > 1:
         raise errors.ConfigError(f"these runs were written under different roots ({', '.join(sorted(recorded))}); "
                                  "train them in separate commands or pass --runs-root")
     else:

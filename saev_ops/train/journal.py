@@ -34,12 +34,11 @@ OFFSET_SUFFIX = ".offset"
 
 
 def apply_transition(registry: Any, run_id: int, status: RunStatus, **fields: Any) -> None:
-    """Move a run to ``status`` the way its job does: a rerun of a failed or cancelled run goes back to ``queued``
-    first; a run that never showed ``running`` (the registry was down when its job started) gets that step first."""
+    """Move a run to ``status`` the way its job does: a run that never showed ``running`` (the registry was down when
+    its job started) gets that step first. A job never revives a cancelled or failed run (InvalidTransitionError);
+    reruns are asked for explicitly (`saev-ops train RUN`, `sweep submit --retry-failed`), which queue them first."""
     current = registry.get_run(run_id).status
-    if status == "running" and current in ("failed", "cancelled"):
-        registry.transition_run(run_id, "queued")
-    elif status in ("completed", "failed") and current in ("queued", "lost") and status != current:
+    if status in ("completed", "failed") and current in ("queued", "lost") and status != current:
         registry.transition_run(run_id, "running")
     registry.transition_run(run_id, status, **fields)
 

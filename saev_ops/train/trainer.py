@@ -264,8 +264,16 @@ def run_train_job(spec: TrainJobSpec) -> dict[int, str]:
     fields: dict[str, Any] = {"host": socket.gethostname()}
     if job_id:
         fields.update(executor="slurm", slurm_job_id=job_id, slurm_array_index=array_index)
+    started: list[int] = []
     for rid in ids:
-        journal.transition(rid, "running", run_dir=str(run_dirs[rid]), **fields)
+        try:
+            journal.transition(rid, "running", run_dir=str(run_dirs[rid]), **fields)
+        except errors.InvalidTransitionError as exc:  # cancelled (or finished) since the job was queued
+            log.warning("%s: this job does not train its runs %s", exc, ids)
+            for other in started:
+                journal.transition(other, "queued")  # as they were
+            return {}
+        started.append(rid)
     try:
         trainer = Trainer(spec, registry)
         if trainer.load_checkpoint():  # said in the job's log, so a requeued attempt shows where it picked up
