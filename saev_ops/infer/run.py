@@ -172,10 +172,11 @@ def _refuse_nonfinite(batch: Any, x: Any, dataset: DatasetRecord) -> None:
     """Latents of non-finite inputs are garbage that looks like data: stop, naming the examples."""
     import torch
 
+    from saev_ops.loaders.selection import examples_of
+
     finite_rows = torch.isfinite(x).all(dim=1)
     if bool(finite_rows.all()):
         return
-    examples = torch.unique(batch["example_idx"][~finite_rows.cpu()]).tolist()
-    shown = ", ".join(str(e) for e in examples[:10]) + (f" and {len(examples) - 10} more" if len(examples) > 10 else "")
     raise errors.DataError(f"dataset {dataset.name!r} ({dataset.path}) holds non-finite activations in examples "
-                           f"{shown}; no output was written (`saev-ops datasets verify {dataset.name} --full`)")
+                           f"{examples_of(batch, ~finite_rows)}; no output was written "
+                           f"(`saev-ops datasets verify {dataset.name} --full`)")

@@ -63,3 +63,10 @@ def to_batch(act: np.ndarray, example_idx: np.ndarray, token_idx: np.ndarray, la
         t = t.pin_memory()
     return Batch(act=t, example_idx=torch.from_numpy(example_idx), token_idx=torch.from_numpy(token_idx),
                  layer=torch.from_numpy(layer))
+
+
+def examples_of(batch: Batch, rows: torch.Tensor) -> str:
+    """The distinct examples of a batch's selected ``rows`` (a boolean mask), for messages: ``"3, 17 and 4 more"``."""
+    examples = torch.unique(batch["example_idx"][rows.cpu()]).tolist()
+    shown = ", ".join(str(e) for e in examples[:10])
+    return shown + (f" and {len(examples) - 10} more" if len(examples) > 10 else "")

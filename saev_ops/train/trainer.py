@@ -126,14 +126,10 @@ class Trainer:
         directories). Returns run id -> error for runs that failed on their own (non-finite loss or weights); the
         others trained to the end. A batch with non-finite activations fails every run (raises DataError)."""
         from saev_ops.progress import Progress
-        from saev_ops.train.journal import Journal
         from saev_ops.train.metrics import Window
 
         if journal is None:
-            run_dirs = {r.run_id: run_dir(self.spec, r.run_id) for r in self.spec.runs}
-            for d in run_dirs.values():
-                d.mkdir(parents=True, exist_ok=True)
-            journal = Journal(self.registry, run_dirs)
+            journal = _journal(self.spec, self.registry)
 
         s = self.spec.settings
         windows = [Window(sae.cfg.d_sae, self.device) for sae in self.saes]
@@ -212,14 +208,13 @@ class Trainer:
     def _check_batch(self, step: int, batch: Any, finite: torch.Tensor) -> None:
         if bool(finite):
             return
+        from saev_ops.loaders.selection import examples_of
+
         act = batch["act"].float() * self.scale
         bad_rows = ~torch.isfinite(act.pow(2).sum(dim=1))
-        examples = torch.unique(batch["example_idx"][bad_rows]).tolist()
-        shown = ", ".join(str(e) for e in examples[:10]) + (f" and {len(examples) - 10} more" if len(examples) > 10
-                                                            else "")
         raise errors.DataError(
             f"non-finite activations (NaN/Inf, or too large for float32 after scaling) in the batch of step {step}: "
-            f"{int(bad_rows.sum())} rows of examples {shown} of dataset {self.spec.dataset!r} "
+            f"{int(bad_rows.sum())} rows of examples {examples_of(batch, bad_rows)} of dataset {self.spec.dataset!r} "
             f"({self.spec.dataset_path}); `saev-ops datasets verify {self.spec.dataset} --full` lists the shards"
         )
 
@@ -233,6 +228,16 @@ def _nonfinite(report: dict[str, float], sae: Any) -> str | None:
         if not bool(torch.stack([torch.isfinite(p).all() for p in sae.parameters()]).all()):
             return "weights"
     return None
+
+
+def _journal(spec: TrainJobSpec, registry: Any) -> Any:
+    """The job's journal over its runs' directories (created here)."""
+    from saev_ops.train.journal import Journal
+
+    run_dirs = {r.run_id: run_dir(spec, r.run_id) for r in spec.runs}
+    for d in run_dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    return Journal(registry, run_dirs)
 
 
 def _open_registry(db_url: str) -> Any:
@@ -252,15 +257,11 @@ def run_train_job(spec: TrainJobSpec) -> dict[int, str]:
 
     Returns run id -> final SAE directory of the runs that completed.
     """
-    from saev_ops.train.journal import Journal
-
     registry = _open_registry(spec.db_url)
     job_id, array_index = _slurm_ids()
     ids = [r.run_id for r in spec.runs]
-    run_dirs = {rid: run_dir(spec, rid) for rid in ids}
-    for d in run_dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
-    journal = Journal(registry, run_dirs)
+    journal = _journal(spec, registry)
+    run_dirs = journal.run_dirs
     fields: dict[str, Any] = {"host": socket.gethostname()}
     if job_id:
         fields.update(executor="slurm", slurm_job_id=job_id, slurm_array_index=array_index)
