@@ -16,12 +16,10 @@ from saev_ops.cli.context import CliContext, pass_ctx
 def group(obj: CliContext, run_ids: tuple[int, ...], runs_root: str | None, device: str | None) -> None:
     """Train RUN_IDS together in one pass over their dataset, against the registry named by --db/SAEV_OPS_DB_URL.
     The runs must share dataset, layer, tokens and train settings. Resumes from their last checkpoint."""
-    from saev_ops.sweeps.submit import job_for_runs
+    from saev_ops.sweeps.submit import job_for_runs, requeue_ended
     from saev_ops.train import run_train_job
 
     spec = job_for_runs(obj.registry, run_ids, obj.db_url, runs_root=runs_root, device=device)
-    for rid in run_ids:  # training failed, cancelled or lost runs again is what this command is asked for
-        if obj.registry.get_run(rid).status in ("failed", "cancelled", "lost"):
-            obj.registry.transition_run(rid, "queued")
+    requeue_ended(obj.registry, [obj.registry.get_run(rid) for rid in run_ids])  # what this command is asked for
     for rid, path in run_train_job(spec).items():
         click.echo(f"run {rid}: completed -> {path}")

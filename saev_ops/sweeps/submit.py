@@ -120,15 +120,21 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
     new = [(r.id, r.config) for r, created in added if created]
     retried: list[tuple[int, dict[str, Any]]] = []
     if retry_failed:
-        for r, created in added:
-            if not created and r.status in ("failed", "lost", "cancelled"):
-                registry.transition_run(r.id, "queued")
-                retried.append((r.id, r.config))
+        retried = [(r.id, r.config) for r in requeue_ended(registry, [r for r, created in added if not created])]
     todo = new + retried
     jobs = group_runs(todo, dataset.d_model, spec.settings, spec.resources)
     job_ids = launch(registry, spec, dataset, jobs, db_url)
     return SubmitResult(spec.name, len(configs), tuple(r for r, _ in new), tuple(r for r, _ in retried), tuple(jobs),
                         tuple(job_ids), False, window_warnings(configs))
+
+
+def requeue_ended(registry: Registry, runs: list[RunRecord]) -> list[RunRecord]:
+    """Queue the runs that ended without completing (failed, lost, cancelled) to train again: an explicit rerun
+    (`sweep submit --retry-failed`, `saev-ops train RUN`), the only way such a run trains again. Returns them."""
+    ended = [r for r in runs if r.status in ("failed", "lost", "cancelled")]
+    for r in ended:
+        registry.transition_run(r.id, "queued")
+    return ended
 
 
 def check_batch_size(configs: list[dict[str, Any]], dataset: Any, batch_size: int) -> None:
