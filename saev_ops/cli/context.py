@@ -52,7 +52,7 @@ SLURM_OPTION_HELP = ("Slurm resources for --executor slurm, KEY=VALUE, repeatabl
                      "cpus, mem_gb, time_min, max_parallel.")
 
 
-def format_option(f):
+def format_option(f):  # click decorator
     from saev_ops.cli.fmt import FORMATS
 
     return click.option(

@@ -124,7 +124,7 @@ def record(obj: CliContext, executor: str, slurm_opts: tuple[str, ...], **kw: ob
     """Record a model's activations over an image set into a registered dataset (resumes an interrupted one)."""
     from saev_ops.record.recorder import RecordSpec, print_progress, record_dataset
 
-    spec = RecordSpec(**kw)  # type: ignore[arg-type]
+    spec = RecordSpec(**kw)  # type: ignore[arg-type]  # click's values, typed object here; RecordSpec checks them
     if executor == "slurm":
         from saev_ops.jobs import RecordJob, SlurmSpec, submit_slurm_job
         from saev_ops.record.images import open_images

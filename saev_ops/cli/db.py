@@ -7,7 +7,7 @@ import click
 from saev_ops.cli.context import CliContext, pass_ctx
 
 
-def _engine(obj: CliContext):
+def _engine(obj: CliContext):  # sqlalchemy.Engine
     from saev_ops.registry.engine import create_registry_engine
 
     return create_registry_engine(obj.db_url)

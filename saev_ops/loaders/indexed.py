@@ -41,7 +41,7 @@ class IndexedDataset:
         return {"root": str(self.reader.root), "selection": self.selection}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["root"], state["selection"])  # type: ignore[misc]
+        self.__init__(state["root"], state["selection"])  # type: ignore[misc]  # unpickling reopens the files
 
     def __len__(self) -> int:
         return self._len

@@ -216,7 +216,7 @@ class ShuffledDataLoader:
             blocks.put_or_stop(group_q, None, stop)
         except blocks.Stop:
             return
-        except BaseException:
+        except BaseException:  # forwarded to the consumer with its traceback
             try:
                 blocks.put_or_stop(group_q, blocks.failure(), stop)
             except blocks.Stop:

@@ -64,7 +64,7 @@ def import_optional(family: str, module: str, extra: str) -> Any:
 
     try:
         return importlib.import_module(module)
-    except Exception as exc:
+    except Exception as exc:  # torchvision mismatches raise RuntimeError, not ImportError
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise errors.ConfigError(
             f"--model {family}:...: {module} does not import here ({type(exc).__name__}: {first}); "
@@ -79,7 +79,7 @@ def local_source(family: str, ckpt: str) -> str:
         repo = ckpt[len("hf-hub:"):]
         try:
             return snapshot_download(repo, local_files_only=True)
-        except Exception as exc:
+        except Exception as exc:  # LocalEntryNotFoundError and friends
             raise errors.ConfigError(f"--model {family}:{ckpt}: not in the local Hugging Face cache (saev-ops never "
                                      f"downloads; fetch it once with huggingface-cli download {repo}): "
                                      f"{type(exc).__name__}") from None
@@ -110,7 +110,7 @@ def build_model(family: str, ckpt: str, from_weights: Callable[[str, str], Any],
         build = functools.partial(from_dir, local_source(family, ckpt))  # its own errors come first, unwrapped
     try:
         return build()
-    except Exception as exc:
+    except Exception as exc:  # the libraries raise RuntimeError/ValueError/FileNotFoundError/...
         raise errors.ConfigError(f"--model {family}:{ckpt}: {family} could not build it: {exc}") from None
 
 

@@ -221,7 +221,7 @@ def _decoded_batches(items: tuple[Any, ...], preprocess: Callable[[str], np.ndar
         t0 = time.perf_counter()
         try:
             return it, preprocess(it.path), None
-        except Exception as exc:
+        except Exception as exc:  # any decoding failure makes a bad image, reported by path
             return it, None, f"{type(exc).__name__}: {exc}"
         finally:
             timings.decode_s += time.perf_counter() - t0

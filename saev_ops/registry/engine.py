@@ -84,7 +84,7 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> sa.Engine:
     if is_memory_sqlite(url):
         kwargs.setdefault("poolclass", StaticPool)
     else:
-        path = pathlib.Path(url.database).expanduser()  # type: ignore[arg-type]
+        path = pathlib.Path(url.database).expanduser()  # type: ignore[arg-type]  # set: not an in-memory URL
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

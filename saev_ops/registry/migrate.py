@@ -128,7 +128,8 @@ def migration_lock(engine: sa.Engine) -> Iterator[None]:
         if is_memory_sqlite(url):
             yield
             return
-        lock_path = pathlib.Path(url.database).expanduser().with_name(pathlib.Path(url.database).name + ".lock")  # type: ignore[arg-type]
+        database = str(url.database)  # a file: in-memory SQLite returned above
+        lock_path = pathlib.Path(database).expanduser().with_name(pathlib.Path(database).name + ".lock")
         with open(lock_path, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
@@ -146,7 +147,7 @@ def migration_lock(engine: sa.Engine) -> Iterator[None]:
             conn.commit()
 
 
-def _alembic_config(conn: sa.Connection):
+def _alembic_config(conn: sa.Connection):  # alembic.config.Config, imported lazily
     from alembic.config import Config
 
     cfg = Config()

@@ -106,7 +106,7 @@ class SAE(nn.Module):
         return {}
 
     def total(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum(terms.values())  # type: ignore[return-value]
+        return sum(terms.values())  # type: ignore[return-value]  # sum starts at 0; with tensors it is a Tensor
 
     def auxk_loss(self, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
         """AuxK (Gao et al. 2024): reconstruct the residual with the top-aux_k dead latents."""

@@ -129,7 +129,7 @@ class IndexReader:
         return {"path": self.path}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"])  # type: ignore[misc]
+        self.__init__(state["path"])  # type: ignore[misc]  # unpickling reopens the index
 
     def get(self, example_id: int) -> ExampleEntry:
         with _damaged_as_data_error(self.path), self.env.begin() as txn:

@@ -97,7 +97,7 @@ class ShardReader:
         return {"root": str(self.root), "require_complete": self.require_complete}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["root"], require_complete=state["require_complete"])  # type: ignore[misc]
+        self.__init__(state["root"], require_complete=state["require_complete"])  # type: ignore[misc]  # unpickling reopens
 
     # -- properties ---------------------------------------------------------------------------------------------------
     @property
@@ -223,5 +223,5 @@ class ShardReader:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:
+        except Exception:  # interpreter shutdown
             pass

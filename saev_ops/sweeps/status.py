@@ -70,7 +70,7 @@ def reconcile(registry: Registry, sweep: str, *, grace_s: float = 300.0) -> list
     silent. Returns what changed."""
     rows = registry.list_runs(RunQuery(sweep=sweep, statuses=("queued", "running")))
     slurm_runs = [r.run for r in rows if r.run.executor == "slurm" and r.run.slurm_job_id]
-    states = sacct_states([r.slurm_job_id for r in slurm_runs])  # type: ignore[misc]
+    states = sacct_states([r.slurm_job_id for r in slurm_runs if r.slurm_job_id])
     changes = []
     for run in slurm_runs:
         state = states.get(_task_id(run), "")
