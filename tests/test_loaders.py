@@ -327,3 +327,20 @@ def test_indexed_batches_survive_being_kept(ds: pathlib.Path) -> None:
     np.testing.assert_array_equal(np.concatenate([check_batch(b) for b in kept]),
                                   expected_rows(ShardSelection(tokens="all", layers=(3, 7)))[:400])
     assert all(int(r["act"][0]) == r["example_idx"] for r in rows)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_indexed_works_with_a_default_dataloader(ds: pathlib.Path, workers: int) -> None:
+    """torch's default DataLoader calls ``__getitems__`` with a batch of indices and hands the result to the default
+    collate, which wants a list of samples (a dict made it raise KeyError: 0)."""
+    sel = ShardSelection(layers=(3, 7), tokens="no-registers")
+    d = IndexedDataset(ds, sel)
+    exp = expected_rows(sel)
+    loader = torch.utils.data.DataLoader(d, batch_size=64, num_workers=workers)
+    got = [check_batch(b) for b in loader]
+    assert all(len(g) == 64 for g in got[:-1])
+    np.testing.assert_array_equal(np.concatenate(got), exp)
+    shuffled_loader = torch.utils.data.DataLoader(d, batch_size=50, shuffle=True,
+                                                  generator=torch.Generator().manual_seed(0))
+    rows = np.concatenate([check_batch(b) for b in shuffled_loader])
+    np.testing.assert_array_equal(np.sort(rows.view("i8,i8,i8"), axis=0), np.sort(exp.view("i8,i8,i8"), axis=0))

@@ -1,8 +1,9 @@
 """``IndexedDataset``: random access to single rows by global index, or to whole examples by id or image path.
 
 A global index ``i`` enumerates the selected rows in the same order as :class:`OrderedDataLoader`:
-``example = i // rows_per_example``, then layer, then token. Works as a ``torch.utils.data.Dataset`` (with
-``__getitems__`` for batched fetches).
+``example = i // rows_per_example``, then layer, then token. Works as a ``torch.utils.data.Dataset`` with a default
+``DataLoader`` (its ``__getitems__`` reads a batch of rows in one vectorised call); :meth:`IndexedDataset.get_batch`
+returns the collated batch without the per-row samples.
 """
 
 from __future__ import annotations
@@ -90,8 +91,13 @@ class IndexedDataset:
         layers = np.asarray(self.plan.layer_numbers, dtype=np.int64)[li]
         return to_batch(np.ascontiguousarray(out, dtype=np.float32), ex, tok, layers)
 
-    def __getitems__(self, indices: list[int]) -> Batch:
-        return self.get_batch(indices)
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """torch's batched fetch: one vectorised read, returned as the list of samples (``__getitem__``'s dicts) that
+        a DataLoader's collate expects; :meth:`get_batch` gives the collated :class:`Batch` directly."""
+        b = self.get_batch(indices)
+        ex, tok, layer = (b[k].tolist() for k in ("example_idx", "token_idx", "layer"))
+        return [{"act": b["act"][j], "example_idx": ex[j], "token_idx": tok[j], "layer": layer[j]}
+                for j in range(len(ex))]
 
     def example(self, key: int | str) -> dict[str, Any]:
         """A whole example by id or image path: ``act`` (layers_selected, tokens_selected, d_model) plus its index
