@@ -179,3 +179,77 @@ def test_a_crash_between_checkpoint_renames_still_resumes(setup, tmp_path: pathl
     ckpt.rename(atomic.old_path(ckpt))  # only the previous copy is left
     resumed = Trainer(spec, None)
     assert resumed.load_checkpoint() and resumed.step == 7  # used to start over from step 0
+
+
+def _planted(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Activations made of a planted sparse dictionary (128 unit atoms in 32 dims, ~5 active), at mean norm sqrt(32)
+    as the trainer scales them."""
+    atoms = torch.randn(128, 32, generator=torch.Generator().manual_seed(0))
+    atoms = atoms / atoms.norm(dim=1, keepdim=True)
+    codes = (torch.rand(n, 128, generator=generator) < 0.04).float() * torch.rand(n, 128, generator=generator) * 3
+    x = codes @ atoms + 0.01 * torch.randn(n, 32, generator=generator)
+    return x * (32**0.5 / x.norm(dim=1).mean())
+
+
+def test_jumprelu_l0_coeff_controls_sparsity() -> None:
+    """With the old defaults (threshold = bandwidth = 1e-3) JumpReLU acted like a ReLU and l0_coeff 0.01, 0.1 and 1
+    gave the same L0 to within a few tenths; now each tenfold rise of l0_coeff lowers L0 clearly."""
+    l0s = []
+    for coeff in (0.01, 0.1, 1.0, 10.0):
+        sae = build_sae(SAEConfig(arch="jumprelu", d_model=32, d_sae=128, l0_coeff=coeff), seed=0)
+        g = torch.Generator().manual_seed(1)
+        sae.init_bias(_planted(4096, g).mean(0))
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+        for _ in range(300):
+            sae.train_step(_planted(256, g), opt)
+        with torch.no_grad():
+            _, z, _ = sae(_planted(4096, g))
+        l0s.append(float((z != 0).float().sum(-1).mean()))
+    assert all(a > 1.15 * b for a, b in zip(l0s, l0s[1:])), l0s
+
+
+def test_gradient_clipping_bounds_the_step() -> None:
+    x = _planted(256, torch.Generator().manual_seed(2)) * 100  # a large loss: a large gradient
+    norms = {}
+    for clip in (0.0, 1.0):
+        sae = build_sae(SAEConfig(arch="topk", d_model=32, d_sae=64, k=4), seed=0)
+        before = [p.detach().clone() for p in sae.parameters()]
+        opt = torch.optim.SGD(sae.parameters(), lr=1.0)
+        _, _, terms = sae.train_step(x, opt, grad_clip=clip)
+        moved = torch.sqrt(sum((p.detach() - b).pow(2).sum() for p, b in zip(sae.parameters(), before)))
+        norms[clip] = (float(moved), float(terms.get("grad_norm", float("nan"))))
+    assert norms[1.0][1] > 100  # the norm before clipping is reported
+    # SGD with lr 1 moves by the clipped gradient: at most 1 before the decoder rows are renormalised
+    assert norms[1.0][0] < 2.0 < norms[0.0][0]
+
+
+def test_data_init_blend_puts_decoder_rows_on_data(setup, tmp_path: pathlib.Path) -> None:  # noqa: ANN001
+    reg, url, path = setup
+    spec = make_spec(reg, url, path, tmp_path / "runs", n_tokens=640)
+    plain = Trainer(spec, None)
+    blended = Trainer(TrainJobSpec(**{**spec.__dict__, "settings": spec.settings.model_copy(
+        update={"data_init_blend": 1.0})}), None)
+    center = torch.from_numpy(blended.reader.stats()["mean"][1]).float() * blended.scale
+    centred = blended._init_sample(center)
+    assert len(centred) == 128  # the widest SAE's latents, drawn from the 40 x 16 selected patches
+    unit = centred / centred.norm(dim=1, keepdim=True)
+    for a, b in zip(plain.saes, blended.saes):
+        # blend 1: every decoder row is one of the sampled centred activations (normalised); random rows are not
+        best = (b.W_dec.detach() @ unit.t()).max(dim=1).values
+        assert torch.all(best > 0.9999)
+        assert float((a.W_dec.detach() @ unit.t()).max(dim=1).values.mean()) < 0.9
+        assert torch.equal(b.W_enc, b.W_dec.t())
+    again = Trainer(TrainJobSpec(**{**spec.__dict__, "settings": blended.spec.settings}), None)
+    assert all(torch.equal(a.W_dec, b.W_dec) for a, b in zip(again.saes, blended.saes))  # seeded
+
+
+def test_new_settings_at_their_old_behaviour_keep_run_identities() -> None:
+    from saev_ops.registry.store import config_hash
+    from saev_ops.train.spec import TrainSettings, run_config, run_identity
+
+    sae = SAEConfig(arch="topk", d_model=8, d_sae=16, k=2).to_dict()
+    now = run_config(sae, 1e-3, 0, 7, "patches", TrainSettings())
+    before = {**now, "train": {k: v for k, v in now["train"].items() if k not in ("grad_clip", "data_init_blend")}}
+    assert config_hash("d", run_identity(now)) == config_hash("d", run_identity(before))
+    clipped = run_config(sae, 1e-3, 0, 7, "patches", TrainSettings(grad_clip=1.0))
+    assert config_hash("d", run_identity(clipped)) != config_hash("d", run_identity(now))

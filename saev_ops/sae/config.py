@@ -35,10 +35,16 @@ class SAEConfig:
     """Active latents per token (topk, batchtopk, matryoshka, signed-topk)."""
     l1_coeff: float = 1e-3
     """L1 weight (relu), scaled by decoder norms."""
-    l0_coeff: float = 1e-3
-    """L0 weight (jumprelu)."""
-    jumprelu_init_threshold: float = 1e-3
-    jumprelu_bandwidth: float = 1e-3
+    l0_coeff: float = 1.0
+    """L0 weight (jumprelu): the loss is squared error + l0_coeff x active latents per token. Activations are scaled
+    to mean norm sqrt(d_model), so one active latent costs as much as l0_coeff units of squared error; raising it
+    lowers L0 (0.01 -> 10 spans dense to very sparse)."""
+    jumprelu_init_threshold: float = 0.1
+    """Initial threshold, in units of the scaled activations (the JumpReLU paper's 1e-3 was for data of unit mean
+    squared norm; at mean norm sqrt(d_model) it lets nearly every positive pre-activation through, like a ReLU)."""
+    jumprelu_bandwidth: float = 0.1
+    """Width of the rectangle kernel of the straight-through estimator, in the same units: pre-activations within
+    bandwidth/2 of the threshold carry the L0 gradient to the threshold and to the encoder."""
     aux_k: int = 256
     """Dead latents used by the AuxK loss (topk, batchtopk, matryoshka)."""
     aux_coeff: float = 1.0 / 32
@@ -71,6 +77,9 @@ class SAEConfig:
         for name in ("l1_coeff", "l0_coeff", "aux_coeff"):
             if getattr(self, name) < 0:
                 out.append((name, f"must be >= 0, got {getattr(self, name)}"))
+        for name in ("jumprelu_init_threshold", "jumprelu_bandwidth"):
+            if self.arch == "jumprelu" and not getattr(self, name) > 0:
+                out.append((name, f"must be > 0, got {getattr(self, name)}"))
         return out
 
     @classmethod

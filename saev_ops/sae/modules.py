@@ -49,6 +49,22 @@ class SAE(nn.Module):
             self.b_dec.copy_(center)
 
     @torch.no_grad()
+    def init_from_data(self, centred: torch.Tensor, blend: float, generator: torch.Generator | None = None) -> None:
+        """saev's data-point initialisation: decoder row i = ``blend`` x a centred activation + (1 - ``blend``) x a
+        Kaiming-uniform random row, normalised; the encoder is its transpose. ``centred`` holds up to d_sae rows
+        (activations minus their mean, in the training scale); rows beyond them keep the random part only."""
+        w, d = self.W_dec.shape
+        rows = torch.zeros(w, d)
+        n = min(w, centred.shape[0])
+        rows[:n] = centred[:n].float().cpu()
+        bound = (6.0 / d) ** 0.5  # kaiming_uniform_ on a (w, d) matrix: fan_in = d
+        random = (torch.rand(w, d, generator=generator) * 2 - 1) * bound
+        mixed = blend * rows + (1 - blend) * random
+        mixed = mixed / mixed.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        self.W_dec.copy_(mixed.to(self.W_dec.device))
+        self.W_enc.copy_(self.W_dec.t())
+
+    @torch.no_grad()
     def normalize_decoder(self) -> None:
         self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
 
@@ -75,13 +91,16 @@ class SAE(nn.Module):
             state_dict[prefix + "tokens_since_fired"] = torch.zeros_like(legacy)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def train_step(self, x: torch.Tensor, opt: torch.optim.Optimizer,
-                   sparsity_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """One optimiser step: loss, backward, drop the norm-changing gradient, step, renormalise, track firing."""
+    def train_step(self, x: torch.Tensor, opt: torch.optim.Optimizer, sparsity_scale: float = 1.0,
+                   grad_clip: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One optimiser step: loss, backward, drop the norm-changing gradient, clip the gradient norm to
+        ``grad_clip`` (0: no clipping), step, renormalise, track firing."""
         x_hat, z, terms = self(x, sparsity_scale)
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         self.remove_parallel_grad()
+        if grad_clip > 0:
+            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.parameters(), grad_clip).detach()
         opt.step()
         self.normalize_decoder()
         self.update_fired(z)
@@ -186,7 +205,10 @@ class BatchTopKSAE(SAE):
 
 
 class _StepSTE(torch.autograd.Function):
-    """Heaviside(pre - threshold) with a rectangle-kernel pseudo-gradient for the threshold (Rajamanoharan et al.)."""
+    """Heaviside(pre - threshold) with rectangle-kernel pseudo-gradients (Rajamanoharan et al. 2024) for the threshold
+    and, with the opposite sign, for the pre-activations: the L0 penalty reaches the encoder too (as in Anthropic's
+    2025 JumpReLU recipe), so sparsity follows ``l0_coeff`` within a few hundred steps instead of only as fast as
+    Adam can move the thresholds."""
 
     @staticmethod
     def forward(ctx, pre, threshold, bandwidth):
@@ -199,7 +221,7 @@ class _StepSTE(torch.autograd.Function):
         pre, threshold = ctx.saved_tensors
         bw = ctx.bandwidth
         kernel = ((pre - threshold).abs() < bw / 2).to(pre.dtype) / bw
-        return None, (-grad * kernel).sum(0), None
+        return grad * kernel, (-grad * kernel).sum(0), None
 
 
 class _JumpSTE(torch.autograd.Function):

@@ -28,6 +28,12 @@ class TrainSettings(Schema):
     """cosine or linear decay to 0 after warm-up, or none."""
     sparsity_warmup_steps: int = Field(100, ge=0)
     """Steps over which the sparsity penalty ramps up."""
+    grad_clip: float = Field(0.0, ge=0)
+    """Largest gradient norm over each SAE's parameters, clipped before every step (0: no clipping; saev uses 1)."""
+    data_init_blend: float = Field(0.0, ge=0, le=1)
+    """Initialise each SAE's decoder rows (and the encoder as their transpose) as this blend of centred activations
+    drawn from the dataset and random directions, then normalised (saev's ``reinit_blend``, 0.8 there; 0: random
+    unit rows)."""
     log_every: int = Field(50, gt=0)
     """Steps between metric reports."""
     ckpt_every: int = Field(500, gt=0)
@@ -75,6 +81,9 @@ class TrainJobSpec:
 
 # Train settings that change how a run is carried out or reported, not what it learns: out of its identity.
 RUN_ONLY_SETTINGS = frozenset({"device", "log_every", "ckpt_every", "heartbeat_s"})
+# Settings added after runs were registered, with the value that reproduces what came before: left out of the identity
+# at that value, so a resubmitted sweep finds its earlier runs.
+ADDED_SETTINGS: dict[str, Any] = {"grad_clip": 0.0, "data_init_blend": 0.0}
 
 
 def run_identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +98,8 @@ def run_identity(config: dict[str, Any]) -> dict[str, Any]:
         out["sae"] = {k: v for k, v in sae.items() if k in ARCH_FIELDS[sae["arch"]]}
     train = config.get("train")
     if isinstance(train, dict):
-        out["train"] = {k: v for k, v in train.items() if k not in RUN_ONLY_SETTINGS}
+        out["train"] = {k: v for k, v in train.items() if k not in RUN_ONLY_SETTINGS
+                        and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
     return out
 
 

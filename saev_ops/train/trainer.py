@@ -17,6 +17,7 @@ import time
 import traceback
 from typing import Any
 
+import numpy as np
 import torch
 
 from saev_ops import atomic, errors, paths
@@ -78,15 +79,31 @@ class Trainer:
                                      f"{self.loader.n_rows} selected patches")
         self.saes = []
         self.opts = []
+        centred = self._init_sample(center) if s.data_init_blend > 0 else None
         for r in spec.runs:
             if r.sae.d_model != self.reader.d_model:
                 raise errors.ConfigError(f"run {r.run_id}: d_model {r.sae.d_model} != dataset's {self.reader.d_model}")
             sae = build_sae(r.sae, seed=r.seed)
             sae.init_bias(center)
+            if centred is not None:
+                g = torch.Generator().manual_seed(r.seed)
+                sae.init_from_data(centred[torch.randperm(len(centred), generator=g)], s.data_init_blend, g)
             sae.to(self.device)
             self.saes.append(sae)
             self.opts.append(torch.optim.Adam(sae.parameters(), lr=r.lr, betas=(0.9, 0.999)))
         self.step = 0
+
+    def _init_sample(self, center: torch.Tensor) -> torch.Tensor:
+        """Centred activations (training scale) for data-point initialisation: as many as the widest SAE has latents,
+        drawn without replacement from the selected rows with the data seed, independent of the training order."""
+        from saev_ops.loaders import IndexedDataset, ShardSelection
+
+        ds = IndexedDataset(self.reader, ShardSelection(layers=(self.spec.layer,), tokens=self.spec.tokens))
+        n = min(len(ds), max(r.sae.d_sae for r in self.spec.runs))
+        rng = np.random.default_rng(self.spec.settings.seed)
+        idx = np.sort(rng.choice(len(ds), size=n, replace=False))  # sampled without a permutation of every row
+        rows = ds.get_batch(idx)["act"].float() * self.scale
+        return rows - center
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> pathlib.Path:
@@ -161,7 +178,7 @@ class Trainer:
                     continue
                 for group in opt.param_groups:
                     group["lr"] = run.lr * factor
-                x_hat, z, terms = sae.train_step(x, opt, sparsity)
+                x_hat, z, terms = sae.train_step(x, opt, sparsity, s.grad_clip)
                 win.add(x, x_hat.detach(), z.detach(), {k: v.detach() for k, v in terms.items()})
             self.step += 1
             if self.step % s.log_every == 0 or self.step == s.n_steps:
