@@ -157,3 +157,80 @@ def test_bad_model_and_layers(tmp_path: pathlib.Path, images: pathlib.Path, reg:
         load_model(f"vit:{tmp_path / 'nothing-here'}")
     with pytest.raises(errors.ConfigError, match="expected FAMILY:CHECKPOINT"):
         load_model("vit")
+
+
+def saev_rows(root: pathlib.Path) -> tuple[dict, np.ndarray]:
+    """Read a dataset directory with saev's rules only (its metadata.json, shards.json and raw float32 files):
+    (metadata, (n_examples, layers, tokens, d_model)), token 0 = CLS when cls_token, the next
+    content_tokens_per_example rows = patches."""
+    import json
+
+    md = json.loads((root / "metadata.json").read_text())
+    t = md["content_tokens_per_example"] + (1 if md["cls_token"] else 0)
+    per_shard = md["max_tokens_per_shard"] // (t * len(md["layers"]))
+    parts = []
+    for shard in json.loads((root / "shards.json").read_text()):
+        arr = np.fromfile(root / shard["name"], dtype=np.float32)
+        parts.append(arr.reshape(per_shard, len(md["layers"]), t, md["d_model"])[: shard["n_examples"]])
+    return md, np.concatenate(parts)
+
+
+@pytest.mark.parametrize("tokens", ["cls+patches", "patches", "cls", "all"])
+def test_each_token_layout_reads_right_under_saevs_rules(tmp_path: pathlib.Path, images: pathlib.Path, reg: Registry,
+                                                        tokens: str) -> None:
+    """builtin:small has CLS, 2 registers and 64 patches. saev takes row 0 as CLS (when cls_token) and every other row
+    as a patch: the default layout must give it exactly the model's CLS and patches; `all` keeps the registers, which
+    saev would misread, and says so in the sidecar."""
+    spec = RecordSpec(name="d", images=str(images), model="builtin:small", layers=(1,), tokens=tokens,
+                      data_root=str(tmp_path / "data"), max_tokens_per_shard=67 * 4)
+    d = record_dataset(reg, spec)
+    md, rows = saev_rows(pathlib.Path(d.path))
+    reader = ShardReader(d.path)
+    paths = [reader.index.get(i).path for i in range(10)]
+    want = model_outputs("builtin:small", paths, [1])  # (10, 1, 1 + 2 + 64, D): CLS, registers, patches
+    cls, patches = want[:, :, 0], want[:, :, 3:]
+    saev_cls = rows[:, :, 0] if md["cls_token"] else None
+    saev_patches = rows[:, :, 1:] if md["cls_token"] else rows
+    sidecar = reader.sidecar["token_layout"]
+    assert sidecar["name"] == tokens
+    if tokens == "cls+patches":
+        assert md["cls_token"] and md["content_tokens_per_example"] == 64 and sidecar["saev_compatible"]
+        np.testing.assert_allclose(saev_cls, cls, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(saev_patches, patches, rtol=1e-4, atol=1e-4)
+    elif tokens == "patches":
+        assert not md["cls_token"] and md["content_tokens_per_example"] == 64
+        np.testing.assert_allclose(saev_patches, patches, rtol=1e-4, atol=1e-4)
+    elif tokens == "cls":
+        assert md["cls_token"] and md["content_tokens_per_example"] == 0
+        np.testing.assert_allclose(saev_cls, cls, rtol=1e-4, atol=1e-4)
+    else:  # registers are kept: saev would count 66 "patches", the first two of them registers
+        assert md["content_tokens_per_example"] == 66 and not sidecar["saev_compatible"]
+        assert sidecar["n_registers"] == 2
+        np.testing.assert_allclose(saev_patches[:, :, 2:], patches, rtol=1e-4, atol=1e-4)
+        loader = OrderedDataLoader(d.path, OrderedConfig(selection=ShardSelection(layers=(1,), tokens="patches"),
+                                                         batch_size=10_000))
+        np.testing.assert_allclose(next(iter(loader))["act"].numpy(), patches.reshape(-1, patches.shape[-1]),
+                                   rtol=1e-4, atol=1e-4)  # saev-ops itself skips them
+
+
+def test_default_layout_keeps_identities_of_models_without_registers(tmp_path: pathlib.Path, images: pathlib.Path,
+                                                                     reg: Registry) -> None:
+    """Before cls+patches, builtin:tiny (no registers) was recorded with --tokens all: the same content, so the same
+    recording (reused, not refused as a second dataset of that name)."""
+    base = dict(name="d", images=str(images), model="builtin:tiny", layers=(1,), data_root=str(tmp_path / "data"))
+    first = record_dataset(reg, RecordSpec(**base, tokens="all"))
+    again = record_dataset(reg, RecordSpec(**base))
+    assert again.id == first.id and again.path == first.path
+
+
+@pytest.mark.slow
+def test_relative_and_absolute_model_paths_are_one_recording(tmp_path: pathlib.Path, images: pathlib.Path,
+                                                             reg: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_hf(tmp_path, "vit")
+    family, path = model.split(":", 1)
+    base = dict(name="d", images=str(images), layers=(1,), data_root=str(tmp_path / "data"))
+    first = record_dataset(reg, RecordSpec(**base, model=model))
+    monkeypatch.chdir(tmp_path)
+    again = record_dataset(reg, RecordSpec(**base, model=f"{family}:{pathlib.Path(path).name}"))
+    assert again.id == first.id
+    assert first.extra["provenance"]["model"]["resolved"] == f"vit:{pathlib.Path(path).resolve()}"

@@ -6,6 +6,7 @@ import click
 
 from saev_ops.cli import fmt
 from saev_ops.cli.context import CliContext, executor_options, format_option, pass_ctx
+from saev_ops.shards.format import TOKEN_CHOICES
 
 
 @click.group("datasets")
@@ -109,7 +110,9 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
               "timm:DIR, open_clip:DIR "
               "(timm/open_clip also hf-hub:REPO from the local cache, or ARCH@WEIGHTS).")
 @click.option("--layers", default="-1", show_default=True, callback=_int_list, help="Blocks to record, e.g. 6,11.")
-@click.option("--tokens", type=click.Choice(["all", "patches", "cls"]), default="all", show_default=True)
+@click.option("--tokens", type=click.Choice(list(TOKEN_CHOICES)), default="cls+patches", show_default=True,
+              help="Tokens kept per image: cls+patches is saev's layout (registers dropped); all keeps registers "
+              "(saev reads them as patches).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")

@@ -51,6 +51,17 @@ class ModelAdapter(abc.ABC):
     def weights_hash(self) -> str:
         """A hash that changes whenever the weights do."""
 
+    def resolved(self) -> str:
+        """``FAMILY:CHECKPOINT`` with a checkpoint that names a local path made absolute (also the file of timm's
+        ``ARCH@FILE``), so the same model given by a relative and an absolute path is one model."""
+        ckpt = self.ckpt
+        head, sep, tail = ckpt.rpartition("@")
+        if pathlib.Path(ckpt).exists():
+            ckpt = str(pathlib.Path(ckpt).resolve())
+        elif sep and head and pathlib.Path(tail).exists():
+            ckpt = f"{head}@{pathlib.Path(tail).resolve()}"
+        return f"{self.family}:{ckpt}"
+
     def resolve_layers(self, layers: list[int]) -> list[int]:
         out = []
         for layer in layers:
@@ -251,6 +262,7 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> ModelAdapter:
 
 
 def describe(adapter: ModelAdapter) -> dict[str, Any]:
-    return {"family": adapter.family, "ckpt": adapter.ckpt, "d_model": adapter.d_model, "n_layers": adapter.n_layers,
+    return {"family": adapter.family, "ckpt": adapter.ckpt, "resolved": adapter.resolved(), "d_model": adapter.d_model,
+            "n_layers": adapter.n_layers,
             "weights_sha256": adapter.weights_hash(), "token_layout": vars(adapter.layout),
             "preprocess": adapter.preprocess.describe()}

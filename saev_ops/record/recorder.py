@@ -25,10 +25,16 @@ import numpy as np
 from saev_ops import __version__, atomic, errors
 from saev_ops.registry import DatasetRecord, Registry
 from saev_ops.settings import default_data_root
-from saev_ops.shards.format import DEFAULT_MAX_TOKENS_PER_SHARD, Metadata, TokenLayout, dataset_dir, encode_data_field
+from saev_ops.shards.format import (
+    DEFAULT_MAX_TOKENS_PER_SHARD,
+    TOKEN_CHOICES,
+    Metadata,
+    TokenLayout,
+    dataset_dir,
+    encode_data_field,
+)
 
 log = logging.getLogger(__name__)
-TOKEN_CHOICES = ("all", "patches", "cls")
 # saev's metadata.json names one of its own families (it reloads the model by it); the nearest one for each of ours.
 SAEV_FAMILY = {"builtin": "fake-clip", "vit": "clip", "clip": "clip", "dinov2": "dinov2", "siglip": "siglip",
                "timm": "clip", "open_clip": "clip"}
@@ -46,8 +52,9 @@ class RecordSpec:
     """FAMILY:CHECKPOINT, e.g. builtin:tiny, vit:/models/vit-b16."""
     layers: tuple[int, ...] = (-1,)
     """Blocks whose output is recorded (0-based; -1 = last)."""
-    tokens: str = "all"
-    """all (CLS, registers, patches), patches, or cls."""
+    tokens: str = "cls+patches"
+    """cls+patches (saev's layout: CLS if the model has one, then patches; registers dropped), patches, cls, or all
+    (CLS, registers, patches: saev-ops reads it right, saev reads the register rows as patches)."""
     dtype: str = "float32"
     """Storage precision: float32 (saev-compatible), float16 or bfloat16."""
     batch_size: int = 32
@@ -89,13 +96,26 @@ class Timings:
 
 
 def stored_layout(model_layout: TokenLayout, tokens: str) -> TokenLayout:
+    """The token axis a recording with ``--tokens tokens`` stores, from the model's."""
     if tokens == "all":
+        if model_layout.n_registers:
+            log.warning("--tokens all keeps this model's %d register tokens: saev-ops reads them as registers, but "
+                        "saev's loaders read them as patches (saev's layout is CLS + patches: --tokens cls+patches)",
+                        model_layout.n_registers)
         return model_layout
+    if tokens == "cls+patches":
+        return TokenLayout(n_cls=model_layout.n_cls, n_registers=0, n_patches=model_layout.n_patches)
     if tokens == "patches":
         return TokenLayout(n_cls=0, n_registers=0, n_patches=model_layout.n_patches)
     if model_layout.n_cls == 0:
         raise errors.ConfigError("--tokens cls: this model has no CLS token")
     return TokenLayout(n_cls=1, n_registers=0, n_patches=0)
+
+
+def identity_tokens(model_layout: TokenLayout, tokens: str) -> str:
+    """The --tokens value in a recording's identity: the choice that stores this layout, named as recordings made
+    before cls+patches existed named it ("all" for a model without registers), so their identities hold."""
+    return "all" if tokens == "cls+patches" and model_layout.n_registers == 0 else tokens
 
 
 def record_dataset(registry: Registry, spec: RecordSpec, *,
@@ -113,8 +133,9 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
     layers = adapter.resolve_layers(list(spec.layers))
     layout = stored_layout(adapter.layout, spec.tokens)
     model_info = describe(adapter)
-    identity = {"images": images.list_hash, "n_images": len(images.items), "model": spec.model,
-                "weights": model_info["weights_sha256"], "layers": layers, "tokens": spec.tokens, "dtype": spec.dtype,
+    identity = {"images": images.list_hash, "n_images": len(images.items), "model": model_info["resolved"],
+                "weights": model_info["weights_sha256"], "layers": layers,
+                "tokens": identity_tokens(adapter.layout, spec.tokens), "dtype": spec.dtype,
                 "preprocess": model_info["preprocess"], "max_tokens_per_shard": spec.max_tokens_per_shard,
                 "format": 1}
     spec_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
@@ -163,7 +184,7 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
     bad: list[dict[str, str]] = [{"path": it.path, "error": "skipped in an earlier attempt"}
                                  for it in images.items[:start] if it.path not in done_paths]
     timings = Timings()
-    token_idx = np.asarray(adapter.layout.indices({"all": "all", "patches": "patches", "cls": "cls"}[spec.tokens]))
+    token_idx = np.asarray(adapter.layout.indices(TOKEN_CHOICES[spec.tokens]))
     use_cuda = torch.device(spec.device).type == "cuda"
     try:
         for batch_items, pixels, errors_ in _decoded_batches(images.items[start:], adapter.preprocess, spec, timings):

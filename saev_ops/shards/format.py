@@ -27,6 +27,9 @@ PROTOCOL = "2.1"
 SIDECAR_SCHEMA = 1
 SAEV_FAMILIES = ("bird-mae", "clip", "dinov2", "dinov3", "fake-clip", "pe-core", "pe-spatial", "siglip")
 DEFAULT_MAX_TOKENS_PER_SHARD = 2_000_000
+# What each ``datasets record --tokens`` choice keeps of the model's token axis (a TokenLayout.indices selection).
+# saev's own layout is CLS + patches (it drops registers); "all" keeps registers, which saev then reads as patches.
+TOKEN_CHOICES = {"cls+patches": "no-registers", "patches": "patches", "cls": "cls", "all": "all"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -205,6 +208,21 @@ class TokenLayout:
     @property
     def n_tokens(self) -> int:
         return self.n_cls + self.n_registers + self.n_patches
+
+    @property
+    def name(self) -> str:
+        """The ``--tokens`` choice that stores this layout (``all`` = CLS, registers and patches)."""
+        if self.n_registers:
+            return "all"
+        if self.n_cls and self.n_patches:
+            return "cls+patches"
+        return "patches" if self.n_patches else "cls"
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """As the sidecar stores it: the counts, the layout's name and whether saev reads it right (saev knows CLS
+        and patches only; register rows would count as patches)."""
+        return {"n_cls": self.n_cls, "n_registers": self.n_registers, "n_patches": self.n_patches, "name": self.name,
+                "saev_compatible": self.n_registers == 0}
 
     def indices(self, which: str) -> list[int]:
         """Token indices for ``all``, ``patches``, ``cls``, ``special`` (CLS + registers) or ``no-registers``."""

@@ -237,7 +237,7 @@ def build_sidecar(md: Metadata, layout: TokenLayout, checksums: list[str], summa
         "saev_ops_version": __version__,
         "content_hash": md.content_hash,
         "storage_dtype": md.dtype,
-        "token_layout": {"n_cls": layout.n_cls, "n_registers": layout.n_registers, "n_patches": layout.n_patches},
+        "token_layout": layout.to_json_dict(),
         "checksum_algo": CHECKSUM_ALGO,
         "checksums": checksums,
         "labels_bin": labels_bin,
