@@ -30,11 +30,11 @@ def reg(tmp_path: pathlib.Path) -> Registry:
     return Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
 
 
-def tiny_hf(tmp_path: pathlib.Path, family: str) -> str:
+def tiny_hf(tmp_path: pathlib.Path, family: str, image_size: int = 32) -> str:
     import transformers as t
 
-    common = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64, image_size=32,
-                  patch_size=8)
+    common = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+                  image_size=image_size, patch_size=8)
     torch.manual_seed(0)
     model = {
         "vit": lambda: t.ViTModel(t.ViTConfig(**common)),
@@ -42,6 +42,9 @@ def tiny_hf(tmp_path: pathlib.Path, family: str) -> str:
         "dinov2": lambda: t.Dinov2Model(t.Dinov2Config(**common)),
         "dinov2-reg": lambda: t.Dinov2WithRegistersModel(t.Dinov2WithRegistersConfig(**common, num_register_tokens=2)),
         "siglip": lambda: t.SiglipVisionModel(t.SiglipVisionConfig(**common)),
+        "dinov3": lambda: t.DINOv3ViTModel(t.DINOv3ViTConfig(**common, num_register_tokens=2)),
+        "siglip2": lambda: t.Siglip2VisionModel(t.Siglip2VisionConfig(
+            **{k: v for k, v in common.items() if k != "image_size"}, num_patches=16)),
     }[family]()
     path = tmp_path / family
     model.save_pretrained(path)
@@ -56,7 +59,7 @@ def model_outputs(model_spec: str, paths: list[str], layers: list[int]) -> np.nd
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["builtin", "vit", "clip", "dinov2", "dinov2-reg", "siglip"])
+@pytest.mark.parametrize("family", ["builtin", "vit", "clip", "dinov2", "dinov2-reg", "siglip", "dinov3", "siglip2"])
 def test_adapters_record_what_the_model_computes(tmp_path: pathlib.Path, images: pathlib.Path, reg: Registry,
                                                  family: str) -> None:
     model = "builtin:small" if family == "builtin" else tiny_hf(tmp_path, family)
@@ -70,8 +73,9 @@ def test_adapters_record_what_the_model_computes(tmp_path: pathlib.Path, images:
     got = reader.read(0, 10)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     layout = reader.layout
-    expect_cls = 0 if family == "siglip" else 1
-    assert (layout.n_cls, layout.n_registers, layout.n_patches) == (expect_cls, 2 if family in ("dinov2-reg", "builtin") else 0, 16 if family != "builtin" else 64)
+    expect_cls = 0 if family.startswith("siglip") else 1
+    n_reg = 2 if family in ("dinov2-reg", "builtin", "dinov3") else 0
+    assert (layout.n_cls, layout.n_registers, layout.n_patches) == (expect_cls, n_reg, 16 if family != "builtin" else 64)
     # and through a loader, patches only
     batch = next(iter(OrderedDataLoader(reader, OrderedConfig(selection=ShardSelection(layers=(d.layers[-1],),
                                                                                        tokens="patches"),
@@ -234,3 +238,89 @@ def test_relative_and_absolute_model_paths_are_one_recording(tmp_path: pathlib.P
     again = record_dataset(reg, RecordSpec(**base, model=f"{family}:{pathlib.Path(path).name}"))
     assert again.id == first.id
     assert first.extra["provenance"]["model"]["resolved"] == f"vit:{pathlib.Path(path).resolve()}"
+
+
+def _odd_images(root: pathlib.Path) -> list[pathlib.Path]:
+    """Landscape, portrait and square RGB images (the resize rules differ on each)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root.mkdir(exist_ok=True)
+    out = []
+    for i, (h, w) in enumerate([(50, 70), (80, 45), (40, 40)]):
+        out.append(root / f"{i}.png")
+        Image.fromarray((rng.random((h, w, 3)) * 255).astype("uint8")).save(out[-1])
+    return out
+
+
+def _processor(family: str):  # noqa: ANN202  # a transformers image processor; its class varies by family
+    import transformers as t
+
+    imagenet = dict(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+    return {
+        "vit": lambda: t.ViTImageProcessorPil(size={"height": 32, "width": 32}),
+        "clip": lambda: t.CLIPImageProcessorPil(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}),
+        # DINOv2's standard processor: short side 256 -> crop 224 (here 40 -> 32), whatever config.image_size says
+        "dinov2": lambda: t.BitImageProcessorPil(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32},
+                                                 **imagenet),
+        "siglip": lambda: t.SiglipImageProcessorPil(size={"height": 32, "width": 32}),
+        "siglip2": lambda: t.Siglip2ImageProcessorPil(patch_size=8, max_num_patches=16),
+    }[family]()
+
+
+@pytest.mark.parametrize("family", ["vit", "clip", "dinov2", "siglip", "siglip2"])
+def test_preprocessing_matches_the_librarys_image_processor(tmp_path: pathlib.Path, family: str) -> None:
+    """saev-ops' Pillow/numpy preprocessing of a checkpoint equals transformers' own image processor (its Pillow
+    backend) saved with that checkpoint: tolerance 1e-6 (seen: exactly equal). The model's config.image_size is 64
+    here, and the processor's 32 wins: 16 patches, not 64, and the model runs on them."""
+    from PIL import Image
+
+    ckpt = tiny_hf(tmp_path, family, image_size=64)
+    path = pathlib.Path(ckpt.split(":", 1)[1])
+    proc = _processor(family)
+    proc.save_pretrained(path)
+    adapter = load_model(ckpt)
+    assert adapter.layout.n_patches == 16
+    for img in _odd_images(tmp_path / "imgs"):
+        with Image.open(img) as im:
+            out = proc(im.convert("RGB"), return_tensors="np")
+        got = adapter.preprocess(str(img))
+        if family == "siglip2":
+            if Image.open(img).size[0] != Image.open(img).size[1]:
+                continue  # its processor keeps the aspect with a grid per image; a recording takes one square
+            from saev_ops.record.models import siglip2_inputs
+
+            want = out["pixel_values"][0]
+            got = siglip2_inputs(torch.from_numpy(got)[None], 8)["pixel_values"][0].numpy()
+        else:
+            want = out["pixel_values"][0]
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    pixels = torch.from_numpy(np.stack([adapter.preprocess(str(p)) for p in _odd_images(tmp_path / "imgs")]))
+    n_cls = adapter.layout.n_cls
+    assert adapter.hidden_states(pixels, [0]).shape == (3, 1, n_cls + 16, 32)
+
+
+def test_dinov3_preprocessing_is_its_processors_recipe(tmp_path: pathlib.Path) -> None:
+    """DINOv3's image processor needs torchvision (not importable beside this torch), so its documented recipe is
+    checked instead: resize to the square size (bilinear, aspect not kept), ImageNet mean/std."""
+    from PIL import Image
+
+    adapter = load_model(tiny_hf(tmp_path, "dinov3"))
+    for img in _odd_images(tmp_path / "imgs"):
+        with Image.open(img) as im:
+            ref = np.asarray(im.convert("RGB").resize((32, 32), Image.Resampling.BILINEAR), dtype=np.float32) / 255
+        ref = (ref - np.array([0.485, 0.456, 0.406], np.float32)) / np.array([0.229, 0.224, 0.225], np.float32)
+        np.testing.assert_allclose(adapter.preprocess(str(img)), ref.transpose(2, 0, 1), atol=1e-6)
+    assert adapter.layout.n_tokens == 1 + 2 + 16
+
+
+def test_resolution_sets_the_patch_grid(tmp_path: pathlib.Path, images: pathlib.Path, reg: Registry) -> None:
+    ckpt = tiny_hf(tmp_path, "dinov2")
+    assert load_model(ckpt, resolution=48).layout.n_patches == 36
+    with pytest.raises(errors.ConfigError, match="multiple of the patch size 8"):
+        load_model(ckpt, resolution=50)
+    with pytest.raises(errors.ConfigError, match="only for the transformers families"):
+        load_model("builtin:tiny", resolution=48)
+    d = record_dataset(reg, RecordSpec(name="r", images=str(images), model=ckpt, resolution=48, layers=(1,),
+                                       data_root=str(tmp_path / "data")))
+    assert d.tokens_per_example == 1 + 36

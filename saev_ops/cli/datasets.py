@@ -107,12 +107,14 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
 @click.option("--images", required=True, help="Image folder (class sub-folders = labels) or a file list.")
 @click.option("--model", required=True, metavar="FAMILY:CKPT",
               help="builtin:tiny|small|base[@SEED] (no download), vit:DIR, clip:DIR, dinov2:DIR, siglip:DIR, "
-              "timm:DIR, open_clip:DIR "
+              "dinov3:DIR, siglip2:DIR, timm:DIR, open_clip:DIR "
               "(timm/open_clip also hf-hub:REPO from the local cache, or ARCH@WEIGHTS).")
 @click.option("--layers", default="-1", show_default=True, callback=_int_list, help="Blocks to record, e.g. 6,11.")
 @click.option("--tokens", type=click.Choice(list(TOKEN_CHOICES)), default="cls+patches", show_default=True,
               help="Tokens kept per image: cls+patches is saev's layout (registers dropped); all keeps registers "
               "(saev reads them as patches).")
+@click.option("--resolution", type=int, help="Image side in pixels for transformers models that take variable sizes "
+              "(overrides the image processor's size; a multiple of the patch size).")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
 @click.option("--batch-size", type=int, default=32, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")

@@ -9,6 +9,8 @@
 | ``clip`` | transformers ``CLIPVisionModel`` | same |
 | ``dinov2`` | transformers ``Dinov2Model`` / ``Dinov2WithRegistersModel`` | same |
 | ``siglip`` | transformers ``SiglipVisionModel`` | same |
+| ``dinov3`` | transformers ``DINOv3ViTModel`` (CLS, registers, patches) | same |
+| ``siglip2`` | transformers ``Siglip2VisionModel`` (NaFlex, fed a fixed square; ``--resolution``) | same |
 | ``timm`` | a timm ViT (extra ``timm``, in ``models_extra``) | a directory, ``hf-hub:REPO``, ``ARCH@FILE`` |
 | ``open_clip`` | an open_clip image tower (extra ``open-clip``) | same |
 
@@ -161,17 +163,50 @@ class BuiltinAdapter(ModelAdapter):
 
 
 # -- Hugging Face transformers -----------------------------------------------------------------------------------------
+# family -> (model class, has a CLS token, what its image processor does when preprocessor_config.json leaves a key out:
+# the processor class's own defaults, with the square size taken from the model config's image_size)
+_CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+_HALF = (0.5, 0.5, 0.5)
+
+
+def _square(n: int) -> dict[str, int]:
+    return {"height": n, "width": n}
+
+
+def _hf_defaults(family: str, n: int) -> dict[str, Any]:
+    fixed = {"size": _square(n), "do_center_crop": False}
+    cropped = {"size": {"shortest_edge": n}, "do_center_crop": True, "crop_size": _square(n)}
+    return {
+        "vit": {**fixed, "resample": 2, "image_mean": _HALF, "image_std": _HALF},  # ViTImageProcessor
+        "clip": {**cropped, "resample": 3, "image_mean": _CLIP_MEAN, "image_std": _CLIP_STD},  # CLIPImageProcessor
+        "dinov2": {**cropped, "resample": 3, "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD},  # Bit...
+        "siglip": {**fixed, "resample": 3, "image_mean": _HALF, "image_std": _HALF},  # SiglipImageProcessor
+        "dinov3": {**fixed, "resample": 2, "image_mean": IMAGENET_MEAN, "image_std": IMAGENET_STD},  # DINOv3ViT...
+        "siglip2": {**fixed, "resample": 2, "image_mean": _HALF, "image_std": _HALF},  # Siglip2ImageProcessor
+    }[family]
+
+
 _HF_CLASSES = {
     "vit": ("ViTModel", True),
     "clip": ("CLIPVisionModel", True),
     "dinov2": ("Dinov2Model", True),
     "siglip": ("SiglipVisionModel", False),
+    "dinov3": ("DINOv3ViTModel", True),
+    "siglip2": ("Siglip2VisionModel", False),
 }
+_INTERPOLATE = ("vit", "clip", "siglip")  # take interpolate_pos_encoding= for sizes other than config.image_size
 
 
 class HFAdapter(ModelAdapter):
-    def __init__(self, family: str, ckpt: str, device: torch.device) -> None:
+    """A transformers vision model. Preprocessing follows the checkpoint's ``preprocessor_config.json`` (resize rule,
+    crop, mean/std, resampling), not ``config.image_size``: a DINOv2 checkpoint with the standard processor (short
+    side 256, crop 224) records 1 + 256 tokens whatever size its position embeddings were trained at.
+    ``resolution`` (``--resolution``) overrides the processor's size for models that take variable sizes; SigLIP 2
+    (NaFlex) gets a fixed square of ``resolution`` (default: its ``num_patches`` as a square grid)."""
+
+    def __init__(self, family: str, ckpt: str, device: torch.device, resolution: int | None = None) -> None:
         from saev_ops.extras import require
+        from saev_ops.record.preprocess import from_hf_config
 
         transformers = require("transformers", "hf", f"--model {family}:")
 
@@ -190,15 +225,39 @@ class HFAdapter(ModelAdapter):
         self._dir = pathlib.Path(ckpt) if pathlib.Path(ckpt).is_dir() else None
         self.d_model = vision_cfg.hidden_size
         self.n_layers = vision_cfg.num_hidden_layers
-        image_size = vision_cfg.image_size
-        n_patches = (image_size // vision_cfg.patch_size) ** 2
+        self.patch_size = int(vision_cfg.patch_size)
+        if family == "siglip2":
+            native = math.isqrt(int(vision_cfg.num_patches)) * self.patch_size
+        else:
+            native = int(vision_cfg.image_size)
+        if resolution is not None and resolution % self.patch_size:
+            raise errors.ConfigError(f"--resolution {resolution}: must be a multiple of the patch size "
+                                     f"{self.patch_size} of {family}:{ckpt}")
+        source = self._dir / "preprocessor_config.json" if self._dir is not None else None
+        try:
+            given = json.loads(source.read_text()) if source is not None and source.is_file() else {}
+            if family == "siglip2" and resolution is None:
+                resolution = native  # its processor picks a size per image; a recording needs one
+            self.preprocess = from_hf_config({**_hf_defaults(family, native), **given}, default_size=native,
+                                             mean=IMAGENET_MEAN, std=IMAGENET_STD, resolution=resolution)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise errors.ConfigError(f"{source or family}: cannot use this image-processor config ({exc})") from None
+        h, w = self.preprocess.out_hw
+        if h % self.patch_size or w % self.patch_size:
+            raise errors.ConfigError(f"{source or family}: images of {h}x{w} do not divide into "
+                                     f"{self.patch_size}-pixel patches; give --resolution")
+        self.grid = (h // self.patch_size, w // self.patch_size)
         n_reg = getattr(vision_cfg, "num_register_tokens", 0) or 0
-        self.layout = TokenLayout(n_cls=1 if has_cls else 0, n_registers=n_reg, n_patches=n_patches)
-        mean, std = _hf_norm(ckpt, family)
-        self.preprocess = Preprocess(resize=image_size, crop=image_size, mean=mean, std=std)
+        self.layout = TokenLayout(n_cls=1 if has_cls else 0, n_registers=n_reg, n_patches=self.grid[0] * self.grid[1])
+        self._interpolate = family in _INTERPOLATE and (h, w) != (native, native)
 
     def hidden_states(self, pixels: torch.Tensor, layers: list[int]) -> torch.Tensor:
-        out = self.model(pixel_values=pixels, output_hidden_states=True)
+        if self.family == "siglip2":
+            out = self.model(**siglip2_inputs(pixels, self.patch_size), output_hidden_states=True)
+        elif self._interpolate:
+            out = self.model(pixel_values=pixels, output_hidden_states=True, interpolate_pos_encoding=True)
+        else:
+            out = self.model(pixel_values=pixels, output_hidden_states=True)
         return torch.stack([out.hidden_states[i + 1] for i in layers], dim=1)
 
     def weights_hash(self) -> str:
@@ -215,21 +274,15 @@ class HFAdapter(ModelAdapter):
         return state_dict_hash(self.model)
 
 
-Triple = tuple[float, float, float]
-
-
-def _hf_norm(ckpt: str, family: str) -> tuple[Triple, Triple]:
-    p = pathlib.Path(ckpt) / "preprocessor_config.json"
-    if p.is_file():
-        cfg = json.loads(p.read_text())
-        if "image_mean" in cfg and "image_std" in cfg:
-            mean, std = (float(v) for v in cfg["image_mean"]), (float(v) for v in cfg["image_std"])
-            return (next(mean), next(mean), next(mean)), (next(std), next(std), next(std))
-    if family == "clip":
-        return (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-    if family == "siglip":
-        return (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-    return IMAGENET_MEAN, IMAGENET_STD
+def siglip2_inputs(pixels: torch.Tensor, patch: int) -> dict[str, torch.Tensor]:
+    """(B, 3, H, W) images as SigLIP 2's NaFlex inputs: patches flattened row by row, each as (p, p, channels) as its
+    image processor lays them out, all of them valid."""
+    b, c, h, w = pixels.shape
+    gh, gw = h // patch, w // patch
+    patches = pixels.reshape(b, c, gh, patch, gw, patch).permute(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, -1)
+    return {"pixel_values": patches, "pixel_attention_mask": torch.ones(b, gh * gw, dtype=torch.long,
+                                                                        device=pixels.device),
+            "spatial_shapes": torch.tensor([[gh, gw]] * b, dtype=torch.long, device=pixels.device)}
 
 
 def state_dict_hash(model: nn.Module) -> str:
@@ -240,8 +293,9 @@ def state_dict_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def load_model(spec: str, device: str | torch.device = "cpu") -> ModelAdapter:
-    """``FAMILY:CHECKPOINT`` -> an adapter on ``device``."""
+def load_model(spec: str, device: str | torch.device = "cpu", resolution: int | None = None) -> ModelAdapter:
+    """``FAMILY:CHECKPOINT`` -> an adapter on ``device``; ``resolution`` (transformers families) overrides the
+    image processor's size."""
     family, sep, ckpt = spec.partition(":")
     if not sep or not ckpt:
         raise errors.ConfigError(
@@ -249,10 +303,12 @@ def load_model(spec: str, device: str | torch.device = "cpu") -> ModelAdapter:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise errors.ConfigError("--device cuda: no CUDA device is available here")
+    if resolution is not None and family not in _HF_CLASSES:
+        raise errors.ConfigError(f"--resolution: only for the transformers families ({', '.join(_HF_CLASSES)})")
     if family == "builtin":
         return BuiltinAdapter(ckpt, dev)
     if family in _HF_CLASSES:
-        return HFAdapter(family, ckpt, dev)
+        return HFAdapter(family, ckpt, dev, resolution)
     if family in ("timm", "open_clip"):
         from saev_ops.record.models_extra import OpenClipAdapter, TimmAdapter
 

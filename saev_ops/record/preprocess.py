@@ -1,4 +1,5 @@
-"""Image preprocessing with Pillow and numpy (no torchvision): RGB, resize the short side, centre crop, normalise."""
+"""Image preprocessing with Pillow and numpy (no torchvision): RGB, resize, centre crop, normalise, as each model's
+reference image processor does (transformers' from the checkpoint's ``preprocessor_config.json``)."""
 
 from __future__ import annotations
 
@@ -11,36 +12,137 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}  # Pillow's codes
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Preprocess:
-    resize: int
-    """Short side after resizing."""
-    crop: int
-    """Centre crop (square)."""
+    """What a model's own image processor does, in Pillow and numpy: RGB, resize, centre crop, scale to 0..1,
+    normalise. Built from a checkpoint's ``preprocessor_config.json`` by :func:`from_hf_config`."""
+
+    resize: int | tuple[int, int] | None
+    """Short side after resizing (aspect kept), or an exact (height, width), or None for no resize."""
+    crop: int | tuple[int, int] | None
+    """Centre crop: a square side, (height, width), or None for no crop."""
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resample: str = "bicubic"
+    rounding: str = "round"
+    """How the long side of a short-side resize is rounded: ``round`` (saev-ops' own models, timm, open_clip) or
+    ``floor`` (transformers' image processors)."""
+
+    def __post_init__(self) -> None:
+        if self.resample not in RESAMPLE:
+            raise ValueError(f"resample must be one of {sorted(RESAMPLE)}, got {self.resample!r}")
+        if self.rounding not in ("round", "floor"):
+            raise ValueError(f"rounding must be round or floor, got {self.rounding!r}")
+        if self.resize is None and self.crop is None:
+            raise ValueError("a preprocessing needs a resize or a crop, or its output size varies with the image")
+
+    @property
+    def out_hw(self) -> tuple[int, int]:
+        """(height, width) of every output."""
+        if self.crop is not None:
+            return _hw(self.crop)
+        assert isinstance(self.resize, tuple), "an int resize without a crop keeps each image's aspect"
+        return self.resize
 
     def __call__(self, path: str) -> np.ndarray:
-        """Load ``path`` and return float32 (3, crop, crop). Raises whatever Pillow raises for a bad file."""
+        """Load ``path`` and return float32 (3, H, W). Raises whatever Pillow raises for a bad file."""
         from PIL import Image
 
         with Image.open(path) as im:
-            im.draft("RGB", (self.resize, self.resize))  # JPEG: decode at reduced size when possible
             im = to_rgb(im)
-            w, h = im.size
-            scale = self.resize / min(w, h)
-            nw, nh = max(self.crop, round(w * scale)), max(self.crop, round(h * scale))
-            method = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}[self.resample]
-            im = im.resize((nw, nh), method)
-            left, top = (nw - self.crop) // 2, (nh - self.crop) // 2
-            im = im.crop((left, top, left + self.crop, top + self.crop))
+            im = self.resize_image(im)
+            if self.crop is not None:
+                ch, cw = _hw(self.crop)
+                w, h = im.size
+                left, top = (w - cw) // 2, (h - ch) // 2
+                im = im.crop((left, top, left + cw, top + ch))  # Pillow pads with black past the edges
             arr: np.ndarray = np.asarray(im, dtype=np.float32) / 255.0
         arr = (arr - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
+    def resize_image(self, im: Any) -> Any:
+        if self.resize is None:
+            return im
+        w, h = im.size
+        if isinstance(self.resize, tuple):
+            nh, nw = self.resize
+        elif self.rounding == "floor":  # transformers' get_resize_output_image_size(default_to_square=False)
+            short, long = (w, h) if w <= h else (h, w)
+            new_long = int(self.resize * long / short)
+            nw, nh = (self.resize, new_long) if w <= h else (new_long, self.resize)
+        else:
+            scale = self.resize / min(w, h)
+            crop_h, crop_w = _hw(self.crop) if self.crop is not None else (0, 0)
+            nw, nh = max(crop_w, round(w * scale)), max(crop_h, round(h * scale))
+        return im.resize((nw, nh), RESAMPLE[self.resample])
+
     def describe(self) -> dict[str, object]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["rounding"] == "round":  # recordings made before the field existed rounded; their identities hold
+            del d["rounding"]
+        return d
+
+
+def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else size
+
+
+def from_hf_config(cfg: dict[str, Any], *, default_size: int, mean: tuple[float, float, float],
+                   std: tuple[float, float, float], resample: str = "bicubic",
+                   resolution: int | None = None) -> Preprocess:
+    """A transformers ``preprocessor_config.json`` as a :class:`Preprocess`: ``size`` (``shortest_edge`` or
+    ``height``/``width``), ``do_resize``, ``do_center_crop`` + ``crop_size``, ``resample`` (Pillow code),
+    ``image_mean``/``image_std`` (with ``do_normalize``), ``rescale_factor`` (1/255 only). Missing keys take the
+    family's defaults (``default_size`` square, ``mean``, ``std``, ``resample``). ``resolution`` overrides the size:
+    the short side is resized to it and a square of it cropped (or the image resized to that square when the
+    processor does not crop)."""
+    if cfg.get("do_rescale", True) and abs(float(cfg.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-12:
+        raise ValueError(f"rescale_factor {cfg['rescale_factor']} is not 1/255")
+    size = cfg.get("size", {"height": default_size, "width": default_size})
+    if isinstance(size, int):
+        size = {"shortest_edge": size}
+    resize: int | tuple[int, int] | None
+    if "shortest_edge" in size:
+        resize = int(size["shortest_edge"])
+    elif "height" in size and "width" in size:
+        resize = (int(size["height"]), int(size["width"]))
+    else:
+        raise ValueError(f"size {size}: expected shortest_edge or height and width")
+    if not cfg.get("do_resize", True):
+        resize = None
+    crop: int | tuple[int, int] | None = None
+    if cfg.get("do_center_crop", False):
+        cs = cfg.get("crop_size", {"height": default_size, "width": default_size})
+        crop = (int(cs), int(cs)) if isinstance(cs, int) else (int(cs["height"]), int(cs["width"]))
+    if resolution is not None:
+        resize, crop = (resolution, (resolution, resolution)) if crop is not None else ((resolution, resolution), None)
+    if cfg.get("do_normalize", True):
+        mean = _triple(cfg.get("image_mean", mean))
+        std = _triple(cfg.get("image_std", std))
+    else:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    code = cfg.get("resample")
+    if code is not None:
+        names = {v: k for k, v in RESAMPLE.items()}
+        if int(code) not in names:
+            raise ValueError(f"resample {code}: not a Pillow resampling filter")
+        resample = names[int(code)]
+    if resize is not None and crop is None and isinstance(resize, int):
+        raise ValueError(f"size {size} without a centre crop gives each image its own shape; recording needs one "
+                         "shape (give --resolution)")
+    return Preprocess(resize=resize, crop=crop, mean=mean, std=std, resample=resample, rounding="floor")
+
+
+def _triple(v: Any) -> tuple[float, float, float]:
+    vals = [float(x) for x in (v if isinstance(v, (list, tuple)) else [v])]
+    if len(vals) == 1:
+        vals = vals * 3
+    if len(vals) != 3:
+        raise ValueError(f"expected 3 channel values, got {v!r}")
+    return (vals[0], vals[1], vals[2])
 
 
 # Pillow's integer modes wider than 8 bits: 16-bit PNG and TIFF greyscale open as these. convert("RGB") clips them at

@@ -37,7 +37,7 @@ from saev_ops.shards.format import (
 log = logging.getLogger(__name__)
 # saev's metadata.json names one of its own families (it reloads the model by it); the nearest one for each of ours.
 SAEV_FAMILY = {"builtin": "fake-clip", "vit": "clip", "clip": "clip", "dinov2": "dinov2", "siglip": "siglip",
-               "timm": "clip", "open_clip": "clip"}
+               "dinov3": "dinov3", "siglip2": "siglip", "timm": "clip", "open_clip": "clip"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,6 +55,9 @@ class RecordSpec:
     tokens: str = "cls+patches"
     """cls+patches (saev's layout: CLS if the model has one, then patches; registers dropped), patches, cls, or all
     (CLS, registers, patches: saev-ops reads it right, saev reads the register rows as patches)."""
+    resolution: int | None = None
+    """Image side in pixels for the transformers families, overriding the image processor's size (a multiple of the
+    patch size; tokens per image follow)."""
     dtype: str = "float32"
     """Storage precision: float32 (saev-compatible), float16 or bfloat16."""
     batch_size: int = 32
@@ -75,6 +78,8 @@ class RecordSpec:
             problems.append(f"--tokens must be one of {', '.join(TOKEN_CHOICES)}, got {self.tokens!r}")
         if self.dtype not in ("float32", "float16", "bfloat16"):
             problems.append(f"--dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
+        if self.resolution is not None and self.resolution <= 0:
+            problems.append(f"--resolution must be > 0, got {self.resolution}")
         if self.batch_size <= 0 or self.n_workers <= 0:
             problems.append("--batch-size and --workers must be > 0")
         if not self.layers:
@@ -129,7 +134,7 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
     from saev_ops.shards import ShardWriter
 
     images = open_images(spec.images)
-    adapter = load_model(spec.model, spec.device)
+    adapter = load_model(spec.model, spec.device, spec.resolution)
     layers = adapter.resolve_layers(list(spec.layers))
     layout = stored_layout(adapter.layout, spec.tokens)
     model_info = describe(adapter)
