@@ -49,8 +49,11 @@ def mark_complete(registry: Registry, name: str, sidecar: dict[str, Any], *, pat
     return registry.update_dataset(name, **fields)
 
 
-def import_dataset(registry: Registry, path: pathlib.Path, name: str) -> DatasetRecord:
-    """Register an existing saev shard directory: build the index, checksums and statistics, then mark it complete."""
+def import_dataset(registry: Registry, path: pathlib.Path, name: str, *, registers: int | None = None) -> DatasetRecord:
+    """Register an existing saev shard directory: build the index (image paths and labels where saev's fields give
+    them), checksums and statistics, then mark it complete. A copy of a saev-ops dataset is verified against its own
+    checksums instead, and keeps its index and provenance. ``registers``: register tokens at the start of each
+    example's content tokens."""
     from saev_ops.shards.importer import import_saev_dir
 
     path = pathlib.Path(path).resolve()
@@ -64,10 +67,15 @@ def import_dataset(registry: Registry, path: pathlib.Path, name: str) -> Dataset
         pass
     else:
         raise errors.DuplicateError(f"a dataset named {name!r} already exists; choose another --name")
-    sidecar = import_saev_dir(path)
-    layout = TokenLayout(**sidecar["token_layout"])
-    register_writing(registry, name, path, md, layout, source_path=md.dataset or None,
-                     extra={"imported_from_saev": True})
+    sidecar = import_saev_dir(path, registers=registers)
+    layout = TokenLayout.from_json_dict(sidecar["token_layout"])
+    origin = sidecar.get("extra") or {}
+    extra: dict[str, Any] = {"imported_from_saev": bool(origin.get("imported_from_saev", True))}
+    if "provenance" in origin:  # a copy of a saev-ops recording keeps what it was recorded from
+        extra["provenance"] = origin["provenance"]
+    if origin.get("image_paths_missing"):
+        extra["image_paths_missing"] = origin["image_paths_missing"]
+    register_writing(registry, name, path, md, layout, source_path=md.dataset or None, extra=extra)
     return mark_complete(registry, name, sidecar)
 
 

@@ -46,9 +46,15 @@ def write_dataset(root: pathlib.Path, *, batch: int = 7, labels: bool = True, **
     return path
 
 
-def write_like_saev(root: pathlib.Path, n_examples: int = 25) -> pathlib.Path:
-    """Write only saev's files, the way saev's writer lays them out (see shared notes/saev-format.md)."""
+def write_like_saev(root: pathlib.Path, n_examples: int = 25, *, data: str | None = None, dataset: str | None = None,
+                    labels: np.ndarray | None = None) -> pathlib.Path:
+    """Write only saev's files, the way saev's writer lays them out (see shared notes/saev-format.md); ``data`` and
+    ``dataset`` replace the metadata fields, ``labels`` (uint8, n_examples x 9) is written as labels.bin."""
+    import dataclasses
+
     md, _ = make_metadata(n_examples=n_examples, layers=(11,), n_patches=9, d_model=16, max_tokens_per_shard=80)
+    md = dataclasses.replace(md, data=md.data if data is None else data,
+                             dataset=md.dataset if dataset is None else dataset)
     path = dataset_dir(root, md.hash)
     path.mkdir(parents=True)
     S, T, D = md.examples_per_shard, 10, 16  # 80 // 10 = 8 examples per shard
@@ -62,4 +68,6 @@ def write_like_saev(root: pathlib.Path, n_examples: int = 25) -> pathlib.Path:
         shards.append({"name": f"acts{i:06d}.bin", "n_examples": len(part)})
     (path / "metadata.json").write_text(json.dumps(md.to_json_dict()))
     (path / "shards.json").write_text(json.dumps(shards))
+    if labels is not None:
+        np.ascontiguousarray(labels, dtype=np.uint8).tofile(path / "labels.bin")
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -66,3 +67,138 @@ def test_import_of_a_non_saev_directory_is_a_clear_error(tmp_path: pathlib.Path,
     (tmp_path / "junk" / "metadata.json").write_text('{"family": "clip"}')
     res = run(reg_url, "datasets", "import", str(tmp_path / "junk"), "--name", "x")
     assert res.exit_code == 1 and "missing fields" in res.output and "ckpt" in res.output
+
+
+def _saev_data_field(root: pathlib.Path) -> str:
+    """The data field as saev writes it: base64 of a pickled ``saev.data.datasets.ImgFolder(root=Path(...))`` (a frozen
+    dataclass), made here with a stand-in module of that name so the pickle names saev's real class."""
+    import base64
+    import dataclasses
+    import pickle
+    import sys
+    import types
+
+    mod = types.ModuleType("saev.data.datasets")
+
+    @dataclasses.dataclass(frozen=True)
+    class ImgFolder:
+        root: pathlib.Path
+
+    ImgFolder.__module__ = "saev.data.datasets"
+    ImgFolder.__qualname__ = "ImgFolder"
+    mod.ImgFolder = ImgFolder  # type: ignore[attr-defined]  # a module built at runtime
+    names = ["saev", "saev.data", "saev.data.datasets"]
+    saved = {n: sys.modules.get(n) for n in names}
+    sys.modules.update({n: mod for n in names})
+    try:
+        return base64.b64encode(pickle.dumps(ImgFolder(root=root), protocol=4)).decode()
+    finally:
+        for n, m in saved.items():
+            if m is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = m
+
+
+def _image_folder(root: pathlib.Path, n: int) -> list[tuple[str, int, str]]:
+    """n images in class folders, returned in torchvision ImageFolder order (classes sorted, files sorted)."""
+    from saev_ops.record.images import generate_images
+
+    generate_images(root, n, size=16, n_classes=3)
+    out = []
+    for ci, cls in enumerate(sorted(p.name for p in root.iterdir() if p.is_dir())):
+        out += [(str(f), ci, cls) for f in sorted((root / cls).iterdir())]
+    return out
+
+
+def test_import_takes_image_paths_and_labels_from_saevs_fields(tmp_path: pathlib.Path) -> None:
+    """saev records an ImgFolder in ImageFolder order: the import indexes each example's image path and class (it
+    gave every example path=None, label=None, so `latents top` showed empty columns)."""
+    import numpy as np
+
+    from saev_ops.shards import ShardReader
+
+    images = tmp_path / "imgs"
+    want = _image_folder(images, 25)
+    patch_labels = np.random.default_rng(0).integers(0, 5, size=(25, 9)).astype(np.uint8)  # segmentation-style
+    path = write_like_saev(tmp_path / "data", data=_saev_data_field(images), dataset=str(images),
+                           labels=patch_labels)
+    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    d = import_dataset(reg, path, "tiny")
+    reader = ShardReader(d.path)
+    got = [(reader.index.get(i).path, reader.index.get(i).label, reader.index.get(i).label_name) for i in range(25)]
+    assert got == want
+    assert reader.sidecar["extra"]["image_paths"] is True
+    assert reader.index.find_path(want[7][0]) == 7
+
+
+def test_import_reads_the_data_field_without_running_it(tmp_path: pathlib.Path, caplog) -> None:  # noqa: ANN001
+    """A pickle can call any function; the data field is read with saev's classes and paths only."""
+    import base64
+    import os as os_module
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):  # noqa: ANN204  # pickle protocol
+            return (os_module.system, (f"touch {marker}",))
+
+    evil = base64.b64encode(pickle.dumps(Evil(), protocol=4)).decode()
+    labels = np.repeat(np.arange(25, dtype=np.uint8)[:, None] % 4, 9, axis=1)  # image-level labels, saev-style
+    path = write_like_saev(tmp_path / "data", data=evil, labels=labels)
+    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    from saev_ops.shards import ShardReader
+
+    d = import_dataset(reg, path, "tiny")
+    assert not marker.exists()
+    assert "refused posix.system" in caplog.text or "refused os.system" in caplog.text
+    reader = ShardReader(d.path)
+    assert [reader.index.get(i).label for i in range(25)] == [i % 4 for i in range(25)]
+    assert d.extra["image_paths_missing"]
+
+
+def test_import_of_a_saev_ops_copy_checks_its_own_checksums(tmp_path: pathlib.Path) -> None:
+    """A copy of a saev-ops dataset carries checksums: a flipped byte is refused, naming the shard (it used to be
+    re-checksummed and then pass `verify --full`); an intact copy keeps its index (paths, labels) and provenance."""
+    import shutil
+
+    from saev_ops.shards import ShardReader
+    from tests.shard_helpers import write_dataset
+
+    src = write_dataset(tmp_path / "src", n_examples=30)
+    good = tmp_path / "copies" / "good" / "saev" / "shards" / src.name
+    bad = tmp_path / "copies" / "bad" / "saev" / "shards" / src.name
+    shutil.copytree(src, good)
+    shutil.copytree(src, bad)
+    with open(bad / "acts000001.bin", "r+b") as fh:
+        fh.seek(1000)
+        byte = fh.read(1)
+        fh.seek(1000)
+        fh.write(bytes([byte[0] ^ 0x10]))
+    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    with pytest.raises(errors.DataError, match=r"acts000001.bin: contents differ from the checksum"):
+        import_dataset(reg, bad, "bad")
+    with pytest.raises(errors.NotFoundError):
+        reg.get_dataset("bad")
+    d = import_dataset(reg, good, "good")
+    reader = ShardReader(d.path)
+    assert reader.index.get(4).path == "img/00004.jpg" and reader.index.get(4).label == 1
+
+
+def test_import_with_registers(tmp_path: pathlib.Path) -> None:
+    from saev_ops.shards import ShardReader
+
+    path = write_like_saev(tmp_path / "data")
+    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    d = import_dataset(reg, path, "tiny", registers=2)
+    layout = ShardReader(d.path).layout
+    assert (layout.n_cls, layout.n_registers, layout.n_patches) == (1, 2, 7)
+    res = run(f"sqlite:///{tmp_path / 'r2.sqlite'}", "datasets", "import", str(path), "--name", "x",
+              "--registers", "3")  # once imported, the directory's sidecar says how many
+    assert res.exit_code != 0 and "saev_ops.json records 2 register tokens" in res.output
+    other = write_like_saev(tmp_path / "other", n_examples=24)
+    res = run(f"sqlite:///{tmp_path / 'r2.sqlite'}", "datasets", "import", str(other), "--name", "x",
+              "--registers", "12")
+    assert res.exit_code != 0 and "--registers 12" in res.output and "9 content tokens" in res.output
+    assert not (other / "saev_ops.json").exists() and not (other / "index.lmdb").exists()

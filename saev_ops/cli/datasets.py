@@ -53,14 +53,17 @@ def show(obj: CliContext, name: str, **kw: str) -> None:
 @group.command("import")
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=str))
 @click.option("--name", required=True, help="Registry name for the dataset.")
+@click.option("--registers", type=click.IntRange(min=0), help="Register tokens at the start of each example's content "
+              "tokens (a directory recorded from a register model with its registers kept).")
 @pass_ctx
-def import_(obj: CliContext, path: str, name: str) -> None:
-    """Register an existing saev shard directory PATH (builds the LMDB index, checksums and statistics)."""
+def import_(obj: CliContext, path: str, name: str, registers: int | None) -> None:
+    """Register an existing saev shard directory PATH (builds the LMDB index with image paths and labels from saev's
+    fields, checksums and statistics; a copy of a saev-ops dataset is verified against its own checksums)."""
     import pathlib
 
     from saev_ops.datasets import import_dataset
 
-    d = import_dataset(obj.open_registry(create=True), pathlib.Path(path), name)
+    d = import_dataset(obj.open_registry(create=True), pathlib.Path(path), name, registers=registers)
     click.echo(f"imported {d.name}: {d.n_examples} examples x {d.tokens_per_example} tokens x d_model {d.d_model}, "
                f"layers {list(d.layers)}, {d.dtype} ({d.path})")
 

@@ -218,6 +218,11 @@ class TokenLayout:
             return "cls+patches"
         return "patches" if self.n_patches else "cls"
 
+    @classmethod
+    def from_json_dict(cls, d: dict[str, Any]) -> TokenLayout:
+        """From a sidecar's or registry row's ``token_layout`` (the counts; other keys describe them)."""
+        return cls(n_cls=int(d["n_cls"]), n_registers=int(d["n_registers"]), n_patches=int(d["n_patches"]))
+
     def to_json_dict(self) -> dict[str, Any]:
         """As the sidecar stores it: the counts, the layout's name and whether saev reads it right (saev knows CLS
         and patches only; register rows would count as patches)."""

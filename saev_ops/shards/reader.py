@@ -50,8 +50,7 @@ class ShardReader:
         self.storage_dtype = self.md.dtype
         self.disk_dtype = dtypes.disk_dtype(self.md.dtype)
         if self.sidecar is not None:
-            tl = self.sidecar["token_layout"]
-            self.layout = TokenLayout(n_cls=tl["n_cls"], n_registers=tl["n_registers"], n_patches=tl["n_patches"])
+            self.layout = TokenLayout.from_json_dict(self.sidecar["token_layout"])
         else:
             self.layout = TokenLayout(n_cls=1 if self.md.cls_token else 0, n_registers=0,
                                       n_patches=self.md.content_tokens_per_example)

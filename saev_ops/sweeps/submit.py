@@ -147,7 +147,7 @@ def check_batch_size(configs: list[dict[str, Any]], dataset: Any, batch_size: in
         return
     short = []
     for tokens in sorted({c["tokens"] for c in configs}):
-        rows = dataset.n_examples * len(TokenLayout(**layout).indices(tokens))
+        rows = dataset.n_examples * len(TokenLayout.from_json_dict(layout).indices(tokens))
         if batch_size > rows:
             short.append(f"tokens={tokens}: {rows:,} rows")
     if short:
