@@ -96,3 +96,50 @@ def test_rerecording_says_reused(tmp_path: pathlib.Path) -> None:
     assert first.exit_code == 0 and " reused (" not in first.output, first.output
     again = CliRunner().invoke(cli, args)
     assert again.exit_code == 0 and "dataset d reused" in again.output, again.output
+
+
+def test_sae_from_another_model_is_refused_unless_allowed(trained, tmp_path: pathlib.Path) -> None:  # noqa: ANN001
+    """An SAE trained on one model's activations was applied to another model's without a word; now the training
+    provenance is compared with the target's and a mismatch refused (or, allowed, recorded with the output)."""
+    reg, url, path, ids = trained
+    sidecar = json.loads((path / "saev_ops.json").read_text())
+    make_dataset(reg, name="other-model", path=str(path), d_model=32, layers=[3, 7], tokens_per_example=17,
+                 n_examples=40, status="complete", model_ckpt="ViT-L-14/laion",
+                 extra={"metadata_hash": sidecar["content_hash"]})
+    args = ["--db", url, "infer", str(ids[0]), "--dataset", "other-model", "--out-root", str(tmp_path / "o")]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code != 0 and f"run {ids[0]} was trained on dataset 'tiny'" in res.output
+    assert "model: clip:ViT-B-16/openai vs clip:ViT-L-14/laion" in res.output and "--allow-model-mismatch" in res.output
+    assert reg.list_outputs() == []
+    res = CliRunner().invoke(cli, [*args, "--allow-model-mismatch"])
+    assert res.exit_code == 0, res.output
+    (foreign,) = reg.list_outputs()
+    assert "ViT-L-14/laion" in foreign.extra["model_mismatch"][0]
+    # lineage: the dataset shows what was computed on it by runs trained elsewhere; an output shows itself only
+    own = run_inference(InferSpec(db_url=url, run_ids=(ids[0],), dataset="tiny", out_root=str(tmp_path / "o")))[0]
+    text = "\n".join(lineage_lines(reg, "dataset:other-model"))
+    assert f"output {foreign.id} by run {ids[0]} (trained on tiny)" in text
+    text = "\n".join(lineage_lines(reg, f"output:{own.id}"))
+    assert f"output {own.id} on tiny" in text and f"output {foreign.id}" not in text
+
+
+def test_same_model_different_preprocessing_is_a_mismatch() -> None:
+    import datetime as dt
+
+    from saev_ops.infer.provenance import mismatches
+    from saev_ops.registry import DatasetRecord
+
+    def rec(i: int, preprocess: dict, n_patches: int = 16) -> DatasetRecord:
+        now = dt.datetime.now(dt.timezone.utc)
+        model = {"weights_sha256": "ab" * 32, "resolved": "vit:/m", "preprocess": preprocess}
+        return DatasetRecord(id=i, name=f"d{i}", content_hash=str(i), path="/x", status="complete", source_path=None,
+                             model_family="vit", model_ckpt="/m", layers=(1,), d_model=8, tokens_per_example=17,
+                             n_examples=4, dtype="float32", created_at=now, completed_at=now,
+                             extra={"provenance": {"model": model},
+                                    "token_layout": {"n_cls": 1, "n_registers": 0, "n_patches": n_patches}})
+
+    assert mismatches(rec(1, {"resize": 224}), rec(2, {"resize": 224}), tokens="patches") == []
+    (m,) = mismatches(rec(1, {"resize": 224}), rec(2, {"resize": 256}), tokens="patches")
+    assert m.startswith("preprocessing")
+    (m,) = mismatches(rec(1, {"resize": 224}), rec(2, {"resize": 224}, n_patches=36), tokens="patches")
+    assert m.startswith("token layout: patches selects 16 tokens")

@@ -17,10 +17,12 @@ from saev_ops.cli.context import CliContext, executor_options, format_option, pa
 @click.option("--batch-size", type=int, default=16384, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--force", is_flag=True, help="Recompute outputs that exist.")
+@click.option("--allow-model-mismatch", is_flag=True, help="Apply SAEs trained on another model's (or preprocessing's, "
+              "or token layout's) activations; refused by default.")
 @executor_options("infer")
 @pass_ctx
 def infer(obj: CliContext, target: str, dataset: str, out_root: str | None, batch_size: int, device: str,
-          force: bool, executor: str, slurm_opts: tuple[str, ...]) -> None:
+          force: bool, allow_model_mismatch: bool, executor: str, slurm_opts: tuple[str, ...]) -> None:
     """Apply TARGET's SAEs (a run id, or a sweep name: its completed runs) to --dataset in one ordered pass, writing
     one CSR .npz per run. By default in this process (use it in your own batch scripts)."""
     from saev_ops.infer import InferSpec, check_inference, run_inference
@@ -37,7 +39,7 @@ def infer(obj: CliContext, target: str, dataset: str, out_root: str | None, batc
             raise click.ClickException(f"sweep {target!r} has no completed runs")
     spec = InferSpec(db_url=obj.db_url, run_ids=ids, dataset=dataset,
                      out_root=out_root or str(default_outputs_root()), batch_size=batch_size, device=device,
-                     force=force)
+                     force=force, allow_model_mismatch=allow_model_mismatch)
     if executor == "slurm":
         from saev_ops.jobs import InferJob, SlurmSpec, submit_slurm_job
 

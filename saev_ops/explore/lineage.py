@@ -11,6 +11,7 @@ def lineage_lines(registry: Registry, ref: str) -> list[str]:
     kind, sep, key = ref.partition(":")
     if not sep:
         kind, key = ("run", ref) if ref.isdigit() else ("dataset", ref)
+    only_output: int | None = None
     if kind == "run":
         datasets = [registry.get_dataset_by_id(registry.get_run(int(key)).dataset_id)]
         only_runs = {int(key)}
@@ -18,6 +19,7 @@ def lineage_lines(registry: Registry, ref: str) -> list[str]:
         out = registry.get_output(int(key))
         datasets = [registry.get_dataset_by_id(registry.get_run(out.run_id).dataset_id)]
         only_runs = {out.run_id}
+        only_output = out.id
     elif kind == "dataset":
         datasets = [registry.get_dataset(key)]
         only_runs = None
@@ -42,7 +44,18 @@ def lineage_lines(registry: Registry, ref: str) -> list[str]:
                          f"{sae.get('arch', '?')} d_sae={sae.get('d_sae', '?')} k={sae.get('k', '?')}"
                          + (f" nmse={nmse:.4g}" if nmse is not None else ""))
             for o in registry.list_outputs(run_id=r.run.id):
+                if only_output is not None and o.id != only_output:
+                    continue
                 od = registry.get_dataset_by_id(o.dataset_id)
                 lines.append(f"    {'    ' if last else '│   '}└── output {o.id} on {od.name}: {o.n_rows}x{o.n_cols}, "
                              f"nnz {o.nnz}  {o.path}")
+        if kind == "dataset":  # what was computed on this dataset by SAEs trained on other datasets
+            foreign = [o for o in registry.list_outputs(dataset_id=d.id)
+                       if registry.get_run(o.run_id).dataset_id != d.id]
+            if foreign:
+                lines.append(f"    outputs on {d.name} from runs trained elsewhere:")
+            for i, o in enumerate(foreign):
+                src = registry.get_dataset_by_id(registry.get_run(o.run_id).dataset_id)
+                lines.append(f"    {'└──' if i == len(foreign) - 1 else '├──'} output {o.id} by run {o.run_id} "
+                             f"(trained on {src.name}): {o.n_rows}x{o.n_cols}, nnz {o.nnz}  {o.path}")
     return lines

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from saev_ops import atomic, errors, paths
+from saev_ops.infer import provenance
 from saev_ops.progress import Progress
 from saev_ops.registry import DatasetRecord, OutputRecord, Registry, RunRecord
 
@@ -34,6 +35,8 @@ class InferSpec:
     batch_size: int = 16384
     device: str = "cpu"
     force: bool = False
+    allow_model_mismatch: bool = False
+    """Apply SAEs whose training data came from another model, preprocessing or token layout (logged, recorded)."""
 
 
 class _CsrWriter:
@@ -94,6 +97,8 @@ def check_inference(reg: Registry, spec: InferSpec) -> tuple[DatasetRecord, list
     for run in runs:
         if run.status != "completed" or not run.checkpoint_path:
             raise errors.ConfigError(f"run {run.id} is {run.status}; only completed runs have weights to apply")
+        provenance.check(run.id, reg.get_dataset_by_id(run.dataset_id), dataset,
+                         tokens=str(run.config.get("tokens", "patches")), allow=spec.allow_model_mismatch)
     return dataset, runs
 
 
@@ -162,9 +167,12 @@ def run_inference(spec: InferSpec) -> list[OutputRecord]:
                 "tokens_per_example": loader.plan.rows_per_example, "token_idx": loader.plan.token_idx.tolist(),
                 **info}, indent=2))
             atomic.replace_dir(tmp, final)
+            mismatch = provenance.mismatches(reg.get_dataset_by_id(reg.get_run(rid).dataset_id), dataset,
+                                             tokens=tokens)
             out.append(reg.add_output(run_id=rid, dataset=dataset.name, path=str(final), n_rows=info["n_rows"],
                                       n_cols=sae.cfg.d_sae, nnz=info["nnz"],
-                                      extra={"layer": layer, "tokens": tokens}, replace=True))
+                                      extra={"layer": layer, "tokens": tokens,
+                                             **({"model_mismatch": mismatch} if mismatch else {})}, replace=True))
     return out
 
 
