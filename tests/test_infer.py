@@ -57,6 +57,7 @@ def test_csr_equals_direct_computation_and_lineage(trained, tmp_path: pathlib.Pa
         assert [v for _, v in top] == pytest.approx(sorted(want[:, j], reverse=True)[:5])
         e = out.row_example(top[0][0])
         assert e["example_idx"] == top[0][0] // 16 and e["path"].endswith(".jpg") and e["token_idx"] >= 1
+        assert e["patch_label"] == e["label"]  # labels.bin of image labels: every patch carries its image's class
         assert not list(pathlib.Path(o.path).parent.glob("*.tmp"))
     again = run_inference(InferSpec(db_url=url, run_ids=tuple(ids), dataset="tiny", out_root=str(tmp_path / "out")))
     assert [(o.id, o.created_at) for o in again] == [(o.id, o.created_at) for o in outs]  # no-op without force
@@ -67,6 +68,7 @@ def test_csr_equals_direct_computation_and_lineage(trained, tmp_path: pathlib.Pa
     assert res.exit_code == 0 and "3" in res.output
     res = CliRunner().invoke(cli, ["--db", url, "latents", "top", str(outs[0].id), str(j), "-n", "2", "--format", "csv"])
     assert res.exit_code == 0 and len(res.output.strip().splitlines()) == 3
+    assert res.output.splitlines()[0] == "value,example,token,label,patch label,image"
 
 
 def test_failed_inference_registers_nothing(trained, tmp_path: pathlib.Path) -> None:  # noqa: ANN001

@@ -324,3 +324,56 @@ def test_resolution_sets_the_patch_grid(tmp_path: pathlib.Path, images: pathlib.
     d = record_dataset(reg, RecordSpec(name="r", images=str(images), model=ckpt, resolution=48, layers=(1,),
                                        data_root=str(tmp_path / "data")))
     assert d.tokens_per_example == 1 + 36
+
+
+def _masked_images(root: pathlib.Path, n: int = 6) -> tuple[pathlib.Path, pathlib.Path]:
+    """ADE20K-style: images/x.png and annotations/x.png, each mask one class id per pixel: left third class 3,
+    the rest class 7, with a class-200 square in the top-left 8x8 corner."""
+    from PIL import Image
+
+    imgs, masks = root / "images", root / "annotations"
+    for d in (imgs, masks):
+        d.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(imgs / f"img{i}.png")
+        m = np.full((64, 64), 7, np.uint8)
+        m[:, : 64 // 3] = 3
+        m[:8, :8] = 200
+        Image.fromarray(m, mode="L").save(masks / f"img{i}.png")
+    return imgs, masks
+
+
+def test_masks_give_each_patch_its_majority_class(tmp_path: pathlib.Path, reg: Registry) -> None:
+    """builtin:small: 64x64 images, 8x8 patches -> an 8x8 grid. saev's labels.bin gets each patch's majority class
+    (saev's pixel_agg); `latents top`'s reading API returns it per row."""
+    from saev_ops.record.preprocess import patch_majority
+
+    imgs, masks = _masked_images(tmp_path)
+    d = record_dataset(reg, RecordSpec(name="seg", images=str(imgs), masks=str(masks), model="builtin:small",
+                                       layers=(1,), data_root=str(tmp_path / "data"), max_tokens_per_shard=65 * 4))
+    md, _ = saev_rows(pathlib.Path(d.path))
+    labels = np.fromfile(pathlib.Path(d.path) / "labels.bin", np.uint8).reshape(6, md["content_tokens_per_example"])
+    want = np.full((8, 8), 7, np.uint8)
+    want[:, :2] = 3  # columns 0-15 are class 3 (0-20): patch column 2 (16-23) has 5 of 8 pixels of class 3
+    want[:, 2] = 3
+    want[0, 0] = 200
+    assert (labels == want.ravel()).all()
+    assert not list(pathlib.Path(d.path).glob(".labels*.npy"))  # the per-shard parts are joined and removed
+    assert d.extra["provenance"]["masks"]["pixel_agg"] == "majority"
+    # ties go to the smaller id; ids past 255 do not fit saev's uint8 labels
+    assert patch_majority(np.array([[1, 2], [2, 1]]), (1, 1)).tolist() == [1]
+    with pytest.raises(ValueError, match="0..255"):
+        patch_majority(np.array([[1, 300], [2, 1]]), (1, 1))
+
+
+def test_missing_mask_is_a_bad_image(tmp_path: pathlib.Path, reg: Registry) -> None:
+    imgs, masks = _masked_images(tmp_path)
+    (masks / "img2.png").unlink()
+    d = record_dataset(reg, RecordSpec(name="seg", images=str(imgs), masks=str(masks), model="builtin:small",
+                                       layers=(1,), data_root=str(tmp_path / "data")))
+    assert d.n_examples == 5 and "no mask" in d.extra["bad_images"][0]["error"]
+    with pytest.raises(errors.DataError, match=r"img2.png: cannot read image .*no mask .*annotations/img2.png"):
+        record_dataset(Registry(f"sqlite:///{tmp_path / 'r2.sqlite'}"),
+                       RecordSpec(name="seg", images=str(imgs), masks=str(masks), model="builtin:small", layers=(1,),
+                                  data_root=str(tmp_path / "data2"), strict=True))

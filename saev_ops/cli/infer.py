@@ -75,8 +75,8 @@ def top(obj: CliContext, output_id: int, latent: int, n: int, **kw: str) -> None
     rows = []
     for row, value in out.top_rows(latent, n):
         e = out.row_example(row)
-        rows.append((value, e["example_idx"], e["token_idx"], e["label_name"], e["path"]))
-    click.echo(fmt.render(("value", "example", "token", "label", "image"), rows, kw["fmt"]))
+        rows.append((value, e["example_idx"], e["token_idx"], e["label_name"], e["patch_label"], e["path"]))
+    click.echo(fmt.render(("value", "example", "token", "label", "patch label", "image"), rows, kw["fmt"]))
 
 
 @latents.command("stats")

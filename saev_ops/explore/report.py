@@ -153,7 +153,10 @@ def _latent_strip(output: Any, latent: int, n: int, out_dir: pathlib.Path) -> li
                 to_rgb(im).resize((TILE, TILE), Image.Resampling.BICUBIC).save(base)
         heat = f"heat-{output.record.id}-{latent}-{ex}.png"
         (_heat_rgba(grid, vmax) if grid is not None else Image.new("RGBA", (TILE, TILE))).save(out_dir / heat)
-        label = html.escape(str(e["label_name"])) if e.get("label_name") is not None else ""
+        parts = [str(e["label_name"])] if e.get("label_name") is not None else []
+        if e.get("patch_label") is not None:  # the top patch's class (segmentation mask, or the image's class)
+            parts.append(f"patch class {e['patch_label']}")
+        label = html.escape(" · ".join(parts))
         figures.append(f"<figure class='tile'><div class='stack'><img class='base' src='{base.name}' alt='image {ex}'>"
                        f"<img class='heat' src='{heat}' alt='latent {latent} on image {ex}'></div>"
                        f"<figcaption>{value:.3g}{' &middot; ' + label if label else ''}</figcaption></figure>")

@@ -23,6 +23,7 @@ class Output:
     token_layout: dict[str, int] = dataclasses.field(default_factory=dict)
     """The dataset's stored token layout (n_cls, n_registers, n_patches), to place patch rows on the image grid."""
     _csr: Any = dataclasses.field(default=None, repr=False)
+    _labels: Any = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def open(cls, registry: Registry, output_id: int) -> Output:
@@ -76,8 +77,28 @@ class Output:
         finally:
             idx.close()
         token_idx = self.info["token_idx"]
-        return {"row": int(row), "example_idx": ex, "token_idx": token_idx[pos % len(token_idx)], "path": e.path,
-                "label": e.label, "label_name": e.label_name}
+        tok = int(token_idx[pos % len(token_idx)])
+        return {"row": int(row), "example_idx": ex, "token_idx": tok, "path": e.path,
+                "label": e.label, "label_name": e.label_name, "patch_label": self.patch_label(ex, tok)}
+
+    def patch_label(self, example: int, token: int) -> int | None:
+        """The class saev's labels.bin gives this patch token (its mask's majority class, or the image's class), or
+        None for CLS and register tokens and datasets without labels."""
+        if self._labels is None:
+            from saev_ops.shards.reader import ShardReader
+
+            reader = ShardReader(self.dataset_path)  # the directory's own layout: what labels.bin's columns are
+            try:
+                labels = reader.labels()
+                arr = np.asarray(labels) if labels is not None else np.zeros((0, 0), np.uint8)
+                self._labels = (arr, reader.layout.n_cls, reader.layout.n_registers)
+            finally:
+                reader.close()
+        labels, n_cls, n_reg = self._labels
+        j = token - n_cls
+        if token < n_cls + n_reg or not 0 <= example < labels.shape[0] or j >= labels.shape[1]:
+            return None
+        return int(labels[example, j])
 
     def top_rows(self, latent: int, n: int = 20) -> list[tuple[int, float]]:
         """The n rows where ``latent`` is largest, without densifying the matrix."""

@@ -53,6 +53,16 @@ class ModelAdapter(abc.ABC):
     def weights_hash(self) -> str:
         """A hash that changes whenever the weights do."""
 
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """(rows, cols) of patch tokens over the preprocessed image (square patches)."""
+        h, w = self.preprocess.out_hw
+        n = self.layout.n_patches
+        side = math.isqrt(h * w // n) if n else 0
+        if not side or (h // side) * (w // side) != n:
+            raise errors.ConfigError(f"{self.family}:{self.ckpt}: {n} patches do not tile a {h}x{w} image")
+        return h // side, w // side
+
     def resolved(self) -> str:
         """``FAMILY:CHECKPOINT`` with a checkpoint that names a local path made absolute (also the file of timm's
         ``ARCH@FILE``), so the same model given by a relative and an absolute path is one model."""

@@ -63,6 +63,23 @@ class Preprocess:
         arr = (arr - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
+    def mask(self, path: str) -> np.ndarray:
+        """A segmentation mask (one class id per pixel: a greyscale, palette or 16-bit PNG) under the same resize and
+        crop as the image, nearest-neighbour so no class is blended: int64 (H, W)."""
+        from PIL import Image
+
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16", "I;16L", "I;16B", "1"):
+                raise ValueError(f"a mask must hold one class id per pixel (greyscale, palette or 16-bit), got "
+                                 f"mode {im.mode}")
+            im = dataclasses.replace(self, resample="nearest").resize_image(im)
+            if self.crop is not None:
+                ch, cw = _hw(self.crop)
+                w, h = im.size
+                left, top = (w - cw) // 2, (h - ch) // 2
+                im = im.crop((left, top, left + cw, top + ch))
+            return np.asarray(im, dtype=np.int64)
+
     def resize_image(self, im: Any) -> Any:
         if self.resize is None:
             return im
@@ -84,6 +101,23 @@ class Preprocess:
         if d["rounding"] == "round":  # recordings made before the field existed rounded; their identities hold
             del d["rounding"]
         return d
+
+
+def patch_majority(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """Each patch's label: the class id most of its pixels carry (ties to the smaller id), as saev's
+    ``pixel_agg="majority"``. ``mask`` (H, W) of ids 0..255, ``grid`` (rows, cols) of patches -> uint8 (rows*cols,)."""
+    gh, gw = grid
+    h, w = mask.shape
+    if h % gh or w % gw:
+        raise ValueError(f"a {h}x{w} mask does not divide into a {gh}x{gw} patch grid")
+    if mask.size and (mask.min() < 0 or mask.max() > 255):
+        raise ValueError(f"class ids must be 0..255 to fit saev's labels.bin, found {int(mask.min())}.."
+                         f"{int(mask.max())}")
+    ph, pw = h // gh, w // gw
+    patches = mask.reshape(gh, ph, gw, pw).transpose(0, 2, 1, 3).reshape(gh * gw, ph * pw)
+    counts = np.zeros((gh * gw, 256), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(gh * gw), ph * pw), patches.ravel()), 1)
+    return counts.argmax(axis=1).astype(np.uint8)  # argmax takes the first maximum: the smaller id
 
 
 def _hw(size: int | tuple[int, int]) -> tuple[int, int]:

@@ -50,6 +50,9 @@ class RecordSpec:
     """Image folder (class sub-folders = labels) or a file list (PATH or PATH<TAB>CLASS per line)."""
     model: str
     """FAMILY:CHECKPOINT, e.g. builtin:tiny, vit:/models/vit-b16."""
+    masks: str | None = None
+    """Segmentation masks (ADE20K-style: one class id per pixel, a PNG per image at the image's path relative to
+    ``images``, under this folder): each patch gets its majority class in saev's labels.bin."""
     layers: tuple[int, ...] = (-1,)
     """Blocks whose output is recorded (0-based; -1 = last)."""
     tokens: str = "cls+patches"
@@ -138,11 +141,12 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
     layers = adapter.resolve_layers(list(spec.layers))
     layout = stored_layout(adapter.layout, spec.tokens)
     model_info = describe(adapter)
+    masks = _mask_source(spec, images, adapter, layout)
     identity = {"images": images.list_hash, "n_images": len(images.items), "model": model_info["resolved"],
                 "weights": model_info["weights_sha256"], "layers": layers,
                 "tokens": identity_tokens(adapter.layout, spec.tokens), "dtype": spec.dtype,
                 "preprocess": model_info["preprocess"], "max_tokens_per_shard": spec.max_tokens_per_shard,
-                "format": 1}
+                "format": 1, **({"masks": masks.describe()} if masks is not None else {})}
     spec_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
     existing = registry.find_dataset_by_hash(spec_hash)
@@ -176,6 +180,7 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
                   max_tokens_per_shard=max(spec.max_tokens_per_shard, layout.n_tokens * len(layers)),
                   data=encode_data_field(images.describe()), dataset=images.root, dtype=spec.dtype)
     provenance = {"images": images.describe(), "model": model_info, "tokens": spec.tokens,
+                  **({"masks": masks.describe()} if masks is not None else {}),
                   "saev_ops_version": __version__, "recording_hash": spec_hash}
     datasets.register_writing(registry, spec.name, partial, md, layout, source_path=images.root,
                               extra={"provenance": provenance}, content_hash=spec_hash)
@@ -192,7 +197,8 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
     token_idx = np.asarray(adapter.layout.indices(TOKEN_CHOICES[spec.tokens]))
     use_cuda = torch.device(spec.device).type == "cuda"
     try:
-        for batch_items, pixels, errors_ in _decoded_batches(images.items[start:], adapter.preprocess, spec, timings):
+        load = masks.load if masks is not None else (lambda path: (adapter.preprocess(path), None))
+        for batch_items, pixels, patch_labels, errors_ in _decoded_batches(images.items[start:], load, spec, timings):
             for it, err in errors_:
                 if spec.strict:
                     raise errors.DataError(f"{it.path}: cannot read image ({err}); drop --strict to skip bad images")
@@ -210,7 +216,7 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
                     hidden = adapter.hidden_states(x, layers)
                 acts = hidden[:, :, token_idx].float().cpu().numpy()
             t1 = time.perf_counter()
-            writer.write(acts, [(it.path, it.label, it.label_name) for it in batch_items])
+            writer.write(acts, [(it.path, it.label, it.label_name) for it in batch_items], patch_labels)
             timings.model_s += t1 - t0
             timings.write_s += time.perf_counter() - t1
             timings.images += len(batch_items)
@@ -239,14 +245,16 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
     return datasets.mark_complete(registry, spec.name, sidecar, path=final, md=final_md, extra=extra)
 
 
-def _decoded_batches(items: tuple[Any, ...], preprocess: Callable[[str], np.ndarray], spec: RecordSpec,
-                     timings: Timings) -> Iterator[tuple[list[Any], np.ndarray, list[tuple[Any, str]]]]:
-    """Batches of (good items, pixels (B, 3, H, W), [(bad item, error)]), decoded ahead by a thread pool."""
+def _decoded_batches(items: tuple[Any, ...], load: Callable[[str], tuple[np.ndarray, np.ndarray | None]],
+                     spec: RecordSpec, timings: Timings
+                     ) -> Iterator[tuple[list[Any], np.ndarray, np.ndarray | None, list[tuple[Any, str]]]]:
+    """Batches of (good items, pixels (B, 3, H, W), patch labels (B, patches) or None, [(bad item, error)]), decoded
+    ahead by a thread pool."""
 
-    def decode(it: Any) -> tuple[Any, np.ndarray | None, str | None]:
+    def decode(it: Any) -> tuple[Any, tuple[np.ndarray, np.ndarray | None] | None, str | None]:
         t0 = time.perf_counter()
         try:
-            return it, preprocess(it.path), None
+            return it, load(it.path), None
         except Exception as exc:  # any decoding failure makes a bad image, reported by path
             return it, None, f"{type(exc).__name__}: {exc}"
         finally:
@@ -268,10 +276,57 @@ def _decoded_batches(items: tuple[Any, ...], preprocess: Callable[[str], np.ndar
             nxt = next(it, None)
             if nxt is not None:
                 pending.append([pool.submit(decode, x) for x in nxt])
-            good = [(i, arr) for i, arr, err in results if arr is not None]
-            bad = [(i, err) for i, arr, err in results if arr is None]
-            pixels = np.stack([a for _, a in good]) if good else np.empty((0,), np.float32)
-            yield [i for i, _ in good], pixels, bad
+            good = [(i, out) for i, out, err in results if out is not None]
+            bad = [(i, err) for i, out, err in results if out is None]
+            pixels = np.stack([o[0] for _, o in good]) if good else np.empty((0,), np.float32)
+            labels = np.stack([o[1] for _, o in good]) if good and good[0][1][1] is not None else None
+            yield [i for i, _ in good], pixels, labels, bad
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskSource:
+    """Where each image's segmentation mask is, and how it becomes patch labels."""
+
+    images_root: pathlib.Path
+    masks_root: pathlib.Path
+    preprocess: Any
+    grid: tuple[int, int]
+
+    def path(self, image: str) -> pathlib.Path:
+        p = pathlib.Path(image)
+        try:
+            rel = p.relative_to(self.images_root)
+        except ValueError:
+            rel = pathlib.Path(p.name)
+        return self.masks_root / rel.with_suffix(".png")
+
+    def load(self, image: str) -> tuple[np.ndarray, np.ndarray]:
+        from saev_ops.record.preprocess import patch_majority
+
+        pixels = self.preprocess(image)
+        mask_path = self.path(image)
+        if not mask_path.is_file():
+            raise FileNotFoundError(f"no mask {mask_path} for this image")
+        try:
+            return pixels, patch_majority(self.preprocess.mask(str(mask_path)), self.grid)
+        except ValueError as exc:
+            raise ValueError(f"mask {mask_path}: {exc}") from None
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": str(self.masks_root), "pixel_agg": "majority", "grid": list(self.grid)}
+
+
+def _mask_source(spec: RecordSpec, images: Any, adapter: Any, layout: TokenLayout) -> MaskSource | None:
+    if spec.masks is None:
+        return None
+    root = pathlib.Path(spec.masks).resolve()
+    if not root.is_dir():
+        raise errors.ConfigError(f"--masks {spec.masks}: not a directory")
+    if layout.n_patches == 0:
+        raise errors.ConfigError("--masks: --tokens cls stores no patches to label")
+    images_root = pathlib.Path(images.root)
+    return MaskSource(images_root if images_root.is_dir() else images_root.parent, root, adapter.preprocess,
+                      adapter.patch_grid)
 
 
 def print_progress(name: str = "recording") -> Callable[[int, int, Timings], None]:

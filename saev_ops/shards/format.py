@@ -181,6 +181,10 @@ class ShardPaths:
     def shard_tmp(self, i: int) -> pathlib.Path:
         return self.root / (shard_name(i) + ".tmp")
 
+    def patch_labels_part(self, i: int) -> pathlib.Path:
+        """Shard ``i``'s patch labels while a write is in progress (joined into labels.bin at the end)."""
+        return self.root / f".labels{i:06d}.npy"
+
 
 def dataset_dir(data_root: pathlib.Path, short_hash: str) -> pathlib.Path:
     """saev's layout: ``<root>/saev/shards/<hash>`` (saev refuses other paths)."""

@@ -126,6 +126,19 @@ class ShardReader:
             raise errors.DataError(f"{self.paths.stats}: missing statistics (re-import the dataset)")
         return load_stats(self.paths.stats)
 
+    def labels(self) -> np.ndarray | None:
+        """saev's ``labels.bin`` as uint8 (n_examples, content tokens), memory-mapped; None when the dataset has none.
+        Content token ``j`` is token ``n_cls + j``: registers (255, no class) then patches."""
+        if not self.paths.labels.exists():
+            return None
+        shape = (self.md.n_examples, self.md.content_tokens_per_example)
+        size = self.paths.labels.stat().st_size
+        if size != shape[0] * shape[1]:
+            raise errors.DataError(f"{self.paths.labels}: {size} bytes, expected {shape[0] * shape[1]} (uint8, "
+                                   f"{shape[0]} examples x {shape[1]} content tokens)")
+        return np.memmap(self.paths.labels, dtype=np.uint8, mode="r", shape=shape) if size else np.zeros(shape,
+                                                                                                         np.uint8)
+
     @property
     def index(self) -> Any:
         """The LMDB :class:`~saev_ops.shards.index.IndexReader`, opened on first use."""

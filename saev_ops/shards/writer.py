@@ -73,6 +73,7 @@ class ShardWriter:
         self._hash: Any = None
         self._shard_stats: StatsAccumulator | None = None
         self._shard_entries: list[ExampleEntry] = []
+        self._shard_patch_labels: list[np.ndarray] = []
 
     # -- progress ----------------------------------------------------------------------------------------------------
     def _load_progress(self) -> list[dict[str, Any]]:
@@ -107,9 +108,11 @@ class ShardWriter:
         return self._next
 
     def write(self, acts: np.ndarray,
-              entries: Sequence[tuple[str | None, int | None, str | None]] | None = None) -> None:
+              entries: Sequence[tuple[str | None, int | None, str | None]] | None = None,
+              patch_labels: np.ndarray | None = None) -> None:
         """Append examples. ``acts``: float32 (n, layers, tokens, d_model); ``entries``: (image path, label, label name)
-        per example, or None."""
+        per example, or None; ``patch_labels``: uint8 (n, patches), each patch's class (from a segmentation mask),
+        written to saev's labels.bin (register rows get 255) instead of the image labels."""
         md = self.md
         expected = (md.n_layers, md.tokens_per_example, md.d_model)
         if acts.ndim != 4 or tuple(acts.shape[1:]) != expected:
@@ -118,6 +121,11 @@ class ShardWriter:
         n = acts.shape[0]
         if entries is not None and len(entries) != n:
             raise errors.ConfigError(f"{n} examples but {len(entries)} index entries")
+        if patch_labels is not None and patch_labels.shape != (n, self.layout.n_patches):
+            raise errors.ConfigError(f"patch labels must be shaped ({n}, {self.layout.n_patches}), got "
+                                     f"{tuple(patch_labels.shape)}")
+        if patch_labels is None and (self._shard_patch_labels or any(s.get("patch_labels") for s in self._completed)):
+            raise errors.ConfigError("patch labels were given for earlier examples; give them for every example")
         if self._next + n > md.n_examples:
             raise errors.ConfigError(f"writing {n} more examples would exceed n_examples={md.n_examples} "
                                      f"({self._next} written)")
@@ -137,6 +145,8 @@ class ShardWriter:
             for j in range(take):
                 path, label, name = entries[i + j] if entries is not None else (None, None, None)
                 self._shard_entries.append(ExampleEntry(self._next + j, shard, row + j, path, label, name))
+            if patch_labels is not None:
+                self._shard_patch_labels.append(np.asarray(patch_labels[i : i + take], dtype=np.uint8))
             self._next += take
             i += take
             if row + take == md.shard_n_examples(shard):
@@ -149,6 +159,7 @@ class ShardWriter:
         self._hash = new_checksum()
         self._shard_stats = StatsAccumulator(self.md.n_layers, self.md.d_model)
         self._shard_entries = []
+        self._shard_patch_labels = []
 
     def _close_shard(self, shard: int) -> None:
         fh, h = self._fh, self._hash
@@ -159,16 +170,22 @@ class ShardWriter:
         fh.close()
         os.replace(self.paths.shard_tmp(shard), self.paths.shard(shard))
         self._index.put_many(self._shard_entries)
+        has_patch_labels = bool(self._shard_patch_labels)
+        if has_patch_labels:
+            with atomic.atomic_file(self.paths.patch_labels_part(shard)) as tmp, open(tmp, "wb") as fh:
+                np.save(fh, np.concatenate(self._shard_patch_labels))
         self._completed.append({
             "shard": shard,
             "name": shard_name(shard),
             "n_examples": self.md.shard_n_examples(shard),
             "checksum": h.hexdigest(),
             "stats": self._shard_stats.to_json() if self._shard_stats is not None else {},
+            "patch_labels": has_patch_labels,
         })
         self._save_progress()
         self._fh = self._hash = self._shard_stats = None
         self._shard_entries = []
+        self._shard_patch_labels = []
 
     # -- finishing ---------------------------------------------------------------------------------------------------
     def finalize(self, n_examples: int | None = None) -> dict[str, Any]:
@@ -207,8 +224,18 @@ class ShardWriter:
         return sidecar
 
     def _write_labels(self) -> bool:
-        """saev's labels.bin: uint8 (n_examples, content tokens); each patch gets its image's class label. Returns
-        whether it was written (every example labelled, labels 0-255)."""
+        """saev's labels.bin: uint8 (n_examples, content tokens): each patch's class from its mask when patch labels
+        were written, else its image's class label (every example labelled, labels 0-255). Returns whether it was
+        written."""
+        if self._completed and all(s.get("patch_labels") for s in self._completed):
+            parts = [np.load(self.paths.patch_labels_part(s["shard"])) for s in self._completed]
+            patches = np.concatenate(parts)
+            regs = np.full((len(patches), self.layout.n_registers), 255, dtype=np.uint8)  # registers: no class
+            with atomic.atomic_file(self.paths.labels) as tmp:
+                np.ascontiguousarray(np.concatenate([regs, patches], axis=1)).tofile(tmp)
+            for s in self._completed:
+                self.paths.patch_labels_part(s["shard"]).unlink(missing_ok=True)
+            return True
         reader = IndexReader(self.paths.index)
         try:
             labels = [reader.get(i).label for i in range(self.md.n_examples)]
