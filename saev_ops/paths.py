@@ -24,6 +24,11 @@ def run_dir(runs_root: str | pathlib.Path, run_id: int) -> pathlib.Path:
     return pathlib.Path(runs_root) / f"run-{run_id:06d}"
 
 
+def sae_dir(runs_root: str | pathlib.Path, run_id: int) -> pathlib.Path:
+    """A run's SAE files (``weights.safetensors``, ``config.json``): what inference and export read."""
+    return run_dir(runs_root, run_id) / "sae"
+
+
 def run_journals(runs_root: str | pathlib.Path) -> list[pathlib.Path]:
     """The journals of every run under ``runs_root``, sorted."""
     return sorted(pathlib.Path(runs_root).glob(f"run-*/{JOURNAL_NAME}"))

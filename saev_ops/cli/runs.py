@@ -15,7 +15,7 @@ _RUN_COLUMNS = ("id", "sweep", "dataset", "status", "attempts", "host")
 
 @click.group("runs")
 def group() -> None:
-    """Training runs: list (filters, sorting), show, metrics (history), pareto (plot)."""
+    """Training runs: list (filters, sorting), show, metrics (history), pareto (plot), import, export."""
 
 
 @group.command("list")
@@ -129,3 +129,41 @@ def _slurm_job(r: Any) -> str | None:
     if not r.slurm_job_id:
         return None
     return f"{r.slurm_job_id}_{r.slurm_array_index}" if r.slurm_array_index is not None else str(r.slurm_job_id)
+
+
+@group.command("import")
+@click.argument("source", type=click.Path(exists=True, path_type=str))
+@click.option("--dataset", required=True, help="The dataset the SAE reads (its model, layer and token layout).")
+@click.option("--layer", type=int, help="The layer it reads (default: the dataset's only layer).")
+@click.option("--tokens", default="patches", show_default=True, help="The tokens it reads: patches, cls, all, ...")
+@click.option("--runs-root", type=click.Path(file_okay=False), help="Default: $SAEV_OPS_HOME/runs/imported.")
+@pass_ctx
+def import_(obj: CliContext, source: str, dataset: str, layer: int | None, tokens: str,
+            runs_root: str | None) -> None:
+    """Register an SAE trained elsewhere as a completed run: SOURCE is a saev checkpoint file or a SAELens directory
+    (cfg.json + sae_weights.safetensors). Then `infer`, `latents` and the report work on it."""
+    import pathlib
+
+    from saev_ops.sae.transfer import import_run
+
+    run, created = import_run(obj.open_registry(create=True), pathlib.Path(source), dataset=dataset, layer=layer,
+                              tokens=tokens, runs_root=pathlib.Path(runs_root) if runs_root else None)
+    sae = run.config["sae"]
+    click.echo(f"run {run.id}{'' if created else ' (already imported)'}: {sae['arch']} d_sae={sae['d_sae']} on "
+               f"{dataset} layer {run.config['layer']} -> {run.checkpoint_path}")
+
+
+@group.command("export")
+@click.argument("run_id", type=int)
+@click.option("--format", "fmt", type=click.Choice(["saev", "saelens"]), required=True,
+              help="saev: one checkpoint file saev's load() reads; saelens: a directory SAE.load_from_disk reads.")
+@click.option("--out", required=True, type=click.Path(path_type=str), help="The file (saev) or directory (saelens).")
+@pass_ctx
+def export(obj: CliContext, run_id: int, fmt: str, out: str) -> None:
+    """Write a run's SAE in saev's or SAELens' format (the input scale folded into the weights)."""
+    import pathlib
+
+    from saev_ops.sae.transfer import export_run
+
+    path = export_run(obj.registry, run_id, fmt, pathlib.Path(out))
+    click.echo(f"run {run_id} -> {path} ({fmt})")

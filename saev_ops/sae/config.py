@@ -54,6 +54,9 @@ class SAEConfig:
     the run."""
     matryoshka_prefixes: tuple[int, ...] = ()
     """Nested prefix sizes (ascending, the last < d_sae); the full width is always included."""
+    apply_b_dec_to_input: bool = True
+    """Subtract the decoder bias from the input before encoding (saev-ops' and SAELens' default); False for SAEs
+    imported from saev, whose encoder reads the input as it is."""
 
     def __post_init__(self) -> None:
         problems = self.problems()

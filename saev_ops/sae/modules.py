@@ -32,7 +32,9 @@ class SAE(nn.Module):
 
     # -- shared parts -------------------------------------------------------------------------------------------------
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.b_dec) @ self.W_enc + self.b_enc
+        if self.cfg.apply_b_dec_to_input:
+            return (x - self.b_dec) @ self.W_enc + self.b_enc
+        return x @ self.W_enc + self.b_enc
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return z @ self.W_dec + self.b_dec

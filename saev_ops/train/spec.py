@@ -95,7 +95,8 @@ def run_identity(config: dict[str, Any]) -> dict[str, Any]:
     out = dict(config)
     sae = config.get("sae")
     if isinstance(sae, dict) and sae.get("arch") in ARCH_FIELDS:
-        out["sae"] = {k: v for k, v in sae.items() if k in ARCH_FIELDS[sae["arch"]]}
+        out["sae"] = {k: v for k, v in sae.items() if k in ARCH_FIELDS[sae["arch"]]
+                      or (k == "apply_b_dec_to_input" and v is False)}  # in the identity only where it changes it
     train = config.get("train")
     if isinstance(train, dict):
         out["train"] = {k: v for k, v in train.items() if k not in RUN_ONLY_SETTINGS

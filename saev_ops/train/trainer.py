@@ -118,8 +118,9 @@ class Trainer:
         final = jd / "ckpt"
         atomic.replace_dir(tmp, final)
         for r, sae in zip(self.spec.runs, self.saes, strict=True):  # the per-run SAE that inference reads
-            save_sae(sae, run_dir(self.spec, r.run_id) / "sae", scale=self.scale, dataset_hash=self.spec.dataset_hash,
-                     layer=self.spec.layer, extra={"run_id": r.run_id, "step": self.step, "tokens": self.spec.tokens})
+            save_sae(sae, paths.sae_dir(self.spec.runs_root, r.run_id), scale=self.scale,
+                     dataset_hash=self.spec.dataset_hash, layer=self.spec.layer,
+                     extra={"run_id": r.run_id, "step": self.step, "tokens": self.spec.tokens})
         return final
 
     def load_checkpoint(self) -> bool:

@@ -1,0 +1,70 @@
+"""Registered runs in and out: ``saev-ops runs import`` (a saev or SAELens SAE becomes a completed run on a dataset)
+and ``saev-ops runs export`` (a run's SAE in saev's or SAELens' format)."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+from saev_ops import errors, paths
+from saev_ops.registry import Registry, RunRecord
+from saev_ops.sae import interop
+from saev_ops.sae.io import load_sae, save_sae
+from saev_ops.shards.format import TokenLayout
+
+FORMATS = ("saev", "saelens")
+
+
+def import_run(reg: Registry, source: pathlib.Path, *, dataset: str, layer: int | None = None,
+               tokens: str = "patches", runs_root: pathlib.Path | None = None) -> tuple[RunRecord, bool]:
+    """Register the SAE at ``source`` (a saev checkpoint file or a SAELens directory) as a completed run on
+    ``dataset``, reading ``layer`` (default: the dataset's only layer) and ``tokens``. The same file imported twice
+    is one run. Returns (run, created)."""
+    from saev_ops.train.spec import run_identity
+
+    source = pathlib.Path(source).resolve()
+    fmt, sae, _info = interop.read_foreign(source)
+    ds = reg.get_dataset(dataset)
+    if ds.status != "complete":
+        raise errors.ConfigError(f"dataset {dataset!r} is {ds.status}; import SAEs onto a complete dataset")
+    if sae.cfg.d_model != ds.d_model:
+        raise errors.ConfigError(f"{source}: the SAE reads d_model {sae.cfg.d_model}, dataset {dataset!r} has "
+                                 f"{ds.d_model}")
+    if layer is None:
+        if len(ds.layers) != 1:
+            raise errors.ConfigError(f"dataset {dataset!r} has layers {list(ds.layers)}: say which one the SAE reads "
+                                     "(--layer)")
+        layer = ds.layers[0]
+    if layer not in ds.layers:
+        raise errors.ConfigError(f"--layer {layer}: dataset {dataset!r} has layers {list(ds.layers)}")
+    layout = ds.extra.get("token_layout")
+    if layout:
+        TokenLayout.from_json_dict(layout).indices(tokens)  # refuses a selection the dataset does not have
+    config: dict[str, Any] = {"sae": sae.cfg.to_dict(), "layer": layer, "tokens": tokens,
+                              "imported": {"format": fmt, "path": str(source),
+                                           "sha256": interop.file_sha256(source)}}
+    ((run, created),) = reg.add_runs(dataset, [config], identities=[run_identity(config)])
+    if not created and run.status == "completed":
+        return run, False
+    root = runs_root or paths.default_runs_root("imported")
+    target = paths.sae_dir(root, run.id)
+    save_sae(sae, target, scale=1.0, dataset_hash=ds.content_hash, layer=layer,
+             extra={"run_id": run.id, "tokens": tokens, "imported_from": config["imported"]})
+    reg.transition_run(run.id, "running", executor="import")
+    run = reg.transition_run(run.id, "completed", checkpoint_path=str(target))
+    return run, True
+
+
+def export_run(reg: Registry, run_id: int, fmt: str, out: pathlib.Path) -> pathlib.Path:
+    """Write run ``run_id``'s SAE to ``out`` in ``fmt`` (saev: a file; saelens: a directory)."""
+    if fmt not in FORMATS:
+        raise errors.ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    run = reg.get_run(run_id)
+    if run.status != "completed" or not run.checkpoint_path:
+        raise errors.ConfigError(f"run {run_id} is {run.status}; only completed runs have an SAE to export")
+    sae, meta = load_sae(pathlib.Path(run.checkpoint_path))
+    ds = reg.get_dataset_by_id(run.dataset_id)
+    meta = {**meta, "model": f"{ds.model_family}:{ds.model_ckpt}", "dataset": ds.name, "run_id": run_id}
+    if fmt == "saev":
+        return interop.export_saev(sae, meta, out)
+    return interop.export_saelens(sae, meta, out)
