@@ -14,8 +14,9 @@ from saev_ops.registry.engine import create_registry_engine
 from saev_ops.registry.schema import HEAD_REVISION, KNOWN_REVISIONS, VERSION_TABLE
 from tests.helpers import make_dataset
 
-TABLES = {"datasets", "sweeps", "runs", "metric_points", "metric_summaries", "inference_outputs", VERSION_TABLE}
-VIEWS = {"run_table", "metric_history", "inference_lineage"}
+TABLES = {"datasets", "sweeps", "runs", "metric_points", "metric_summaries", "inference_outputs", "run_params",
+          "evaluations", VERSION_TABLE}
+VIEWS = {"run_table", "metric_history", "inference_lineage", "output_table"}
 
 
 def test_exactly_one_head_and_it_is_the_expected_one() -> None:
@@ -32,10 +33,10 @@ def test_upgrade_downgrade_roundtrip(shared_db_url: str) -> None:
     engine = create_registry_engine(shared_db_url)
     migrate.run_upgrade(engine, "0001_initial")
     tables, views = _tables_and_views(engine)
-    assert TABLES <= tables and not (VIEWS & views)
+    assert TABLES - {"run_params", "evaluations"} <= tables and not (VIEWS & views)
     migrate.run_upgrade(engine, "head")
     tables, views = _tables_and_views(engine)
-    assert VIEWS <= views
+    assert TABLES <= tables and VIEWS <= views
     with engine.connect() as conn:
         assert migrate.current_revision(conn) == HEAD_REVISION
     migrate.run_downgrade(engine, "0001_initial")
@@ -126,3 +127,32 @@ def test_many_jobs_opening_new_sqlite_files_at_once_all_succeed(tmp_path: pathli
         for i in range(12):
             url = f"sqlite:///{tmp_path / f'r{i}.sqlite'}"
             assert pool.starmap(_open, [(url, manager.Barrier(n))] * n) == [HEAD_REVISION] * n
+
+
+def test_run_params_are_backfilled_and_match_the_code(shared_db_url: str) -> None:
+    """Migration 0005 freezes the hyperparameter columns; the code's list must equal them, and runs registered before
+    it get their typed row from their config."""
+    import importlib
+
+    from saev_ops.registry import RunQuery
+    from saev_ops.registry.params import PARAMS
+    from tests.test_sweeps import insert_old_runs
+
+    m = importlib.import_module("saev_ops._migrations.versions.0005_judgement")
+    assert m.PARAMS == {k: t.__name__ for k, t in PARAMS.items()}
+    engine = create_registry_engine(shared_db_url)
+    migrate.run_upgrade(engine, "0004_run_identity")
+    reg = Registry(shared_db_url, check_schema=False)
+    ds = make_dataset(reg, name="old")
+    (run,) = insert_old_runs(engine, ds, [{"sae": {"arch": "topk", "d_model": 8, "d_sae": 64, "k": 4}, "lr": 0.01,
+                                           "seed": 3, "layer": 1, "tokens": "patches",
+                                           "train": {"batch_size": 32, "n_tokens": 6400}}])
+    migrate.run_upgrade(engine)
+    rows = reg.list_runs(RunQuery(where=("d_sae=64", "grad_clip=0", "n_tokens>6000")))
+    assert [r.run.id for r in rows] == [run.id]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT arch, k, lr FROM run_table")).one() == ("topk", 4, 0.01)
+    migrate.run_downgrade(engine, "0004_run_identity")
+    assert "run_params" not in sa.inspect(engine).get_table_names()
+    reg.close()
+    engine.dispose()

@@ -174,3 +174,65 @@ def test_every_sqlalchemy_error_is_a_registry_error(sqlite_registry, monkeypatch
         sqlite_registry.list_datasets()
     with pytest.raises(errors.RegistryUnavailableError, match="registry write failed.*QueuePool limit"):
         sqlite_registry.get_or_create_sweep("s")
+
+
+def _sweep_of_configs(registry: Registry) -> list[int]:
+    """Six runs whose hyperparameters differ, with a decayed lr metric that disagrees with the configured lr."""
+    make_dataset(registry, name="hp")
+    configs = [
+        {"sae": {"arch": "topk", "d_model": 768, "d_sae": 4096, "k": 32}, "lr": 3e-4, "seed": 0, "layer": 11,
+         "tokens": "patches", "train": {"batch_size": 4096, "n_tokens": 10_000_000}},
+        {"sae": {"arch": "topk", "d_model": 768, "d_sae": 16384, "k": 64}, "lr": 1e-3, "seed": 1, "layer": 11,
+         "tokens": "patches", "train": {"batch_size": 4096, "n_tokens": 10_000_000}},
+        {"sae": {"arch": "relu", "d_model": 768, "d_sae": 8192, "k": 99, "l1_coeff": 4e-4}, "lr": 1e-4, "seed": 0,
+         "layer": 6, "tokens": "cls", "train": {"batch_size": 4096, "n_tokens": 10_000_000, "grad_clip": 1.0}},
+        {"sae": {"arch": "jumprelu", "d_model": 768, "d_sae": 512, "l0_coeff": 0.5}, "lr": 2e-3, "seed": 2,
+         "layer": 11, "tokens": "patches", "train": {"batch_size": 4096, "n_tokens": 10_000_000}},
+        {"sae": {"arch": "batchtopk", "d_model": 768, "d_sae": 65536, "k": 16}, "lr": 5e-4, "seed": 3, "layer": 11,
+         "tokens": "all", "train": {"batch_size": 4096, "n_tokens": 10_000_000}},
+        {"sae": {"arch": "topk", "d_model": 768, "d_sae": 4096, "k": 8}, "lr": 7e-4, "seed": 4, "layer": 6,
+         "tokens": "patches", "train": {"batch_size": 4096, "n_tokens": 10_000_000}},
+    ]
+    ids = [r.id for r, _ in registry.add_runs("hp", configs)]
+    for i, rid in enumerate(ids):  # the logged lr is the decayed one: its order is the reverse of the config's
+        registry.log_metrics(rid, [("lr", 100, 1.0 - configs[i]["lr"] * 100), ("nmse", 100, 0.1 * (i + 1)),
+                                   ("val/nmse", 100, 0.12 * (i + 1))])
+    return ids
+
+
+def test_runs_by_their_hyperparameters(registry: Registry) -> None:
+    """`--where arch=topk`, `--where "d_sae>=4096"` were refused and `--sort lr` sorted by the decayed learning rate;
+    on SQLite and PostgreSQL alike the configuration fields are typed columns now."""
+    ids = _sweep_of_configs(registry)
+
+    def q(*where: str, sort: str | None = None) -> list[int]:
+        return [r.run.id for r in registry.list_runs(RunQuery(dataset="hp", where=where, sort=sort))]
+
+    assert q("arch=topk") == [ids[0], ids[1], ids[5]]
+    assert q("d_sae>=4096", sort="-d_sae") == [ids[4], ids[1], ids[2], ids[0], ids[5]]  # ties by id
+    assert q("arch=topk", "k<64") == [ids[0], ids[5]]
+    assert q("k=99") == []  # a ReLU does not read k: NULL, not 99
+    assert q("layer=6", sort="lr") == [ids[2], ids[5]]
+    assert q(sort="lr") == [ids[i] for i in (2, 0, 4, 5, 1, 3)]  # the configured lr
+    assert q(sort="-l1_coeff")[:1] == [ids[2]]
+    assert q("grad_clip>0") == [ids[2]] and q("grad_clip=0") == [ids[i] for i in (0, 1, 3, 4, 5)]
+    assert q("tokens=cls") == [ids[2]]
+    assert q("l0_coeff>=0.5", "val/nmse<1") == [ids[3]]
+    assert q("arch=topk", sort="-val/nmse") == [ids[5], ids[1], ids[0]]
+    row = registry.list_runs(RunQuery(dataset="hp", where=("arch=jumprelu",)))[0]
+    assert row.params["l0_coeff"] == 0.5 and row.params["k"] is None and row.value("lr") == 2e-3
+    with pytest.raises(errors.QueryError, match="d_sae is a hyperparameter of type int, got 'big'"):
+        registry.list_runs(RunQuery(where=("d_sae>=big",)))
+
+
+def test_run_table_carries_hyperparameters_as_typed_columns(registry: Registry) -> None:
+    """Plain SQL over the view: no JSON functions, the same query and answer on both backends."""
+    import sqlalchemy as sa
+
+    ids = _sweep_of_configs(registry)
+    with registry.engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT run_id, arch, d_sae, k, lr, val_nmse FROM run_table WHERE d_sae >= 8192 AND arch <> 'relu' "
+            "ORDER BY lr")).all()
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [(ids[4], "batchtopk", 65536, 16), (ids[1], "topk", 16384, 64)]
+    assert rows[0][4] == pytest.approx(5e-4) and rows[0][5] == pytest.approx(0.6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+from typing import Any
 import time
 
 import pytest
@@ -188,6 +189,24 @@ def test_resubmitting_on_another_device_finds_the_same_runs(tmp_path: pathlib.Pa
     assert submit_sweep(reg, parse_sweep(relu_k), url, dry_run=True).new_runs == ()  # ReLU reads no k
 
 
+def insert_old_runs(engine: Any, dataset: Any, configs: list[dict]) -> list[Any]:
+    """Runs as an older saev-ops wrote them (full-config hashes, no run_params row), straight into the table."""
+    import sqlalchemy as sa
+
+    from saev_ops.registry import config_hash
+
+    runs = sa.table("runs", sa.column("id"), sa.column("dataset_id"), sa.column("config", sa.JSON),
+                    sa.column("config_hash"), sa.column("status"), sa.column("attempts"), sa.column("created_at"))
+    out = []
+    with engine.begin() as conn:
+        for cfg in configs:
+            h = config_hash(dataset.content_hash, cfg)
+            rid = conn.execute(runs.insert().values(dataset_id=dataset.id, config=cfg, config_hash=h, status="queued",
+                                                    attempts=0, created_at=sa.func.now()).returning(runs.c.id)).scalar()
+            out.append(type("OldRun", (), {"id": rid, "config_hash": h}))
+    return out
+
+
 def test_migration_rehashes_runs_by_identity(tmp_path: pathlib.Path) -> None:
     from saev_ops.registry import config_hash, migrate
     from saev_ops.registry.engine import create_registry_engine
@@ -201,7 +220,7 @@ def test_migration_rehashes_runs_by_identity(tmp_path: pathlib.Path) -> None:
     base = {"sae": {"arch": "relu", "d_model": 8, "d_sae": 16, "l1_coeff": 0.1, "k": 4}, "lr": 0.001,
             "train": {"batch_size": 64, "device": "cpu", "log_every": 5}}
     on_gpu = {**base, "train": {**base["train"], "device": "cuda"}}
-    (a, _), (b, _) = reg.add_runs("d", [base, on_gpu])  # the old way: full configs, two runs
+    a, b = insert_old_runs(engine, reg.get_dataset("d"), [base, on_gpu])  # the old way: full configs, two runs
     old_b = b.config_hash
     migrate.run_upgrade(engine)
     ds_hash = reg.get_dataset("d").content_hash

@@ -23,30 +23,51 @@ def group() -> None:
 @click.option("--sweep", help="Only runs of this sweep (name).")
 @click.option("--status", "statuses", multiple=True, help="Only runs in this status (repeatable).")
 @click.option("--where", "where", multiple=True, metavar="EXPR",
-              help="Filter on a summary metric or column, e.g. 'nmse<0.2', 'l0<=64', 'status=completed' (repeatable).")
-@click.option("--sort", metavar="KEY", help="Sort by a metric or column; prefix '-' for descending (e.g. -nmse).")
+              help="Filter on a hyperparameter, summary metric or column, e.g. 'arch=topk', 'd_sae>=4096', "
+              "'val/nmse<0.2', 'l0<=64', 'status=completed' (repeatable).")
+@click.option("--sort", metavar="KEY", help="Sort by a hyperparameter, metric or column; prefix '-' for descending "
+              "(e.g. -nmse; lr is the configured learning rate).")
+@click.option("--columns", metavar="KEYS", help="Comma-separated columns to show (hyperparameters, metrics, run "
+              "columns), e.g. arch,d_sae,k,lr,nmse,val/nmse.")
 @click.option("--limit", type=int, metavar="N", help="Show at most N runs.")
 @format_option
 @pass_ctx
 def list_(obj: CliContext, dataset: str | None, sweep: str | None, statuses: tuple[str, ...], where: tuple[str, ...],
-          sort: str | None, limit: int | None, **kw: str) -> None:
-    """List runs with their summary metrics."""
+          sort: str | None, columns: str | None, limit: int | None, **kw: str) -> None:
+    """List runs with their hyperparameters and summary metrics."""
     from saev_ops.registry import RunQuery
+    from saev_ops.registry.params import PARAMS
 
     rows = obj.registry.list_runs(
         RunQuery(dataset=dataset, sweep=sweep, statuses=statuses, where=where, sort=sort, limit=limit)
     )
+    run_cols: dict[str, Any] = {"id": lambda r: r.run.id, "sweep": lambda r: r.sweep, "dataset": lambda r: r.dataset,
+                                "status": lambda r: r.run.status, "attempts": lambda r: r.run.attempts,
+                                "host": lambda r: r.run.host}
+    if columns:
+        chosen = [c.strip() for c in columns.split(",") if c.strip()]
+        seen = {k for r in rows for k in r.summary}
+        unknown = [c for c in chosen if c not in run_cols and c not in PARAMS and c not in seen]
+        if unknown and rows:
+            raise click.ClickException(f"--columns: unknown {unknown}; hyperparameters: {', '.join(PARAMS)}; "
+                                       f"metrics: {', '.join(sorted(seen))}; columns: {', '.join(run_cols)}")
+        header = ["id", *[c for c in chosen if c != "id"]]
+        click.echo(fmt.render(header, [[run_cols[c](r) if c in run_cols else r.value(c) for c in header]
+                                       for r in rows], kw["fmt"]))
+        return
     leading = [w.split("<")[0].split(">")[0].split("=")[0].split("!")[0].strip() for w in where]
     if sort:
         leading.insert(0, sort.lstrip("-"))
+    param_cols = [k for k in dict.fromkeys(leading) if k in PARAMS]
     keys = sorted({k for r in rows for k in r.summary})
-    metric_cols = [k for k in dict.fromkeys(leading) if k in keys] + [k for k in keys if k not in leading]
+    metric_cols = [k for k in dict.fromkeys(leading) if k in keys and k not in PARAMS] + \
+        [k for k in keys if k not in leading]
     data: list[list[Any]] = [
         [r.run.id, r.sweep, r.dataset, r.run.status, r.run.attempts, r.run.host]
-        + [r.summary.get(k) for k in metric_cols]
+        + [r.params.get(k) for k in param_cols] + [r.summary.get(k) for k in metric_cols]
         for r in rows
     ]
-    click.echo(fmt.render(list(_RUN_COLUMNS) + metric_cols, data, kw["fmt"]))
+    click.echo(fmt.render(list(_RUN_COLUMNS) + param_cols + metric_cols, data, kw["fmt"]))
 
 
 @group.command("show")
@@ -110,18 +131,22 @@ def metrics(obj: CliContext, run_id: int, key: str | None, **kw: str) -> None:
 
 @group.command("pareto")
 @click.option("--sweep", required=True)
-@click.option("--x", "x", default="l0", show_default=True)
-@click.option("--y", "y", default="nmse", show_default=True)
+@click.option("--x", "x", help="A metric or hyperparameter (default: l0, val/l0 when the runs have held-out metrics).")
+@click.option("--y", "y", help="A metric or hyperparameter (default: nmse, val/nmse when present).")
+@click.option("--group-by", help="One frontier per value of this hyperparameter or metric, e.g. arch.")
 @click.option("--out", type=click.Path(dir_okay=False), default="pareto.png", show_default=True)
 @pass_ctx
-def pareto(obj: CliContext, sweep: str, x: str, y: str, out: str) -> None:
-    """Plot the sweep's runs on two summary metrics and mark the Pareto frontier (lower is better on both)."""
+def pareto(obj: CliContext, sweep: str, x: str | None, y: str | None, group_by: str | None, out: str) -> None:
+    """Plot the sweep's runs on two keys and mark the Pareto frontier (lower is better on both)."""
     import pathlib
 
     from saev_ops.explore.pareto import pareto_plot
 
-    res = pareto_plot(obj.registry, sweep, x, y, pathlib.Path(out))
-    click.echo(f"{len(res['points'])} runs, frontier: runs {', '.join(str(r) for _, _, r in res['frontier'])} -> {out}")
+    res = pareto_plot(obj.registry, sweep, x, y, pathlib.Path(out), group_by=group_by)
+    click.echo(f"{len(res['points'])} runs, {res['y']} vs {res['x']} -> {out}")
+    for g, front in res["groups"].items():
+        name = "frontier" if group_by is None else f"frontier {group_by}={g}"
+        click.echo(f"{name}: runs {', '.join(str(r) for _, _, r in front)}")
 
 
 def _slurm_job(r: Any) -> str | None:

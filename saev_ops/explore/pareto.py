@@ -1,4 +1,8 @@
-"""Pareto frontier of runs over two summary metrics (lower is better on both, e.g. L0 against NMSE), and its plot."""
+"""Pareto frontiers of runs over two keys (lower is better on both, e.g. L0 against NMSE), and their plot.
+
+A key is a summary metric (``nmse``, ``val/nmse``, ``fidelity``) or a hyperparameter (``d_sae``, ``lr``), whichever
+:meth:`~saev_ops.registry.RunRow.value` finds. Held-out metrics are the default when the runs have them.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,21 @@ from saev_ops.registry import Registry, RunQuery, RunRow
 Point = tuple[float, float, int]
 
 
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
 def frontier(rows: list[RunRow], x: str, y: str) -> tuple[list[Point], list[Point]]:
     """(all points, frontier points) as (x, y, run id); a point is on the frontier if no other is <= on both and < on
     one."""
-    pts = sorted((r.summary[x], r.summary[y], r.run.id) for r in rows if x in r.summary and y in r.summary)
+    pts = []
+    for r in rows:
+        value = getattr(r, "value", None)
+        px = _number(value(x) if value else r.summary.get(x))
+        py = _number(value(y) if value else r.summary.get(y))
+        if px is not None and py is not None:
+            pts.append((px, py, r.run.id))
+    pts.sort()
     front = []
     best = float("inf")
     for px, py, rid in pts:
@@ -24,36 +39,64 @@ def frontier(rows: list[RunRow], x: str, y: str) -> tuple[list[Point], list[Poin
     return pts, front
 
 
+def frontiers(rows: list[RunRow], x: str, y: str, group_by: str | None = None) -> dict[str, tuple[list[Point],
+                                                                                                  list[Point]]]:
+    """One frontier per value of ``group_by`` (a hyperparameter or metric; all runs in one group when None)."""
+    groups: dict[str, list[RunRow]] = {}
+    for r in rows:
+        key = "all" if group_by is None else str(r.value(group_by))
+        groups.setdefault(key, []).append(r)
+    return {g: frontier(rs, x, y) for g, rs in sorted(groups.items())}
+
+
+def default_key(rows: list[RunRow], key: str) -> str:
+    """``val/<key>`` when any run has that held-out metric, else ``key``."""
+    return f"val/{key}" if any(f"val/{key}" in r.summary for r in rows) else key
+
+
 def arch_colors(archs: list[str]) -> dict[str, str]:
     """One fixed colour per architecture (the same arch has the same colour in every plot)."""
     from saev_ops.sae.config import ARCHS
 
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"]
     known = {a: palette[i % len(palette)] for i, a in enumerate(ARCHS)}
-    return {a: known.get(a, palette[-1]) for a in archs}
+    extra = [a for a in archs if a not in known]
+    return {a: known.get(a, palette[(len(ARCHS) + extra.index(a)) % len(palette)] if a in extra else palette[-1])
+            for a in archs}
 
 
-def pareto_plot(registry: Registry, sweep: str, x: str, y: str, out: pathlib.Path) -> dict[str, Any]:
-    """Scatter of the sweep's runs, one colour per architecture, the frontier drawn and each frontier run labelled;
-    a log x axis when ``x`` spans more than 10x (L0 of ReLU and TopK runs differ by that much)."""
+def pareto_plot(registry: Registry, sweep: str, x: str | None, y: str | None, out: pathlib.Path, *,
+                group_by: str | None = None) -> dict[str, Any]:
+    """Scatter of the sweep's runs coloured by ``group_by`` (default: architecture), one frontier per group when
+    ``group_by`` is given (else one over all runs), frontier runs labelled; a log x axis when ``x`` spans more than
+    10x. ``x``/``y`` default to L0 and NMSE, held-out when the runs have them."""
     from saev_ops.extras import require
 
     require("matplotlib", "plot", "plotting").use("Agg")
     import matplotlib.pyplot as plt
 
     rows = registry.list_runs(RunQuery(sweep=sweep))
-    pts, front = frontier(rows, x, y)
+    x = x or default_key(rows, "l0")
+    y = y or default_key(rows, "nmse")
+    groups = frontiers(rows, x, y, group_by)
+    pts = [p for g in groups.values() for p in g[0]]
     if not pts:
-        raise errors.QueryError(f"no run of sweep {sweep!r} has both {x!r} and {y!r} in its summary")
-    arch = {r.run.id: r.run.config.get("sae", {}).get("arch", "?") for r in rows}
-    colors = arch_colors(sorted(set(arch.values())))
+        raise errors.QueryError(f"no run of sweep {sweep!r} has both {x!r} and {y!r} (metrics or hyperparameters)")
+    colour_key = group_by or "arch"
+    label_of = {r.run.id: str(r.value(colour_key)) for r in rows}
+    colors = arch_colors(sorted(set(label_of.values())))
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for a, color in colors.items():
-        sel = [(px, py) for px, py, rid in pts if arch[rid] == a]
-        ax.scatter([p[0] for p in sel], [p[1] for p in sel], label=f"{a} ({len(sel)})", color=color, alpha=0.8, s=28)
-    ax.plot([p[0] for p in front], [p[1] for p in front], color="black", ls="--", lw=1, label="Pareto frontier")
-    for px, py, rid in front:
-        ax.annotate(f"run {rid}", (px, py), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        sel = [(px, py) for px, py, rid in pts if label_of[rid] == a]
+        if sel:
+            ax.scatter([p[0] for p in sel], [p[1] for p in sel], label=f"{a} ({len(sel)})", color=color, alpha=0.8,
+                       s=28)
+    for g, (_, front) in groups.items():
+        color = "black" if group_by is None else colors.get(g, "black")
+        ax.plot([p[0] for p in front], [p[1] for p in front], color=color, ls="--", lw=1,
+                label="Pareto frontier" if group_by is None else f"frontier {g}")
+        for px, py, rid in front:
+            ax.annotate(f"run {rid}", (px, py), fontsize=7, xytext=(4, 4), textcoords="offset points")
     xs = [p[0] for p in pts]
     log_x = min(xs) > 0 and max(xs) / min(xs) > 10
     if log_x:
@@ -62,11 +105,14 @@ def pareto_plot(registry: Registry, sweep: str, x: str, y: str, out: pathlib.Pat
     ax.set_ylabel(y)
     ax.set_title(f"{sweep}: {y} vs {x} (lower is better on both)")
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, title="arch (runs)")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
+              title=f"{colour_key} (runs)")
     fig.tight_layout()
     out = pathlib.Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic.atomic_file(out) as tmp:
         fig.savefig(tmp)
     plt.close(fig)
-    return {"points": pts, "frontier": front, "path": str(out), "log_x": log_x}
+    front_all = frontier(rows, x, y)[1] if group_by is not None else groups["all"][1]
+    return {"points": sorted(pts), "frontier": front_all, "groups": {g: f for g, (_, f) in groups.items()},
+            "path": str(out), "log_x": log_x, "x": x, "y": y}

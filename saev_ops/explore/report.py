@@ -104,9 +104,12 @@ def best_outputs(registry: Registry, rows: list[RunRow], *, output_ids: tuple[in
         if missing:
             raise errors.NotFoundError(f"runs {missing} have no inference output yet (run `saev-ops infer`)")
         return [by_run[r] for r in run_ids]
-    _, front = frontier(rows, "l0", "nmse")
+    from saev_ops.explore.pareto import default_key
+
+    x, y = default_key(rows, "l0"), default_key(rows, "nmse")  # held-out metrics when the runs have them
+    _, front = frontier(rows, x, y)
     ranked = [rid for _, _, rid in sorted(front, key=lambda p: p[1])]
-    ranked += [r.run.id for r in sorted(rows, key=lambda r: r.summary.get("nmse", float("inf")))]
+    ranked += [r.run.id for r in sorted(rows, key=lambda r: r.summary.get(y, float("inf")))]
     chosen: list[int] = []
     for rid in ranked:
         if rid in by_run and by_run[rid] not in chosen:
@@ -176,6 +179,7 @@ def build_report(registry: Registry, sweep: str, out_dir: pathlib.Path, *, outpu
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>saev-ops: {html.escape(sweep)}</title>",
              _SCRIPT, _STYLE, "</head><body>", f"<h1>Sweep {html.escape(sweep)}</h1>"]
     keys = ["nmse", "l0", "dead_frac", "dense_frac", "explained_variance"]
+    keys += [k for k in ("val/nmse", "val/l0", "val/dead_frac", "fidelity") if any(k in r.summary for r in rows)]
     parts.append("<h2>Runs</h2><table><tr><th>run</th><th>status</th><th>arch</th><th>d_sae</th><th>k</th><th>lr</th>"
                  + "".join(f"<th>{k}</th>" for k in keys) + "</tr>")
     for r in rows:
@@ -185,8 +189,9 @@ def build_report(registry: Registry, sweep: str, out_dir: pathlib.Path, *, outpu
                      f"<td>{sae.get('d_sae')}</td><td>{sae.get('k')}</td><td>{r.run.config.get('lr')}</td>{cells}</tr>")
     parts.append("</table>")
     try:
-        pareto_plot(registry, sweep, "l0", "nmse", out_dir / "pareto.png")
-        parts.append("<h2>L0 vs NMSE</h2><img class='plot' src='pareto.png' alt='pareto'>")
+        res = pareto_plot(registry, sweep, None, None, out_dir / "pareto.png")  # held-out metrics when present
+        parts.append(f"<h2>{html.escape(res['x'])} vs {html.escape(res['y'])}</h2>"
+                     "<img class='plot' src='pareto.png' alt='pareto'>")
     except errors.QueryError:
         parts.append("<p>No run has both l0 and nmse yet.</p>")
     _curves(registry, [r.run.id for r in rows], ("loss", "nmse", "l0", "dead_frac"), out_dir / "curves.png")

@@ -15,6 +15,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql.functions import FunctionElement
 
 from saev_ops import errors
+from saev_ops.registry.params import PARAMS
 
 T = TypeVar("T")
 
@@ -175,6 +176,17 @@ class RunModel(Base):
         return row
 
 
+_PARAM_SQL_TYPES: dict[type, Any] = {str: sa.String(64), int: sa.BigInteger, float: sa.Float}
+
+# One row per run: its hyperparameters as typed columns (see saev_ops.registry.params; created by migration 0005).
+RunParamsModel: Any = type("RunParamsModel", (Base,), {
+    "__tablename__": "run_params",
+    "__doc__": "A run's hyperparameters as typed columns (NULL where its architecture does not read one).",
+    "run_id": mapped_column(sa.ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True),
+    **{name: mapped_column(_PARAM_SQL_TYPES[kind], nullable=True) for name, kind in PARAMS.items()},
+})
+
+
 class MetricPointModel(Base):
     """One logged value, once per (run, key, step): logging a point again (a resumed job re-logging the steps after its
     checkpoint, a re-synced metrics file) updates it. The history table; it grows to tens of millions of rows, so it
@@ -215,5 +227,33 @@ class InferenceOutputModel(Base):
     n_rows: Mapped[int] = mapped_column(sa.BigInteger)
     n_cols: Mapped[int]
     nnz: Mapped[int] = mapped_column(sa.BigInteger)
+    extra: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # reconstruction metrics of the SAE over this dataset (migration 0005; NULL for outputs written before)
+    nmse: Mapped[float | None] = mapped_column(sa.Float)
+    explained_variance: Mapped[float | None] = mapped_column(sa.Float)
+    l0: Mapped[float | None] = mapped_column(sa.Float)
+    dead_frac: Mapped[float | None] = mapped_column(sa.Float)
+    dense_frac: Mapped[float | None] = mapped_column(sa.Float)
+    cosine: Mapped[float | None] = mapped_column(sa.Float)
+    shrinkage: Mapped[float | None] = mapped_column(sa.Float)
+
+
+class EvaluationModel(Base):
+    """A downstream evaluation of a run's SAE on a dataset (``saev-ops eval``): the SAE spliced into the dataset's
+    model. One row per (run, dataset, kind); evaluating again replaces it."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (sa.UniqueConstraint("run_id", "dataset_id", "kind", name="uq_evaluations_run_dataset_kind"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    dataset_id: Mapped[int] = mapped_column(sa.ForeignKey("datasets.id", ondelete="RESTRICT"), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    n_images: Mapped[int]
+    fidelity: Mapped[float | None] = mapped_column(sa.Float)
+    kl: Mapped[float | None] = mapped_column(sa.Float)
+    probe_clean: Mapped[float | None] = mapped_column(sa.Float)
+    probe_spliced: Mapped[float | None] = mapped_column(sa.Float)
     extra: Mapped[dict[str, Any]] = mapped_column(sa.JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

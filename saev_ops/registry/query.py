@@ -1,9 +1,11 @@
 """``runs list`` filters and sorting: parse ``--where``/``--sort`` and build one SQL statement.
 
 A ``--where`` term is ``KEY OP VALUE`` with OP one of ``< <= > >= = == !=``. KEY is a run column (see
-:data:`RUN_COLUMNS`) or else the name of a summary metric (the last logged value of that key). Metric terms and a metric
-sort key become joins on ``metric_summaries`` (primary key ``(run_id, key)``), so a filtered, sorted, limited listing
-touches only the runs of the chosen dataset/sweep.
+:data:`RUN_COLUMNS`), a hyperparameter (:data:`saev_ops.registry.params.PARAMS`: ``arch``, ``d_sae``, ``k``, ``lr``
+= the configured learning rate, ...), or else the name of a summary metric (the last logged value of that key, e.g.
+``nmse``, ``val/nmse``, ``fidelity``). Metric terms and a metric sort key become joins on ``metric_summaries``
+(primary key ``(run_id, key)``), hyperparameters one join on ``run_params``, so a filtered, sorted, limited listing
+touches only the runs of the chosen dataset/sweep, with the same SQL on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from saev_ops import errors
-from saev_ops.registry.models import RUN_STATUSES, MetricSummaryModel, RunModel
+from saev_ops.registry.models import RUN_STATUSES, MetricSummaryModel, RunModel, RunParamsModel
+from saev_ops.registry.params import PARAMS, parse_value
 
 _WHERE_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_./-]*)\s*(<=|>=|==|!=|<|>|=)\s*(\S.*?)\s*$")
 _OPS: dict[str, Callable[[Any, Any], Any]] = {
@@ -56,6 +59,7 @@ class Condition:
     op: str
     value: float | int | str | dt.datetime
     is_metric: bool
+    is_param: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +67,7 @@ class SortKey:
     key: str
     descending: bool
     is_metric: bool
+    is_param: bool = False
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -90,6 +95,13 @@ def parse_condition(text: str) -> Condition:
             f"bad --where expression {text!r}: expected KEY OP VALUE with OP one of < <= > >= = == != (e.g. 'nmse<0.2')"
         )
     key, op, raw = m.groups()
+    if key in PARAMS and key not in RUN_COLUMNS:
+        try:
+            return Condition(key, op, parse_value(key, raw), is_metric=False, is_param=True)
+        except ValueError:
+            type_name = PARAMS[key].__name__
+            raise errors.QueryError(f"bad --where expression {text!r}: {key} is a hyperparameter of type {type_name}, "
+                                    f"got {raw!r}") from None
     if key in RUN_COLUMNS:
         kind = RUN_COLUMNS[key][1]
         if key == "status" and raw not in RUN_STATUSES:
@@ -143,7 +155,8 @@ def parse_sort(text: str) -> SortKey:
     key = text[1:] if descending else text
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_./-]*", key):
         raise errors.QueryError(f"bad --sort key {text!r}: expected a metric or column name, '-' prefix for descending")
-    return SortKey(key, descending, is_metric=key not in RUN_COLUMNS)
+    is_param = key in PARAMS and key not in RUN_COLUMNS
+    return SortKey(key, descending, is_metric=key not in RUN_COLUMNS and not is_param, is_param=is_param)
 
 
 def build_run_select(
@@ -169,10 +182,22 @@ def build_run_select(
         joins[key] = alias
         return alias
 
+    params_joined = False
+
+    def param(key: str) -> Any:
+        nonlocal stmt, params_joined
+        if not params_joined:
+            stmt = stmt.outerjoin(RunParamsModel, RunParamsModel.run_id == RunModel.id)
+            params_joined = True
+        return getattr(RunParamsModel, key)
+
     for cond in conditions:
         if cond.is_metric:
             alias = summary_alias(cond.key, outer=False)
             stmt = stmt.where(_OPS[cond.op](alias.value, cond.value))
+        elif cond.is_param:
+            col = param(cond.key)  # joins first: stmt.where(...) would bind the statement before the join
+            stmt = stmt.where(_OPS[cond.op](col, cond.value))
     if dataset_id is not None:
         stmt = stmt.where(RunModel.dataset_id == dataset_id)
     if sweep_id is not None:
@@ -180,10 +205,15 @@ def build_run_select(
     if statuses:
         stmt = stmt.where(RunModel.status.in_(list(statuses)))
     for cond in conditions:
-        if not cond.is_metric:
+        if not cond.is_metric and not cond.is_param:
             stmt = stmt.where(_OPS[cond.op](RUN_COLUMNS[cond.key][0], cond.value))
     if sort is not None:
-        col = summary_alias(sort.key, outer=True).value if sort.is_metric else RUN_COLUMNS[sort.key][0]
+        if sort.is_metric:
+            col = summary_alias(sort.key, outer=True).value
+        elif sort.is_param:
+            col = param(sort.key)
+        else:
+            col = RUN_COLUMNS[sort.key][0]
         order = col.desc() if sort.descending else col.asc()
         stmt = stmt.order_by(order.nulls_last(), RunModel.id)
     else:

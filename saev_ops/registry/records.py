@@ -121,6 +121,20 @@ class RunRow:
     sweep: str | None
     summary: dict[str, float]
 
+    @property
+    def params(self) -> dict[str, Any]:
+        """Its hyperparameters, typed (:mod:`saev_ops.registry.params`)."""
+        from saev_ops.registry.params import params_of
+
+        return params_of(self.run.config)
+
+    def value(self, key: str) -> Any:
+        """A hyperparameter or summary metric by name (hyperparameters first: ``lr`` is the configured one)."""
+        params = self.params
+        if key in params:
+            return params[key]
+        return self.summary.get(key)
+
 
 @dataclasses.dataclass(frozen=True)
 class MetricPoint:
@@ -142,6 +156,8 @@ class OutputRecord:
     nnz: int
     extra: dict[str, Any]
     created_at: dt.datetime
+    metrics: dict[str, float] = dataclasses.field(default_factory=dict)
+    """The SAE's reconstruction metrics over this dataset (:data:`OUTPUT_METRICS`; empty for older outputs)."""
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -159,6 +175,7 @@ class OutputRecord:
             nnz=m.nnz,
             extra=dict(m.extra or {}),
             created_at=m.created_at,
+            metrics={k: getattr(m, k) for k in OUTPUT_METRICS if getattr(m, k) is not None},
         )
 
 
@@ -170,3 +187,27 @@ class RunDetail:
     dataset: DatasetRecord
     sweep: SweepRecord | None
     outputs: tuple[OutputRecord, ...]
+
+
+OUTPUT_METRICS = ("nmse", "explained_variance", "l0", "dead_frac", "dense_frac", "cosine", "shrinkage")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationRecord:
+    id: int
+    run_id: int
+    dataset_id: int
+    kind: str
+    n_images: int
+    fidelity: float | None
+    kl: float | None
+    probe_clean: float | None
+    probe_spliced: float | None
+    extra: dict[str, Any]
+    created_at: dt.datetime
+
+    @classmethod
+    def from_model(cls, m: models.EvaluationModel) -> EvaluationRecord:
+        return cls(id=m.id, run_id=m.run_id, dataset_id=m.dataset_id, kind=m.kind, n_images=m.n_images,
+                   fidelity=m.fidelity, kl=m.kl, probe_clean=m.probe_clean, probe_spliced=m.probe_spliced,
+                   extra=dict(m.extra or {}), created_at=m.created_at)

@@ -35,8 +35,11 @@ from saev_ops.registry.engine import (
     safe_url,
 )
 from saev_ops.registry.names import check_name
+from saev_ops.registry.params import params_of
 from saev_ops.registry.records import (
+    OUTPUT_METRICS,
     DatasetRecord,
+    EvaluationRecord,
     MetricPoint,
     OutputRecord,
     RunDetail,
@@ -299,8 +302,10 @@ class Registry:
                     )
                 )
             )
+            s.execute(sa.delete(models.EvaluationModel).where(sa.or_(
+                models.EvaluationModel.dataset_id == row.id, models.EvaluationModel.run_id.in_(run_ids))))
             if run_ids:
-                for model in (models.MetricPointModel, models.MetricSummaryModel):
+                for model in (models.MetricPointModel, models.MetricSummaryModel, models.RunParamsModel):
                     s.execute(sa.delete(model).where(model.run_id.in_(run_ids)))
                 s.execute(sa.delete(models.RunModel).where(models.RunModel.id.in_(run_ids)))
             s.delete(row)
@@ -375,6 +380,8 @@ class Registry:
                 s.add(row)
                 existing[h] = row
                 out.append((row, True))
+            s.flush()
+            s.add_all(models.RunParamsModel(run_id=r.id, **params_of(r.config)) for r, created in out if created)
             s.flush()
             return [(RunRecord.from_model(r), created) for r, created in out]
 
@@ -621,8 +628,13 @@ class Registry:
         nnz: int,
         extra: dict[str, Any] | None = None,
         replace: bool = False,
+        metrics: dict[str, float] | None = None,
     ) -> OutputRecord:
-        """Register an inference output of ``run_id`` over ``dataset``; ``replace`` overwrites an existing one."""
+        """Register an inference output of ``run_id`` over ``dataset``; ``replace`` overwrites an existing one.
+        ``metrics``: the SAE's reconstruction metrics over the dataset (keys of ``OUTPUT_METRICS``)."""
+        unknown = sorted(set(metrics or {}) - set(OUTPUT_METRICS))
+        if unknown:
+            raise errors.ConfigError(f"unknown output metrics {unknown}; known: {list(OUTPUT_METRICS)}")
 
         def fn(s: Session) -> OutputRecord:
             models.RunModel.find_or_raise_by_id(s, run_id)
@@ -638,6 +650,9 @@ class Registry:
                 s.add(row)
             row.path, row.n_rows, row.n_cols, row.nnz = path, n_rows, n_cols, nnz
             row.extra = dict(extra or {})
+            for key in OUTPUT_METRICS:
+                value = (metrics or {}).get(key)
+                setattr(row, key, None if value is None or not math.isfinite(value) else float(value))
             row.created_at = models.utcnow()
             s.flush()
             return OutputRecord.from_model(row)
@@ -667,6 +682,43 @@ class Registry:
             if dataset_id is not None:
                 stmt = stmt.where(o.dataset_id == dataset_id)
             return [OutputRecord.from_model(r) for r in s.scalars(stmt)]
+
+        return self._read(fn)
+
+    # -- downstream evaluations --------------------------------------------------------------------------------------
+    def add_evaluation(self, *, run_id: int, dataset: str, kind: str, n_images: int, fidelity: float | None,
+                       kl: float | None = None, probe_clean: float | None = None, probe_spliced: float | None = None,
+                       extra: dict[str, Any] | None = None) -> EvaluationRecord:
+        """Record (or replace) the ``kind`` evaluation of ``run_id`` on ``dataset``."""
+
+        def fn(s: Session) -> EvaluationRecord:
+            models.RunModel.find_or_raise_by_id(s, run_id)
+            ds = models.DatasetModel.find_or_raise_by_name(s, dataset)
+            e = models.EvaluationModel
+            row = s.scalars(sa.select(e).where(e.run_id == run_id, e.dataset_id == ds.id, e.kind == kind)
+                            ).one_or_none()
+            if row is None:
+                row = e(run_id=run_id, dataset_id=ds.id, kind=kind, n_images=n_images)
+                s.add(row)
+            row.n_images, row.fidelity, row.kl = n_images, fidelity, kl
+            row.probe_clean, row.probe_spliced = probe_clean, probe_spliced
+            row.extra = dict(extra or {})
+            row.created_at = models.utcnow()
+            s.flush()
+            return EvaluationRecord.from_model(row)
+
+        return self._write(fn)
+
+    def list_evaluations(self, *, run_id: int | None = None, dataset_id: int | None = None) -> list[EvaluationRecord]:
+        e = models.EvaluationModel
+
+        def fn(s: Session) -> list[EvaluationRecord]:
+            stmt = sa.select(e).order_by(e.id)
+            if run_id is not None:
+                stmt = stmt.where(e.run_id == run_id)
+            if dataset_id is not None:
+                stmt = stmt.where(e.dataset_id == dataset_id)
+            return [EvaluationRecord.from_model(r) for r in s.scalars(stmt)]
 
         return self._read(fn)
 
