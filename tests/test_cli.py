@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from saev_ops.cli import cli
 from saev_ops.registry import Registry
+from saev_ops.registry.schema import HEAD_REVISION
 from tests.helpers import make_dataset
 
 
@@ -103,9 +104,9 @@ def test_db_commands(tmp_path) -> None:  # noqa: ANN001
     assert "(empty) -> 0001_initial" in invoke(url, "db", "upgrade", "--revision", "0001_initial").output
     res = CliRunner().invoke(cli, ["--db", url, "runs", "list"])
     assert res.exit_code == 1 and "saev-ops db upgrade" in res.output
-    assert "0001_initial -> 0004_run_identity" in invoke(url, "db", "upgrade").output
+    assert f"0001_initial -> {HEAD_REVISION}" in invoke(url, "db", "upgrade").output
     assert "(head)" in invoke(url, "db", "current").output
-    assert "0004_run_identity -> 0001_initial" in invoke(url, "db", "downgrade", "0001_initial").output
+    assert f"{HEAD_REVISION} -> 0001_initial" in invoke(url, "db", "downgrade", "0001_initial").output
     res = CliRunner().invoke(cli, ["--db", url, "db", "downgrade", "bogus"])
     assert res.exit_code == 1 and "unknown revision" in res.output
 
