@@ -15,6 +15,7 @@ from saev_ops.cli import cli
 from saev_ops.explore.lineage import lineage_lines
 from saev_ops.infer import InferSpec, Output, run_inference
 from saev_ops.registry import Registry
+from saev_ops.sae.evaluate import reconstruction_metrics
 from saev_ops.sae.io import load_sae
 from saev_ops.shards import ShardReader
 from saev_ops.train import run_train_job
@@ -59,6 +60,17 @@ def test_csr_equals_direct_computation_and_lineage(trained, tmp_path: pathlib.Pa
         assert e["example_idx"] == top[0][0] // 16 and e["path"].endswith(".jpg") and e["token_idx"] >= 1
         assert e["patch_label"] == e["label"]  # labels.bin of image labels: every patch carries its image's class
         assert not list(pathlib.Path(o.path).parent.glob("*.tmp"))
+        # the output's reconstruction metrics: those of the SAE over the same rows, computed directly
+        assert o.metrics == pytest.approx(reconstruction_metrics(sae, x * meta["scale"]), rel=1e-6)
+        assert reg.get_output(o.id).metrics == o.metrics
+    res = CliRunner().invoke(cli, ["--db", url, "sql", "SELECT run_id, nmse, shrinkage FROM output_table "
+                                   "ORDER BY run_id", "--format", "json"])
+    assert res.exit_code == 0, res.output
+    assert [row["nmse"] for row in json.loads(res.output)] == pytest.approx([o.metrics["nmse"] for o in outs])
+    res = CliRunner().invoke(cli, ["--db", url, "latents", "stats", str(outs[0].id)])
+    assert res.exit_code == 0 and "reconstruction: nmse" in res.output and "shrinkage" in res.output
+    res = CliRunner().invoke(cli, ["--db", url, "runs", "show", str(outs[0].run_id)])
+    assert res.exit_code == 0 and "explained_variance" in res.output.split("lineage:")[1]
     again = run_inference(InferSpec(db_url=url, run_ids=tuple(ids), dataset="tiny", out_root=str(tmp_path / "out")))
     assert [(o.id, o.created_at) for o in again] == [(o.id, o.created_at) for o in outs]  # no-op without force
     lines = lineage_lines(reg, f"run:{ids[0]}")

@@ -65,3 +65,8 @@ def render_mapping(pairs: Sequence[tuple[str, Any]]) -> str:
     """Key: value lines, keys aligned."""
     width = max((len(k) for k, _ in pairs), default=0)
     return "\n".join(f"{k.ljust(width)}  {cell(v)}" for k, v in pairs)
+
+
+def metrics_line(metrics: dict[str, Any]) -> str:
+    """``key value`` pairs on one line, missing values left out."""
+    return ", ".join(f"{k} {cell(v)}" for k, v in metrics.items() if v is not None)

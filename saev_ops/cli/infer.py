@@ -88,7 +88,10 @@ def stats(obj: CliContext, output_id: int) -> None:
 
     from saev_ops.infer import Output
 
-    s = Output.open(obj.registry, output_id).latent_stats()
+    out = Output.open(obj.registry, output_id)
+    if out.record.metrics:
+        click.echo("reconstruction: " + fmt.metrics_line(out.record.metrics))
+    s = out.latent_stats()
     freq = s["frequency"]
     dead, dense = int((freq == 0).sum()), int((freq > 0.1).sum())
     click.echo(f"{len(freq)} latents: {dead} dead (never fire), {dense} dense (fire on > 10% of rows)")

@@ -90,8 +90,11 @@ def show(obj: CliContext, run_id: int, **kw: str) -> None:
                 "image_source": d.dataset.source_path, "dataset": d.dataset.name,
                 "dataset_hash": d.dataset.content_hash,
                 "outputs": [{"id": o.id, "dataset_id": o.dataset_id, "path": o.path, "shape": list(o.shape),
-                             "nnz": o.nnz} for o in d.outputs],
+                             "nnz": o.nnz, "metrics": o.metrics} for o in d.outputs],
             },
+            "evaluations": [{"dataset_id": e.dataset_id, "kind": e.kind, "n_images": e.n_images,
+                             "fidelity": e.fidelity, "kl": e.kl, "probe_clean": e.probe_clean,
+                             "probe_spliced": e.probe_spliced} for e in d.evaluations],
         }
         click.echo(json.dumps(payload, indent=2, default=fmt.jsonable))
         return
@@ -112,6 +115,13 @@ def show(obj: CliContext, run_id: int, **kw: str) -> None:
                f"-> run {r.id}")
     for o in d.outputs:
         click.echo(f"  run {r.id} -> output {o.id}: {o.path} shape {o.n_rows}x{o.n_cols} nnz {o.nnz}")
+        if o.metrics:
+            click.echo("    " + fmt.metrics_line(o.metrics))
+    if d.evaluations:
+        click.echo("\nevaluations (the SAE spliced into its model):")
+        for e in d.evaluations:
+            click.echo(f"  dataset {e.dataset_id}, {e.n_images} images: " + fmt.metrics_line(
+                {"fidelity": e.fidelity, "kl": e.kl, "probe_clean": e.probe_clean, "probe_spliced": e.probe_spliced}))
     if r.error:
         click.echo("\nerror:")
         click.echo("  " + r.error.rstrip().replace("\n", "\n  "))

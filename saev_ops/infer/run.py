@@ -107,6 +107,7 @@ def run_inference(spec: InferSpec) -> list[OutputRecord]:
     import torch
 
     from saev_ops.loaders import OrderedConfig, OrderedDataLoader, ShardSelection
+    from saev_ops.sae.evaluate import ReconMetrics
     from saev_ops.sae.io import load_sae
 
     reg = Registry(spec.db_url)
@@ -137,6 +138,7 @@ def run_inference(spec: InferSpec) -> list[OutputRecord]:
                                                                batch_size=spec.batch_size))
         tmps = {}
         writers = {}
+        recon = {rid: ReconMetrics(sae.cfg.d_sae, spec.device) for rid, sae, _ in items}
         for rid, sae, _ in items:
             final = paths.output_dir(spec.out_root, rid, dataset.content_hash)
             tmp = atomic.fresh_dir(final.with_name(final.name + ".tmp"))
@@ -149,7 +151,9 @@ def run_inference(spec: InferSpec) -> list[OutputRecord]:
                     x = batch["act"].to(spec.device)
                     _refuse_nonfinite(batch, x, dataset)
                     for rid, sae, meta in items:
-                        z = sae.encode(x * float(meta["scale"]))
+                        xs = x.float() * float(meta["scale"])
+                        z = sae.encode(xs)
+                        recon[rid].add(xs, sae.decode(z), z)
                         writers[rid].add(z.float().cpu().numpy())
                     bar.update(bar.done + x.shape[0])
         except BaseException:
@@ -161,16 +165,17 @@ def run_inference(spec: InferSpec) -> list[OutputRecord]:
         for rid, sae, _meta in items:
             tmp, final = tmps[rid]
             info = writers[rid].finish(loader.n_rows)
+            metrics = recon[rid].result()
             atomic.write_text(tmp / "output.json", json.dumps({
                 "run_id": rid, "dataset": dataset.name, "dataset_hash": dataset.content_hash, "layer": layer,
                 "tokens": tokens, "rows": "example-major: row = example * tokens_selected + token position",
                 "tokens_per_example": loader.plan.rows_per_example, "token_idx": loader.plan.token_idx.tolist(),
-                **info}, indent=2))
+                "metrics": metrics, **info}, indent=2))
             atomic.replace_dir(tmp, final)
             mismatch = provenance.mismatches(reg.get_dataset_by_id(reg.get_run(rid).dataset_id), dataset,
                                              tokens=tokens)
             out.append(reg.add_output(run_id=rid, dataset=dataset.name, path=str(final), n_rows=info["n_rows"],
-                                      n_cols=sae.cfg.d_sae, nnz=info["nnz"],
+                                      n_cols=sae.cfg.d_sae, nnz=info["nnz"], metrics=metrics,
                                       extra={"layer": layer, "tokens": tokens,
                                              **({"model_mismatch": mismatch} if mismatch else {})}, replace=True))
     return out

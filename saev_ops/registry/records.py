@@ -187,6 +187,8 @@ class RunDetail:
     dataset: DatasetRecord
     sweep: SweepRecord | None
     outputs: tuple[OutputRecord, ...]
+    evaluations: tuple[EvaluationRecord, ...] = ()
+    """``saev-ops eval`` results (downstream fidelity), one per (dataset, kind)."""
 
 
 OUTPUT_METRICS = ("nmse", "explained_variance", "l0", "dead_frac", "dense_frac", "cosine", "shrinkage")

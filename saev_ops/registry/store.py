@@ -527,6 +527,9 @@ class Registry:
                 dataset=DatasetRecord.from_model(run.dataset),
                 sweep=SweepRecord.from_model(run.sweep) if run.sweep is not None else None,
                 outputs=tuple(OutputRecord.from_model(o) for o in outputs),
+                evaluations=tuple(EvaluationRecord.from_model(e) for e in s.scalars(
+                    sa.select(models.EvaluationModel).where(models.EvaluationModel.run_id == run_id)
+                    .order_by(models.EvaluationModel.id))),
             )
 
         return self._read(fn)

@@ -3,6 +3,7 @@
 ```yaml
 name: inat21-topk            # sweep name (unique in the registry)
 dataset: inat21              # registry name of a complete dataset
+val_dataset: inat21-val      # optional: held-out dataset (same model, layers, preprocessing), val/... metrics
 executor: local              # local | debug | slurm
 runs_root: /scratch/runs     # optional; default $SAEV_OPS_HOME/runs/<sweep>
 train: {batch_size: 4096, n_tokens: 10000000, log_every: 50, ckpt_every: 500, device: cuda}
@@ -24,7 +25,7 @@ import pathlib
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from saev_ops import errors
 from saev_ops.jobs import SlurmSpec
@@ -71,6 +72,24 @@ class SweepModel(RunsSections):
     """Where run directories go (default $SAEV_OPS_HOME/runs/<sweep>)."""
     train: TrainSettings = TrainSettings()
     resources: ResourcesModel = ResourcesModel()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _val_dataset(cls, data: Any) -> Any:
+        """The top-level ``val_dataset:`` is the train setting of that name (one definition: TrainSettings)."""
+        if not isinstance(data, dict) or "val_dataset" not in data:
+            return data
+        data = dict(data)
+        name = data.pop("val_dataset")
+        train = data.get("train")
+        if isinstance(train, dict):
+            if train.get("val_dataset", name) != name:
+                raise ValueError(f"val_dataset {name!r} and train.val_dataset {train['val_dataset']!r} differ; "
+                                 "give it once")
+            data["train"] = {**train, "val_dataset": name}
+        elif train is None:
+            data["train"] = {"val_dataset": name}
+        return data
 
 
 @dataclasses.dataclass(frozen=True)

@@ -104,6 +104,7 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
         if cfg["layer"] != -1 and cfg["layer"] not in dataset.layers:
             raise errors.ConfigError(f"layer {cfg['layer']} is not recorded in dataset {dataset.name!r} "
                                      f"(layers {list(dataset.layers)})")
+    held_out(registry, spec.settings, dataset, configs)
     if dry_run:
         existing = {}
         for cfg in configs:
@@ -126,6 +127,39 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
     job_ids = launch(registry, spec, dataset, jobs, db_url)
     return SubmitResult(spec.name, len(configs), tuple(r for r, _ in new), tuple(r for r, _ in retried), tuple(jobs),
                         tuple(job_ids), False, window_warnings(configs))
+
+
+def held_out(registry: Registry, settings: TrainSettings, dataset: Any,
+             configs: list[dict[str, Any]]) -> Any:
+    """The held-out dataset of ``settings.val_dataset`` (None without one), checked against the training ``dataset``
+    for the runs of ``configs``: complete, other images, and activations of the same kind (model, preprocessing, token
+    layout, width and the runs' layers). ConfigError naming every difference otherwise."""
+    from saev_ops.datasets import require_complete
+    from saev_ops.infer import provenance
+
+    if settings.val_dataset is None:
+        return None
+    where = f"val_dataset {settings.val_dataset!r}"
+    try:
+        val = require_complete(registry, settings.val_dataset)
+    except errors.SaevOpsError as exc:
+        raise errors.ConfigError(f"{where}: {exc}") from None
+    if val.id == dataset.id or val.content_hash == dataset.content_hash:
+        raise errors.ConfigError(f"{where} is the training dataset {dataset.name!r}; a held-out dataset is recorded "
+                                 "from other images with the same model")
+    problems = []
+    for tokens in sorted({c["tokens"] for c in configs}):
+        problems += [p for p in provenance.mismatches(dataset, val, tokens=tokens) if p not in problems]
+    if val.d_model != dataset.d_model:
+        problems.append(f"width: d_model {val.d_model} vs {dataset.d_model}")
+    layers = sorted({dataset.layers[-1] if c["layer"] == -1 else c["layer"] for c in configs})
+    missing = [la for la in layers if la not in val.layers]
+    if missing:
+        problems.append(f"layers: the runs read {layers}, {val.name!r} has {list(val.layers)}")
+    if problems:
+        raise errors.ConfigError(f"{where} does not hold the activations the runs train on ({dataset.name!r}):\n  "
+                                 + "\n  ".join(problems))
+    return val
 
 
 def requeue_ended(registry: Registry, runs: list[RunRecord]) -> list[RunRecord]:
@@ -171,8 +205,10 @@ def _find_by_hash(registry: Registry, h: str) -> RunRecord | None:
 
 
 def _job_spec(db_url: str, dataset: Any, layer: int, tokens: str, members: list[tuple[int, dict[str, Any]]],
-              runs_root: str | pathlib.Path, settings: TrainSettings | None = None) -> TrainJobSpec:
-    """One job: runs (id, stored config) that share dataset, layer, tokens and train settings."""
+              runs_root: str | pathlib.Path, settings: TrainSettings | None = None,
+              val: Any = None) -> TrainJobSpec:
+    """One job: runs (id, stored config) that share dataset, layer, tokens and train settings; ``val``: the
+    held-out dataset (:func:`held_out`)."""
     from saev_ops.sae.config import SAEConfig
 
     runs = tuple(RunSpec(run_id=rid, sae=SAEConfig.from_dict(cfg["sae"]), lr=cfg["lr"], seed=cfg["seed"])
@@ -180,13 +216,14 @@ def _job_spec(db_url: str, dataset: Any, layer: int, tokens: str, members: list[
     return TrainJobSpec(db_url=db_url, dataset=dataset.name, dataset_path=dataset.path,
                         dataset_hash=dataset.content_hash, layer=dataset.layers[-1] if layer == -1 else layer,
                         tokens=tokens, settings=settings or TrainSettings(**members[0][1]["train"]), runs=runs,
-                        runs_root=str(runs_root))
+                        runs_root=str(runs_root), val_dataset_path=val.path if val is not None else None)
 
 
-def job_specs(spec: SweepSpec, dataset: Any, jobs: list[PlannedJob], db_url: str) -> list[TrainJobSpec]:
+def job_specs(spec: SweepSpec, dataset: Any, jobs: list[PlannedJob], db_url: str,
+              val: Any = None) -> list[TrainJobSpec]:
     root = runs_root_for(spec)
-    return [_job_spec(db_url, dataset, job.layer, job.tokens, list(zip(job.run_ids, job.configs, strict=True)), root)
-            for job in jobs]
+    return [_job_spec(db_url, dataset, job.layer, job.tokens, list(zip(job.run_ids, job.configs, strict=True)), root,
+                      val=val) for job in jobs]
 
 
 def job_for_runs(registry: Registry, run_ids: tuple[int, ...], db_url: str, *, runs_root: str | None = None,
@@ -220,8 +257,9 @@ def job_for_runs(registry: Registry, run_ids: tuple[int, ...], db_url: str, *, r
         names = {s.id: s.name for s, _ in registry.list_sweeps()} if sweep_id is not None else {}
         root = paths.default_runs_root(names.get(sweep_id) if sweep_id is not None else None)
     first = runs[0].config
+    val = held_out(registry, settings, dataset, [r.config for r in runs])
     return _job_spec(db_url, dataset, first["layer"], first["tokens"], [(r.id, r.config) for r in runs], root,
-                     settings)
+                     settings, val)
 
 
 def launch(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[PlannedJob], db_url: str) -> list[str | None]:
@@ -230,7 +268,7 @@ def launch(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[Planned
 
     if not jobs:
         return []
-    specs = job_specs(spec, dataset, jobs, db_url)
+    specs = job_specs(spec, dataset, jobs, db_url, held_out(registry, spec.settings, dataset, []))
     r = spec.resources
     slurm = SlurmSpec(**r.model_dump(include=set(SlurmSpec.model_fields)))
     for job, job_spec in zip(jobs, specs, strict=True):

@@ -36,6 +36,14 @@ class TrainSettings(Schema):
     unit rows)."""
     log_every: int = Field(50, gt=0)
     """Steps between metric reports."""
+    val_dataset: str | None = None
+    """Registry name of a held-out dataset (other images, same model, layers, preprocessing and token layout; set by
+    grid.yaml's top-level ``val_dataset:``). Every SAE is evaluated on a fixed sample of it every ``eval_every`` steps
+    and at the end; the results are the ``val/...`` metric keys (:mod:`saev_ops.sae.evaluate`)."""
+    eval_every: int = Field(1000, gt=0)
+    """Steps between held-out evaluations (with a ``val_dataset``)."""
+    val_tokens: int = Field(16384, gt=0)
+    """Rows of the held-out sample: the same rows at every evaluation, drawn with a fixed seed."""
     ckpt_every: int = Field(500, gt=0)
     """Steps between checkpoints."""
     device: str = "cpu"
@@ -72,6 +80,8 @@ class TrainJobSpec:
     settings: TrainSettings
     runs: tuple[RunSpec, ...]
     runs_root: str
+    val_dataset_path: str | None = None
+    """Where ``settings.val_dataset`` lies (resolved from the registry when the job was planned)."""
 
     @property
     def key(self) -> str:
@@ -80,7 +90,8 @@ class TrainJobSpec:
 
 
 # Train settings that change how a run is carried out or reported, not what it learns: out of its identity.
-RUN_ONLY_SETTINGS = frozenset({"device", "log_every", "ckpt_every", "heartbeat_s"})
+RUN_ONLY_SETTINGS = frozenset({"device", "log_every", "ckpt_every", "heartbeat_s", "val_dataset", "eval_every",
+                               "val_tokens"})
 # Settings added after runs were registered, with the value that reproduces what came before: left out of the identity
 # at that value, so a resubmitted sweep finds its earlier runs.
 ADDED_SETTINGS: dict[str, Any] = {"grad_clip": 0.0, "data_init_blend": 0.0}

@@ -24,6 +24,7 @@ from saev_ops import atomic, errors, paths
 from saev_ops.train.spec import TrainJobSpec
 
 CKPT_SCHEMA = 1
+VAL_SEED = 0  # the held-out sample's rows: the same for every job and attempt
 log = logging.getLogger(__name__)
 
 
@@ -91,7 +92,38 @@ class Trainer:
             sae.to(self.device)
             self.saes.append(sae)
             self.opts.append(torch.optim.Adam(sae.parameters(), lr=r.lr, betas=(0.9, 0.999)))
+        self.val_x = self._val_sample() if s.val_dataset is not None else None
         self.step = 0
+
+    def _val_sample(self) -> torch.Tensor:
+        """The held-out rows every evaluation of this job reads (training scale, on the device): ``val_tokens`` rows
+        of the job's layer and tokens, drawn without replacement with a fixed seed, so every evaluation and every job
+        of a sweep sees the same rows."""
+        from saev_ops.loaders import IndexedDataset, ShardSelection
+        from saev_ops.shards import ShardReader
+
+        s = self.spec.settings
+        if self.spec.val_dataset_path is None:
+            raise errors.ConfigError(f"val_dataset {s.val_dataset!r}: the job was planned without its path")
+        reader = ShardReader(self.spec.val_dataset_path)
+        if reader.d_model != self.reader.d_model:
+            raise errors.ConfigError(f"val_dataset {s.val_dataset!r}: d_model {reader.d_model} != "
+                                     f"{self.reader.d_model}")
+        ds = IndexedDataset(reader, ShardSelection(layers=(self.spec.layer,), tokens=self.spec.tokens))
+        n = min(len(ds), s.val_tokens)
+        idx = np.sort(np.random.default_rng(VAL_SEED).choice(len(ds), size=n, replace=False))
+        return (ds.get_batch(idx)["act"].float() * self.scale).to(self.device)
+
+    def evaluate(self, journal: Any, failed: dict[int, str]) -> None:
+        """Held-out metrics of every SAE still training, as ``val/...`` points at the current step."""
+        from saev_ops.sae.evaluate import reconstruction_metrics
+
+        assert self.val_x is not None
+        for run, sae in zip(self.spec.runs, self.saes, strict=True):
+            if run.run_id in failed:
+                continue
+            metrics = reconstruction_metrics(sae, self.val_x, self.spec.settings.batch_size)
+            journal.log(run.run_id, self.step, {f"val/{k}": v for k, v in metrics.items()})
 
     def _init_sample(self, center: torch.Tensor) -> torch.Tensor:
         """Centred activations (training scale) for data-point initialisation: as many as the widest SAE has latents,
@@ -204,6 +236,8 @@ class Trainer:
                 window_start = self.step
                 detail = "; ".join(detail_parts[:4]) + (f"; +{len(detail_parts) - 4} runs" if len(detail_parts) > 4
                                                         else "")
+            if self.val_x is not None and (self.step % s.eval_every == 0 or self.step == s.n_steps):
+                self.evaluate(journal, failed)
             progress.update(self.step, detail)
             if self.step % s.ckpt_every == 0 and self.step < s.n_steps:
                 self.save_checkpoint()

@@ -1,0 +1,85 @@
+"""Reconstruction metrics of an SAE over a set of activations: what the held-out evaluation during training
+(``val/...`` metric keys) and inference (an output's summary) report, computed the same way in both.
+
+Over rows ``x`` (activations in the SAE's training scale), reconstructions ``x_hat`` and latents ``z``:
+
+| key | formula |
+|---|---|
+| ``nmse`` | sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (against predicting the mean row) |
+| ``explained_variance`` | 1 - sum_d Var(x_d - x_hat_d) / sum_d Var(x_d) (a constant offset in the error is not counted) |
+| ``l0`` | mean number of non-zero latents per row |
+| ``dead_frac`` | fraction of latents that never fire on the rows |
+| ``dense_frac`` | fraction of latents that fire on more than 10% of the rows |
+| ``cosine`` | mean cos(x, x_hat) |
+| ``shrinkage`` | mean ||x_hat|| / ||x|| (below 1: the SAE shrinks its reconstructions) |
+
+Sums run in float64 on the rows' device and are read once, in :meth:`ReconMetrics.result`, so streaming adds no
+device synchronisation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+DENSE_FREQUENCY = 0.1
+METRIC_KEYS = ("nmse", "explained_variance", "l0", "dead_frac", "dense_frac", "cosine", "shrinkage")
+
+
+class ReconMetrics:
+    """Streaming accumulator: :meth:`add` batches, :meth:`result` once."""
+
+    def __init__(self, d_sae: int, device: torch.device | str = "cpu") -> None:
+        self.fired = torch.zeros(d_sae, dtype=torch.long, device=device)
+        self.n = 0
+        self._sums: dict[str, torch.Tensor] = {}
+
+    def _acc(self, key: str, value: torch.Tensor) -> None:
+        self._sums[key] = self._sums[key] + value if key in self._sums else value
+
+    @torch.no_grad()
+    def add(self, x: torch.Tensor, x_hat: torch.Tensor, z: torch.Tensor) -> None:
+        x, x_hat = x.double(), x_hat.double()
+        r = x - x_hat
+        self.n += x.shape[0]
+        self._acc("x", x.sum(0))
+        self._acc("x2", x.pow(2).sum())
+        self._acc("r", r.sum(0))
+        self._acc("r2", r.pow(2).sum())
+        nx, nxh = x.norm(dim=1), x_hat.norm(dim=1)
+        self._acc("cos", ((x * x_hat).sum(1) / (nx * nxh).clamp_min(1e-12)).sum())
+        self._acc("shrink", (nxh / nx.clamp_min(1e-12)).sum())
+        fired = z != 0
+        self._acc("l0", fired.sum())
+        self.fired += fired.sum(0)
+
+    def result(self) -> dict[str, float]:
+        if self.n == 0:
+            raise ValueError("no rows were added")
+        n = self.n
+        s = {k: v.cpu() for k, v in self._sums.items()}
+        total_var = float(s["x2"] - s["x"].pow(2).sum() / n)  # sum ||x - mean||^2
+        resid_var = float(s["r2"] - s["r"].pow(2).sum() / n)
+        denom = max(total_var, 1e-12)
+        freq = self.fired.double().cpu() / n
+        return {"nmse": float(s["r2"]) / denom, "explained_variance": 1.0 - resid_var / denom,
+                "l0": float(s["l0"]) / n, "dead_frac": float((self.fired == 0).double().mean()),
+                "dense_frac": float((freq > DENSE_FREQUENCY).double().mean()), "cosine": float(s["cos"]) / n,
+                "shrinkage": float(s["shrink"]) / n}
+
+
+@torch.no_grad()
+def reconstruction_metrics(sae: Any, x: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
+    """The metrics of ``sae`` over the rows ``x`` (already in its training scale), in batches of ``batch_size``."""
+    was_training = sae.training
+    sae.eval()
+    acc = ReconMetrics(sae.cfg.d_sae, x.device)
+    try:
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start:start + batch_size]
+            z = sae.encode(xb)
+            acc.add(xb, sae.decode(z), z)
+    finally:
+        sae.train(was_training)
+    return acc.result()

@@ -1,0 +1,178 @@
+"""Reconstruction metrics with known answers, and the held-out evaluation of a sweep (``val_dataset:``)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pytest
+import torch
+
+from saev_ops import errors
+from saev_ops.registry import Registry, RunQuery
+from saev_ops.registry.records import OUTPUT_METRICS
+from saev_ops.sae import SAEConfig, build_sae
+from saev_ops.sae.evaluate import METRIC_KEYS, ReconMetrics, reconstruction_metrics
+from saev_ops.sweeps import parse_sweep, submit_sweep
+from saev_ops.sweeps.submit import bind_configs, job_for_runs
+from saev_ops.train.spec import run_identity
+from saev_ops.train.trainer import Trainer
+from tests.helpers import make_dataset
+from tests.shard_helpers import write_dataset
+
+
+def identity_sae(d: int) -> torch.nn.Module:
+    """A ReLU SAE that reconstructs exactly: latents relu(x) and relu(-x), decoder rows e_i and -e_i."""
+    sae = build_sae(SAEConfig(arch="relu", d_model=d, d_sae=2 * d))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def constant_sae(d: int, value: torch.Tensor) -> torch.nn.Module:
+    """Never fires; reconstructs every row as ``value``."""
+    sae = build_sae(SAEConfig(arch="relu", d_model=d, d_sae=4))
+    with torch.no_grad():
+        sae.b_enc.fill_(-1e9)
+        sae.b_dec.copy_(value)
+    return sae
+
+
+def test_metric_keys_match_the_registry_columns() -> None:
+    assert tuple(METRIC_KEYS) == OUTPUT_METRICS
+
+
+def test_identity_sae_scores_perfectly() -> None:
+    x = torch.randn(500, 8) * 3 + 1
+    m = reconstruction_metrics(identity_sae(8), x, batch_size=128)
+    assert m["nmse"] == pytest.approx(0, abs=1e-10) and m["explained_variance"] == pytest.approx(1)
+    assert m["cosine"] == pytest.approx(1) and m["shrinkage"] == pytest.approx(1)
+    assert m["l0"] == pytest.approx(8) and m["dead_frac"] == 0 and m["dense_frac"] == 1
+
+
+def test_mean_and_zero_reconstructions() -> None:
+    x = torch.randn(400, 6) + 5
+    mean = constant_sae(6, x.mean(0))
+    m = reconstruction_metrics(mean, x, batch_size=64)
+    assert m["nmse"] == pytest.approx(1) and m["explained_variance"] == pytest.approx(0, abs=1e-9)
+    assert m["l0"] == 0 and m["dead_frac"] == 1 and m["dense_frac"] == 0
+    zero = reconstruction_metrics(constant_sae(6, torch.zeros(6)), x)
+    # predicting 0 is worse than the mean by the mean's energy; the residual's variance is still x's own
+    expected = float((x.double() ** 2).sum() / ((x.double() - x.double().mean(0)) ** 2).sum())
+    assert zero["nmse"] == pytest.approx(expected) and zero["explained_variance"] == pytest.approx(0, abs=1e-9)
+    assert zero["shrinkage"] == 0 and zero["cosine"] == 0
+
+
+def test_streamed_metrics_equal_direct_formulas() -> None:
+    torch.manual_seed(0)
+    sae = build_sae(SAEConfig(arch="topk", d_model=10, d_sae=40, k=3), seed=2).eval()
+    x = torch.randn(300, 10)
+    acc = ReconMetrics(40)
+    for part in x.split(70):
+        z = sae.encode(part)
+        acc.add(part, sae.decode(z), z)
+    m = acc.result()
+    with torch.no_grad():
+        z = sae.encode(x)
+        xh = sae.decode(z)
+    xd, xhd = x.double().numpy(), xh.double().numpy()
+    r = xd - xhd
+    assert m["nmse"] == pytest.approx((r**2).sum() / ((xd - xd.mean(0)) ** 2).sum())
+    assert m["explained_variance"] == pytest.approx(1 - r.var(0).sum() / xd.var(0).sum())
+    cos = (xd * xhd).sum(1) / (np.linalg.norm(xd, axis=1) * np.linalg.norm(xhd, axis=1))
+    assert m["cosine"] == pytest.approx(cos.mean())
+    assert m["shrinkage"] == pytest.approx((np.linalg.norm(xhd, axis=1) / np.linalg.norm(xd, axis=1)).mean())
+    fired = (z != 0).numpy()
+    assert m["l0"] == pytest.approx(3) and m["dead_frac"] == pytest.approx((fired.sum(0) == 0).mean())
+    assert m["dense_frac"] == pytest.approx((fired.mean(0) > 0.1).mean())
+
+
+GRID = """\
+name: held
+dataset: tiny
+val_dataset: {val}
+executor: debug
+runs_root: {root}
+train: {{batch_size: 64, n_tokens: 1280, log_every: 5, ckpt_every: 50, eval_every: 8, val_tokens: 100,
+        lr_warmup_steps: 2, buffer_mb: 0.2}}
+base: {{arch: topk, d_sae: 64, k: 4, layer: 7, dead_tokens: 640}}
+grid: {{lr: [0.001, 0.003]}}
+"""
+
+
+def _register(reg: Registry, name: str, path: pathlib.Path, **extra: object) -> None:
+    sidecar = json.loads((path / "saev_ops.json").read_text())
+    md = json.loads((path / "metadata.json").read_text())
+    make_dataset(reg, name=name, path=str(path), d_model=32, layers=list(md["layers"]), tokens_per_example=17,
+                 n_examples=md["n_examples"], status="complete", **extra)
+    reg.update_dataset(name, extra={"metadata_hash": sidecar["content_hash"],
+                                    "token_layout": sidecar["token_layout"]})
+
+
+@pytest.fixture
+def env(tmp_path: pathlib.Path) -> tuple[Registry, str]:
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    reg = Registry(url)
+    _register(reg, "tiny", write_dataset(tmp_path / "train", n_examples=40, layers=(3, 7), n_patches=16, d_model=32))
+    _register(reg, "tiny-val", write_dataset(tmp_path / "val", n_examples=24, layers=(3, 7), n_patches=16,
+                                             d_model=32))
+    return reg, url
+
+
+def test_sweep_logs_held_out_metrics_on_a_fixed_sample(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
+    reg, url = env
+    spec = parse_sweep(GRID.format(val="tiny-val", root=tmp_path / "runs"))
+    assert spec.settings.val_dataset == "tiny-val"
+    submit_sweep(reg, spec, url)
+    rows = reg.list_runs(RunQuery(sweep="held", sort="val/nmse"))
+    assert len(rows) == 2 and all(r.run.status == "completed" for r in rows)
+    for r in rows:
+        assert {f"val/{k}" for k in METRIC_KEYS} <= set(r.summary)
+        # 20 steps, every 8 and at the end
+        assert [p.step for p in reg.metric_history(r.run.id, "val/nmse")] == [8, 16, 20]
+        assert r.summary["val/l0"] == pytest.approx(4)
+    assert rows[0].summary["val/nmse"] <= rows[1].summary["val/nmse"]
+    # the evaluation and the identity: val settings are not part of what a run learns
+    again = parse_sweep(GRID.format(val="tiny-val", root=tmp_path / "runs").replace("eval_every: 8", "eval_every: 4"))
+    assert submit_sweep(reg, again, url).new_runs == ()
+
+
+def test_held_out_sample_is_fixed(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
+    reg, url = env
+    spec = parse_sweep(GRID.format(val="tiny-val", root=tmp_path / "runs"))
+    reg.get_or_create_sweep("held", spec.text)
+    configs = bind_configs(spec, 32)
+    ids = [r.id for r, _ in reg.add_runs("tiny", configs, sweep="held", identities=[run_identity(c) for c in configs])]
+    job = job_for_runs(reg, tuple(ids), url, runs_root=str(tmp_path / "runs"))
+    assert job.val_dataset_path == reg.get_dataset("tiny-val").path
+    a, b = Trainer(job, None).val_x, Trainer(job, None).val_x
+    assert a is not None and b is not None and a.shape == (100, 32) and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"val": "tiny"}, "is the training dataset"),
+    ({"val": "nope"}, "val_dataset 'nope': .*no dataset named 'nope'"),
+    ({"model_ckpt": "other"}, "model: clip:ViT-B-16/openai vs clip:other"),
+    ({"layers": (3,)}, r"layers: the runs read \[7\], 'odd' has \[3\]"),
+])
+def test_held_out_dataset_must_match(tmp_path: pathlib.Path, env, change: dict, message: str) -> None:  # noqa: ANN001
+    reg, url = env
+    val = change.pop("val", "odd")
+    if val == "odd":
+        layers = change.pop("layers", (3, 7))
+        _register(reg, "odd", write_dataset(tmp_path / "odd", n_examples=30, layers=layers, n_patches=16, d_model=32),
+                  **change)
+    spec = parse_sweep(GRID.format(val=val, root=tmp_path / "runs"))
+    with pytest.raises(errors.ConfigError, match=message):
+        submit_sweep(reg, spec, url)
+    assert reg.list_runs(RunQuery()) == []  # nothing was written
+
+
+def test_val_dataset_given_twice_must_agree() -> None:
+    with pytest.raises(errors.ConfigError, match="val_dataset 'a' and train.val_dataset 'b' differ"):
+        parse_sweep("name: s\ndataset: d\nval_dataset: a\ntrain: {val_dataset: b}\n")
