@@ -6,7 +6,7 @@ Over rows ``x`` (activations in the SAE's training scale), reconstructions ``x_h
 | key | formula |
 |---|---|
 | ``nmse`` | sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (against predicting the mean row) |
-| ``explained_variance`` | 1 - sum_d Var(x_d - x_hat_d) / sum_d Var(x_d) (a constant offset in the error is not counted) |
+| ``explained_variance`` | 1 - sum_d Var(x_d - x_hat_d) / sum_d Var(x_d) (a constant error offset is not counted) |
 | ``l0`` | mean number of non-zero latents per row |
 | ``dead_frac`` | fraction of latents that never fire on the rows |
 | ``dense_frac`` | fraction of latents that fire on more than 10% of the rows |
