@@ -45,3 +45,28 @@ def make_spec(reg: Registry, url: str, path: pathlib.Path, root: pathlib.Path, *
                         tokens="patches", settings=settings, runs_root=str(root),
                         runs=tuple(RunSpec(run_id=r.id, sae=s, lr=1e-3, seed=i)
                                    for i, ((r, _), s) in enumerate(zip(runs, saes))))
+
+
+def tiny_hf(tmp_path: pathlib.Path, family: str, image_size: int = 32) -> str:
+    """A random-init transformers model of ``family`` saved under ``tmp_path`` (``vit-cls``: a ViT with a 3-class
+    head); returns its ``--model`` spec."""
+    import torch
+    import transformers as t
+
+    common = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+                  image_size=image_size, patch_size=8)
+    torch.manual_seed(0)
+    model = {
+        "vit": lambda: t.ViTModel(t.ViTConfig(**common)),
+        "vit-cls": lambda: t.ViTForImageClassification(t.ViTConfig(**common, num_labels=3)),
+        "clip": lambda: t.CLIPVisionModel(t.CLIPVisionConfig(**common)),
+        "dinov2": lambda: t.Dinov2Model(t.Dinov2Config(**common)),
+        "dinov2-reg": lambda: t.Dinov2WithRegistersModel(t.Dinov2WithRegistersConfig(**common, num_register_tokens=2)),
+        "siglip": lambda: t.SiglipVisionModel(t.SiglipVisionConfig(**common)),
+        "dinov3": lambda: t.DINOv3ViTModel(t.DINOv3ViTConfig(**common, num_register_tokens=2)),
+        "siglip2": lambda: t.Siglip2VisionModel(t.Siglip2VisionConfig(
+            **{k: v for k, v in common.items() if k != "image_size"}, num_patches=16)),
+    }[family]()
+    path = tmp_path / family
+    model.save_pretrained(path)
+    return f"{family.split('-')[0]}:{path}"

@@ -16,6 +16,7 @@ from saev_ops.record.images import file_list, generate_images
 from saev_ops.record.models import load_model
 from saev_ops.registry import Registry
 from saev_ops.shards import ShardReader
+from tests.helpers import tiny_hf
 
 
 @pytest.fixture(scope="module")
@@ -28,27 +29,6 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 @pytest.fixture
 def reg(tmp_path: pathlib.Path) -> Registry:
     return Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
-
-
-def tiny_hf(tmp_path: pathlib.Path, family: str, image_size: int = 32) -> str:
-    import transformers as t
-
-    common = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-                  image_size=image_size, patch_size=8)
-    torch.manual_seed(0)
-    model = {
-        "vit": lambda: t.ViTModel(t.ViTConfig(**common)),
-        "clip": lambda: t.CLIPVisionModel(t.CLIPVisionConfig(**common)),
-        "dinov2": lambda: t.Dinov2Model(t.Dinov2Config(**common)),
-        "dinov2-reg": lambda: t.Dinov2WithRegistersModel(t.Dinov2WithRegistersConfig(**common, num_register_tokens=2)),
-        "siglip": lambda: t.SiglipVisionModel(t.SiglipVisionConfig(**common)),
-        "dinov3": lambda: t.DINOv3ViTModel(t.DINOv3ViTConfig(**common, num_register_tokens=2)),
-        "siglip2": lambda: t.Siglip2VisionModel(t.Siglip2VisionConfig(
-            **{k: v for k, v in common.items() if k != "image_size"}, num_patches=16)),
-    }[family]()
-    path = tmp_path / family
-    model.save_pretrained(path)
-    return f"{family.split('-')[0]}:{path}"
 
 
 def model_outputs(model_spec: str, paths: list[str], layers: list[int]) -> np.ndarray:

@@ -49,6 +49,12 @@ def lineage_lines(registry: Registry, ref: str) -> list[str]:
                 od = registry.get_dataset_by_id(o.dataset_id)
                 lines.append(f"    {'    ' if last else '│   '}└── output {o.id} on {od.name}: {o.n_rows}x{o.n_cols}, "
                              f"nnz {o.nnz}  {o.path}")
+            if only_output is None:
+                for e in registry.list_evaluations(run_id=r.run.id):
+                    ed = registry.get_dataset_by_id(e.dataset_id)
+                    score = f"fidelity {e.fidelity:.4g}" if e.fidelity is not None else "fidelity -"
+                    lines.append(f"    {'    ' if last else '│   '}└── eval on {ed.name} ({e.extra.get('model', '?')}, "
+                                 f"{e.n_images} images): {score}")
         if kind == "dataset":  # what was computed on this dataset by SAEs trained on other datasets
             foreign = [o for o in registry.list_outputs(dataset_id=d.id)
                        if registry.get_run(o.run_id).dataset_id != d.id]

@@ -180,6 +180,7 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
                   max_tokens_per_shard=max(spec.max_tokens_per_shard, layout.n_tokens * len(layers)),
                   data=encode_data_field(images.describe()), dataset=images.root, dtype=spec.dtype)
     provenance = {"images": images.describe(), "model": model_info, "tokens": spec.tokens,
+                  "resolution": spec.resolution,  # what `saev-ops eval` loads the model at again
                   **({"masks": masks.describe()} if masks is not None else {}),
                   "saev_ops_version": __version__, "recording_hash": spec_hash}
     datasets.register_writing(registry, spec.name, partial, md, layout, source_path=images.root,

@@ -5,6 +5,7 @@ Public names: :class:`Registry`, :class:`RunQuery` and the frozen records. Impor
 
 from saev_ops.registry.query import RunQuery as RunQuery
 from saev_ops.registry.records import DatasetRecord as DatasetRecord
+from saev_ops.registry.records import EvaluationRecord as EvaluationRecord
 from saev_ops.registry.records import MetricPoint as MetricPoint
 from saev_ops.registry.records import OutputRecord as OutputRecord
 from saev_ops.registry.records import RunDetail as RunDetail
