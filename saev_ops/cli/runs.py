@@ -159,6 +159,24 @@ def pareto(obj: CliContext, sweep: str, x: str | None, y: str | None, group_by: 
         click.echo(f"{name}: runs {', '.join(str(r) for _, _, r in front)}")
 
 
+@group.command("compare")
+@click.argument("run_ids", nargs=-1, type=int, required=True)
+@click.option("--threshold", type=click.FloatRange(-1, 1), default=0.9, show_default=True,
+              help="Cosine above which a matched pair counts as the same atom.")
+@format_option
+@pass_ctx
+def compare(obj: CliContext, run_ids: tuple[int, ...], threshold: float, **kw: str) -> None:
+    """Dictionary similarity of SAEs of one layer, pair by pair: mean best-match cosine between decoder atoms (A to B
+    and B to A) and a one-to-one (Hungarian) matching's mean cosine and share of pairs above --threshold. Seed
+    stability, or whether two SAEs learned the same dictionary."""
+    from saev_ops.sae.compare import compare_runs
+
+    rows = [(a, b, s.best_match_ab, s.best_match_ba, s.matched, s.matched_above)
+            for a, b, s in compare_runs(obj.registry, run_ids, threshold=threshold)]
+    click.echo(fmt.render(("run_a", "run_b", "best_match_ab", "best_match_ba", "matched", f"matched>{threshold:g}"),
+                          rows, kw["fmt"]))
+
+
 def _slurm_job(r: Any) -> str | None:
     """``JOB`` or ``JOB_INDEX`` for an array task; None when the run never went to Slurm."""
     if not r.slurm_job_id:

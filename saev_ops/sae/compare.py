@@ -1,0 +1,90 @@
+"""Are two SAEs the same dictionary? Cosine similarity between their decoder atoms (rows of ``W_dec``, compared as
+directions):
+
+- ``best_match_ab``: mean over A's atoms of the highest cosine with any of B's (and ``best_match_ba`` the other way);
+- ``matched``: mean cosine of a one-to-one matching of atoms that maximises the total (the Hungarian algorithm,
+  ``scipy.optimize.linear_sum_assignment``), and ``matched_above``: the fraction of matched pairs above
+  ``threshold``. Skipped (None) past ``max_matching`` atoms, where its cubic cost would dominate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+MAX_MATCHING = 8192
+CHUNK = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Similarity:
+    best_match_ab: float
+    best_match_ba: float
+    matched: float | None
+    matched_above: float | None
+    pairs: np.ndarray | None
+    """(n, 2) matched atom indices (A, B), where matched."""
+
+
+def _directions(sae: Any) -> torch.Tensor:
+    w = sae.W_dec.detach().float()
+    return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def dictionary_similarity(a: Any, b: Any, *, threshold: float = 0.9, max_matching: int = MAX_MATCHING) -> Similarity:
+    """Compare the decoders of SAEs ``a`` and ``b`` (same d_model)."""
+    da, db = _directions(a), _directions(b)
+    if da.shape[1] != db.shape[1]:
+        raise ValueError(f"the SAEs read different widths ({da.shape[1]} and {db.shape[1]})")
+    best_b = torch.full((db.shape[0],), -1.0)
+    best_a = []
+    for start in range(0, da.shape[0], CHUNK):  # never the whole matrix at once for wide SAEs
+        cos = da[start:start + CHUNK] @ db.T
+        best_a.append(cos.max(dim=1).values)
+        best_b = torch.maximum(best_b, cos.max(dim=0).values)
+    out_ab, out_ba = float(torch.cat(best_a).mean()), float(best_b.mean())
+    if max(da.shape[0], db.shape[0]) > max_matching:
+        return Similarity(out_ab, out_ba, None, None, None)
+    from scipy.optimize import linear_sum_assignment
+
+    cos = (da @ db.T).double().numpy()
+    rows, cols = linear_sum_assignment(cos, maximize=True)
+    vals = cos[rows, cols]
+    return Similarity(out_ab, out_ba, float(vals.mean()), float((vals > threshold).mean()),
+                      np.stack([rows, cols], axis=1))
+
+
+def compare_runs(reg: Any, run_ids: tuple[int, ...], *,
+                 threshold: float = 0.9) -> list[tuple[int, int, Similarity]]:
+    """Every pair of the runs' SAEs, which must read the same layer of activations of one kind (same model,
+    preprocessing and token layout; :func:`saev_ops.infer.provenance.mismatches`)."""
+    import itertools
+    import pathlib
+
+    from saev_ops import errors
+    from saev_ops.infer import provenance
+    from saev_ops.sae.io import load_sae
+
+    if len(run_ids) < 2:
+        raise errors.ConfigError("compare needs at least two runs")
+    runs = [reg.get_run(i) for i in run_ids]
+    saes = {}
+    for run in runs:
+        if run.status != "completed" or not run.checkpoint_path:
+            raise errors.ConfigError(f"run {run.id} is {run.status}; only completed runs have an SAE to compare")
+        saes[run.id] = load_sae(pathlib.Path(run.checkpoint_path))[0]
+    first = runs[0]
+    for run in runs[1:]:
+        if run.config.get("layer") != first.config.get("layer"):
+            raise errors.ConfigError(f"runs {first.id} and {run.id} read different layers ({first.config.get('layer')} "
+                                     f"and {run.config.get('layer')}): their dictionaries live in different spaces")
+        found = provenance.mismatches(reg.get_dataset_by_id(first.dataset_id), reg.get_dataset_by_id(run.dataset_id),
+                                      tokens=str(run.config.get("tokens", "patches")))
+        if found:
+            raise errors.ConfigError(f"runs {first.id} and {run.id} were trained on different activations: "
+                                     + "; ".join(found))
+    return [(a, b, dictionary_similarity(saes[a], saes[b], threshold=threshold))
+            for a, b in itertools.combinations(run_ids, 2)]
