@@ -14,14 +14,19 @@ unset SAEV_OPS_DB_URL
 S="$VENV/bin/saev-ops"
 set -x
 "$S" images generate "$SAEV_OPS_HOME/images" --n 64 --size 64
+"$S" images generate "$SAEV_OPS_HOME/images-val" --n 16 --size 64 --seed 1   # held-out images
 "$S" datasets record --name quickstart --images "$SAEV_OPS_HOME/images" --model builtin:small --layers 3,5
+"$S" datasets record --name quickstart-val --images "$SAEV_OPS_HOME/images-val" --model builtin:small --layers 3,5
 "$S" datasets verify quickstart --full
 "$S" sweep submit examples/grid.yaml --dry-run
 "$S" sweep submit examples/grid.yaml --executor debug
 "$S" sweep list
-"$S" runs list --sweep quickstart --where "l0<=32" --sort nmse --limit 5
-"$S" sql "SELECT run_id, nmse, l0, dead_frac FROM run_table WHERE sweep = 'quickstart' ORDER BY nmse LIMIT 3"
-"$S" runs show "$("$S" runs list --sweep quickstart --sort nmse --limit 1 --format csv | sed -n 2p | cut -d, -f1)"
+"$S" runs list --sweep quickstart --where "arch=topk" --where "d_sae>=512" --sort val/nmse --columns arch,d_sae,k,lr,nmse,val/nmse,val/l0
+"$S" sql "SELECT run_id, arch, d_sae, val_nmse, val_l0, val_dead_frac FROM run_table WHERE sweep = 'quickstart' ORDER BY val_nmse LIMIT 3"
+BEST="$("$S" runs list --sweep quickstart --sort val/nmse --limit 2 --format csv | sed -n '2,3p' | cut -d, -f1)"
+"$S" runs show "$(echo "$BEST" | head -1)"
+"$S" runs compare $BEST
+"$S" eval quickstart --dataset quickstart-val --n-images 16
 "$S" infer quickstart --dataset quickstart
 OUT="$("$S" sql "SELECT output_id FROM inference_lineage ORDER BY output_id LIMIT 1" --format csv | sed -n 2p)"
 "$S" latents stats "$OUT"

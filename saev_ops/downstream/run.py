@@ -234,6 +234,10 @@ def run_eval(spec: EvalSpec) -> list[EvaluationRecord]:
         for j, (run, _sae, _scale) in enumerate(members):
             lg = (logits[0], logits[1], logits[2 + j]) if logits is not None else None
             sc, ref = scores(embeds[0], embeds[1], embeds[2 + j], lg, probe and probe[1])
+            if sc.fidelity is None:
+                log.warning("run %d: ablating %s at layer %d does not change the final representation (patch tokens "
+                            "of the last block never reach its CLS token): fidelity is undefined", run.id, tokens,
+                            layer)
             extra = {"layer": layer, "tokens": tokens, "model": adapter.resolved(), "examples": len(ids),
                      **ref, "d_spliced": sc.d_spliced, **({"probe_clean": probe[0]} if probe else {})}
             results.append((run, sc, extra))

@@ -168,12 +168,13 @@ def _latent_strip(output: Any, latent: int, n: int, out_dir: pathlib.Path) -> li
 
 def build_report(registry: Registry, sweep: str, out_dir: pathlib.Path, *, output_ids: tuple[int, ...] = (),
                  run_ids: tuple[int, ...] = (), latents: tuple[int, ...] = (), n_top: int = 8) -> pathlib.Path:
-    from saev_ops.explore.pareto import pareto_plot
+    from saev_ops.explore.pareto import default_key, pareto_plot
 
     registry.get_sweep(sweep)
     rows = registry.list_runs(RunQuery(sweep=sweep, sort="nmse"))
     if not rows:
         raise errors.QueryError(f"sweep {sweep!r} has no runs")
+    rows = registry.list_runs(RunQuery(sweep=sweep, sort=default_key(rows, "nmse")))  # held-out first where present
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>saev-ops: {html.escape(sweep)}</title>",

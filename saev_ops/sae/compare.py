@@ -50,9 +50,9 @@ def dictionary_similarity(a: Any, b: Any, *, threshold: float = 0.9, max_matchin
         return Similarity(out_ab, out_ba, None, None, None)
     from scipy.optimize import linear_sum_assignment
 
-    cos = (da @ db.T).double().numpy()
-    rows, cols = linear_sum_assignment(cos, maximize=True)
-    vals = cos[rows, cols]
+    full = (da @ db.T).double().numpy()
+    rows, cols = linear_sum_assignment(full, maximize=True)
+    vals = full[rows, cols]
     return Similarity(out_ab, out_ba, float(vals.mean()), float((vals > threshold).mean()),
                       np.stack([rows, cols], axis=1))
 
