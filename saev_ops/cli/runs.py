@@ -15,7 +15,7 @@ _RUN_COLUMNS = ("id", "sweep", "dataset", "status", "attempts", "host")
 
 @click.group("runs")
 def group() -> None:
-    """Training runs: list (filters, sorting), show, metrics (history), pareto (plot), import, export."""
+    """Training runs: list (filter, sort), show, metrics (history), pareto (plot), compare, import, export."""
 
 
 @group.command("list")
