@@ -1,13 +1,20 @@
 """Launching work through submitit: one schema for Slurm resources, one place that builds executors.
 
 Executors: ``debug`` runs jobs in this process; ``local`` starts one background process on this machine that runs the
-jobs one after another; ``slurm`` submits a job array (``max_parallel`` tasks at a time). Everything submitted is a
-plain picklable spec plus a callable from :mod:`saev_ops.train` or :mod:`saev_ops.record`.
+jobs one after another; ``slurm`` submits job arrays (``max_parallel`` tasks at a time). Slurm refuses an array whose
+task index reaches ``MaxArraySize`` (1001 by default, often less), and submitit does not split arrays: saev-ops submits
+chunks of at most ``MaxArraySize`` tasks, in lanes that keep ``max_parallel`` tasks in flight in all (each chunk after
+the first ``max_parallel`` waits for the previous chunk of its lane: ``--dependency=afterany``). Everything submitted
+is a plain picklable spec plus a callable from :mod:`saev_ops.train` or :mod:`saev_ops.record`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import pathlib
+import re
+import subprocess
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -15,6 +22,9 @@ from pydantic import Field
 
 from saev_ops import errors
 from saev_ops.schema import Schema, parse_pairs
+
+log = logging.getLogger(__name__)
+DEFAULT_MAX_ARRAY_SIZE = 1001  # Slurm's default
 
 
 class SlurmSpec(Schema):
@@ -68,6 +78,51 @@ def sbatch_text(slurm: SlurmSpec, name: str, folder: pathlib.Path) -> str:
     return inner._make_submission_file_text("python -u -m submitit.core._submit", "UID")
 
 
+@dataclasses.dataclass(frozen=True)
+class ArrayChunk:
+    """Calls ``start:stop`` as one array of ``parallelism`` tasks at a time, after chunk ``after`` (an index into the
+    plan) ends."""
+
+    start: int
+    stop: int
+    parallelism: int
+    after: int | None
+
+
+def plan_arrays(n: int, max_array_size: int, max_parallel: int) -> list[ArrayChunk]:
+    """Chunks of at most ``max_array_size`` calls (indices 0..max_array_size-1) in ``min(chunks, max_parallel)`` lanes:
+    lane parallelisms sum to ``max_parallel``, and a lane's chunks run one after another."""
+    size = max(1, max_array_size)
+    bounds = [(a, min(n, a + size)) for a in range(0, n, size)]
+    lanes = max(1, min(len(bounds), max_parallel))
+    share = [max_parallel // lanes + (1 if j < max_parallel % lanes else 0) for j in range(lanes)]
+    return [ArrayChunk(a, b, share[i % lanes], i - lanes if i >= lanes else None)
+            for i, (a, b) in enumerate(bounds)]
+
+
+def max_array_size() -> int:
+    """The cluster's ``MaxArraySize`` (``scontrol show config``); Slurm's default 1001 when it cannot be read."""
+    try:
+        out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("cannot read MaxArraySize from `scontrol show config` (%s); assuming Slurm's default %d", exc,
+                    DEFAULT_MAX_ARRAY_SIZE)
+        return DEFAULT_MAX_ARRAY_SIZE
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", out.stdout, re.MULTILINE)
+    if m is None:
+        log.warning("no MaxArraySize in `scontrol show config`; assuming Slurm's default %d", DEFAULT_MAX_ARRAY_SIZE)
+        return DEFAULT_MAX_ARRAY_SIZE
+    return int(m.group(1))
+
+
+class PartialSubmissionError(errors.ClusterError):
+    """sbatch refused a chunk: ``submitted`` holds (job id, array index) of the calls submitted before it, in order."""
+
+    def __init__(self, message: str, submitted: list[tuple[str | None, int | None]]) -> None:
+        super().__init__(message)
+        self.submitted = submitted
+
+
 def _run_all(calls: Sequence[Callable[[], Any]]) -> list[Any]:
     return [c() for c in calls]
 
@@ -96,18 +151,41 @@ def submit(kind: str, folder: pathlib.Path, name: str, calls: Sequence[Callable[
         job = local.submit(_run_all, list(calls))
         return [(str(job.job_id), None)] * len(calls)
     if kind == "slurm":
-        spec = slurm or SlurmSpec()
+        return _submit_slurm(folder, name, calls, slurm or SlurmSpec())
+    raise errors.ConfigError(f"executor must be local, debug or slurm, got {kind!r}")
+
+
+def _submit_slurm(folder: pathlib.Path, name: str, calls: Sequence[Callable[[], Any]],
+                  spec: SlurmSpec) -> list[tuple[str | None, int | None]]:
+    import submitit
+
+    plan = plan_arrays(len(calls), max_array_size() if len(calls) > 1 else 1, spec.max_parallel)
+    out: list[tuple[str | None, int | None]] = []
+    chunk_ids: list[str] = []
+    for i, chunk in enumerate(plan):
         ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster="slurm")
         ex.update_parameters(**spec.parameters(name))
-        with ex.batch():
-            jobs = [ex.submit(c) for c in calls]
-        out: list[tuple[str | None, int | None]] = []
+        ex.update_parameters(slurm_array_parallelism=chunk.parallelism)
+        if chunk.after is not None:
+            ex.update_parameters(slurm_dependency=f"afterany:{chunk_ids[chunk.after]}")
+        try:
+            with ex.batch():
+                jobs = [ex.submit(c) for c in calls[chunk.start:chunk.stop]]
+        except Exception as exc:  # sbatch refused it (QOS limits, MaxSubmitJobs, a bad option): say what went in
+            done = ", ".join(f"{cid} (calls {c.start}-{c.stop - 1})" for cid, c in zip(chunk_ids, plan, strict=False))
+            raise PartialSubmissionError(
+                f"sbatch refused array chunk {i + 1} of {len(plan)} (calls {chunk.start}-{chunk.stop - 1}): "
+                f"{type(exc).__name__}: {str(exc).strip()[:2000]}; submitted before it: {done or 'nothing'}",
+                out) from exc
         for j in jobs:
-            jid = str(j.job_id)
-            base, _, idx = jid.partition("_")
+            base, _, idx = str(j.job_id).partition("_")
             out.append((base, int(idx) if idx else None))
-        return out
-    raise errors.ConfigError(f"executor must be local, debug or slurm, got {kind!r}")
+        chunk_ids.append(str(out[-1][0]))
+        if len(plan) > 1:
+            log.info("array chunk %d of %d: job %s, calls %d-%d, %d at a time%s", i + 1, len(plan), chunk_ids[-1],
+                     chunk.start, chunk.stop - 1, chunk.parallelism,
+                     f", after {chunk_ids[chunk.after]}" if chunk.after is not None else "")
+    return out
 
 
 class RecordJob:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -23,28 +21,16 @@ from saev_ops.registry import Registry, RunQuery
 from saev_ops.sae.io import load_sae
 from saev_ops.sweeps import parse_sweep, submit_sweep
 from saev_ops.sweeps.status import reconcile
-from tests.helpers import REQUIRE_SERVICES, make_dataset
+from tests.helpers import make_dataset
 from tests.shard_helpers import write_dataset
+from tests.slurm_helpers import require_cluster, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
-def _cluster_ready() -> str | None:
-    if not os.environ.get("SLURM_CONF"):
-        return "SLURM_CONF is not set (start the cluster with tests/slurm/cluster.sh up)"
-    if shutil.which("scontrol") is None:
-        return "scontrol is not installed"
-    res = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
-    return None if "UP" in res.stdout else f"slurmctld does not answer: {res.stdout.strip()} {res.stderr.strip()}"
-
-
 @pytest.fixture(autouse=True)
 def cluster() -> None:
-    reason = _cluster_ready()
-    if reason:
-        if REQUIRE_SERVICES:
-            pytest.fail(f"the Slurm cluster is required (SAEV_OPS_REQUIRE_SERVICES=1): {reason}")
-        pytest.skip(reason)
+    require_cluster()
 
 
 @pytest.fixture
@@ -71,16 +57,6 @@ base: {{arch: topk, d_sae: {d_sae}, layer: 7, dead_tokens: 640}}
 grid: {{k: [4, 8]}}
 resources: {{partition: debug, cpus: 1, mem_gb: 1.5, time_min: {time_min}, max_parallel: 2, max_runs_per_job: 1}}
 """
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 1.0):  # noqa: ANN001, ANN201
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def sacct_state(job: str) -> str:

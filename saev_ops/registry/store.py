@@ -428,6 +428,31 @@ class Registry:
             lambda s: s.execute(sa.update(models.RunModel).where(models.RunModel.id == run_id).values(**fields))
         )
 
+    def set_many_run_fields(self, updates: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """:meth:`set_run_fields` for many runs in one transaction (a sweep's submission: 10,000 runs at once)."""
+        for _, fields in updates:
+            _check_run_fields(fields)
+
+        def fn(s: Session) -> None:
+            for run_id, fields in updates:
+                s.execute(sa.update(models.RunModel).where(models.RunModel.id == run_id).values(**fields))
+
+        if updates:
+            self._write(fn)
+
+    def runs_by_hash(self, hashes: Sequence[str]) -> dict[str, RunRecord]:
+        """Registered runs among these config hashes (one query per 1,000), by hash."""
+
+        def fn(s: Session) -> dict[str, RunRecord]:
+            out: dict[str, RunRecord] = {}
+            for start in range(0, len(hashes), 1000):
+                part = list(hashes[start:start + 1000])
+                for r in s.scalars(sa.select(models.RunModel).where(models.RunModel.config_hash.in_(part))):
+                    out[r.config_hash] = RunRecord.from_model(r)
+            return out
+
+        return self._read(fn)
+
     def heartbeat(self, run_ids: Iterable[int]) -> None:
         """Stamp the database's clock on runs' heartbeats."""
         ids = list(run_ids)

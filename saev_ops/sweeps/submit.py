@@ -46,6 +46,7 @@ def group_runs(items: list[tuple[int, dict[str, Any]]], d_model: int, settings: 
     """Runs that share layer and tokens share a job, split so each job's SAEs fit ``device_memory_gb`` and at most
     ``max_runs_per_job`` runs. Greedy, largest first."""
     by_key: dict[tuple[int, str], list[tuple[int, dict[str, Any], float]]] = {}
+    cap, room = resources.max_runs_per_job, resources.device_memory_gb
     for rid, cfg in items:
         mem = estimate_memory_gb(cfg["sae"], d_model, settings.batch_size)
         if mem > resources.device_memory_gb:
@@ -56,13 +57,19 @@ def group_runs(items: list[tuple[int, dict[str, Any]]], d_model: int, settings: 
     for (layer, tokens), members in sorted(by_key.items()):
         members.sort(key=lambda m: -m[2])
         bins: list[list[tuple[int, dict[str, Any], float]]] = []
-        for m in members:
-            for b in bins:
-                if sum(x[2] for x in b) + m[2] <= resources.device_memory_gb and len(b) < resources.max_runs_per_job:
+        open_bins: list[tuple[list[tuple[int, dict[str, Any], float]], list[float]]] = []  # (bin, [memory used])
+        for m in members:  # first fit over the bins with room left (full ones leave the list: linear in runs)
+            for i, (b, used) in enumerate(open_bins):
+                if used[0] + m[2] <= room:
                     b.append(m)
+                    used[0] += m[2]
+                    if len(b) >= cap:
+                        del open_bins[i]
                     break
             else:
                 bins.append([m])
+                if cap > 1:
+                    open_bins.append((bins[-1], [m[2]]))
         for b in bins:
             b.sort(key=lambda m: m[0])
             jobs.append(PlannedJob(layer, tokens, tuple(m[0] for m in b), tuple(m[1] for m in b),
@@ -106,12 +113,9 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
                                      f"(layers {list(dataset.layers)})")
     held_out(registry, spec.settings, dataset, configs)
     if dry_run:
-        existing = {}
-        for cfg in configs:
-            rec = _find_by_hash(registry, config_hash(dataset.content_hash, run_identity(cfg)))
-            if rec is not None:
-                existing[id(cfg)] = rec
-        fresh = [(-(i + 1), cfg) for i, cfg in enumerate(configs) if id(cfg) not in existing]
+        hashes = [config_hash(dataset.content_hash, run_identity(cfg)) for cfg in configs]
+        known = registry.runs_by_hash(hashes)
+        fresh = [(-(i + 1), cfg) for i, (cfg, h) in enumerate(zip(configs, hashes, strict=True)) if h not in known]
         jobs = group_runs(fresh, dataset.d_model, spec.settings, spec.resources)
         return SubmitResult(spec.name, len(configs), tuple(r for r, _ in fresh), (), tuple(jobs), (), True,
                             window_warnings(configs))
@@ -119,6 +123,8 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
     registry.get_or_create_sweep(spec.name, spec.text)
     added = registry.add_runs(spec.dataset, configs, sweep=spec.name, identities=[run_identity(c) for c in configs])
     new = [(r.id, r.config) for r, created in added if created]
+    # runs a refused submission left pending: queued, never handed to an executor
+    new += [(r.id, r.config) for r, created in added if not created and r.status == "queued" and r.executor is None]
     retried: list[tuple[int, dict[str, Any]]] = []
     if retry_failed:
         retried = [(r.id, r.config) for r in requeue_ended(registry, [r for r, created in added if not created])]
@@ -197,13 +203,6 @@ def window_warnings(configs: list[dict[str, Any]]) -> tuple[str, ...]:
                  "and dead_frac stays 0; set dead_tokens below train.n_tokens" for w, n in long)
 
 
-def _find_by_hash(registry: Registry, h: str) -> RunRecord | None:
-    from saev_ops.registry.query import RunQuery
-
-    rows = registry.list_runs(RunQuery(where=(f"config_hash={h}",), limit=1))
-    return rows[0].run if rows else None
-
-
 def _job_spec(db_url: str, dataset: Any, layer: int, tokens: str, members: list[tuple[int, dict[str, Any]]],
               runs_root: str | pathlib.Path, settings: TrainSettings | None = None,
               val: Any = None) -> TrainJobSpec:
@@ -263,7 +262,10 @@ def job_for_runs(registry: Registry, run_ids: tuple[int, ...], db_url: str, *, r
 
 
 def launch(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[PlannedJob], db_url: str) -> list[str | None]:
-    from saev_ops.jobs import SlurmSpec, submit
+    """Submit the planned jobs and record where each run went. When sbatch refuses a chunk of a large sweep, the runs
+    submitted before it are recorded as such and the rest stay queued with no executor (pending): the error names the
+    chunks that went in, and submitting the sweep again submits the pending runs."""
+    from saev_ops.jobs import PartialSubmissionError, SlurmSpec, submit
     from saev_ops.train import TrainJob
 
     if not jobs:
@@ -271,15 +273,32 @@ def launch(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[Planned
     specs = job_specs(spec, dataset, jobs, db_url, held_out(registry, spec.settings, dataset, []))
     r = spec.resources
     slurm = SlurmSpec(**r.model_dump(include=set(SlurmSpec.model_fields)))
-    for job, job_spec in zip(jobs, specs, strict=True):
-        for rid in job.run_ids:
-            registry.set_run_fields(rid, executor=spec.executor, run_dir=str(paths.run_dir(job_spec.runs_root, rid)))
     folder = paths.submitit_dir(runs_root_for(spec))
-    ids = submit(spec.executor, folder, f"saev-{spec.name}", [TrainJob(s) for s in specs], slurm)
-    for job, (jid, idx) in zip(jobs, ids, strict=True):
-        for rid in job.run_ids:
-            if spec.executor == "slurm":
-                registry.set_run_fields(rid, slurm_job_id=jid, slurm_array_index=idx)
-            elif spec.executor == "local" and jid is not None:
-                registry.set_run_fields(rid, local_pid=int(jid))
+    if spec.executor == "debug":  # runs in this process: record where they go first
+        _record_launch(registry, spec.executor, jobs, specs, [(None, None)] * len(jobs))
+    try:
+        ids = submit(spec.executor, folder, f"saev-{spec.name}", [TrainJob(s) for s in specs], slurm)
+    except PartialSubmissionError as exc:
+        _record_launch(registry, spec.executor, jobs, specs, exc.submitted)
+        pending = [rid for job in jobs[len(exc.submitted):] for rid in job.run_ids]
+        raise errors.ClusterError(f"{exc}\n{len(pending)} runs stay pending (queued, not submitted); "
+                                  f"`saev-ops sweep submit` of the same file submits them") from exc
+    if spec.executor != "debug":
+        _record_launch(registry, spec.executor, jobs, specs, ids)
     return [jid for jid, _ in ids]
+
+
+def _record_launch(registry: Registry, executor: str, jobs: list[PlannedJob], specs: list[TrainJobSpec],
+                   ids: list[tuple[str | None, int | None]]) -> None:
+    """Record, for the first ``len(ids)`` jobs, where their runs went (executor, run directory, job id), in one
+    transaction."""
+    updates: list[tuple[int, dict[str, Any]]] = []
+    for job, job_spec, (jid, idx) in zip(jobs, specs, ids, strict=False):
+        for rid in job.run_ids:
+            fields: dict[str, Any] = {"executor": executor, "run_dir": str(paths.run_dir(job_spec.runs_root, rid))}
+            if executor == "slurm":
+                fields.update(slurm_job_id=jid, slurm_array_index=idx)
+            elif executor == "local" and jid is not None:
+                fields["local_pid"] = int(jid)
+            updates.append((rid, fields))
+    registry.set_many_run_fields(updates)

@@ -6,9 +6,13 @@
 #   bash tests/slurm/cluster.sh down
 #   bash tests/slurm/cluster.sh status
 #
-# Environment: SAEV_SLURM_DIR (default /tmp/saev-ops-slurm). Installs Debian's slurm-wlm, slurmdbd and munge when
-# missing (root). Uses the MariaDB server on 127.0.0.1:3306 (root, empty password) with a database unique to this
-# bring-up, or starts a private one in $B when none answers.
+# Environment: SAEV_SLURM_DIR (default /tmp/saev-ops-slurm; .ci/run gives each run a directory of its own). The
+# daemons listen on free ports picked at bring-up (written to $B/ports), so two clusters on one machine (two CI runs)
+# never meet. MaxArraySize is 11 (SAEV_SLURM_MAX_ARRAY), so the tests exercise saev-ops' array chunking; partition
+# `held` is DOWN: jobs sent there queue and never start. MaxJobCount 50,000 and MinJobAge 30 s leave room for a
+# 10,000-task sweep after others were cancelled (a cancelled task counts until MinJobAge passes). Installs Debian's slurm-wlm, slurmdbd and munge when missing
+# (root). Uses the MariaDB server on 127.0.0.1:3306 (root, empty password) with a database unique to this bring-up, or
+# starts a private one in $B when none answers.
 set -euo pipefail
 B="${SAEV_SLURM_DIR:-/tmp/saev-ops-slurm}"
 CMD="${1:-up}"
@@ -87,6 +91,13 @@ up() {
   fi
   local db="slurm_acct_saev_$(date +%s)_$$"
   echo "$db" > "$B/dbname"
+  # free ports for slurmctld, slurmd and slurmdbd (the defaults 6817-6819 would be shared by every cluster here)
+  local ports; ports="$(python3 -c 'import socket
+socks = [socket.socket() for _ in range(3)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))')"
+  read -r CTLD_PORT SLURMD_PORT DBD_PORT <<< "$ports"
+  echo "$ports" > "$B/ports"
   # 3. configuration (a unique cluster name too: job ids restart at 1 with fresh state)
   cat > "$B/etc/slurm.conf" <<CONF
 ClusterName=saev$(date +%s | tail -c 6)
@@ -97,8 +108,13 @@ CredType=cred/munge
 AuthInfo=socket=$B/munge/munge.socket,cred_expire=5
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
-AccountingStoragePort=6819
+AccountingStoragePort=$DBD_PORT
 AccountingStoragePass=$B/munge/munge.socket
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
+MaxArraySize=${SAEV_SLURM_MAX_ARRAY:-11}
+MaxJobCount=50000
+MinJobAge=30
 StateSaveLocation=$B/state
 SlurmdSpoolDir=$B/spool/%n
 SlurmctldPidFile=$B/run/slurmctld.pid
@@ -121,13 +137,14 @@ MailProg=/bin/true
 SlurmdParameters=config_overrides
 NodeName=localhost NodeAddr=127.0.0.1 CPUs=8 RealMemory=8192 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+PartitionName=held Nodes=ALL Default=NO MaxTime=INFINITE State=DOWN
 CONF
   cat > "$B/etc/slurmdbd.conf" <<CONF
 AuthType=auth/munge
 AuthInfo=socket=$B/munge/munge.socket
 DbdHost=localhost
 DbdAddr=127.0.0.1
-DbdPort=6819
+DbdPort=$DBD_PORT
 SlurmUser=root
 LogFile=$B/log/slurmdbd.log
 PidFile=$B/run/slurmdbd.pid
