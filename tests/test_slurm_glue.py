@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import pathlib
 
+import pytest
+
 from saev_ops.jobs import SlurmSpec, sbatch_text
 from saev_ops.sweeps.status import SLURM_STATES, parse_sacct
 
@@ -17,7 +19,8 @@ def test_recorded_sacct_output_parses_to_states() -> None:
     tasks, a running plain job, and a pending array range."""
     states = parse_sacct((DATA / "sacct_recorded.txt").read_text())
     assert states == {"2": "RUNNING", "1_0": "COMPLETED", "1_1": "FAILED", "1_2": "CANCELLED", "1_3": "RUNNING",
-                      "1_4": "RUNNING", "1_5": "RUNNING", "8_0": "COMPLETED", "8_[2-4%1]": "PENDING"}
+                      "1_4": "RUNNING", "1_5": "RUNNING", "8_0": "COMPLETED", "8_2": "PENDING", "8_3": "PENDING",
+                      "8_4": "PENDING"}  # a pending range: each of its tasks
     assert [SLURM_STATES[states[t]][0] for t in ("1_0", "1_1", "1_2")] == ["lost", "failed", "cancelled"]
     assert "RUNNING" not in SLURM_STATES and "PENDING" not in SLURM_STATES  # live jobs are left alone
 
@@ -30,3 +33,40 @@ def test_sbatch_script_of_a_slurm_spec_matches_the_golden_file(tmp_path: pathlib
     if os.environ.get("SAEV_OPS_REGEN_GOLDEN") == "1":
         golden.write_text(text)
     assert text == golden.read_text(), f"regenerate with SAEV_OPS_REGEN_GOLDEN=1 if the change is intended:\n{text}"
+
+
+def fake_sacct(directory: pathlib.Path, output: pathlib.Path) -> pathlib.Path:
+    """A ``sacct`` that prints a recorded output whatever it is asked (for reconciling without the cluster)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = directory / "sacct"
+    script.write_text(f"#!/bin/sh\necho \"$@\" >> {directory / 'calls'}\ncat {output}\n")
+    script.chmod(0o755)
+    return directory
+
+
+@pytest.mark.slow
+def test_status_of_ten_thousand_slurm_runs_from_recorded_sacct(tmp_path: pathlib.Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """10,000 runs in 909 arrays of 11 and one plain job, all cancelled while pending (sacct recorded on the test
+    cluster): one `sweep status` marks every run, in batched sacct calls."""
+    from saev_ops.registry import Registry, RunQuery
+    from saev_ops.sweeps.status import SACCT_BATCH, reconcile
+    from tests.helpers import make_dataset
+
+    fixture = DATA / "sacct_10000_cancelled.txt"
+    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    make_dataset(reg, name="d", status="complete")
+    reg.get_or_create_sweep("huge", "name: huge")
+    runs = reg.add_runs("d", [{"i": i} for i in range(10_000)], sweep="huge")
+    first = int(fixture.read_text().split("_", 1)[0])
+    reg.set_many_run_fields([(r.id, {"executor": "slurm", "slurm_job_id": str(first + i // 11),
+                                     "slurm_array_index": i % 11 if i < 9_999 else None})
+                             for i, (r, _) in enumerate(runs)])
+    bin_dir = fake_sacct(tmp_path / "bin", fixture)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    changes = reconcile(reg, "huge")
+    assert len(changes) == 10_000 and {c.new for c in changes} == {"cancelled"}
+    assert {r.run.status for r in reg.list_runs(RunQuery(sweep="huge"))} == {"cancelled"}
+    calls = (bin_dir / "calls").read_text().splitlines()
+    assert len(calls) == -(-910 // SACCT_BATCH)  # 910 job ids in batches
+    assert reconcile(reg, "huge") == []  # nothing left to change

@@ -396,30 +396,55 @@ class Registry:
         Entering ``running`` counts an attempt and stamps started_at and the heartbeat; entering a terminal status
         stamps ended_at. Allowed fields: executor, slurm_job_id, slurm_array_index, host, checkpoint_path, error.
         """
-        if status not in models.RUN_STATUSES:
-            raise errors.ConfigError(f"run status must be one of {models.RUN_STATUSES}, got {status!r}")
-        _check_run_fields(fields)
+        _check_transition(status, fields)
+        return self._write(lambda s: _transition(s, run_id, status, fields))
 
-        def fn(s: Session) -> RunRecord:
-            row = models.RunModel.find_or_raise_by_id(s, run_id, for_update=True)
-            if status not in models.RUN_TRANSITIONS[models.as_run_status(row.status)] and status != row.status:
-                raise errors.InvalidTransitionError(f"run {run_id} cannot go from {row.status} to {status}")
-            if status == "running" and row.status != "running":
-                row.attempts += 1
-                row.started_at = models.utcnow()
-                row.heartbeat_at = models.utcnow_sql()
-                row.ended_at = None
-                row.error = None
-            if status in models.TERMINAL_RUN_STATUSES:
-                row.ended_at = models.utcnow()
-            row.status = status
-            for key, value in fields.items():
-                setattr(row, key, value)
-            s.flush()
-            s.refresh(row)
-            return RunRecord.from_model(row)
+    def transition_runs_if(self, changes: Sequence[tuple[int, Sequence[str], models.RunStatus, dict[str, Any]]]
+                           ) -> list[tuple[int, str, str]]:
+        """Many transitions in one transaction, each applied only while the run is still in one of its expected
+        statuses (``sweep status`` on 10,000 runs: a run that reported meanwhile keeps its own status). ``changes``:
+        (run id, expected statuses, new status, fields); the new status may not be ``running`` (that transition
+        counts an attempt: :meth:`transition_run`). Set-based: one UPDATE per 1,000 runs of one (expected, status,
+        fields). Returns (run id, status before, status after) for each."""
+        for _, expected, status, fields in changes:
+            _check_transition(status, fields)
+            if status == "running":
+                raise errors.ConfigError("transition_runs_if cannot start runs; use transition_run")
+            bad = [e for e in expected if status not in models.RUN_TRANSITIONS[models.as_run_status(e)]
+                   and status != e]
+            if bad:
+                raise errors.InvalidTransitionError(f"a run cannot go from {bad[0]} to {status}")
+        r = models.RunModel
 
-        return self._write(fn)
+        def statuses(s: Session, ids: list[int]) -> dict[int, str]:
+            out: dict[int, str] = {}
+            for start in range(0, len(ids), 1000):
+                rows = s.execute(sa.select(r.id, r.status).where(r.id.in_(ids[start:start + 1000])))
+                out.update((int(i), str(st)) for i, st in rows)
+            return out
+
+        def fn(s: Session) -> list[tuple[int, str, str]]:
+            ids = [c[0] for c in changes]
+            before = statuses(s, ids)
+            missing = sorted(set(ids) - set(before))
+            if missing:
+                raise errors.NotFoundError(f"no run with id {missing[0]} in the registry")
+            groups: dict[tuple[Any, ...], list[int]] = {}
+            for run_id, expected, status, fields in changes:
+                key = (tuple(sorted(expected)), status, tuple(sorted(fields.items())))
+                groups.setdefault(key, []).append(run_id)
+            now = models.utcnow()
+            for (expected, status, fields), group in groups.items():
+                values: dict[str, Any] = {"status": status, **dict(fields)}
+                if status in models.TERMINAL_RUN_STATUSES:
+                    values["ended_at"] = now
+                for start in range(0, len(group), 1000):
+                    s.execute(sa.update(r).where(r.id.in_(group[start:start + 1000]), r.status.in_(expected))
+                              .values(**values))
+            after = statuses(s, ids)
+            return [(run_id, before[run_id], after[run_id]) for run_id in ids]
+
+        return self._write(fn) if changes else []
 
     def set_run_fields(self, run_id: int, **fields: Any) -> None:
         """Set bookkeeping fields without a status change (job ids at submission, checkpoint path, ...)."""
@@ -755,3 +780,29 @@ class Registry:
         return self._read(
             lambda s: [RunRecord.from_model(m) for m in s.scalars(sa.select(r).where(r.dataset_id == dataset_id))]
         )
+
+
+def _check_transition(status: str, fields: dict[str, Any]) -> None:
+    if status not in models.RUN_STATUSES:
+        raise errors.ConfigError(f"run status must be one of {models.RUN_STATUSES}, got {status!r}")
+    _check_run_fields(fields)
+
+
+def _transition(s: Session, run_id: int, status: models.RunStatus, fields: dict[str, Any]) -> RunRecord:
+    row = models.RunModel.find_or_raise_by_id(s, run_id, for_update=True)
+    if status not in models.RUN_TRANSITIONS[models.as_run_status(row.status)] and status != row.status:
+        raise errors.InvalidTransitionError(f"run {run_id} cannot go from {row.status} to {status}")
+    if status == "running" and row.status != "running":
+        row.attempts += 1
+        row.started_at = models.utcnow()
+        row.heartbeat_at = models.utcnow_sql()
+        row.ended_at = None
+        row.error = None
+    if status in models.TERMINAL_RUN_STATUSES:
+        row.ended_at = models.utcnow()
+    row.status = status
+    for key, value in fields.items():
+        setattr(row, key, value)
+    s.flush()
+    s.refresh(row)
+    return RunRecord.from_model(row)

@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import os
 import pathlib
+import re
 import shutil
 import signal
 import socket
@@ -37,27 +38,48 @@ class Change:
     reason: str
 
 
+SACCT_BATCH = 200
+"""Job ids per ``sacct`` call: a sweep of 10,000 runs in arrays of 11 is 910 jobs, 5 calls."""
+_ARRAY_RANGE = re.compile(r"^(\d+)_\[([0-9,\-]+)(?:%\d+)?\]$")
+
+
 def sacct_states(job_ids: list[str]) -> dict[str, str]:
-    """State per ``JOBID`` or ``JOBID_INDEX`` from ``sacct -X`` (allocation lines only)."""
+    """State per ``JOBID`` or ``JOBID_INDEX`` from ``sacct -X`` (allocation lines only), in calls of
+    :data:`SACCT_BATCH` job ids."""
     if not job_ids:
         return {}
     if shutil.which("sacct") is None:
         raise errors.ConfigError("sacct is not on PATH: cannot reconcile Slurm jobs from this machine")
-    res = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(sorted(set(job_ids)))],
-                         capture_output=True, text=True, timeout=60)
-    if res.returncode != 0:
-        raise errors.ClusterError(f"sacct failed (exit {res.returncode}): {res.stderr.strip()}")
-    return parse_sacct(res.stdout)
+    ids = sorted(set(job_ids))
+    out: dict[str, str] = {}
+    for start in range(0, len(ids), SACCT_BATCH):
+        part = ids[start:start + SACCT_BATCH]
+        res = subprocess.run(["sacct", "-X", "-n", "-P", "-o", "JobID,State", "-j", ",".join(part)],
+                             capture_output=True, text=True, timeout=120)
+        if res.returncode != 0:
+            raise errors.ClusterError(f"sacct failed (exit {res.returncode}) on jobs {part[0]}..{part[-1]}: "
+                                      f"{res.stderr.strip()}")
+        out.update(parse_sacct(res.stdout))
+    return out
 
 
 def parse_sacct(text: str) -> dict[str, str]:
     """``sacct -X -n -P -o JobID,State`` lines as ``{JOBID or JOBID_INDEX: STATE}``; the state's first word only
-    (``CANCELLED by 0`` -> ``CANCELLED``); pending array ranges (``8_[2-4%1]``) keep their own key."""
+    (``CANCELLED by 0`` -> ``CANCELLED``). A line for array tasks that never started (``8_[2-4,7%1]``, pending or
+    cancelled while pending) gives each of its tasks that state."""
     out = {}
     for line in text.splitlines():
         if "|" in line:
             jid, state = line.split("|", 1)
-            out[jid.strip()] = state.split()[0] if state.strip() else ""
+            jid, first = jid.strip(), state.split()[0] if state.strip() else ""
+            m = _ARRAY_RANGE.match(jid)
+            if m is None:
+                out[jid] = first
+                continue
+            for part in m.group(2).split(","):
+                lo, _, hi = part.partition("-")
+                for i in range(int(lo), int(hi or lo) + 1):
+                    out.setdefault(f"{m.group(1)}_{i}", first)
     return out
 
 
@@ -67,39 +89,34 @@ def _task_id(run: RunRecord) -> str:
 
 def reconcile(registry: Registry, sweep: str, *, grace_s: float = 300.0) -> list[Change]:
     """Mark runs whose Slurm job died (cancelled, time-out, out of memory, node failure) or whose heartbeat went
-    silent. Returns what changed."""
+    silent. Returns what changed. One registry read, ``sacct`` in batches, one transaction for every change (a run
+    that reported meanwhile keeps its own status)."""
     rows = registry.list_runs(RunQuery(sweep=sweep, statuses=("queued", "running")))
     slurm_runs = [r.run for r in rows if r.run.executor == "slurm" and r.run.slurm_job_id]
     states = sacct_states([r.slurm_job_id for r in slurm_runs if r.slurm_job_id])
-    changes = []
+    planned: dict[int, tuple[RunRecord, RunStatus, str]] = {}
     for run in slurm_runs:
         state = states.get(_task_id(run), "")
         if state in SLURM_STATES:
             new, reason = SLURM_STATES[state]
             if state == "FAILED":
                 reason = f"{reason}; see the job's stderr in the sweep's submitit folder"
-            changes.append(_apply(registry, run, new, reason))
+            planned[run.id] = (run, new, reason)
     here = socket.gethostname()
     for row in rows:  # a local job's process that is gone will never report: no need to wait for its heartbeat
         run = row.run
         if (run.executor == "local" and run.status == "running" and run.local_pid and run.host == here
-                and not _is_local_job(run.local_pid)):
-            changes.append(_apply(registry, run, "lost", f"its local job (process {run.local_pid}) ended without "
-                                                          "reporting this run"))
-    stale = {r.id for r in registry.stale_running_runs(grace_s)}
-    for row in rows:
-        run = row.run
-        if run.id in stale and not any(c.run_id == run.id for c in changes):
-            changes.append(_apply(registry, run, "lost", f"no heartbeat for more than {grace_s:.0f} s"))
-    return changes
-
-
-def _apply(registry: Registry, run: RunRecord, new: RunStatus, reason: str) -> Change:
-    current = registry.get_run(run.id)
-    if current.status not in ("queued", "running"):
-        return Change(run.id, run.status, current.status, "already updated by the job")
-    registry.transition_run(run.id, new, error=reason)
-    return Change(run.id, run.status, new, reason)
+                and run.id not in planned and not _is_local_job(run.local_pid)):
+            planned[run.id] = (run, "lost", f"its local job (process {run.local_pid}) ended without reporting this run")
+    if any(r.run.status == "running" for r in rows):
+        ours = {r.run.id for r in rows}
+        for run in registry.stale_running_runs(grace_s):
+            if run.id in ours and run.id not in planned:
+                planned[run.id] = (run, "lost", f"no heartbeat for more than {grace_s:.0f} s")
+    done = registry.transition_runs_if([(rid, ("queued", "running"), new, {"error": reason})
+                                        for rid, (_, new, reason) in planned.items()])
+    return [Change(rid, planned[rid][0].status, after, planned[rid][2] if before in ("queued", "running")
+                   else "already updated by the job") for rid, before, after in done]
 
 
 @dataclasses.dataclass(frozen=True)
