@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import pickle
 
 import pytest
@@ -236,3 +237,38 @@ def test_run_table_carries_hyperparameters_as_typed_columns(registry: Registry) 
             "ORDER BY lr")).all()
     assert [(r[0], r[1], r[2], r[3]) for r in rows] == [(ids[4], "batchtopk", 65536, 16), (ids[1], "topk", 16384, 64)]
     assert rows[0][4] == pytest.approx(5e-4) and rows[0][5] == pytest.approx(0.6)
+
+
+MOUNTS = """\
+/dev/vda1 / ext4 rw,relatime 0 0
+proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0
+fs1:/export/home /home nfs4 rw,relatime,vers=4.2 0 0
+10.0.0.5@tcp:/scratch /scratch lustre rw,flock 0 0
+/dev/nvme0n1 /scratch/local xfs rw 0 0
+"""
+
+
+@pytest.mark.parametrize("path, kind, warns", [
+    ("/home/ann/.saev-ops/registry.sqlite", "nfs4", True),
+    ("/scratch/proj/registry.sqlite", "lustre", True),
+    ("/scratch/local/registry.sqlite", "xfs", False),
+    ("/tmp/registry.sqlite", "ext4", False),
+])
+def test_sqlite_on_a_network_file_system_warns(path: str, kind: str, warns: bool, caplog) -> None:  # noqa: ANN001
+    from saev_ops.registry.filesystems import filesystem_of, warn_if_network
+
+    assert filesystem_of(pathlib.Path(path).parent, MOUNTS)[1] == kind
+    with caplog.at_level("WARNING"):
+        assert warn_if_network(path, MOUNTS) is warns
+    assert ("use PostgreSQL" in caplog.text) is warns
+
+
+def test_opening_a_registry_checks_its_file_system(tmp_path: pathlib.Path, monkeypatch, caplog) -> None:  # noqa: ANN001
+    from saev_ops.registry import filesystems
+
+    fake = tmp_path / "mounts"
+    fake.write_text(f"server:/export {tmp_path} nfs rw 0 0\n")
+    monkeypatch.setattr(filesystems, "MOUNTS", fake)
+    with caplog.at_level("WARNING"):
+        Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    assert f"the SQLite registry {tmp_path / 'r.sqlite'} is on a network file system (nfs at {tmp_path})" in caplog.text

@@ -91,6 +91,9 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> sa.Engine:
             raise errors.RegistryUnavailableError(
                 f"cannot create the directory {path.parent} for the registry database {path}: {exc.strerror}"
             ) from None
+        from saev_ops.registry.filesystems import warn_if_network
+
+        warn_if_network(path)
     engine = sa.create_engine(
         url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False}, **kwargs
     )
