@@ -9,6 +9,14 @@ Timed (median of --repeat runs, in this process, after one warm-up):
 - history: one run's metric history (Registry.metric_history)
 - baseline: plain `SELECT count(*) FROM runs`, measured in the same run, so the ratio is comparable across machines.
 Also the wall time of the `saev-ops runs list ...` command as a subprocess (start-up included).
+
+    python benchmarks/registry.py --writers 100 [--steps 200] [--backend postgres]
+
+Many jobs, one registry: --writers processes each stream one run's metrics the way a training job does (the job's
+registry, a connection only while writing, through its Journal: 10 keys per report, --steps reports back to back).
+Prints points/s against one writer alone (measured first, in the same run), the peak number of server connections
+(pg_stat_activity, sampled every 50 ms) against max_connections, how many reports had to be buffered to files (registry
+refused) and synced, and checks that every point is in the registry exactly once.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -156,13 +165,124 @@ def bench(url: str, label: str, n_runs: int, n_points: int, repeat: int) -> None
     reg.close()
 
 
+WRITER_KEYS = ("loss", "mse", "nmse", "explained_variance", "l0", "dead_frac", "dense_frac", "lr", "auxk",
+               "grad_norm")
+
+
+def _writer(url: str, run_id: int, steps: int, run_dir: str, ready: Any, out: Any) -> None:
+    """One job's metric stream (the registry a training job opens, its Journal); puts (reports sent, reports buffered
+    to its journal file, start, end) on ``out``."""
+    import pathlib
+
+    from saev_ops.train.journal import Journal
+
+    reg = Registry(url, hold_connections=False)  # as saev_ops.train.trainer._open_registry opens it in a job
+    journal = Journal(reg, {run_id: pathlib.Path(run_dir)})
+    if ready is not None:
+        ready.wait()  # every writer starts together, imports done
+    t0 = time.time()
+    for step in range(1, steps + 1):
+        journal.log(run_id, step, {k: random.random() for k in WRITER_KEYS})
+    out.put((steps, journal.buffered, t0, time.time()))
+
+
+def _sample_connections(url: str, stop: Any, peak: Any) -> None:
+    eng = sa.create_engine(url)
+    with eng.connect() as conn:
+        while not stop.is_set():
+            n = conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+                             ).scalar_one()
+            peak.value = max(peak.value, int(n))
+            time.sleep(0.05)
+
+
+def writers(url: str, label: str, n: int, steps: int) -> None:
+    import multiprocessing as mp
+    import pathlib
+    import threading
+
+    from saev_ops.train.journal import sync_file
+
+    reg = Registry(url)
+    ds = reg.create_dataset(name=f"w-{uuid.uuid4().hex[:8]}", content_hash=uuid.uuid4().hex, path="/x",
+                            model_family="builtin", model_ckpt="small", layers=[3], d_model=8, tokens_per_example=1,
+                            n_examples=1, dtype="float32", status="complete")
+    runs = [r.id for r, _ in reg.add_runs(ds.name, [{"w": i, "tag": uuid.uuid4().hex} for i in range(n + 1)])]
+    pg = url.startswith("postgresql")
+    limit = None
+    if pg:
+        with sa.create_engine(url).connect() as conn:
+            limit = int(conn.execute(sa.text("SHOW max_connections")).scalar_one()) - int(
+                conn.execute(sa.text("SHOW superuser_reserved_connections")).scalar_one())
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = {rid: pathlib.Path(tmp) / f"run-{rid}" for rid in runs}
+        for d in dirs.values():
+            d.mkdir()
+        q = ctx.Queue()
+        _writer(url, runs[0], steps, str(dirs[runs[0]]), None, q)
+        _, _, a0, a1 = q.get()
+        alone = steps * len(WRITER_KEYS) / (a1 - a0)
+        stop, peak = threading.Event(), ctx.Value("i", 0)
+        sampler = threading.Thread(target=_sample_connections, args=(url, stop, peak)) if pg else None
+        if sampler:
+            sampler.start()
+        ready = ctx.Barrier(n)
+        procs = [ctx.Process(target=_writer, args=(url, rid, steps, str(dirs[rid]), ready, q)) for rid in runs[1:]]
+        for proc in procs:
+            proc.start()
+        results = [q.get() for _ in procs]
+        for proc in procs:
+            proc.join()
+        wall = max(r[3] for r in results) - min(r[2] for r in results)
+        stop.set()
+        if sampler:
+            sampler.join()
+        buffered = sum(r[1] for r in results)
+        for rid in runs[1:]:  # what a refused write left in the journal goes in now, as `sweep sync` would
+            f = dirs[rid] / "metrics.jsonl"
+            if f.exists():
+                sync_file(reg, f)
+    expected = n * steps * len(WRITER_KEYS)
+    with reg.engine.connect() as conn:
+        got = conn.execute(sa.text("SELECT count(*), count(DISTINCT run_id || ':' || key || ':' || step) "
+                                   "FROM metric_points WHERE run_id IN (" + ",".join(map(str, runs[1:])) + ")")
+                           ).one()
+    print(f"\n== {label}: {n} writers x {steps} reports x {len(WRITER_KEYS)} keys")
+    print(f"  one writer alone:      {alone:10,.0f} points/s")
+    print(f"  {n} writers together: {expected / wall:10,.0f} points/s  ({expected / wall / alone:.1f}x one writer)")
+    if pg:
+        print(f"  server connections:    peak {peak.value} of {limit} allowed (max_connections - reserved)")
+    print(f"  reports buffered to journal files (registry refused, synced after): {buffered}")
+    print(f"  points in the registry: {got[0]:,} of {expected:,} expected, {got[1]:,} distinct"
+          f"{'  OK: none lost, none twice' if got[0] == got[1] == expected else '  LOST OR DUPLICATED'}")
+    reg.delete_dataset(ds.name, force=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--writers", type=int, help="Many-writers mode: this many processes stream metrics.")
+    ap.add_argument("--steps", type=int, default=200, help="Reports per writer (many-writers mode).")
     ap.add_argument("--runs", type=int, default=100_000)
     ap.add_argument("--points", type=int, default=10_000_000)
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--backend", choices=("all", "sqlite", "postgres"), default="all")
     args = ap.parse_args()
+    if args.writers:
+        if args.backend in ("all", "postgres"):
+            schema = "bench_" + uuid.uuid4().hex[:8]
+            admin = create_registry_engine(PG_URL)
+            with admin.begin() as conn:
+                conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+            try:
+                writers(f"{PG_URL}?options=-csearch_path%3D{schema}", "PostgreSQL", args.writers, args.steps)
+            finally:
+                with admin.begin() as conn:
+                    conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        if args.backend in ("all", "sqlite"):
+            with tempfile.TemporaryDirectory() as tmp:
+                writers(f"sqlite:///{tmp}/bench.sqlite", "SQLite (one file, one machine)", args.writers, args.steps)
+        return
     if args.backend in ("all", "sqlite"):
         with tempfile.TemporaryDirectory() as tmp:
             bench(f"sqlite:///{tmp}/bench.sqlite", "SQLite", args.runs, args.points, args.repeat)

@@ -60,7 +60,9 @@ def config_hash(dataset_hash: str, config: dict[str, Any]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-_PG_TRANSIENT = ("40001", "40P01", "55P03")  # serialization failure, deadlock, lock not available
+# serialization failure, deadlock, lock not available; too many connections, server starting up (a burst of jobs
+# against max_connections waits its turn instead of failing)
+_PG_TRANSIENT = ("40001", "40P01", "55P03", "53300", "57P03")
 _SQLITE_TRANSIENT = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (primary codes; extended codes keep them in the low byte)
 
 
@@ -112,10 +114,15 @@ class Registry:
         RegistryUnavailableError, NotASaevOpsDatabaseError, SchemaOutdatedError: see :func:`migrate.ensure_schema`.
     """
 
-    def __init__(self, url: str | None = None, *, check_schema: bool = True, create: bool = True) -> None:
+    def __init__(self, url: str | None = None, *, check_schema: bool = True, create: bool = True,
+                 hold_connections: bool = True) -> None:
+        """``hold_connections=False`` (jobs): on PostgreSQL, a connection is opened per transaction and closed after
+        it (no pool), so hundreds of training jobs that write every few seconds use only as many server connections
+        as are writing at that moment, not one each."""
         self._url_text = resolve_db_url(url)
         self._check_schema = check_schema
         self._create = create
+        self._hold = hold_connections
         self._open()
 
     def _open(self) -> None:
@@ -123,19 +130,24 @@ class Registry:
         if not self._create and self.url.get_backend_name() == "sqlite" and not is_memory_sqlite(self.url):
             if not pathlib.Path(str(self.url.database)).expanduser().exists():
                 raise errors.RegistryUnavailableError(migrate._no_registry_yet(safe_url(self.url)))
-        self.engine = create_registry_engine(self.url)
+        pool: dict[str, Any] = {}
+        if not self._hold and self.url.get_backend_name() == "postgresql":
+            pool["poolclass"] = sa.pool.NullPool
+        self.engine = create_registry_engine(self.url, **pool)
         self._write_engine = self.engine.execution_options(**{BEGIN_MODE_OPTION: "IMMEDIATE"})
         self._upserts: tuple[Any, Any] | None = None
         if self._check_schema:
             migrate.ensure_schema(self.engine, create=self._create)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"url": self._url_text, "check_schema": self._check_schema, "create": self._create}
+        return {"url": self._url_text, "check_schema": self._check_schema, "create": self._create,
+                "hold_connections": self._hold}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._url_text = state["url"]
         self._check_schema = state["check_schema"]
         self._create = state.get("create", True)
+        self._hold = state.get("hold_connections", True)
         self._open()
 
     def __repr__(self) -> str:

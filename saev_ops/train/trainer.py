@@ -296,7 +296,7 @@ def _open_registry(db_url: str) -> Any:
     from saev_ops.registry import Registry
 
     try:
-        return Registry(db_url)
+        return Registry(db_url, hold_connections=False)  # a connection only while writing: 100s of jobs, few slots
     except errors.RegistryError as exc:
         log.warning("registry unreachable at job start (%s); metrics and statuses go to the runs' %s files until "
                     "`saev-ops sweep sync`", exc, paths.JOURNAL_NAME)
