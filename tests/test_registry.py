@@ -272,3 +272,27 @@ def test_opening_a_registry_checks_its_file_system(tmp_path: pathlib.Path, monke
     with caplog.at_level("WARNING"):
         Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
     assert f"the SQLite registry {tmp_path / 'r.sqlite'} is on a network file system (nfs at {tmp_path})" in caplog.text
+
+
+def test_a_job_registry_holds_no_connection_between_writes(pg_schema_url: str) -> None:
+    import sqlalchemy as sa
+
+    reg = Registry(pg_schema_url)
+    make_dataset(reg, name="d")
+    ((run, _),) = reg.add_runs("d", [{"a": 1}])
+    job = pickle.loads(pickle.dumps(Registry(pg_schema_url, hold_connections=False)))  # as a job receives it
+    assert isinstance(job.engine.pool, sa.pool.NullPool)
+    job.log_metrics(run.id, [("nmse", 1, 0.5)])
+    assert job.engine.pool.checkedout() == 0 and reg.metric_history(run.id, "nmse")[0].value == 0.5
+    assert not isinstance(reg.engine.pool, sa.pool.NullPool)  # interactive use keeps its pool
+
+
+def test_too_many_connections_is_retried() -> None:
+    import sqlalchemy as sa
+
+    from saev_ops.registry.store import _is_transient
+
+    class Refused(Exception):
+        sqlstate = "53300"  # too_many_connections
+
+    assert _is_transient(sa.exc.OperationalError("connect", {}, Refused("sorry, too many clients already")))
