@@ -282,8 +282,12 @@ def test_a_job_registry_holds_no_connection_between_writes(pg_schema_url: str) -
     ((run, _),) = reg.add_runs("d", [{"a": 1}])
     job = pickle.loads(pickle.dumps(Registry(pg_schema_url, hold_connections=False)))  # as a job receives it
     assert isinstance(job.engine.pool, sa.pool.NullPool)
-    job.log_metrics(run.id, [("nmse", 1, 0.5)])
-    assert job.engine.pool.checkedout() == 0 and reg.metric_history(run.id, "nmse")[0].value == 0.5
+    with reg.engine.connect() as conn:
+        count = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        before = conn.execute(sa.text(count)).scalar_one()
+        job.log_metrics(run.id, [("nmse", 1, 0.5)])
+        assert conn.execute(sa.text(count)).scalar_one() == before  # its connection closed with the transaction
+    assert reg.metric_history(run.id, "nmse")[0].value == 0.5
     assert not isinstance(reg.engine.pool, sa.pool.NullPool)  # interactive use keeps its pool
 
 
