@@ -5,11 +5,20 @@
     git worktree add /tmp/base HEAD~3 && python benchmarks/loaders.py --compare /tmp/base   # old vs new loaders
 
 Generates the dataset once (kept with --keep DIR), then measures, each in a fresh process (so peak memory is the
-loader's own): a raw baseline (sequential ``readinto`` of every shard file with a 64 MiB buffer), OrderedDataLoader,
-ShuffledDataLoader and IndexedDataset random access. Rates are in patches (rows of d_model) per second and GB/s, with
-the page cache warm and, where possible, cold (pages dropped per file with posix_fadvise(DONTNEED)). The shuffled
-loaders are timed over a first epoch (which includes allocating and first touching their group buffers, about
---buffer-mb) and a second one (steady state, what a long training run sees).
+loader's own):
+
+- raw baselines: sequential reads of the *valid bytes* of the shard files (each shard's examples, not the sparse tail
+  of saev's full-size last shard), 1 MiB at a time (the fastest size here), with one thread (``raw:1``) and with as many threads as the
+  shuffled loader uses (``raw:N``, the files' ranges split between them);
+- OrderedDataLoader, ShuffledDataLoader, IndexedDataset random access.
+
+Warm figures (page cache full) are what a training run sees: --epochs epochs back to back on one loader object,
+epoch boundaries included, timed as one window, against the raw reads repeated as many times. Cold figures (pages
+dropped per file with posix_fadvise(DONTNEED)) are one pass. Rates are patches (rows of d_model) per second; "x raw1"
+and "x rawN" divide by the two raw reads of the same run.
+
+Mixing (shuffled loaders, epoch 2 onwards): distinct examples per batch and the mean |Pearson correlation| between
+consecutive batches' example ids, next to uniformly random rows of the same shape (the ideal).
 Targets: Ordered >= 0.9x raw, Shuffled >= 0.7x raw, Indexed >= 100,000 random patches/s, peak memory within the
 configured buffer + 500 MB.
 """
@@ -101,36 +110,40 @@ def _measure(kind: str, path: str, args: dict, q: mp.Queue) -> None:
     reader = ShardReader(path)
     row_bytes = reader.d_model * reader.disk_dtype.itemsize
     rows = 0
+    epochs = args["epochs"]
+    mixing: dict[str, float] = {}
     t0 = time.perf_counter()
-    if kind == "raw":
-        buf = bytearray(64 << 20)
-        nbytes = 0
-        for f in sorted(pathlib.Path(path).glob("acts*.bin")):
-            with open(f, "rb", buffering=0) as fh:
-                while (n := fh.readinto(buf)):
-                    nbytes += n
+    if kind.startswith("raw"):  # raw:THREADS, the valid bytes of every shard, `epochs` times
+        n_threads = int(kind.split(":")[1])
+        ranges = [(reader.paths.shard(i), reader.md.shard_n_examples(i) * reader.example_bytes)
+                  for i in range(reader.md.n_shards)]
+        nbytes = sum(_read_valid(ranges, n_threads) for _ in range(epochs))
         rows = nbytes // row_bytes
     elif kind.startswith("ordered"):
         tokens = kind.split(":")[1]
         loader = OrderedDataLoader(reader, OrderedConfig(selection=ShardSelection(tokens=tokens),
                                                          batch_size=args["batch_size"]))
-        for b in loader:
-            rows += len(b["act"])
+        for _ in range(epochs):
+            for b in loader:
+                rows += len(b["act"])
     elif kind.startswith("shuffled"):  # shuffled:TOKENS[:THREADS]
         _, tokens, *threads = kind.split(":")
         extra = {"n_threads": int(threads[0])} if threads else {}
         loader = ShuffledDataLoader(reader, ShuffledConfig(selection=ShardSelection(tokens=tokens),
                                                            batch_size=args["batch_size"], buffer_mb=args["buffer_mb"],
                                                            **extra))
-        for b in loader:
-            rows += len(b["act"])
-        if args["second_epoch"]:  # steady state: the group buffers exist (the first epoch also paid for allocating them)
-            first = {"kind": kind + (" (compare)" if code else ""), "seconds": time.perf_counter() - t0, "rows": rows}
-            rows = 0
-            t0 = time.perf_counter()
+        distinct, corr, prev = [], [], None
+        for epoch in range(epochs):
             for b in loader:
                 rows += len(b["act"])
-            kind += ", 2nd epoch"
+                if epoch >= 1 or epochs == 1:
+                    ex = b["example_idx"].numpy()
+                    distinct.append(len(np.unique(ex)))
+                    if prev is not None and len(prev) == len(ex):
+                        c = np.corrcoef(prev, ex)[0, 1]
+                        corr.append(abs(c) if np.isfinite(c) else 1.0)
+                    prev = ex
+        mixing = {"distinct": float(np.mean(distinct)), "corr": float(np.mean(corr)) if corr else float("nan")}
     elif kind == "indexed":
         ds = IndexedDataset(reader, ShardSelection(tokens="all"))
         idx = np.random.default_rng(0).integers(0, len(ds), size=args["indexed_n"]).tolist()
@@ -148,13 +161,59 @@ def _measure(kind: str, path: str, args: dict, q: mp.Queue) -> None:
     dt = time.perf_counter() - t0
     peak_mb = _peak_rss_mb()
     # patches/s counts rows actually delivered; GB/s counts float32 bytes delivered
-    out = []
-    if kind.startswith("shuffled") and args["second_epoch"]:
-        out.append({**first, "rows_per_s": first["rows"] / first["seconds"],
-                    "gb_per_s": first["rows"] * reader.d_model * 4 / first["seconds"] / 1e9, "peak_mb": peak_mb})
-    out.append({"kind": kind + (" (compare)" if code else ""), "seconds": dt, "rows": rows, "rows_per_s": rows / dt,
-                "gb_per_s": rows * reader.d_model * 4 / dt / 1e9, "peak_mb": peak_mb})
-    q.put(out)
+    q.put([{"kind": kind + (" (compare)" if code else ""), "seconds": dt, "rows": rows, "rows_per_s": rows / dt,
+             "gb_per_s": rows * reader.d_model * 4 / dt / 1e9, "peak_mb": peak_mb, "epochs": epochs, **mixing}])
+
+
+RAW_CHUNK = 1 << 20
+"""Bytes per raw read: 1 MiB reads from the page cache ran at 12.5 GB/s here, 64 MiB ones (the buffer no longer fits a
+CPU cache) at 2.6 GB/s: the baseline must be the fastest plain read, not a slow one."""
+
+
+def _read_valid(ranges: list[tuple[pathlib.Path, int]], n_threads: int) -> int:
+    """Read the first ``size`` bytes of each file once, :data:`RAW_CHUNK` at a time, split into ``n_threads`` equal
+    spans of the concatenated ranges (os.preadv releases the GIL). Returns the bytes read."""
+    import threading
+
+    total = sum(size for _, size in ranges)
+    chunk = RAW_CHUNK
+    spans = [(total * i // n_threads, total * (i + 1) // n_threads) for i in range(n_threads)]
+    done = [0] * n_threads
+
+    def work(t: int) -> None:
+        buf = bytearray(chunk)
+        lo, hi = spans[t]
+        base = 0
+        for path, size in ranges:
+            a, b = max(lo, base), min(hi, base + size)
+            if a < b:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    off = a - base
+                    while off < b - base:
+                        n = os.preadv(fd, [memoryview(buf)[:min(chunk, b - base - off)]], off)
+                        if n <= 0:
+                            break
+                        off += n
+                        done[t] += n
+                finally:
+                    os.close(fd)
+            base += size
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return sum(done)
+
+
+def uniform_mixing(n_rows: int, rows_per_example: int, batch_size: int, n_batches: int = 20) -> dict[str, float]:
+    """Distinct examples per batch and consecutive-batch id correlation of uniformly random rows (the ideal)."""
+    rng = np.random.default_rng(0)
+    batches = [rng.choice(n_rows, size=batch_size, replace=False) // rows_per_example for _ in range(n_batches)]
+    corr = [abs(np.corrcoef(a, b)[0, 1]) for a, b in zip(batches, batches[1:], strict=False)]
+    return {"distinct": float(np.mean([len(np.unique(b)) for b in batches])), "corr": float(np.mean(corr))}
 
 
 def measure(kind: str, path: pathlib.Path, args: dict) -> list[dict]:
@@ -186,13 +245,14 @@ def main() -> None:
     ap.add_argument("--indexed-batches", type=int, default=50)
     ap.add_argument("--keep", type=pathlib.Path, help="generate into (or reuse) this directory")
     ap.add_argument("--no-cold", action="store_true")
-    ap.add_argument("--one-epoch", action="store_true",
-                    help="shuffled loaders: measure only the first epoch (by default a second, steady-state one too)")
+    ap.add_argument("--epochs", type=int, default=3,
+                    help="warm: epochs back to back on one loader (and raw reads repeated as often), timed as one")
+    ap.add_argument("--threads", type=int, default=4, help="threads of raw:N (the shuffled loader's n_threads)")
     ap.add_argument("--json", type=pathlib.Path, help="also write results as JSON here")
     ap.add_argument("--compare", type=pathlib.Path,
                     help="a directory holding another version's saev_ops package: its loaders are measured too")
-    ap.add_argument("--only", help="comma-separated loader kinds to measure besides raw, e.g. shuffled:all or "
-                    "shuffled:patches:8 (8 reader threads)")
+    ap.add_argument("--only", help="comma-separated loader kinds to measure besides the raw reads, e.g. shuffled:all "
+                    "or shuffled:patches:8 (8 reader threads)")
     args = ap.parse_args()
     tmp = None
     root = args.keep
@@ -201,30 +261,44 @@ def main() -> None:
         root = pathlib.Path(tmp)
     try:
         path = generate(root, args.gib, args.d_model, args.tokens, args.layers, args.dtype)
-        margs = {"second_epoch": not args.one_epoch, "batch_size": args.batch_size, "buffer_mb": args.buffer_mb, "indexed_n": args.indexed_n,
-                 "indexed_batches": args.indexed_batches}
+        margs = {"epochs": args.epochs, "batch_size": args.batch_size, "buffer_mb": args.buffer_mb,
+                 "indexed_n": args.indexed_n, "indexed_batches": args.indexed_batches}
         results = []
-        kinds = ["raw", "ordered:all", "ordered:patches", "shuffled:all", "shuffled:patches", "indexed",
-                 "indexed-batch"]
+        raws = ["raw:1", f"raw:{args.threads}"]
+        kinds = ["ordered:all", "ordered:patches", "shuffled:all", "shuffled:patches", "indexed", "indexed-batch"]
         if args.only:
-            kinds = ["raw", *args.only.split(",")]
+            kinds = args.only.split(",")
         if args.compare:
-            kinds += [f"{k}@{args.compare.resolve()}" for k in kinds if k != "raw"]
+            kinds += [f"{k}@{args.compare.resolve()}" for k in kinds]
         warm_cache(path)
-        for kind in kinds:
+        for kind in raws + kinds:
             results += [{"cache": "warm", **r} for r in measure(kind, path, margs)]
         if not args.no_cold:
-            for kind in [k for k in kinds if k.partition("@")[0] in ("raw", "ordered:all", "shuffled:all")]:
+            for kind in raws + [k for k in kinds if k.partition("@")[0] in ("ordered:all", "shuffled:all")]:
                 drop_cache(path)
-                # one epoch only: a second one would read from the cache the first filled
-                results += [{"cache": "cold", **r} for r in measure(kind, path, {**margs, "second_epoch": False})]
-        print(f"\nncpu={os.cpu_count()} dataset={path} batch={args.batch_size} shuffled buffer={args.buffer_mb} MB")
-        print(f"{'cache':5} {'loader':40} {'patches/s':>12} {'GB/s':>7} {'x raw':>7} {'peak MB':>8}")
-        raw = {r["cache"]: r["rows_per_s"] for r in results if r["kind"] == "raw"}
+                results += [{"cache": "cold", **r} for r in measure(kind, path, {**margs, "epochs": 1})]
+        from saev_ops.shards import ShardReader
+
+        reader = ShardReader(path)
+        print(f"\nncpu={os.cpu_count()} dataset={path} ({reader.md.n_examples} examples x "
+              f"{reader.md.tokens_per_example} tokens x d{reader.md.d_model}) batch={args.batch_size} shuffled "
+              f"buffer={args.buffer_mb} MB; warm = {args.epochs} epochs back to back, cold = one pass")
+        print(f"{'cache':5} {'loader':34} {'patches/s':>12} {'x raw1':>7} {'x rawN':>7} {'peak MB':>8} "
+              f"{'examples/batch':>14} {'|corr|':>7}")
+        raw = {(r["cache"], r["kind"]): r["rows_per_s"] for r in results if r["kind"].startswith("raw")}
         for r in results:
-            ratio = r["rows_per_s"] / raw[r["cache"]] if not r["kind"].startswith("indexed") else float("nan")
-            print(f"{r['cache']:5} {r['kind']:40} {r['rows_per_s']:12,.0f} {r['gb_per_s']:7.2f} {ratio:7.2f} "
-                  f"{r['peak_mb']:8.0f}")
+            r1 = raw[(r["cache"], "raw:1")]
+            rn = raw[(r["cache"], f"raw:{args.threads}")]
+            nan = r["kind"].startswith("indexed")
+            mix = (f"{r['distinct']:14,.0f} {r['corr']:7.3f}" if "distinct" in r else "")
+            print(f"{r['cache']:5} {r['kind']:34} {r['rows_per_s']:12,.0f} "
+                  f"{float('nan') if nan else r['rows_per_s'] / r1:7.2f} {float('nan') if nan else r['rows_per_s'] / rn:7.2f} "
+                  f"{r['peak_mb']:8.0f} {mix}")
+        for tokens in ("all", "patches"):
+            per = reader.md.tokens_per_example if tokens == "all" else reader.layout.n_patches
+            u = uniform_mixing(reader.md.n_examples * per, per, args.batch_size)
+            print(f"{'':5} {'uniform random rows, ' + tokens:34} {'':>12} {'':>7} {'':>7} {'':>8} "
+                  f"{u['distinct']:14,.0f} {u['corr']:7.3f}")
         if args.json:
             args.json.write_text(json.dumps(results, indent=2))
     finally:
