@@ -133,16 +133,19 @@ def _measure(kind: str, path: str, args: dict, q: mp.Queue) -> None:
                                                            batch_size=args["batch_size"], buffer_mb=args["buffer_mb"],
                                                            **extra))
         distinct, corr, prev = [], [], None
-        for epoch in range(epochs):
-            for b in loader:
-                rows += len(b["act"])
-                if epoch >= 1 or epochs == 1:
-                    ex = b["example_idx"].numpy()
-                    distinct.append(len(np.unique(ex)))
-                    if prev is not None and len(prev) == len(ex):
-                        c = np.corrcoef(prev, ex)[0, 1]
-                        corr.append(abs(c) if np.isfinite(c) else 1.0)
-                    prev = ex
+        stream = loader.stream()  # as a training run reads it: epoch after epoch, never restarted
+        for i in range(epochs * len(loader)):
+            b = next(stream)
+            rows += len(b["act"])
+            if i >= len(loader) or epochs == 1:  # mixing from the second epoch on
+                ex = b["example_idx"].numpy()
+                distinct.append(len(np.unique(ex)))
+                if prev is not None and len(prev) == len(ex):
+                    c = np.corrcoef(prev, ex)[0, 1]
+                    corr.append(abs(c) if np.isfinite(c) else 1.0)
+                prev = ex
+        dt_stream = time.perf_counter() - t0  # up to the last batch, as a training run sees it
+        stream.close()
         mixing = {"distinct": float(np.mean(distinct)), "corr": float(np.mean(corr)) if corr else float("nan")}
     elif kind == "indexed":
         ds = IndexedDataset(reader, ShardSelection(tokens="all"))
@@ -159,6 +162,8 @@ def _measure(kind: str, path: str, args: dict, q: mp.Queue) -> None:
             b = ds.get_batch(rng.integers(0, len(ds), size=args["batch_size"]))
             rows += len(b["act"])
     dt = time.perf_counter() - t0
+    if kind.startswith("shuffled"):
+        dt = dt_stream
     peak_mb = _peak_rss_mb()
     # patches/s counts rows actually delivered; GB/s counts float32 bytes delivered
     q.put([{"kind": kind + (" (compare)" if code else ""), "seconds": dt, "rows": rows, "rows_per_s": rows / dt,

@@ -170,6 +170,51 @@ def test_shuffled_resume_equals_uninterrupted(ds: pathlib.Path, stop_after: int)
         np.testing.assert_array_equal(g, w)
 
 
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("stop_after", [0, 5, 8, 13])
+def test_shuffled_stream_equals_successive_epochs_and_resumes(ds: pathlib.Path, stop_after: int,
+                                                              drop_last: bool) -> None:
+    # batch 48 over 800 rows: epochs end on a partial batch of 32 (kept, or dropped with drop_last)
+    def make() -> ShuffledDataLoader:
+        return ShuffledDataLoader(ds, ShuffledConfig(selection=ShardSelection(tokens="patches"), batch_size=48,
+                                                     seed=5, buffer_mb=0.02, drop_last=drop_last))
+
+    ref = make()
+    want = [check_batch(b) for _ in range(3) for b in ref]
+    assert len(want) == 3 * len(ref)
+    first = make()
+    stream = first.stream()
+    got = [check_batch(next(stream)) for _ in range(stop_after)]
+    assert (first.epoch, first.batches_in_epoch) == divmod(stop_after, len(ref))
+    stream.close()  # preemption: only the state survives
+    second = make()
+    second.load_state_dict(first.state_dict())
+    stream = second.stream()
+    while len(got) < len(want):
+        got.append(check_batch(next(stream)))
+    stream.close()
+    assert second.epoch * len(ref) + second.batches_in_epoch == 3 * len(ref)  # the end marker is still ahead
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_shuffled_stream_keeps_its_threads_across_epochs(ds: pathlib.Path) -> None:
+    import threading
+
+    loader = shuffled(ds, seed=2)
+    stream = loader.stream()
+    seen = []
+    for _ in range(3 * len(loader) + 1):
+        next(stream)
+        seen.append({(t.name, t.ident) for t in threading.enumerate()
+                     if t.name in ("saev-shuffled-load", "saev-shuffled-gather")})
+    stream.close()
+    assert loader.epoch == 3 and loader.batches_in_epoch == 1
+    assert len(seen[0]) == 2 and all(s == seen[0] for s in seen)  # the same two threads through every epoch
+    assert not any(t.name.startswith("saev-shuffled") and t.is_alive() for t in threading.enumerate()
+                   if t.name in ("saev-shuffled-load", "saev-shuffled-gather"))
+
+
 def test_shuffled_refuses_state_from_other_settings(ds: pathlib.Path) -> None:
     state = shuffled(ds, seed=3).state_dict()
     with pytest.raises(errors.ConfigError, match="seed: saved 3, now 4"):

@@ -19,12 +19,14 @@ recomputes the plan and skips to the row where it stopped, so the batches after 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
+import logging
 import os
 import queue
 import threading
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,9 @@ from saev_ops import errors
 from saev_ops.loaders import blocks
 from saev_ops.loaders.selection import Batch, ShardSelection, plan, to_batch
 from saev_ops.shards.reader import ShardReader
+
+log = logging.getLogger(__name__)
+_EPOCH_END = object()  # in the group and batch queues: the epoch's last group / batch has gone before it
 
 STATE_VERSION = 1
 
@@ -154,16 +159,26 @@ class ShuffledDataLoader:
 
     # -- iteration -----------------------------------------------------------------------------------------------------
     def __iter__(self) -> Generator[Batch, None, None]:
-        epoch = self.epoch
+        """One epoch (the rest of the current one, after a resume)."""
+        return self._run(endless=False)
+
+    def stream(self) -> Generator[Batch, None, None]:
+        """Epoch after epoch without a pause: the reader and gatherer threads, their buffers and the loading of the
+        next epoch's first group carry on across epoch boundaries (what a training run of many epochs needs; a new
+        ``iter()`` per epoch would restart them and wait for the first group each time). Yields the same batches, in
+        the same order, as successive ``iter()`` calls; ``state_dict()`` follows the consumer as before."""
+        return self._run(endless=True)
+
+    def _run(self, endless: bool) -> Generator[Batch, None, None]:
+        first_epoch = self.epoch
         start_row = self.batches_in_epoch * self.cfg.batch_size
-        groups = self._groups(epoch)
-        first = next((i for i, g in enumerate(groups) if g.row_start + g.n_rows > start_row), len(groups))
+        epochs = itertools.count(first_epoch) if endless else iter((first_epoch,))
         stop = threading.Event()
         group_q: queue.Queue[Any] = queue.Queue(maxsize=1)
         batch_q: queue.Queue[Any] = queue.Queue(maxsize=self.cfg.prefetch_batches)
-        loader = threading.Thread(target=self._load_groups, args=(epoch, groups, first, group_q, stop),
+        loader = threading.Thread(target=self._load_groups, args=(epochs, start_row, group_q, stop),
                                   name="saev-shuffled-load", daemon=True)
-        gatherer = threading.Thread(target=self._gather, args=(groups, first, start_row, group_q, batch_q, stop),
+        gatherer = threading.Thread(target=self._gather, args=(group_q, batch_q, stop),
                                     name="saev-shuffled-gather", daemon=True)
         loader.start()
         gatherer.start()
@@ -172,10 +187,12 @@ class ShuffledDataLoader:
                 item = blocks.get_or_raise(batch_q, "shuffled loader")
                 if item is None:
                     break
+                if item is _EPOCH_END:
+                    self.epoch += 1
+                    self.batches_in_epoch = 0
+                    continue
                 self.batches_in_epoch += 1
                 yield item
-            self.epoch = epoch + 1
-            self.batches_in_epoch = 0
         finally:
             stop.set()
             for q in (batch_q, group_q):  # unblock producers waiting on a full queue
@@ -185,34 +202,31 @@ class ShuffledDataLoader:
                 except queue.Empty:
                     pass
             loader.join(timeout=5)
+            with contextlib.suppress(queue.Full):  # wake the gatherer if it waits for a group that will not come
+                group_q.put_nowait(None)
             gatherer.join(timeout=5)
+            if loader.is_alive() or gatherer.is_alive():
+                log.warning("shuffled loader threads still running 5 s after the consumer stopped")
 
-    def _load_groups(self, epoch: int, groups: list[_Group], first: int, group_q: queue.Queue[Any],
+    def _load_groups(self, epochs: Iterator[int], start_row: int, group_q: queue.Queue[Any],
                      stop: threading.Event) -> None:
+        """Load the groups of each epoch of ``epochs`` in turn (the first from ``start_row`` on), with one thread pool
+        and one set of group buffers for all of them; after an epoch's groups, an end-of-epoch marker."""
         import concurrent.futures as cf
 
-        md = self.reader.md
         group_buffers = blocks.BufferPool(max_buffers=3)
         staging = blocks.BufferPool(max_buffers=self.cfg.n_threads + 1)  # one block's rows per reader thread (fallback)
-        rpe = self.plan.rows_per_example
         try:
             with cf.ThreadPoolExecutor(self.cfg.n_threads, thread_name_prefix="saev-shuffled-read") as pool:
-                for gi in range(first, len(groups)):
-                    g = groups[gi]
-                    perm = self._group_perm(epoch, gi, g.n_rows)
-                    pos = np.concatenate([[0], np.cumsum(g.blocks[:, 1])]) * rpe
-                    buf = group_buffers.get((g.n_rows, md.d_model))
-                    inv = np.empty_like(perm)
-                    inv[perm] = np.arange(g.n_rows, dtype=perm.dtype)
-                    # a few tasks per thread, each reading many blocks in one go (Python work is per task)
-                    futs = []
-                    for task in np.array_split(np.arange(len(g.blocks)), min(len(g.blocks), 4 * self.cfg.n_threads)):
-                        dest = np.concatenate([inv[pos[j] : pos[j + 1]] for j in task.tolist()])
-                        futs.append(pool.submit(blocks.scatter_examples, self.reader, self.plan, g.blocks[task, 0],
-                                                g.blocks[task, 1], dest, buf, staging))
-                    for f in futs:
-                        f.result()
-                    blocks.put_or_stop(group_q, (gi, buf, perm), stop)
+                for epoch in epochs:
+                    groups = self._groups(epoch)
+                    for gi, g in enumerate(groups):
+                        if g.row_start + g.n_rows <= start_row:
+                            continue  # consumed before the resume
+                        perm, buf = self._load_group(pool, epoch, gi, g, group_buffers, staging, stop)
+                        blocks.put_or_stop(group_q, (g, buf, perm, max(0, start_row - g.row_start)), stop)
+                    start_row = 0
+                    blocks.put_or_stop(group_q, _EPOCH_END, stop)
             blocks.put_or_stop(group_q, None, stop)
         except blocks.Stop:
             return
@@ -222,10 +236,41 @@ class ShuffledDataLoader:
             except blocks.Stop:
                 pass
 
-    def _gather(self, groups: list[_Group], first: int, start_row: int, group_q: queue.Queue[Any],
-                batch_q: queue.Queue[Any], stop: threading.Event) -> None:
+    def _load_group(self, pool: Any, epoch: int, gi: int, g: _Group, group_buffers: blocks.BufferPool,
+                    staging: blocks.BufferPool, stop: threading.Event) -> tuple[np.ndarray, np.ndarray]:
+        """Read group ``gi`` of ``epoch`` into a group buffer, every row at its shuffled place: (perm, buffer). When
+        the consumer stops (a closed stream: training ended), reads not yet started are cancelled (raises Stop), so
+        closing does not wait for a whole group of the next epoch."""
+        import concurrent.futures as cf
+
+        rpe = self.plan.rows_per_example
+        perm = self._group_perm(epoch, gi, g.n_rows)
+        pos = np.concatenate([[0], np.cumsum(g.blocks[:, 1])]) * rpe
+        buf = group_buffers.get((g.n_rows, self.reader.md.d_model))
+        inv = np.empty_like(perm)
+        inv[perm] = np.arange(g.n_rows, dtype=perm.dtype)
+        # a few tasks per thread, each reading many blocks in one go (Python work is per task)
+        futs = []
+        for task in np.array_split(np.arange(len(g.blocks)), min(len(g.blocks), 4 * self.cfg.n_threads)):
+            dest = np.concatenate([inv[pos[j] : pos[j + 1]] for j in task.tolist()])
+            futs.append(pool.submit(blocks.scatter_examples, self.reader, self.plan, g.blocks[task, 0],
+                                    g.blocks[task, 1], dest, buf, staging))
+        pending = set(futs)
+        while pending:
+            done, pending = cf.wait(pending, timeout=0.05, return_when=cf.FIRST_EXCEPTION)
+            for f in done:
+                f.result()  # a reader's error goes to the consumer
+            if stop.is_set():
+                for f in pending:
+                    f.cancel()
+                cf.wait(pending)
+                raise blocks.Stop
+        return perm, buf
+
+    def _gather(self, group_q: queue.Queue[Any], batch_q: queue.Queue[Any], stop: threading.Event) -> None:
         """Cut batches from loaded groups (rows already in shuffled order) and label each row with its example,
-        token and layer; a batch that spans two groups is copied together, any other is a view."""
+        token and layer; a batch that spans two groups is copied together, any other is a view. At an epoch's end
+        the last partial batch goes out (unless ``drop_last``), then the end-of-epoch marker."""
         B = self.cfg.batch_size
         d_model = self.reader.d_model
         rpe_sel = self.plan.rows_per_example
@@ -241,10 +286,16 @@ class ShuffledDataLoader:
                 item = blocks.get_or_raise(group_q, "shuffled loader (reader thread)")
                 if item is None:
                     break
-                gi, buf, perm = item
-                g = groups[gi]
+                if item is _EPOCH_END:
+                    if pending is not None and n_cur and not self.cfg.drop_last:
+                        act, ex, tok, layer = pending
+                        batch = to_batch(act[:n_cur], ex[:n_cur], tok[:n_cur], layer[:n_cur], self.cfg.pin_memory)
+                        blocks.put_or_stop(batch_q, batch, stop)
+                    pending, n_cur = None, 0
+                    blocks.put_or_stop(batch_q, _EPOCH_END, stop)
+                    continue
+                g, buf, perm, pos = item
                 ex_ids = np.concatenate([np.arange(s, s + c, dtype=np.int64) for s, c in g.blocks])
-                pos = max(0, start_row - g.row_start)
                 while pos < g.n_rows:
                     take = min(B - n_cur, g.n_rows - pos)
                     ex_local, r = np.divmod(perm[pos : pos + take], rpe_sel)
@@ -271,10 +322,6 @@ class ShuffledDataLoader:
                         pending = None
                         n_cur = 0
                 del buf, item
-            if pending is not None and n_cur and not self.cfg.drop_last:
-                act, ex, tok, layer = pending
-                batch = to_batch(act[:n_cur], ex[:n_cur], tok[:n_cur], layer[:n_cur], self.cfg.pin_memory)
-                blocks.put_or_stop(batch_q, batch, stop)
             blocks.put_or_stop(batch_q, None, stop)
         except blocks.Stop:
             return

@@ -190,13 +190,9 @@ class Trainer:
                             rate_unit="patches", rate_per_item=s.batch_size, start=self.step)
         detail = ""
         held: tuple[int, Any, torch.Tensor] | None = None  # the previous step's batch and its finiteness, checked late
-        batches = iter(self.loader)
+        batches = self.loader.stream()  # epoch after epoch, its threads and buffers never restarted
         while self.step < s.n_steps and len(failed) < len(self.saes):
-            try:
-                batch = next(batches)
-            except StopIteration:
-                batches = iter(self.loader)
-                continue
+            batch = next(batches)
             x = batch["act"].to(self.device, non_blocking=True) * self.scale
             # the squared norm must be finite for any loss to be: catches NaN, Inf and values like 1e30 alike; read one
             # step later, so the device is not waited on here
