@@ -70,3 +70,32 @@ def tiny_hf(tmp_path: pathlib.Path, family: str, image_size: int = 32) -> str:
     path = tmp_path / family
     model.save_pretrained(path)
     return f"{family.split('-')[0]}:{path}"
+
+
+def identity_sae(d: int):  # noqa: ANN201 - an SAE module
+    """A ReLU SAE that reconstructs exactly: latents relu(x) and relu(-x), decoder rows e_i and -e_i."""
+    import torch
+
+    from saev_ops.sae import build_sae
+
+    sae = build_sae(SAEConfig(arch="relu", d_model=d, d_sae=2 * d))
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def constant_sae(d: int, row):  # noqa: ANN001, ANN201 - a tensor in, an SAE module out
+    """An SAE that never fires and reconstructs every row as ``row``."""
+    import torch
+
+    from saev_ops.sae import build_sae
+
+    sae = build_sae(SAEConfig(arch="relu", d_model=d, d_sae=4))
+    with torch.no_grad():
+        sae.b_enc.fill_(-1e9)
+        sae.b_dec.copy_(row)
+    return sae

@@ -23,7 +23,7 @@ from saev_ops.sae import SAEConfig, build_sae
 from saev_ops.sae.io import save_sae
 from saev_ops.shards import ShardReader
 from saev_ops.shards.format import TokenLayout
-from tests.helpers import tiny_hf
+from tests.helpers import constant_sae, identity_sae, tiny_hf
 
 
 def _edit(x: torch.Tensor) -> torch.Tensor:
@@ -101,25 +101,6 @@ def test_select_examples_spreads_over_the_dataset() -> None:
     assert select_examples(3, 50).tolist() == [0, 1, 2]
 
 
-def _identity_sae(d: int) -> torch.nn.Module:
-    sae = build_sae(SAEConfig(arch="relu", d_model=d, d_sae=2 * d))
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
-
-
-def _constant_sae(d: int, row: torch.Tensor) -> torch.nn.Module:
-    sae = build_sae(SAEConfig(arch="relu", d_model=d, d_sae=4))
-    with torch.no_grad():
-        sae.b_enc.fill_(-1e9)
-        sae.b_dec.copy_(row)
-    return sae
-
-
 def _register_sae(reg: Registry, dataset: str, sae: torch.nn.Module, *, layer: int, tokens: str, scale: float,
                   root: pathlib.Path, tag: str) -> int:
     config = {"sae": sae.cfg.to_dict(), "layer": layer, "tokens": tokens, "tag": tag}
@@ -149,8 +130,8 @@ def test_identity_scores_one_and_mean_ablation_zero(recorded) -> None:  # noqa: 
     reader = ShardReader(ds.path)
     li = reader.layer_index(2)
     mean, scale = torch.from_numpy(reader.stats()["mean"][li]).float(), float(reader.stats()["scale"][li])
-    ident = _register_sae(reg, "d", _identity_sae(128), layer=2, tokens="patches", scale=scale, root=tmp, tag="id")
-    ablate = _register_sae(reg, "d", _constant_sae(128, mean * scale), layer=2, tokens="patches", scale=scale,
+    ident = _register_sae(reg, "d", identity_sae(128), layer=2, tokens="patches", scale=scale, root=tmp, tag="id")
+    ablate = _register_sae(reg, "d", constant_sae(128, mean * scale), layer=2, tokens="patches", scale=scale,
                            root=tmp, tag="mean")
     other = _register_sae(reg, "d", build_sae(SAEConfig(arch="topk", d_model=128, d_sae=256, k=8), seed=4),
                           layer=5, tokens="all", scale=1.0, root=tmp, tag="rand")
@@ -189,7 +170,7 @@ def test_eval_refuses_runs_without_weights_and_changed_models(recorded) -> None:
     prov["model"]["weights_sha256"] = "0" * 64
     reg.update_dataset("d", extra={**ds.extra, "provenance": prov})
     try:
-        ident = _register_sae(reg, "d", _identity_sae(128), layer=2, tokens="patches", scale=1.0, root=tmp,
+        ident = _register_sae(reg, "d", identity_sae(128), layer=2, tokens="patches", scale=1.0, root=tmp,
                               tag="id2")
         with pytest.raises(errors.ConfigError, match="changed since dataset 'd' was recorded"):
             run_eval(EvalSpec(db_url=url, run_ids=(ident,), dataset="d"))

@@ -18,29 +18,8 @@ from saev_ops.sweeps import parse_sweep, submit_sweep
 from saev_ops.sweeps.submit import bind_configs, job_for_runs
 from saev_ops.train.spec import run_identity
 from saev_ops.train.trainer import Trainer
-from tests.helpers import make_dataset
+from tests.helpers import constant_sae, identity_sae, make_dataset
 from tests.shard_helpers import write_dataset
-
-
-def identity_sae(d: int) -> torch.nn.Module:
-    """A ReLU SAE that reconstructs exactly: latents relu(x) and relu(-x), decoder rows e_i and -e_i."""
-    sae = build_sae(SAEConfig(arch="relu", d_model=d, d_sae=2 * d))
-    eye = torch.eye(d)
-    with torch.no_grad():
-        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
-        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
-
-
-def constant_sae(d: int, value: torch.Tensor) -> torch.nn.Module:
-    """Never fires; reconstructs every row as ``value``."""
-    sae = build_sae(SAEConfig(arch="relu", d_model=d, d_sae=4))
-    with torch.no_grad():
-        sae.b_enc.fill_(-1e9)
-        sae.b_dec.copy_(value)
-    return sae
 
 
 def test_metric_keys_match_the_registry_columns() -> None:

@@ -177,19 +177,6 @@ def resolve_runs(reg: Registry, refs: tuple[str, ...]) -> tuple[int, ...]:
     return tuple(dict.fromkeys(out))
 
 
-def check_eval(reg: Registry, spec: EvalSpec) -> tuple[DatasetRecord, list[RunRecord]]:
-    from saev_ops.datasets import require_complete
-
-    dataset = require_complete(reg, spec.dataset)
-    runs = [reg.get_run(rid) for rid in spec.run_ids]
-    for run in runs:
-        if run.status != "completed" or not run.checkpoint_path:
-            raise errors.ConfigError(f"run {run.id} is {run.status}; only completed runs have an SAE to evaluate")
-        provenance.check(run.id, reg.get_dataset_by_id(run.dataset_id), dataset,
-                         tokens=str(run.config.get("tokens", "patches")), allow=spec.allow_model_mismatch)
-    return dataset, runs
-
-
 def run_eval(spec: EvalSpec) -> list[EvaluationRecord]:
     """Evaluate the runs' SAEs spliced into the dataset's model; returns the registered evaluations."""
     import torch
@@ -201,7 +188,8 @@ def run_eval(spec: EvalSpec) -> list[EvaluationRecord]:
     from saev_ops.shards.index import IndexReader
 
     reg = Registry(spec.db_url)
-    dataset, runs = check_eval(reg, spec)
+    dataset, runs = provenance.usable_runs(reg, spec.run_ids, spec.dataset, allow=spec.allow_model_mismatch,
+                                           purpose="an SAE to evaluate")
     adapter = load_recorded_model(dataset, spec.device)
     model = SpliceModel(adapter)
     reader = ShardReader(dataset.path)

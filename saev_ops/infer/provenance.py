@@ -10,7 +10,7 @@ import logging
 from typing import Any
 
 from saev_ops import errors
-from saev_ops.registry import DatasetRecord
+from saev_ops.registry import DatasetRecord, Registry, RunRecord
 from saev_ops.shards.format import TokenLayout
 
 log = logging.getLogger(__name__)
@@ -68,3 +68,20 @@ def check(run_id: int, trained_on: DatasetRecord, target: DatasetRecord, *, toke
     for m in found:
         log.warning("run %d on %r despite a mismatch (--allow-model-mismatch): %s", run_id, target.name, m)
     return found
+
+
+def usable_runs(reg: Registry, run_ids: tuple[int, ...], dataset: str, *, allow: bool,
+                purpose: str) -> tuple[DatasetRecord, list[RunRecord]]:
+    """What inference and evaluation check before any work: the dataset is present and complete, and every run is
+    completed with weights and was trained on activations of the same kind (:func:`check`). Returns the dataset and
+    the runs (in ``run_ids`` order)."""
+    from saev_ops.datasets import require_complete
+
+    target = require_complete(reg, dataset)
+    runs = [reg.get_run(rid) for rid in run_ids]
+    for run in runs:
+        if run.status != "completed" or not run.checkpoint_path:
+            raise errors.ConfigError(f"run {run.id} is {run.status}; only completed runs have {purpose}")
+        check(run.id, reg.get_dataset_by_id(run.dataset_id), target, tokens=str(run.config.get("tokens", "patches")),
+              allow=allow)
+    return target, runs

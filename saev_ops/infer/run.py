@@ -88,18 +88,9 @@ class _CsrWriter:
 
 
 def check_inference(reg: Registry, spec: InferSpec) -> tuple[DatasetRecord, list[RunRecord]]:
-    """What can be checked before any work: the dataset is present and complete, every run is completed with weights.
-    Returns the dataset and the runs (in ``spec.run_ids`` order)."""
-    from saev_ops.datasets import require_complete
-
-    dataset = require_complete(reg, spec.dataset)
-    runs = [reg.get_run(rid) for rid in spec.run_ids]
-    for run in runs:
-        if run.status != "completed" or not run.checkpoint_path:
-            raise errors.ConfigError(f"run {run.id} is {run.status}; only completed runs have weights to apply")
-        provenance.check(run.id, reg.get_dataset_by_id(run.dataset_id), dataset,
-                         tokens=str(run.config.get("tokens", "patches")), allow=spec.allow_model_mismatch)
-    return dataset, runs
+    """What can be checked before any work (:func:`saev_ops.infer.provenance.usable_runs`)."""
+    return provenance.usable_runs(reg, spec.run_ids, spec.dataset, allow=spec.allow_model_mismatch,
+                                  purpose="weights to apply")
 
 
 def run_inference(spec: InferSpec) -> list[OutputRecord]:
