@@ -49,7 +49,8 @@ class TrainSettings(Schema):
     device: str = "cpu"
     """Where the SAEs train (cpu, cuda, cuda:1)."""
     buffer_mb: float = Field(1024.0, gt=0)
-    """Shuffled loader memory."""
+    """Shuffled loader memory; sets how well batches mix (docs/performance.md: 6144 MB gives more distinct examples
+    per batch than saev's reservoir, in less memory). Part of a run's identity: it sets the data order."""
     heartbeat_s: float = Field(30.0, ge=0)
     """Seconds between heartbeats to the registry (0: every step)."""
 
