@@ -11,7 +11,9 @@
 2. Downstream evaluation (``saev-ops eval``): the spliced forward of --images images through --model at --layer with
    1 SAE and with 8 SAEs (TopK d_model -> 8 x d_model), both over the same images. Prints the 8-SAE pass as a multiple
    of the 1-SAE pass (target under 3x: the forward up to the layer is shared, and one pass carries the clean and
-   ablated runs for all SAEs).
+   ablated runs for all SAEs). Default: a ViT-B-shaped model (builtin:base, 12 blocks, d 768, 224 px) at layer -2,
+   the layer saev's guide records; ``--model builtin:small --layer 3`` is the hard case (a middle layer of a small
+   ViT, where every SAE costs as much as the blocks after it).
 """
 
 from __future__ import annotations
@@ -58,8 +60,8 @@ def held_out(args: argparse.Namespace, root: pathlib.Path) -> None:
     t_eval = _best(lambda: trainer.evaluate(_NullJournal(), {}), args.device)
     t_step = walls["without"] / args.steps
     n_evals = args.steps // args.eval_every + (args.steps % args.eval_every != 0)
-    print(f"held-out evaluation, TopK 768->{args.d_sae} k={args.k}, batch {args.batch_size}, {args.val_tokens} held-out "
-          f"rows, {args.device}")
+    print(f"held-out evaluation, TopK 768->{args.d_sae} k={args.k}, batch {args.batch_size}, "
+          f"{args.val_tokens} held-out rows, {args.device}")
     print(f"  one training step        {t_step * 1e3:9.1f} ms   ({args.batch_size / t_step:,.0f} patches/s)")
     print(f"  one evaluation           {t_eval * 1e3:9.1f} ms")
     print(f"  overhead at eval_every={default_every} (default): {t_eval / (default_every * t_step):.2%}  (target < 5%)")
@@ -78,6 +80,7 @@ def downstream(args: argparse.Namespace) -> None:
 
     adapter = load_model(args.model, args.device)
     model = SpliceModel(adapter)
+    layer = adapter.resolve_layers([args.layer])[0]
     h, w = adapter.preprocess.out_hw
     pixels = torch.from_numpy(np.random.default_rng(0).standard_normal((args.images, 3, h, w), dtype=np.float32))
     pixels = pixels.to(args.device)
@@ -95,7 +98,7 @@ def downstream(args: argparse.Namespace) -> None:
         todo = [lambda x: x] * (n + 2) if identity else edits(n)
         with torch.inference_mode():
             for start in range(0, args.images, args.image_batch):
-                model.run(pixels[start:start + args.image_batch], args.layer, pos, todo)
+                model.run(pixels[start:start + args.image_batch], layer, pos, todo)
 
     def saes_alone() -> None:  # the 8 SAEs on the rows they see in the pass, without the model
         rows = torch.randn(args.images * len(pos), d, device=args.device)
@@ -108,7 +111,8 @@ def downstream(args: argparse.Namespace) -> None:
     t8 = _best(lambda: run(8), args.device)
     t8_model = _best(lambda: run(8, identity=True), args.device)
     t8_saes = _best(saes_alone, args.device)
-    print(f"downstream eval, {args.model} layer {args.layer} of {adapter.n_layers}, {args.images} images "
+    print(f"downstream eval, {args.model} layer {layer} of {adapter.n_layers} (blocks 0-{adapter.n_layers - 1}), "
+          f"{args.images} images "
           f"({args.image_batch} per forward), TopK {d}->{8 * d}, {args.device}")
     print(f"  1 SAE   {t1:8.3f} s   ({args.images / t1:,.1f} images/s)")
     print(f"  8 SAEs  {t8:8.3f} s   {t8 / t1:.2f}x the 1-SAE pass  (target < 3x; 8 separate passes: 8x)")
@@ -147,10 +151,10 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--val-tokens", type=int, default=16384)
-    ap.add_argument("--model", default="builtin:small")
-    ap.add_argument("--layer", type=int, default=3)
-    ap.add_argument("--images", type=int, default=64)
-    ap.add_argument("--image-batch", type=int, default=16)
+    ap.add_argument("--model", default="builtin:base")
+    ap.add_argument("--layer", type=int, default=-2)
+    ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--image-batch", type=int, default=8)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--only", choices=["held-out", "downstream"])
     args = ap.parse_args()
