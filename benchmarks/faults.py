@@ -198,17 +198,10 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     try:
-        import sqlalchemy as sa
+        from registry import pg_schema  # benchmarks/registry.py: a throw-away schema
 
-        engine = sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1))
-        schema = "bench_" + uuid.uuid4().hex[:10]
-        with engine.begin() as conn:
-            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        try:
-            writers(f"{PG_URL}?options=-csearch_path%3D{schema}", "postgresql", args.writers, args.points)
-        finally:
-            with engine.begin() as conn:
-                conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        with pg_schema(PG_URL) as url:
+            writers(url, "postgresql", args.writers, args.points)
     except Exception as exc:  # noqa: BLE001 - PostgreSQL is optional here
         print(f"postgresql: skipped ({str(exc).splitlines()[0]})")
     kills(args.kills, args.seed)

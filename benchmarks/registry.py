@@ -22,6 +22,7 @@ refused) and synced, and checks that every point is in the registry exactly once
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import statistics
@@ -30,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -165,6 +167,22 @@ def bench(url: str, label: str, n_runs: int, n_points: int, repeat: int) -> None
     reg.close()
 
 
+@contextlib.contextmanager
+def pg_schema(url: str = PG_URL) -> Iterator[str]:
+    """A registry URL on PostgreSQL ``url`` whose search_path is a fresh schema, dropped on exit (raises at once when
+    the server does not answer)."""
+    schema = "bench_" + uuid.uuid4().hex[:8]
+    admin = create_registry_engine(url, connect_args={"connect_timeout": 3})
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{url}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
 WRITER_KEYS = ("loss", "mse", "nmse", "explained_variance", "l0", "dead_frac", "dense_frac", "lr", "auxk",
                "grad_norm")
 
@@ -270,15 +288,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.writers:
         if args.backend in ("all", "postgres"):
-            schema = "bench_" + uuid.uuid4().hex[:8]
-            admin = create_registry_engine(PG_URL)
-            with admin.begin() as conn:
-                conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-            try:
-                writers(f"{PG_URL}?options=-csearch_path%3D{schema}", "PostgreSQL", args.writers, args.steps)
-            finally:
-                with admin.begin() as conn:
-                    conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+            with pg_schema() as url:
+                writers(url, "PostgreSQL", args.writers, args.steps)
         if args.backend in ("all", "sqlite"):
             with tempfile.TemporaryDirectory() as tmp:
                 writers(f"sqlite:///{tmp}/bench.sqlite", "SQLite (one file, one machine)", args.writers, args.steps)
@@ -287,19 +298,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             bench(f"sqlite:///{tmp}/bench.sqlite", "SQLite", args.runs, args.points, args.repeat)
     if args.backend in ("all", "postgres"):
-        schema = "bench_" + uuid.uuid4().hex[:8]
-        try:
-            admin = create_registry_engine(PG_URL, connect_args={"connect_timeout": 3})
-            with admin.begin() as conn:
-                conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-        except Exception as exc:  # noqa: BLE001
-            print(f"\n== PostgreSQL skipped: {PG_URL} unreachable ({str(exc).splitlines()[0]})")
-            return
-        try:
-            bench(f"{PG_URL}?options=-csearch_path%3D{schema}", "PostgreSQL", args.runs, args.points, args.repeat)
-        finally:
-            with admin.begin() as conn:
-                conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        with contextlib.ExitStack() as stack:
+            try:
+                url = stack.enter_context(pg_schema())
+            except Exception as exc:  # noqa: BLE001 - PostgreSQL is optional here
+                print(f"\n== PostgreSQL skipped: {PG_URL} unreachable ({str(exc).splitlines()[0]})")
+                return
+            bench(url, "PostgreSQL", args.runs, args.points, args.repeat)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ def evaluate(obj: CliContext, targets: tuple[str, ...], dataset: str, n_images: 
     how much of the model's output survives: fidelity = 1 - d(spliced, clean) / d(mean-ablated, clean) on the final
     representation, KL of the class distribution (classifier checkpoints), linear-probe accuracy (labelled datasets).
     Runs in this process."""
-    from saev_ops.downstream.run import EvalSpec, resolve_runs, run_eval
+    from saev_ops.downstream.run import EvalSpec, run_eval
+    from saev_ops.infer.provenance import resolve_runs
 
     ids = resolve_runs(obj.registry, targets)
     results = run_eval(EvalSpec(db_url=obj.db_url, run_ids=ids, dataset=dataset, n_images=n_images,

@@ -26,17 +26,11 @@ def infer(obj: CliContext, target: str, dataset: str, out_root: str | None, batc
     """Apply TARGET's SAEs (a run id, or a sweep name: its completed runs) to --dataset in one ordered pass, writing
     one CSR .npz per run. By default in this process (use it in your own batch scripts)."""
     from saev_ops.infer import InferSpec, check_inference, run_inference
+    from saev_ops.infer.provenance import resolve_runs
     from saev_ops.paths import default_outputs_root
-    from saev_ops.registry import RunQuery
 
     reg = obj.registry
-    ids: tuple[int, ...]
-    if target.isdigit():
-        ids = (int(target),)
-    else:
-        ids = tuple(r.run.id for r in reg.list_runs(RunQuery(sweep=target, statuses=("completed",))))
-        if not ids:
-            raise click.ClickException(f"sweep {target!r} has no completed runs")
+    ids = resolve_runs(reg, (target,))
     spec = InferSpec(db_url=obj.db_url, run_ids=ids, dataset=dataset,
                      out_root=out_root or str(default_outputs_root()), batch_size=batch_size, device=device,
                      force=force, allow_model_mismatch=allow_model_mismatch)

@@ -159,24 +159,6 @@ def scores(clean: Any, ablated: Any, spliced: Any, logits: tuple[Any, Any, Any] 
     return Scores(fidelity, kl, acc, d_spl), ref
 
 
-def resolve_runs(reg: Registry, refs: tuple[str, ...]) -> tuple[int, ...]:
-    """Run ids and sweep names -> run ids (a sweep's completed runs)."""
-    from saev_ops.registry.query import RunQuery
-
-    out: list[int] = []
-    for ref in refs:
-        if ref.isdigit():
-            out.append(int(ref))
-            continue
-        name = ref.removeprefix("sweep:")
-        rows = reg.list_runs(RunQuery(sweep=name, statuses=("completed",)))
-        if not rows:
-            reg.get_sweep(name)  # NotFoundError for an unknown name
-            raise errors.ConfigError(f"sweep {name!r} has no completed runs to evaluate")
-        out += [r.run.id for r in rows]
-    return tuple(dict.fromkeys(out))
-
-
 def run_eval(spec: EvalSpec) -> list[EvaluationRecord]:
     """Evaluate the runs' SAEs spliced into the dataset's model; returns the registered evaluations."""
     import torch
@@ -195,7 +177,8 @@ def run_eval(spec: EvalSpec) -> list[EvaluationRecord]:
     reader = ShardReader(dataset.path)
     stored = TokenLayout.from_json_dict(dataset.extra["token_layout"]) if dataset.extra.get("token_layout") \
         else reader.layout
-    mean = {layer: torch.from_numpy(reader.stats()["mean"][reader.layer_index(layer)]).float().to(spec.device)
+    stats = reader.stats()
+    mean = {layer: torch.from_numpy(stats["mean"][reader.layer_index(layer)]).float().to(spec.device)
             for layer in dataset.layers}
     ids = select_examples(dataset.n_examples, spec.n_images)
     index = IndexReader(pathlib.Path(dataset.path) / "index.lmdb")
@@ -206,7 +189,7 @@ def run_eval(spec: EvalSpec) -> list[EvaluationRecord]:
     labels = [e.label for e in entries]
     groups: dict[tuple[int, str], list[tuple[RunRecord, Any, float]]] = {}
     for run in runs:
-        assert run.checkpoint_path is not None  # check_eval refused runs without one
+        assert run.checkpoint_path is not None  # usable_runs refused runs without one
         sae, meta = load_sae(pathlib.Path(run.checkpoint_path), spec.device)
         groups.setdefault((int(meta["layer"]), str(meta.get("tokens", run.config.get("tokens", "patches")))),
                           []).append((run, sae, float(meta["scale"])))

@@ -85,3 +85,21 @@ def usable_runs(reg: Registry, run_ids: tuple[int, ...], dataset: str, *, allow:
         check(run.id, reg.get_dataset_by_id(run.dataset_id), target, tokens=str(run.config.get("tokens", "patches")),
               allow=allow)
     return target, runs
+
+
+def resolve_runs(reg: Registry, refs: tuple[str, ...]) -> tuple[int, ...]:
+    """Run ids and sweep names (``NAME`` or ``sweep:NAME``: its completed runs) -> run ids, each once, in order."""
+    from saev_ops.registry.query import RunQuery
+
+    out: list[int] = []
+    for ref in refs:
+        if ref.isdigit():
+            out.append(int(ref))
+            continue
+        name = ref.removeprefix("sweep:")
+        rows = reg.list_runs(RunQuery(sweep=name, statuses=("completed",)))
+        if not rows:
+            reg.get_sweep(name)  # NotFoundError for an unknown name
+            raise errors.ConfigError(f"sweep {name!r} has no completed runs")
+        out += [r.run.id for r in rows]
+    return tuple(dict.fromkeys(out))

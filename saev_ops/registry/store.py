@@ -430,8 +430,8 @@ class Registry:
 
         def statuses(s: Session, ids: list[int]) -> dict[int, str]:
             out: dict[int, str] = {}
-            for start in range(0, len(ids), 1000):
-                rows = s.execute(sa.select(r.id, r.status).where(r.id.in_(ids[start:start + 1000])))
+            for part in _batches(ids):
+                rows = s.execute(sa.select(r.id, r.status).where(r.id.in_(part)))
                 out.update((int(i), str(st)) for i, st in rows)
             return out
 
@@ -450,9 +450,8 @@ class Registry:
                 values: dict[str, Any] = {"status": status, **dict(fields)}
                 if status in models.TERMINAL_RUN_STATUSES:
                     values["ended_at"] = now
-                for start in range(0, len(group), 1000):
-                    s.execute(sa.update(r).where(r.id.in_(group[start:start + 1000]), r.status.in_(expected))
-                              .values(**values))
+                for part in _batches(group):
+                    s.execute(sa.update(r).where(r.id.in_(part), r.status.in_(expected)).values(**values))
             after = statuses(s, ids)
             return [(run_id, before[run_id], after[run_id]) for run_id in ids]
 
@@ -482,8 +481,7 @@ class Registry:
 
         def fn(s: Session) -> dict[str, RunRecord]:
             out: dict[str, RunRecord] = {}
-            for start in range(0, len(hashes), 1000):
-                part = list(hashes[start:start + 1000])
+            for part in _batches(hashes):
                 for r in s.scalars(sa.select(models.RunModel).where(models.RunModel.config_hash.in_(part))):
                     out[r.config_hash] = RunRecord.from_model(r)
             return out
@@ -818,3 +816,9 @@ def _transition(s: Session, run_id: int, status: models.RunStatus, fields: dict[
     s.flush()
     s.refresh(row)
     return RunRecord.from_model(row)
+
+
+def _batches(values: Sequence[Any], size: int = 1000) -> Iterable[list[Any]]:
+    """``values`` in lists of at most ``size``: the parameters of one ``IN (...)`` clause."""
+    for start in range(0, len(values), size):
+        yield list(values[start:start + size])

@@ -111,7 +111,7 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
         if cfg["layer"] != -1 and cfg["layer"] not in dataset.layers:
             raise errors.ConfigError(f"layer {cfg['layer']} is not recorded in dataset {dataset.name!r} "
                                      f"(layers {list(dataset.layers)})")
-    held_out(registry, spec.settings, dataset, configs)
+    val = held_out(registry, spec.settings, dataset, configs)
     if dry_run:
         hashes = [config_hash(dataset.content_hash, run_identity(cfg)) for cfg in configs]
         known = registry.runs_by_hash(hashes)
@@ -130,7 +130,7 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
         retried = [(r.id, r.config) for r in requeue_ended(registry, [r for r, created in added if not created])]
     todo = new + retried
     jobs = group_runs(todo, dataset.d_model, spec.settings, spec.resources)
-    job_ids = launch(registry, spec, dataset, jobs, db_url)
+    job_ids = launch(registry, spec, dataset, jobs, db_url, val)
     return SubmitResult(spec.name, len(configs), tuple(r for r, _ in new), tuple(r for r, _ in retried), tuple(jobs),
                         tuple(job_ids), False, window_warnings(configs))
 
@@ -261,16 +261,18 @@ def job_for_runs(registry: Registry, run_ids: tuple[int, ...], db_url: str, *, r
                      settings, val)
 
 
-def launch(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[PlannedJob], db_url: str) -> list[str | None]:
-    """Submit the planned jobs and record where each run went. When sbatch refuses a chunk of a large sweep, the runs
-    submitted before it are recorded as such and the rest stay queued with no executor (pending): the error names the
-    chunks that went in, and submitting the sweep again submits the pending runs."""
+def launch(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[PlannedJob], db_url: str,
+           val: Any = None) -> list[str | None]:
+    """Submit the planned jobs (``val``: their held-out dataset, :func:`held_out`) and record where each run went.
+    When sbatch refuses a chunk of a large sweep, the runs submitted before it are recorded as such and the rest stay
+    queued with no executor (pending): the error names the chunks that went in, and submitting the sweep again submits
+    the pending runs."""
     from saev_ops.jobs import PartialSubmissionError, SlurmSpec, submit
     from saev_ops.train import TrainJob
 
     if not jobs:
         return []
-    specs = job_specs(spec, dataset, jobs, db_url, held_out(registry, spec.settings, dataset, []))
+    specs = job_specs(spec, dataset, jobs, db_url, val)
     r = spec.resources
     slurm = SlurmSpec(**r.model_dump(include=set(SlurmSpec.model_fields)))
     folder = paths.submitit_dir(runs_root_for(spec))
