@@ -215,6 +215,33 @@ def test_shuffled_stream_keeps_its_threads_across_epochs(ds: pathlib.Path) -> No
                    if t.name in ("saev-shuffled-load", "saev-shuffled-gather"))
 
 
+@pytest.mark.slow
+def test_closing_a_stream_while_a_group_loads_stops_its_threads(ds: pathlib.Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gatherer waits for the next group while it loads; closing then used to leave it blocked (alive) after a
+    5 s join timeout."""
+    import threading
+    import time
+
+    original = ShuffledDataLoader._load_group
+
+    def slow_after_first(self, pool, epoch, gi, g, *rest):  # noqa: ANN001, ANN002, ANN202
+        if (epoch, gi) != (0, 0):
+            time.sleep(3.0)
+        return original(self, pool, epoch, gi, g, *rest)
+
+    monkeypatch.setattr(ShuffledDataLoader, "_load_group", slow_after_first)
+    loader = shuffled(ds, seed=6, batch_size=32)
+    first_group = loader._groups(0)[0]
+    assert first_group.n_rows >= 32  # at least one whole batch inside it
+    stream = loader.stream()
+    for _ in range(first_group.n_rows // 32):  # every batch inside the first group: the gatherer now waits
+        next(stream)
+    time.sleep(0.2)
+    stream.close()
+    assert not [t for t in threading.enumerate() if t.name == "saev-shuffled-gather" and t.is_alive()]
+
+
 def test_shuffled_refuses_state_from_other_settings(ds: pathlib.Path) -> None:
     state = shuffled(ds, seed=3).state_dict()
     with pytest.raises(errors.ConfigError, match="seed: saved 3, now 4"):
