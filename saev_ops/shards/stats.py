@@ -37,22 +37,30 @@ class StatsAccumulator:
             self.sum_norm = np.zeros(self.n_layers, dtype=np.float64)
 
     def update(self, acts: np.ndarray, stored: np.ndarray | None = None) -> None:
-        """``acts``: float32 (n, L, T, D); ``stored``: the same values after storage rounding (None for float32)."""
+        """``acts``: float32 (n, L, T, D); ``stored``: the same values after storage rounding (None for float32).
+
+        The sums are folded in example by example, in order, from per-example sums of a fixed shape: the totals
+        depend on the examples and their order only, not on how they were batched, so a resumed write or a range
+        recorded by another job gives the same bits as one uninterrupted write."""
         finite = np.isfinite(acts)
         if not finite.all():
             self.n_nonfinite += int((~finite).sum())
             acts = np.where(finite, acts, 0.0)
-        x = acts.astype(np.float64, copy=False)
+            if stored is not None:
+                stored = np.where(finite, stored, 0.0)
         self.n_tokens += acts.shape[0] * acts.shape[2]
-        self.sum += x.sum(axis=(0, 2))
-        norms = np.sqrt(np.einsum("nltd,nltd->nlt", x, x))
-        self.sum_sq += (norms**2).sum(axis=(0, 2))
-        self.sum_norm += norms.sum(axis=(0, 2))
-        if stored is not None:
-            diff = (x - np.where(finite, stored, 0.0)).astype(np.float64)
-            err = np.einsum("nltd,nltd->nlt", diff, diff)
-            self.err_sq += float(err.sum())
-            self.rel_err_sum += float((np.sqrt(err) / np.maximum(norms, 1e-12)).sum())
+        for i in range(acts.shape[0]):
+            x = acts[i].astype(np.float64)  # (L, T, D)
+            sq = np.einsum("ltd,ltd->lt", x, x)
+            norms = np.sqrt(sq)
+            self.sum += x.sum(axis=1)
+            self.sum_sq += sq.sum(axis=1)
+            self.sum_norm += norms.sum(axis=1)
+            if stored is not None:
+                diff = x - stored[i].astype(np.float64)
+                err = np.einsum("ltd,ltd->lt", diff, diff)
+                self.err_sq += float(err.sum())
+                self.rel_err_sum += float((np.sqrt(err) / np.maximum(norms, 1e-12)).sum())
 
     def merge(self, other: StatsAccumulator) -> None:
         self.n_tokens += other.n_tokens
