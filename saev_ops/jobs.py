@@ -208,6 +208,47 @@ class RecordJob:
         return submitit.helpers.DelayedSubmission(RecordJob(self.db_url, self.spec))  # rerun resumes the recording
 
 
+class RecordPartJob:
+    """One part of a recording split across jobs (``datasets record --jobs N``); the job that finishes the last part
+    joins them. Returns the dataset path once complete, else None."""
+
+    def __init__(self, db_url: str, spec: Any, task: int, n_jobs: int) -> None:
+        self.db_url, self.spec, self.task, self.n_jobs = db_url, spec, task, n_jobs
+
+    def __call__(self) -> str | None:
+        from saev_ops.logs import configure
+        from saev_ops.record import record_part
+        from saev_ops.registry import Registry
+
+        configure()
+        d = record_part(Registry(self.db_url, hold_connections=False), self.spec, self.task, self.n_jobs)
+        return None if d is None else d.path
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        # the part resumes after its last finished shard
+        return submitit.helpers.DelayedSubmission(RecordPartJob(self.db_url, self.spec, self.task, self.n_jobs))
+
+
+def run_in_processes(name: str, calls: Sequence[Callable[[], Any]]) -> list[Any]:
+    """Run ``calls`` at once, one process each on this machine (spawned: no state shared with this one), and wait
+    for all of them. Every call runs to its end even when another fails; then a failure raises JobFailedError
+    naming each failed call."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=max(1, len(calls)), mp_context=ctx) as pool:
+        futures = [pool.submit(c) for c in calls]
+        cf.wait(futures)
+    failed = [(i, f.exception()) for i, f in enumerate(futures) if f.exception() is not None]
+    if failed:
+        raise errors.JobFailedError(f"{len(failed)} of {len(calls)} jobs of {name} failed: "
+                                    + "; ".join(f"job {i}: {type(e).__name__}: {e}" for i, e in failed))
+    return [f.result() for f in futures]
+
+
 class InferJob:
     """An inference pass (:class:`saev_ops.infer.InferSpec`) as a submitit job; returns the output ids."""
 

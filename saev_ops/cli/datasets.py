@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from saev_ops.cli import fmt
 from saev_ops.cli.context import CliContext, executor_options, format_option, pass_ctx
 from saev_ops.shards.format import TOKEN_CHOICES
+
+if TYPE_CHECKING:
+    from saev_ops.record import RecordSpec
 
 
 @click.group("datasets")
@@ -128,13 +133,23 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
 @click.option("--data-root", type=click.Path(file_okay=False), help="Where datasets go (default $SAEV_OPS_HOME/data).")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable image instead of skipping it.")
 @click.option("--force", is_flag=True, help="Record again even if this exact recording exists.")
+@click.option("--jobs", "n_jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split the images into this many ranges (aligned to shards) recorded at once: processes on this "
+              "machine, or a Slurm array; the last to finish joins them. The same dataset, byte for byte, as one job; "
+              "a rerun records only unfinished parts.")
+@click.option("--task", type=click.IntRange(min=0), help="Record only part TASK of --jobs (e.g. $SLURM_ARRAY_TASK_ID "
+              "in your own batch script) in this process; the last part to finish joins them.")
 @executor_options("record")
 @pass_ctx
-def record(obj: CliContext, executor: str, slurm_opts: tuple[str, ...], **kw: object) -> None:
+def record(obj: CliContext, executor: str, slurm_opts: tuple[str, ...], n_jobs: int, task: int | None,
+           **kw: object) -> None:
     """Record a model's activations over an image set into a registered dataset (resumes an interrupted one)."""
     from saev_ops.record.recorder import RecordSpec, print_progress, record_dataset
 
     spec = RecordSpec(**kw)  # type: ignore[arg-type]  # click's values, typed object here; RecordSpec checks them
+    if task is not None or n_jobs > 1:
+        _record_split(obj, spec, n_jobs, task, executor, slurm_opts)
+        return
     if executor == "slurm":
         from saev_ops.jobs import RecordJob, SlurmSpec, submit_slurm_job
         from saev_ops.record.images import open_images
@@ -153,3 +168,35 @@ def record(obj: CliContext, executor: str, slurm_opts: tuple[str, ...], **kw: ob
     click.echo(f"dataset {d.name}{' reused (this exact recording exists; --force records it again)' if reused else ''}"
                f": {d.n_examples} examples x {d.tokens_per_example} tokens x d_model {d.d_model}, "
                f"layers {list(d.layers)}, {d.dtype}, {bad} bad image(s) skipped -> {d.path}")
+
+
+def _record_split(obj: CliContext, spec: RecordSpec, n_jobs: int, task: int | None, executor: str,
+                  slurm_opts: tuple[str, ...]) -> None:
+    from saev_ops import record
+    from saev_ops.registry import DatasetRecord
+
+    reg = obj.open_registry(create=True)
+    if task is not None:
+        if executor == "slurm":
+            raise click.UsageError("--task runs one part in this process; leave out --executor slurm")
+        d = record.record_part(reg, spec, task, n_jobs)
+        if d is None:
+            click.echo(f"part {task} of {spec.name} done; the last part to finish joins them")
+        else:
+            click.echo(f"dataset {d.name}: {d.n_examples} examples (joined from its parts) -> {d.path}")
+        return
+    if executor == "slurm":
+        from saev_ops.jobs import SlurmSpec
+
+        out = record.submit_split(reg, obj.db_url, spec, n_jobs, SlurmSpec.from_pairs(slurm_opts))
+        if isinstance(out, DatasetRecord):
+            click.echo(f"dataset {out.name} is complete -> {out.path}")
+        else:
+            ids = sorted({str(j) for j, _ in out})
+            click.echo(f"submitted {len(out)} part(s) of {spec.name} as Slurm job(s) {', '.join(ids)}; "
+                       "the last to finish joins them")
+        return
+    d = record.record_split(reg, obj.db_url, spec, n_jobs)
+    click.echo(f"dataset {d.name}: {d.n_examples} examples x {d.tokens_per_example} tokens x d_model {d.d_model}, "
+               f"layers {list(d.layers)}, {d.dtype}, recorded in {d.extra.get('timings', {}).get('parts', 1)} "
+               f"part(s), {d.extra.get('n_bad_images', 0)} bad image(s) skipped -> {d.path}")

@@ -2,3 +2,6 @@
 
 from saev_ops.record.recorder import RecordSpec as RecordSpec
 from saev_ops.record.recorder import record_dataset as record_dataset
+from saev_ops.record.recorder import record_part as record_part
+from saev_ops.record.recorder import record_split as record_split
+from saev_ops.record.recorder import submit_split as submit_split

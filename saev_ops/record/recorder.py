@@ -16,23 +16,27 @@ import hashlib
 import json
 import logging
 import pathlib
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from saev_ops import __version__, atomic, errors
+from saev_ops import __version__, atomic, datasets, errors
 from saev_ops.registry import DatasetRecord, Registry
 from saev_ops.settings import default_data_root
+from saev_ops.shards import dtypes
 from saev_ops.shards.format import (
     DEFAULT_MAX_TOKENS_PER_SHARD,
     TOKEN_CHOICES,
     Metadata,
+    ShardPaths,
     TokenLayout,
     dataset_dir,
     encode_data_field,
 )
+from saev_ops.split import Parts, split_ranges
 
 log = logging.getLogger(__name__)
 # saev's metadata.json names one of its own families (it reloads the model by it); the nearest one for each of ours.
@@ -126,15 +130,34 @@ def identity_tokens(model_layout: TokenLayout, tokens: str) -> str:
     return "all" if tokens == "cls+patches" and model_layout.n_registers == 0 else tokens
 
 
-def record_dataset(registry: Registry, spec: RecordSpec, *,
-                   progress: Callable[[int, int, Timings], None] | None = None) -> DatasetRecord:
-    """Record ``spec`` into a registered dataset and return it (an existing identical one, unless ``force``)."""
-    import torch
+@dataclasses.dataclass
+class _Recording:
+    """A recording resolved against the registry: what every job of it (one, or the parts of a split one) needs."""
 
+    spec: RecordSpec
+    images: Any
+    adapter: Any
+    layers: list[int]
+    layout: TokenLayout
+    masks: MaskSource | None
+    md: Metadata
+    """The planned metadata (every image readable)."""
+    partial: pathlib.Path
+    data_root: pathlib.Path
+    provenance: dict[str, Any]
+
+    @property
+    def parts(self) -> Parts:
+        return Parts(ShardPaths(self.partial).parts)
+
+
+def _resolve(registry: Registry, spec: RecordSpec, *, register: bool) -> _Recording | DatasetRecord:
+    """Load the model, compute the recording's identity and find it in the registry: the finished dataset when there
+    is one (and not ``force``), else the recording to do. ``register``: register it (status ``writing``; a failed
+    one starts a new attempt) when it is not registered; a job of a split recording registers only a missing row."""
     from saev_ops import datasets
     from saev_ops.record.images import open_images
     from saev_ops.record.models import describe, load_model
-    from saev_ops.shards import ShardWriter
 
     images = open_images(spec.images)
     adapter = load_model(spec.model, spec.device, spec.resolution)
@@ -153,14 +176,14 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
     if existing is not None and existing.name != spec.name:
         raise errors.DuplicateError(f"this exact recording is registered as dataset {existing.name!r}; use that name "
                                     f"(nothing was registered as {spec.name!r})")
-    if existing is not None and existing.status == "complete" and not spec.force:
+    if existing is not None and existing.status == "complete" and (not spec.force or not register):
         n_bad = int(existing.extra.get("n_bad_images", 0) or 0)
         if spec.strict and n_bad:
             raise errors.DataError(f"dataset {existing.name!r} was recorded skipping {n_bad} unreadable image(s) "
                                    f"(`saev-ops datasets show {existing.name}` lists them); --strict refuses it: fix "
                                    "the images, or record again with --force")
         return existing
-    if existing is not None and spec.force and existing.status == "complete":
+    if register and existing is not None and spec.force and existing.status == "complete":
         datasets.remove_dataset(registry, existing.name, force=False, delete_files=True)
         existing = None
     if existing is None:
@@ -168,7 +191,7 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
             other = registry.get_dataset(spec.name)
             raise errors.DuplicateError(f"a different dataset is already named {spec.name!r} ({other.path}); choose "
                                         "another --name or remove it with `saev-ops datasets rm`")
-    elif existing.status == "failed":
+    elif register and existing.status == "failed":
         registry.update_dataset(existing.name, status="writing")  # a new attempt at a recording that failed
 
     data_root = pathlib.Path(spec.data_root) if spec.data_root else default_data_root()
@@ -183,67 +206,251 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
                   "resolution": spec.resolution,  # what `saev-ops eval` loads the model at again
                   **({"masks": masks.describe()} if masks is not None else {}),
                   "saev_ops_version": __version__, "recording_hash": spec_hash}
-    datasets.register_writing(registry, spec.name, partial, md, layout, source_path=images.root,
-                              extra={"provenance": provenance}, content_hash=spec_hash)
+    if existing is None:
+        try:
+            datasets.register_writing(registry, spec.name, partial, md, layout, source_path=images.root,
+                                      extra={"provenance": provenance}, content_hash=spec_hash)
+        except errors.DuplicateError:
+            if registry.find_dataset_by_hash(spec_hash) is None:  # not a job of the same recording, first by a hair
+                raise
+    return _Recording(spec, images, adapter, layers, layout, masks, md, partial, data_root, provenance)
 
-    writer = ShardWriter(partial, md, layout, extra={"provenance": provenance})
-    done_paths = set(writer.written_paths())
-    start = 0
-    if writer.resume_from:
-        last = max(i for i, it in enumerate(images.items) if it.path in done_paths)
-        start = last + 1
-    bad: list[dict[str, str]] = [{"path": it.path, "error": "skipped in an earlier attempt"}
-                                 for it in images.items[:start] if it.path not in done_paths]
-    timings = Timings()
-    token_idx = np.asarray(adapter.layout.indices(TOKEN_CHOICES[spec.tokens]))
-    use_cuda = torch.device(spec.device).type == "cuda"
-    try:
-        load = masks.load if masks is not None else (lambda path: (adapter.preprocess(path), None))
-        for batch_items, pixels, patch_labels, errors_ in _decoded_batches(images.items[start:], load, spec, timings):
-            for it, err in errors_:
-                if spec.strict:
-                    raise errors.DataError(f"{it.path}: cannot read image ({err}); drop --strict to skip bad images")
-                bad.append({"path": it.path, "error": err})
-            if not batch_items:
-                continue
-            t0 = time.perf_counter()
-            x = torch.from_numpy(pixels)
-            with torch.inference_mode():
-                if use_cuda:
-                    x = x.pin_memory().to(spec.device, non_blocking=True)
-                    with torch.autocast("cuda", dtype=torch.bfloat16):
-                        hidden = adapter.hidden_states(x, layers)
-                else:
-                    hidden = adapter.hidden_states(x, layers)
-                acts = hidden[:, :, token_idx].float().cpu().numpy()
-            t1 = time.perf_counter()
-            writer.write(acts, [(it.path, it.label, it.label_name) for it in batch_items], patch_labels)
-            timings.model_s += t1 - t0
-            timings.write_s += time.perf_counter() - t1
-            timings.images += len(batch_items)
-            if progress is not None:
-                progress(start + timings.images + len(bad), len(images.items), timings)
+
+def record_dataset(registry: Registry, spec: RecordSpec, *,
+                   progress: Callable[[int, int, Timings], None] | None = None) -> DatasetRecord:
+    """Record ``spec`` into a registered dataset and return it (an existing identical one, unless ``force``)."""
+    from saev_ops.shards import ShardWriter
+
+    rec = _resolve(registry, spec, register=True)
+    if isinstance(rec, DatasetRecord):
+        return rec
+    writer = ShardWriter(rec.partial, rec.md, rec.layout, extra={"provenance": rec.provenance})
+    with _failure_recorded(registry, spec.name, writer):
+        bad, timings = _record_range(rec, writer, 0, len(rec.images.items), progress)
         n_written = writer.n_written
         if n_written == 0:
             first = bad[0]["error"] if bad else ""
-            raise errors.DataError(f"{images.root}: no readable images ({len(bad)} bad: {first})")
+            raise errors.DataError(f"{rec.images.root}: no readable images ({len(bad)} bad: {first})")
         sidecar = writer.finalize(n_examples=n_written)
+    return _publish(registry, rec, writer, sidecar, bad, timings.as_dict())
+
+
+def _record_range(rec: _Recording, writer: Any, lo: int, hi: int,
+                  progress: Callable[[int, int, Timings], None] | None) -> tuple[list[dict[str, str]], Timings]:
+    """Record images ``[lo, hi)`` through ``writer``, after what it already holds (a resumed write). Returns the bad
+    images (path, error) and the time spent."""
+    import torch
+
+    spec = rec.spec
+    items = rec.images.items[lo:hi]
+    done_paths = set(writer.written_paths())
+    start = 0
+    if writer.resume_from:
+        start = max(i for i, it in enumerate(items) if it.path in done_paths) + 1
+    bad: list[dict[str, str]] = [{"path": it.path, "error": "skipped in an earlier attempt"}
+                                 for it in items[:start] if it.path not in done_paths]
+    timings = Timings()
+    token_idx = np.asarray(rec.adapter.layout.indices(TOKEN_CHOICES[spec.tokens]))
+    use_cuda = torch.device(spec.device).type == "cuda"
+    masks, adapter = rec.masks, rec.adapter
+    load = masks.load if masks is not None else (lambda path: (adapter.preprocess(path), None))
+    for batch_items, pixels, patch_labels, errors_ in _decoded_batches(items[start:], load, spec, timings):
+        for it, err in errors_:
+            if spec.strict:
+                raise errors.DataError(f"{it.path}: cannot read image ({err}); drop --strict to skip bad images")
+            bad.append({"path": it.path, "error": err})
+        if not batch_items:
+            continue
+        t0 = time.perf_counter()
+        x = torch.from_numpy(pixels)
+        with torch.inference_mode():
+            if use_cuda:
+                x = x.pin_memory().to(spec.device, non_blocking=True)
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    hidden = adapter.hidden_states(x, rec.layers)
+            else:
+                hidden = adapter.hidden_states(x, rec.layers)
+            acts = hidden[:, :, token_idx].float().cpu().numpy()
+        t1 = time.perf_counter()
+        writer.write(acts, [(it.path, it.label, it.label_name) for it in batch_items], patch_labels)
+        timings.model_s += t1 - t0
+        timings.write_s += time.perf_counter() - t1
+        timings.images += len(batch_items)
+        if progress is not None:
+            progress(start + timings.images + len(bad), len(items), timings)
+    return bad, timings
+
+
+@contextlib.contextmanager
+def _failure_recorded(registry: Registry, name: str, writer: Any, what: str = "") -> Iterator[None]:
+    """On an error the writer is closed (finished shards stay, to resume) and the dataset marked ``failed`` with the
+    error; an interrupt leaves it ``writing``, to resume."""
+    try:
+        yield
     except BaseException as exc:
-        writer.abort()
-        if isinstance(exc, Exception):  # a refusal or an error: say so (an interrupt stays `writing`, to resume)
+        if writer is not None:
+            writer.abort()
+        if isinstance(exc, Exception):
             try:
-                registry.update_dataset(spec.name, status="failed",
-                                        extra={**registry.get_dataset(spec.name).extra,
-                                               "error": f"{type(exc).__name__}: {exc}"[:4000]})
+                registry.update_dataset(name, status="failed",
+                                        extra={**registry.get_dataset(name).extra,
+                                               "error": f"{what}{type(exc).__name__}: {exc}"[:4000]})
             except errors.SaevOpsError as inner:
-                log.warning("dataset %r: could not record its failure in the registry: %s", spec.name, inner)
+                log.warning("dataset %r: could not record its failure in the registry: %s", name, inner)
         raise
-    final_md = writer.md
-    final = dataset_dir(data_root, final_md.hash)
-    atomic.replace_dir(partial, final)  # over a leftover of an earlier, unregistered attempt at the same content
-    extra = {"bad_images": bad, "n_bad_images": len(bad), "timings": timings.as_dict(),
-             "provenance": provenance}
-    return datasets.mark_complete(registry, spec.name, sidecar, path=final, md=final_md, extra=extra)
+
+
+def _publish(registry: Registry, rec: _Recording, writer: Any, sidecar: dict[str, Any], bad: list[dict[str, str]],
+             timings: dict[str, Any]) -> DatasetRecord:
+    """Move the finished directory to saev's place and mark the dataset complete."""
+    final = dataset_dir(rec.data_root, writer.md.hash)
+    atomic.replace_dir(rec.partial, final)  # over a leftover of an earlier, unregistered attempt at the same content
+    extra = {"bad_images": bad, "n_bad_images": len(bad), "timings": timings, "provenance": rec.provenance}
+    return datasets.mark_complete(registry, rec.spec.name, sidecar, path=final, md=writer.md, extra=extra)
+
+
+# -- a recording split across jobs ------------------------------------------------------------------------------------
+def plan_split(registry: Registry, spec: RecordSpec, n_jobs: int) -> tuple[_Recording | DatasetRecord, list[int]]:
+    """Register the recording and split its images into at most ``n_jobs`` ranges aligned to shards (so no two jobs
+    write one file). Returns the recording (or the finished dataset) and the parts still to record: all of them the
+    first time, the unfinished ones on a rerun (finished parts are kept, whatever ``n_jobs`` says now)."""
+    rec = _resolve(registry, spec, register=True)
+    if isinstance(rec, DatasetRecord):
+        return rec, []
+    parts = rec.parts
+    ranges = parts.plan(rec.md.content_hash, split_ranges(rec.md.n_examples, rec.md.examples_per_shard, n_jobs))
+    parts.clear_claim()
+    return rec, parts.unfinished(len(ranges))
+
+
+def record_split(registry: Registry, db_url: str, spec: RecordSpec, n_jobs: int) -> DatasetRecord:
+    """Record ``spec`` as ``n_jobs`` parts at once, one process each on this machine, and join them: the same dataset,
+    byte for byte, as :func:`record_dataset`. Rerun after a failure: only unfinished parts are recorded again."""
+    from saev_ops.jobs import RecordPartJob, run_in_processes
+
+    rec, todo = plan_split(registry, spec, n_jobs)
+    if isinstance(rec, DatasetRecord):
+        return rec
+    if not todo:  # every part was finished, the join was not
+        return _join_unclaimed(registry, rec)
+    run_in_processes(f"recording {spec.name}", [RecordPartJob(db_url, spec, i, n_jobs) for i in todo])
+    d = registry.get_dataset(spec.name)
+    if d.status != "complete":
+        raise errors.JobFailedError(f"dataset {spec.name!r}: every part finished but it is {d.status} "
+                                    f"({d.extra.get('error', 'no error recorded')})")
+    return d
+
+
+def submit_split(registry: Registry, db_url: str, spec: RecordSpec, n_jobs: int,
+                 slurm: Any) -> list[tuple[str | None, int | None]] | DatasetRecord:
+    """Submit the unfinished parts of ``spec`` split into ``n_jobs`` as a Slurm array (the last part to finish joins
+    them); returns (job id, array index) per part submitted, or the dataset when nothing is left to do."""
+    from saev_ops.jobs import RecordPartJob, submit
+    from saev_ops.paths import job_logs_root
+
+    rec, todo = plan_split(registry, spec, n_jobs)
+    if isinstance(rec, DatasetRecord):
+        return rec
+    if not todo:
+        return _join_unclaimed(registry, rec)
+    return submit("slurm", job_logs_root("record"), f"record-{spec.name}",
+                  [RecordPartJob(db_url, spec, i, n_jobs) for i in todo], slurm)
+
+
+def _join_unclaimed(registry: Registry, rec: _Recording) -> DatasetRecord:
+    n_tasks = len(rec.parts.read_plan(rec.md.content_hash))
+    if not rec.parts.claim_finish(n_tasks):
+        raise errors.JobFailedError(f"{rec.parts.root}: every part is done but another job holds the final step")
+    return _join_claimed(registry, rec, n_tasks)
+
+
+def _join_claimed(registry: Registry, rec: _Recording, n_tasks: int) -> DatasetRecord:
+    try:
+        return _join_parts(registry, rec, n_tasks)
+    except BaseException:
+        rec.parts.clear_claim()  # a rerun of any part (or the submission) joins them again
+        raise
+
+
+def record_part(registry: Registry, spec: RecordSpec, task: int, n_jobs: int, *,
+                progress: Callable[[int, int, Timings], None] | None = None) -> DatasetRecord | None:
+    """Record part ``task`` of the recording split into ``n_jobs`` (the split of the first submission is kept) into
+    its own folder; the job that finishes the last part joins them (:func:`_join_parts`) and returns the complete
+    dataset, the others return None. A finished part is not recorded again; an interrupted one resumes."""
+    from saev_ops.shards import ShardWriter
+
+    rec = _resolve(registry, spec, register=False)
+    if isinstance(rec, DatasetRecord):
+        return rec
+    parts = rec.parts
+    ranges = parts.plan(rec.md.content_hash, split_ranges(rec.md.n_examples, rec.md.examples_per_shard, n_jobs))
+    if not 0 <= task < len(ranges):
+        raise errors.ConfigError(f"--task {task}: this recording is split into {len(ranges)} parts "
+                                 f"(0-{len(ranges) - 1})")
+    if parts.done(task) is None:
+        lo, hi = ranges[task]
+        md = dataclasses.replace(rec.md, n_examples=hi - lo)
+        writer = ShardWriter(parts.part_dir(task), md, rec.layout)
+        with _failure_recorded(registry, spec.name, writer, f"part {task} (images {lo}-{hi - 1}): "):
+            bad, timings = _record_range(rec, writer, lo, hi, progress)
+            shards = writer.seal()
+            parts.mark_done(task, {"n_written": writer.n_written, "shards": shards, "bad_images": bad,
+                                   "timings": timings.as_dict()})
+        log.info("dataset %r: part %d of %d done (images %d-%d, %d skipped)", spec.name, task, len(ranges), lo,
+                 hi - 1, len(bad))
+    if not parts.claim_finish(len(ranges)):
+        return None
+    return _join_claimed(registry, rec, len(ranges))
+
+
+def _join_parts(registry: Registry, rec: _Recording, n_tasks: int) -> DatasetRecord:
+    """The final step: the parts' shards become the dataset's (hard links; once a part skipped images, the shards
+    after it are re-packed so examples stay contiguous, as one job lays them out), then the index, saev's files,
+    statistics and checksums are written and the dataset is marked complete."""
+    from saev_ops.shards import ShardWriter
+    from saev_ops.shards.index import IndexReader
+
+    parts = rec.parts
+    with _failure_recorded(registry, rec.spec.name, None, "joining the parts: "):
+        for leftover in rec.partial.iterdir():  # an earlier, interrupted join: start it again from the parts
+            if leftover != parts.root:
+                shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+        writer = ShardWriter(rec.partial, rec.md, rec.layout, extra={"provenance": rec.provenance})
+        infos = [parts.done(i) or {} for i in range(n_tasks)]
+        disk = dtypes.disk_dtype(rec.md.dtype)
+        shape = (rec.md.n_layers, rec.md.tokens_per_example, rec.md.d_model)
+        n_total = sum(int(info["n_written"]) for info in infos)
+        if n_total == 0:
+            raise errors.DataError(f"{rec.images.root}: no readable images")
+        for task, info in enumerate(infos):
+            part = ShardPaths(parts.part_dir(task))
+            index = IndexReader(part.index) if info["shards"] else None
+            try:
+                first = 0
+                for s in info["shards"]:
+                    n = int(s["n_examples"])
+                    entries = [index.get(first + j) for j in range(n)] if index is not None else []
+                    labels = part.patch_labels_part(s["shard"]) if s.get("patch_labels") else None
+                    full = n == rec.md.examples_per_shard or writer.n_written + n == n_total
+                    if full and writer.n_written % rec.md.examples_per_shard == 0:
+                        writer.adopt(part.shard(s["shard"]), s, entries, labels)
+                    else:  # after a part that skipped images: move the examples up
+                        acts = np.fromfile(part.shard(s["shard"]), dtype=disk, count=n * int(np.prod(shape)))
+                        writer.write(dtypes.decode(acts, rec.md.dtype).reshape(n, *shape),
+                                     [(e.path, e.label, e.label_name) for e in entries],
+                                     np.load(labels) if labels is not None else None)
+                    first += n
+            finally:
+                if index is not None:
+                    index.close()
+        sidecar = writer.finalize(n_examples=n_total)
+        parts.remove()
+    bad = [b for info in infos for b in info["bad_images"]]
+    timings: dict[str, float] = {}
+    for info in infos:
+        for k, v in info["timings"].items():
+            timings[k] = timings.get(k, 0) + v
+    return _publish(registry, rec, writer, sidecar, bad, {**timings, "parts": n_tasks})
 
 
 def _decoded_batches(items: tuple[Any, ...], load: Callable[[str], tuple[np.ndarray, np.ndarray | None]],

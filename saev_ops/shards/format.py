@@ -175,6 +175,11 @@ class ShardPaths:
     def progress(self) -> pathlib.Path:
         return self.root / ".progress.json"
 
+    @property
+    def parts(self) -> pathlib.Path:
+        """The parts of a recording split across jobs, while they are written (:class:`saev_ops.split.Parts`)."""
+        return self.root / "parts"
+
     def shard(self, i: int) -> pathlib.Path:
         return self.root / shard_name(i)
 

@@ -187,6 +187,45 @@ class ShardWriter:
         self._shard_entries = []
         self._shard_patch_labels = []
 
+    # -- joining the parts of a split recording -----------------------------------------------------------------------
+    def seal(self) -> list[dict[str, Any]]:
+        """End this writer as one part of a recording split across jobs: an open shard (short, when images were
+        skipped) is closed as it is and the index is closed; nothing of saev's is written. Returns the finished shards
+        (name, examples, checksum, statistics), what :meth:`adopt` takes."""
+        if self._next != self.md.n_examples:
+            self.md = dataclasses.replace(self.md, n_examples=self._next)
+        if self._fh is not None:
+            self._close_shard(self._next // self.md.examples_per_shard)
+        self._index.close()
+        return list(self._completed)
+
+    def adopt(self, src: pathlib.Path, shard_info: dict[str, Any], entries: Sequence[ExampleEntry],
+              patch_labels: pathlib.Path | None = None) -> None:
+        """Take a shard that another writer finished (``src``, as :meth:`seal` described it) as this dataset's next
+        shard: hard-linked, not copied, with its checksum and statistics; ``entries`` are its examples (ids are
+        renumbered here). The next example must start a shard, and a shard shorter than a full one must be the last."""
+        md = self.md
+        shard, row = divmod(self._next, md.examples_per_shard)
+        n = int(shard_info["n_examples"])
+        if self._fh is not None or row != 0 or not 0 < n <= md.examples_per_shard or len(entries) != n:
+            raise errors.DataError(f"{src}: cannot take it as shard {shard} ({n} examples, {len(entries)} index "
+                                   f"entries; {self._next} examples written)")
+        if src.stat().st_size != md.examples_per_shard * self._row_bytes:
+            raise errors.DataError(f"{src}: {src.stat().st_size} bytes, expected a full shard of "
+                                   f"{md.examples_per_shard * self._row_bytes}")
+        target = self.paths.shard(shard)
+        target.unlink(missing_ok=True)
+        os.link(src, target)
+        if patch_labels is not None:
+            self.paths.patch_labels_part(shard).unlink(missing_ok=True)
+            os.link(patch_labels, self.paths.patch_labels_part(shard))
+        self._index.put_many(dataclasses.replace(e, example_id=self._next + j, shard=shard, row=j)
+                             for j, e in enumerate(entries))
+        self._completed.append({**shard_info, "shard": shard, "name": shard_name(shard),
+                                "patch_labels": patch_labels is not None})
+        self._next += n
+        self._save_progress()
+
     # -- finishing ---------------------------------------------------------------------------------------------------
     def finalize(self, n_examples: int | None = None) -> dict[str, Any]:
         """Write the saev files, statistics and the ``complete`` sidecar. Returns the sidecar contents.
