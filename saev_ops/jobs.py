@@ -269,6 +269,27 @@ class InferJob:
         return submitit.helpers.DelayedSubmission(InferJob(self.spec))
 
 
+class InferPartJob:
+    """One part of an inference pass split across jobs (``infer --jobs N``); the job that finishes the last part
+    joins them. Returns the output ids once joined, else None."""
+
+    def __init__(self, spec: Any, task: int) -> None:
+        self.spec, self.task = spec, task
+
+    def __call__(self) -> list[int] | None:
+        from saev_ops.infer.run import infer_part
+        from saev_ops.logs import configure
+
+        configure()
+        out = infer_part(self.spec, self.task)
+        return None if out is None else [o.id for o in out]
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(InferPartJob(self.spec, self.task))  # the part starts again
+
+
 def submit_slurm_job(kind: str, name: str, call: Callable[[], Any], slurm: SlurmSpec,
                      folder: pathlib.Path | None = None) -> tuple[str, pathlib.Path]:
     """Submit one job of ``kind`` (record, infer) to Slurm; returns its job id and its log folder

@@ -53,6 +53,11 @@ def output_dir(out_root: str | pathlib.Path, run_id: int, dataset_hash: str) -> 
     return pathlib.Path(out_root) / f"run-{run_id:06d}" / f"infer-{dataset_hash[:12]}"
 
 
+def infer_parts_dir(out_root: str | pathlib.Path, key: str) -> pathlib.Path:
+    """The parts of an inference pass split across jobs (``infer --jobs N``), while they are written."""
+    return pathlib.Path(out_root) / ".parts" / key[:16]
+
+
 def job_logs_root(kind: str) -> pathlib.Path:
     """Logs of single record/infer jobs submitted to Slurm: ``<home>/jobs/<kind>/<job id>``."""
     return home_dir() / "jobs" / kind

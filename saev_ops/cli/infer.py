@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
 import itertools
+from typing import TYPE_CHECKING
 
 import click
 
 from saev_ops.cli import fmt
 from saev_ops.cli.context import CliContext, executor_options, format_option, pass_ctx
+
+if TYPE_CHECKING:
+    from saev_ops.infer import InferSpec
+    from saev_ops.registry import OutputRecord
 
 
 @click.command("infer")
@@ -19,10 +25,16 @@ from saev_ops.cli.context import CliContext, executor_options, format_option, pa
 @click.option("--force", is_flag=True, help="Recompute outputs that exist.")
 @click.option("--allow-model-mismatch", is_flag=True, help="Apply SAEs trained on another model's (or preprocessing's, "
               "or token layout's) activations; refused by default.")
+@click.option("--jobs", "n_jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split the examples into this many ranges computed at once: processes on this machine, or a "
+              "Slurm array; the last to finish joins them into one output per SAE, the same bytes as one job.")
+@click.option("--task", type=click.IntRange(min=0), help="Compute only part TASK of --jobs (e.g. "
+              "$SLURM_ARRAY_TASK_ID in your own batch script) in this process; the last part to finish joins them.")
 @executor_options("infer")
 @pass_ctx
 def infer(obj: CliContext, target: str, dataset: str, out_root: str | None, batch_size: int, device: str,
-          force: bool, allow_model_mismatch: bool, executor: str, slurm_opts: tuple[str, ...]) -> None:
+          force: bool, allow_model_mismatch: bool, n_jobs: int, task: int | None, executor: str,
+          slurm_opts: tuple[str, ...]) -> None:
     """Apply TARGET's SAEs (a run id, or a sweep name: its completed runs) to --dataset in one ordered pass, writing
     one CSR .npz per run. By default in this process (use it in your own batch scripts)."""
     from saev_ops.infer import InferSpec, check_inference, run_inference
@@ -34,6 +46,9 @@ def infer(obj: CliContext, target: str, dataset: str, out_root: str | None, batc
     spec = InferSpec(db_url=obj.db_url, run_ids=ids, dataset=dataset,
                      out_root=out_root or str(default_outputs_root()), batch_size=batch_size, device=device,
                      force=force, allow_model_mismatch=allow_model_mismatch)
+    if task is not None or n_jobs > 1:
+        _infer_split(spec, n_jobs, task, executor, slurm_opts)
+        return
     if executor == "slurm":
         from saev_ops.jobs import InferJob, SlurmSpec, submit_slurm_job
 
@@ -45,9 +60,50 @@ def infer(obj: CliContext, target: str, dataset: str, out_root: str | None, batc
     from saev_ops.registry.models import utcnow
 
     started = utcnow()
-    for o in run_inference(spec):
-        kept = " kept (it exists; --force computes it again)" if o.created_at < started else ""
+    _echo_outputs(run_inference(spec), dataset, started)
+
+
+def _echo_outputs(outputs: list[OutputRecord], dataset: str, started: datetime.datetime | None) -> None:
+    for o in outputs:
+        kept = " kept (it exists; --force computes it again)" if started and o.created_at < started else ""
         click.echo(f"output {o.id}{kept}: run {o.run_id} on {dataset}: {o.n_rows}x{o.n_cols}, nnz {o.nnz} -> {o.path}")
+
+
+def _infer_split(spec: InferSpec, n_jobs: int, task: int | None, executor: str, slurm_opts: tuple[str, ...]) -> None:
+    from saev_ops.infer import run as infer_run
+    from saev_ops.registry.models import utcnow
+
+    if task is not None:
+        if executor == "slurm":
+            raise click.UsageError("--task runs one part in this process; leave out --executor slurm")
+        job_spec, n_parts, _ = infer_run.plan_split(spec, n_jobs, submission=False)
+        if not n_parts:
+            click.echo("every output exists; nothing to compute")
+            return
+        out = infer_run.infer_part(job_spec, task)
+        if out is None:
+            click.echo(f"part {task} done; the last part to finish joins them")
+        else:
+            _echo_outputs(out, spec.dataset, None)
+        return
+    if executor == "slurm":
+        from saev_ops.jobs import InferPartJob, SlurmSpec, submit
+        from saev_ops.paths import job_logs_root
+
+        slurm = SlurmSpec.from_pairs(slurm_opts)
+        job_spec, n_parts, todo = infer_run.plan_split(spec, n_jobs)
+        if not todo:
+            outputs = infer_run.infer_split(spec, n_jobs)  # nothing to compute, or only the join
+            _echo_outputs(outputs, spec.dataset, None)
+            return
+        ids = submit("slurm", job_logs_root("infer"), f"infer-{spec.dataset}",
+                     [InferPartJob(job_spec, i) for i in todo], slurm)
+        click.echo(f"submitted {len(todo)} of {n_parts} inference part(s) of {len(job_spec.run_ids)} run(s) on "
+                   f"{spec.dataset} as Slurm job(s) {', '.join(sorted({str(j) for j, _ in ids}))}; the last to "
+                   "finish joins them")
+        return
+    started = utcnow()
+    _echo_outputs(infer_run.infer_split(spec, n_jobs), spec.dataset, started)
 
 
 @click.group("latents")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 DENSE_FREQUENCY = 0.1
@@ -51,8 +52,21 @@ class ReconMetrics:
         self._acc("cos", ((x * x_hat).sum(1) / (nx * nxh).clamp_min(1e-12)).sum())
         self._acc("shrink", (nxh / nx.clamp_min(1e-12)).sum())
         fired = z != 0
-        self._acc("l0", fired.sum())
+        self._acc("l0", fired.sum().double())
         self.fired += fired.sum(0)
+
+    def sums(self) -> dict[str, Any]:
+        """The float sums and counts so far, on the CPU (not ``fired``): what :meth:`fold` adds to another
+        accumulator. Folding the sums of consecutive segments in order gives the same bits however the segments were
+        computed (in one job or in several)."""
+        return {"n": self.n, **{k: v.detach().cpu().double().numpy() for k, v in self._sums.items()}}
+
+    def fold(self, sums: dict[str, Any]) -> None:
+        """Add a segment's :meth:`sums` (CPU, float64), after those folded before it."""
+        self.n += int(sums["n"])
+        for k, v in sums.items():
+            if k != "n":
+                self._acc(k, torch.as_tensor(np.asarray(v, dtype=np.float64)))
 
     def result(self) -> dict[str, float]:
         if self.n == 0:
