@@ -231,6 +231,15 @@ class RecordPartJob:
         return submitit.helpers.DelayedSubmission(RecordPartJob(self.db_url, self.spec, self.task, self.n_jobs))
 
 
+def _share_cores(n_processes: int) -> None:
+    """Each of ``n_processes`` torch processes takes its share of the cores (not all of them each)."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_processes))
+
+
 def run_in_processes(name: str, calls: Sequence[Callable[[], Any]]) -> list[Any]:
     """Run ``calls`` at once, one process each on this machine (spawned: no state shared with this one), and wait
     for all of them. Every call runs to its end even when another fails; then a failure raises JobFailedError
@@ -239,7 +248,8 @@ def run_in_processes(name: str, calls: Sequence[Callable[[], Any]]) -> list[Any]
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=max(1, len(calls)), mp_context=ctx) as pool:
+    n = max(1, len(calls))
+    with cf.ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_share_cores, initargs=(n,)) as pool:
         futures = [pool.submit(c) for c in calls]
         cf.wait(futures)
     failed = [(i, f.exception()) for i, f in enumerate(futures) if f.exception() is not None]

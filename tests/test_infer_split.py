@@ -72,3 +72,25 @@ def test_processes_and_a_failed_part(trained, tmp_path: pathlib.Path) -> None:  
     assert [o.run_id for o in out] == list(ids[:2])
     assert not list((tmp_path / "split" / ".parts").glob("*/*"))
     assert_same_outputs(out, ref)
+
+
+def test_cli_jobs_and_tasks(trained, tmp_path: pathlib.Path) -> None:  # noqa: ANN001, F811
+    from click.testing import CliRunner
+
+    from saev_ops.cli import cli
+
+    reg, url, _path, ids = trained
+    args = ["--db", url, "infer", str(ids[0]), "--dataset", "tiny", "--batch-size", "32"]
+    res = CliRunner().invoke(cli, [*args, "--out-root", str(tmp_path / "t"), "--jobs", "3", "--task", "2"])
+    assert res.exit_code == 0 and "part 2 done" in res.output, res.output
+    for task in (0, 1):
+        res = CliRunner().invoke(cli, [*args, "--out-root", str(tmp_path / "t"), "--jobs", "3", "--task", str(task)])
+        assert res.exit_code == 0, res.output
+    assert f"run {ids[0]} on tiny: 640x64" in res.output  # the last part joined them
+    split = reg.find_output(ids[0], reg.get_dataset("tiny").id)
+    res = CliRunner().invoke(cli, [*args, "--out-root", str(tmp_path / "p"), "--jobs", "2", "--force"])
+    assert res.exit_code == 0 and "640x64" in res.output, res.output
+    processes = reg.find_output(ids[0], reg.get_dataset("tiny").id)
+    assert_same_outputs([split], [processes])
+    assert_same_outputs([processes], one_job(InferSpec(db_url=url, run_ids=(ids[0],), dataset="tiny",
+                                                       out_root="", batch_size=32), tmp_path))

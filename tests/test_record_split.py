@@ -169,3 +169,32 @@ def test_masks_survive_the_split(tmp_path: pathlib.Path) -> None:
     assert d is not None and d.extra["n_bad_images"] == 0
     assert_same_dataset(d, one_job(tmp_path, spec))
     assert (pathlib.Path(d.path) / "labels.bin").stat().st_size == 7 * 16
+
+
+def test_cli_jobs_and_tasks(tmp_path: pathlib.Path, images: pathlib.Path) -> None:
+    """`datasets record --jobs N` runs the parts as processes here; `--task I` runs one part in this process, as a
+    Slurm array task of a researcher's own batch script does."""
+    from click.testing import CliRunner
+
+    from saev_ops.cli import cli
+
+    def saev(url: str, *args: str) -> str:
+        res = CliRunner().invoke(cli, ["--db", url, *args])
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    common = ["datasets", "record", "--name", "d", "--images", str(images), "--model", "builtin:tiny", "--layers",
+              "1,3", "--batch-size", "2", "--max-tokens-per-shard", str(17 * 2 * 3)]
+    url = f"sqlite:///{tmp_path / 'a.sqlite'}"
+    out = saev(url, *common, "--data-root", str(tmp_path / "a"), "--jobs", "3")
+    assert "recorded in 3 part(s)" in out
+    url_b = f"sqlite:///{tmp_path / 'b.sqlite'}"
+    assert "part 1 of d done" in saev(url_b, *common, "--data-root", str(tmp_path / "b"), "--jobs", "2", "--task", "1")
+    assert "joined from its parts" in saev(url_b, *common, "--data-root", str(tmp_path / "b"), "--jobs", "2",
+                                          "--task", "0")
+    res = CliRunner().invoke(cli, ["--db", url_b, *common, "--data-root", str(tmp_path / "b"), "--jobs", "2",
+                                   "--task", "1", "--executor", "slurm"])
+    assert res.exit_code != 0 and "--task runs one part in this process" in res.output
+    a, b = Registry(url).get_dataset("d"), Registry(url_b).get_dataset("d")
+    assert_same_dataset(a, b)
+    assert_same_dataset(a, one_job(tmp_path, spec_for(images, tmp_path)))

@@ -257,3 +257,68 @@ grid: {{k: [4, 8]}}
     assert all(o is not None for o in outputs), sacct_state(job)
     assert {o.n_rows for o in outputs} == {d.n_examples * (d.tokens_per_example - 1)}  # patch tokens: all but CLS
     assert "output" in saev("lineage", "sweep:rec")
+
+
+def test_record_and_infer_split_across_slurm_array_tasks(tmp_path: pathlib.Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`datasets record --jobs 3` and `infer --jobs 2` on the cluster: array tasks write their parts, the last to
+    finish joins them, and the results are those of one job, byte for byte."""
+    from click.testing import CliRunner
+
+    from saev_ops.cli import cli
+    from saev_ops.infer import InferSpec, run_inference
+    from saev_ops.record import RecordSpec, record_dataset
+    from saev_ops.record.images import generate_images
+    from tests.test_infer_split import assert_same_outputs
+    from tests.test_record_split import assert_same_dataset
+
+    monkeypatch.setenv("SAEV_OPS_HOME", str(tmp_path / "home"))
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    generate_images(tmp_path / "imgs", 13, size=32, n_classes=2)
+    slurm = ["--slurm", "partition=debug", "--slurm", "cpus=1", "--slurm", "mem_gb=1.5", "--slurm", "time_min=10",
+             "--slurm", "max_parallel=3"]
+
+    def saev(*args: str) -> str:
+        res = CliRunner().invoke(cli, ["--db", url, *args])
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    record = ["datasets", "record", "--name", "imgs", "--images", str(tmp_path / "imgs"), "--model", "builtin:tiny",
+              "--layers", "1", "--batch-size", "2", "--max-tokens-per-shard", str(17 * 2)]
+    out = saev(*record, "--jobs", "3", "--executor", "slurm", *slurm)
+    assert "submitted 3 part(s) of imgs" in out, out
+    job = re.search(r"Slurm job\(s\) (\d+)", out).group(1)
+    reg = Registry(url)
+    wait_for(lambda: reg.get_dataset("imgs").status in ("complete", "failed") or "FAILED" in sacct_state(job), 300,
+             "the recording's array")
+    d = reg.get_dataset("imgs")
+    assert d.status == "complete" and d.extra["timings"]["parts"] == 3, (d.extra, sacct_state(job))
+    wait_for(lambda: sacct_state(job).split() == ["COMPLETED"] * 3, 60, "sacct to show the 3 tasks completed")
+    one = record_dataset(Registry(f"sqlite:///{tmp_path / 'one.sqlite'}"),
+                         RecordSpec(name="imgs", images=str(tmp_path / "imgs"), model="builtin:tiny", layers=(1,),
+                                    batch_size=2, max_tokens_per_shard=17 * 2, data_root=str(tmp_path / "one")))
+    assert_same_dataset(d, one)
+    assert "is complete" in saev(*record, "--jobs", "3", "--executor", "slurm", *slurm)  # nothing to do again
+
+    (tmp_path / "grid.yaml").write_text(f"""\
+name: rec
+dataset: imgs
+executor: debug
+runs_root: {tmp_path / 'runs'}
+train: {{batch_size: 32, n_tokens: 640, log_every: 5, ckpt_every: 10, buffer_mb: 0.2}}
+base: {{arch: topk, d_sae: 64, layer: 1}}
+grid: {{k: [4, 8]}}
+""")
+    saev("sweep", "submit", str(tmp_path / "grid.yaml"))
+    out = saev("infer", "rec", "--dataset", "imgs", "--batch-size", "16", "--jobs", "2", "--executor", "slurm",
+               *slurm)
+    assert "submitted 2 of 2 inference part(s) of 2 run(s)" in out, out
+    job = re.search(r"Slurm job\(s\) (\d+)", out).group(1)
+    run_ids = [r.run.id for r in reg.list_runs(RunQuery(sweep="rec"))]
+    wait_for(lambda: all(reg.find_output(r, d.id) for r in run_ids) or "FAILED" in sacct_state(job), 300,
+             "the inference array")
+    split = [reg.find_output(r, d.id) for r in run_ids]
+    assert all(o is not None for o in split), sacct_state(job)
+    ref = run_inference(InferSpec(db_url=url, run_ids=tuple(run_ids), dataset="imgs", batch_size=16, force=True,
+                                  out_root=str(tmp_path / "one-infer")))
+    assert_same_outputs(split, ref)
