@@ -26,6 +26,7 @@ configured buffer + 500 MB.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import multiprocessing as mp
 import os
@@ -146,7 +147,8 @@ def _measure(kind: str, path: str, args: dict, q: mp.Queue) -> None:
                 prev = ex
         dt_stream = time.perf_counter() - t0  # up to the last batch, as a training run sees it
         stream.close()
-        mixing = {"distinct": float(np.mean(distinct)), "corr": float(np.mean(corr)) if corr else float("nan")}
+        mixing = {"distinct": float(np.mean(distinct)), "corr": float(np.mean(corr)) if corr else float("nan"),
+                  "timings": dataclasses.asdict(loader.timings)}
     elif kind == "indexed":
         ds = IndexedDataset(reader, ShardSelection(tokens="all"))
         idx = np.random.default_rng(0).integers(0, len(ds), size=args["indexed_n"]).tolist()
@@ -252,7 +254,8 @@ def main() -> None:
     ap.add_argument("--no-cold", action="store_true")
     ap.add_argument("--epochs", type=int, default=3,
                     help="warm: epochs back to back on one loader (and raw reads repeated as often), timed as one")
-    ap.add_argument("--threads", type=int, default=4, help="threads of raw:N (the shuffled loader's n_threads)")
+    ap.add_argument("--threads", type=int, default=min(8, os.cpu_count() or 2),
+                    help="threads of raw:N (default: the shuffled loader's n_threads, the core count up to 8)")
     ap.add_argument("--json", type=pathlib.Path, help="also write results as JSON here")
     ap.add_argument("--compare", type=pathlib.Path,
                     help="a directory holding another version's saev_ops package: its loaders are measured too")
@@ -299,6 +302,13 @@ def main() -> None:
             print(f"{r['cache']:5} {r['kind']:34} {r['rows_per_s']:12,.0f} "
                   f"{float('nan') if nan else r['rows_per_s'] / r1:7.2f} {float('nan') if nan else r['rows_per_s'] / rn:7.2f} "
                   f"{r['peak_mb']:8.0f} {mix}")
+        for r in results:
+            if "timings" in r:
+                t = r["timings"]
+                print(f"{r['cache']:5} {r['kind']:34} where the time goes ({r['seconds']:.1f} s window, "
+                      f"{t['groups']} groups): group loads {t['load_s']:.1f} s (then waiting for the gatherer "
+                      f"{t['load_wait_s']:.1f} s), gatherer {t['gather_s']:.1f} s (waiting for groups "
+                      f"{t['gather_wait_s']:.1f} s), consumer waiting for batches {t['consumer_wait_s']:.1f} s")
         for tokens in ("all", "patches"):
             per = reader.md.tokens_per_example if tokens == "all" else reader.layout.n_patches
             u = uniform_mixing(reader.md.n_examples * per, per, args.batch_size)
