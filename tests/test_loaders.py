@@ -416,3 +416,9 @@ def test_indexed_works_with_a_default_dataloader(ds: pathlib.Path, workers: int)
                                                   generator=torch.Generator().manual_seed(0))
     rows = np.concatenate([check_batch(b) for b in shuffled_loader])
     np.testing.assert_array_equal(np.sort(rows.view("i8,i8,i8"), axis=0), np.sort(exp.view("i8,i8,i8"), axis=0))
+
+
+def test_training_and_the_loader_library_share_the_buffer_default() -> None:
+    from saev_ops.train.spec import TrainSettings
+
+    assert TrainSettings().buffer_mb == ShuffledConfig().buffer_mb

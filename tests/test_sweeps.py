@@ -266,3 +266,32 @@ def test_a_batch_larger_than_the_dataset_is_refused_at_submit(tmp_path: pathlib.
         with pytest.raises(errors.ConfigError, match="batch_size 1,000 is larger than.*tokens=patches: 640 rows"):
             submit_sweep(reg, parse_sweep(text), url, dry_run=dry_run)
     assert reg.list_runs() == []
+
+
+def test_a_resubmitted_sweep_keeps_the_defaults_of_its_first_submission(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
+    """buffer_mb's default went from 1,024 to 6,144 MB (it sets the data order, so it is in a run's identity): a sweep
+    first submitted under the old default, resubmitted from the same grid, finds its runs instead of making new
+    ones; a new sweep gets the new default; a grid that sets it explicitly gets what it says."""
+    import dataclasses
+
+    from saev_ops.sweeps.submit import bind_configs
+    from saev_ops.train.spec import TrainSettings, run_identity
+
+    reg, url = env
+    text = grid(tmp_path).replace(", buffer_mb: 0.2", "")
+    assert TrainSettings().buffer_mb == 6144.0
+    # what the old version registered: the same grid, resolved with buffer_mb 1,024
+    old = parse_sweep(text)
+    old = dataclasses.replace(old, settings=old.settings.model_copy(update={"buffer_mb": 1024.0}))
+    configs = bind_configs(old, 32)
+    reg.get_or_create_sweep("s1", text)
+    reg.add_runs("tiny", configs, sweep="s1", identities=[run_identity(c) for c in configs])
+    assert submit_sweep(reg, parse_sweep(text), url, dry_run=True).new_runs == ()  # the same runs: buffer_mb kept
+    submit_sweep(reg, parse_sweep(text), url)  # launches the 6 (registered, never launched), adds none
+    runs = reg.list_runs(RunQuery(sweep="s1"))
+    assert len(runs) == 6 and {r.run.config["train"]["buffer_mb"] for r in runs} == {1024.0}
+    assert {r.run.status for r in runs} == {"completed"}
+    other = submit_sweep(reg, parse_sweep(text.replace("name: s1", "name: s2")), url, dry_run=True)
+    assert len(other.new_runs) == len(configs)  # a new sweep: the new default, new runs
+    said = text.replace("n_tokens: 640,", "n_tokens: 640, buffer_mb: 6144,")
+    assert len(submit_sweep(reg, parse_sweep(said), url, dry_run=True).new_runs) == len(configs)  # what it says

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 _EPOCH_END = object()  # in the group and batch queues: the epoch's last group / batch has gone before it
 
 STATE_VERSION = 1
+DEFAULT_BUFFER_MB = 6144.0
+"""Three groups of 2 GiB: a 16,384-patch batch then holds ~2,400 distinct examples of a ViT-B/16 dataset (saev's default
+reservoir: ~1,900) at ~4.5 GB peak (saev: ~5.7 GB); docs/performance.md has the trade-off measured."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -51,8 +54,9 @@ class ShuffledConfig:
     """Rows (patches) per batch."""
     seed: int = 0
     """Seeds every permutation; with the epoch it fixes the order."""
-    buffer_mb: float = 1536.0
-    """Memory for loaded example groups, in MiB (three groups in flight). Bigger mixes better."""
+    buffer_mb: float = DEFAULT_BUFFER_MB
+    """Memory for loaded example groups, in MiB (three groups in flight; only as much as the dataset needs). Bigger
+    mixes better: a batch is drawn from one group."""
     read_mb: float = 1.0
     """Smallest contiguous read, in MiB (sets examples per block)."""
     n_threads: int = dataclasses.field(default_factory=lambda: min(8, os.cpu_count() or 2))

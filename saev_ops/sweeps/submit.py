@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pathlib
 from typing import Any
 
@@ -10,6 +11,8 @@ from saev_ops import errors, paths
 from saev_ops.registry import Registry, RunRecord
 from saev_ops.sweeps.spec import ResourcesModel, SweepSpec, validate_run
 from saev_ops.train.spec import RunSpec, TrainJobSpec, TrainSettings, run_config, run_identity
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +108,7 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
     from saev_ops.registry import config_hash
 
     dataset = require_complete(registry, spec.dataset)
+    spec = keep_first_defaults(registry, spec)
     configs = bind_configs(spec, dataset.d_model)
     check_batch_size(configs, dataset, spec.settings.batch_size)
     for cfg in configs:  # the layer must exist in the dataset
@@ -133,6 +137,31 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
     job_ids = launch(registry, spec, dataset, jobs, db_url, val)
     return SubmitResult(spec.name, len(configs), tuple(r for r, _ in new), tuple(r for r, _ in retried), tuple(jobs),
                         tuple(job_ids), False, window_warnings(configs))
+
+
+def keep_first_defaults(registry: Registry, spec: SweepSpec) -> SweepSpec:
+    """``spec`` with the train settings its grid leaves unset taken from the sweep's registered runs, when the sweep
+    exists: a resubmitted sweep keeps the defaults of its first submission, so a default that changed since (such as
+    ``buffer_mb``, part of a run's identity) does not turn its runs into new ones. Settings the grid names win."""
+    from saev_ops.registry import RunQuery
+    from saev_ops.train.spec import RUN_ONLY_SETTINGS
+
+    try:
+        registry.get_sweep(spec.name)
+    except errors.NotFoundError:
+        return spec
+    first = registry.list_runs(RunQuery(sweep=spec.name, limit=1))
+    if not first:
+        return spec
+    stored = first[0].run.config.get("train", {})
+    given = spec.settings.model_fields_set
+    kept = {k: v for k, v in stored.items() if k in TrainSettings.model_fields and k not in given
+            and k not in RUN_ONLY_SETTINGS and v != getattr(spec.settings, k)}
+    if not kept:
+        return spec
+    log.info("sweep %s: keeping the settings of its first submission that the grid leaves unset: %s", spec.name,
+             ", ".join(f"{k}={v}" for k, v in sorted(kept.items())))
+    return dataclasses.replace(spec, settings=TrainSettings.model_validate({**spec.settings.model_dump(), **kept}))
 
 
 def held_out(registry: Registry, settings: TrainSettings, dataset: Any,

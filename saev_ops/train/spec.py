@@ -48,9 +48,11 @@ class TrainSettings(Schema):
     """Steps between checkpoints."""
     device: str = "cpu"
     """Where the SAEs train (cpu, cuda, cuda:1)."""
-    buffer_mb: float = Field(1024.0, gt=0)
-    """Shuffled loader memory; sets how well batches mix (docs/performance.md: 6144 MB gives more distinct examples
-    per batch than saev's reservoir, in less memory). Part of a run's identity: it sets the data order."""
+    buffer_mb: float = Field(6144.0, gt=0)
+    """Shuffled loader memory (only as much as the dataset needs); sets how well batches mix: the default gives more
+    distinct examples per batch than saev's reservoir, in less memory (docs/performance.md). Part of a run's
+    identity: it sets the data order (it was 1,024 before; a resubmitted sweep keeps what it was first given). The
+    loader library's own default, ``ShuffledConfig.buffer_mb``, is the same (a test keeps them equal)."""
     heartbeat_s: float = Field(30.0, ge=0)
     """Seconds between heartbeats to the registry (0: every step)."""
 
