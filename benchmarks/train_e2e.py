@@ -1,0 +1,131 @@
+"""Training end to end: shard files -> ShuffledDataLoader -> 1 and N SAEs, against its two halves in the same run.
+
+    python benchmarks/train_e2e.py                          # 2 GiB, TopK 768 -> 1024 (CPU-sized), 1 and 16 SAEs
+    python benchmarks/train_e2e.py --device cuda --d-sae 16384 --gib 8 --steps 60   # a GPU host
+
+For each SAE count, in this order, each timed over the same number of steps:
+
+- loader alone: ``ShuffledDataLoader.stream()`` batches, moved to the device (what the trainer's loop does to them);
+- step alone: the trainer's SAE steps on one batch already on the device, again and again;
+- pipeline: :class:`saev_ops.train.trainer.Trainer` itself (loader, finiteness check, every SAE's step, metric
+  windows; no registry: reports go to a null journal), from its first batch, as a run sees it.
+
+Warm = the files in the page cache; cold = their pages dropped first (posix_fadvise DONTNEED) for the loader and the
+pipeline. Target: the pipeline at 0.9x the slower half or better. Rates are patches (rows) per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+import time
+from typing import Any
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+
+class NullJournal:
+    def log(self, run_id: int, step: int, report: dict[str, Any]) -> None:
+        pass
+
+
+def job_spec(path: pathlib.Path, n_saes: int, args: argparse.Namespace, root: pathlib.Path) -> Any:
+    from saev_ops.sae import SAEConfig
+    from saev_ops.shards import ShardReader
+    from saev_ops.train.spec import RunSpec, TrainJobSpec, TrainSettings
+
+    reader = ShardReader(path)
+    layer = reader.md.layers[-1]
+    settings = TrainSettings(batch_size=args.batch_size, n_tokens=args.batch_size * args.steps, device=args.device,
+                             log_every=max(1, args.steps // 4), ckpt_every=10**9, heartbeat_s=10**9)
+    runs = tuple(RunSpec(run_id=i + 1, sae=SAEConfig(arch="topk", d_model=reader.d_model, d_sae=args.d_sae, k=args.k),
+                         lr=1e-3, seed=i) for i in range(n_saes))
+    return TrainJobSpec(db_url="sqlite://", dataset="bench", dataset_path=str(path), dataset_hash="bench",
+                        layer=layer, tokens="all", settings=settings, runs=runs, runs_root=str(root))
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def loader_alone(trainer: Any, steps: int, device: str) -> float:
+    stream = trainer.loader.stream()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        x = next(stream)["act"].to(device, non_blocking=True)
+    del x
+    sync(device)
+    dt = time.perf_counter() - t0
+    stream.close()
+    return steps * trainer.spec.settings.batch_size / dt
+
+
+def step_alone(trainer: Any, steps: int, device: str) -> float:
+    stream = trainer.loader.stream()
+    x = next(stream)["act"].to(device) * trainer.scale
+    stream.close()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        for sae, opt in zip(trainer.saes, trainer.opts, strict=True):
+            sae.train_step(x, opt, 1.0, 0.0)
+    sync(device)
+    return steps * trainer.spec.settings.batch_size / (time.perf_counter() - t0)
+
+
+def pipeline(spec: Any, device: str) -> float:
+    from saev_ops.train.trainer import Trainer
+
+    trainer = Trainer(spec, None)
+    sync(device)
+    t0 = time.perf_counter()
+    trainer.train(NullJournal())
+    sync(device)
+    return spec.settings.n_steps * spec.settings.batch_size / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    from loaders import drop_cache, generate, warm_cache
+
+    from saev_ops.train.trainer import Trainer
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gib", type=float, default=2.0)
+    ap.add_argument("--d-sae", type=int, default=1024)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--saes", default="1,16", help="SAE counts, comma-separated")
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--batch-size", type=int, default=16384)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--keep", type=pathlib.Path, help="generate into (or reuse) this directory")
+    ap.add_argument("--no-cold", action="store_true")
+    args = ap.parse_args()
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="saev-e2e-"))
+    path = generate(args.keep or tmp, args.gib, 768, 257, 1, "float32")
+    print(f"ncpu={os.cpu_count()} device={args.device} dataset {path} ({args.gib} GiB), TopK 768->{args.d_sae} "
+          f"k={args.k}, batch {args.batch_size}, {args.steps} steps per figure")
+    print(f"{'SAEs':>4} {'cache':5} {'loader alone':>13} {'step alone':>11} {'pipeline':>10} {'x slower half':>13}")
+    for n in [int(s) for s in args.saes.split(",")]:
+        spec = job_spec(path, n, args, tmp / f"runs-{n}")
+        probe = Trainer(spec, None)
+        step = step_alone(probe, max(2, args.steps // 4), args.device)
+        for cache in ("warm",) if args.no_cold else ("warm", "cold"):
+            (warm_cache if cache == "warm" else drop_cache)(path)
+            load = loader_alone(probe, args.steps, args.device)
+            (warm_cache if cache == "warm" else drop_cache)(path)
+            pipe = pipeline(spec, args.device)
+            print(f"{n:4d} {cache:5} {load:13,.0f} {step:11,.0f} {pipe:10,.0f} {pipe / min(load, step):13.2f}",
+                  flush=True)
+        del probe
+
+
+if __name__ == "__main__":
+    main()
