@@ -247,7 +247,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     ap.add_argument("--batch-size", type=int, default=16384)
-    ap.add_argument("--buffer-mb", type=float, default=1536)
+    ap.add_argument("--buffer-mb", type=float, default=6144, help="shuffled buffer (default: the loader's default)")
     ap.add_argument("--indexed-n", type=int, default=200_000)
     ap.add_argument("--indexed-batches", type=int, default=50)
     ap.add_argument("--keep", type=pathlib.Path, help="generate into (or reuse) this directory")
