@@ -41,6 +41,7 @@ def mark_complete(registry: Registry, name: str, sidecar: dict[str, Any], *, pat
     its final place and metadata when they changed while writing."""
     record = registry.get_dataset(name)
     new_extra = {**record.extra, **(extra or {}), "stats": sidecar["stats"], "metadata_hash": sidecar["content_hash"]}
+    new_extra.pop("error", None)  # an earlier attempt's failure: this one succeeded
     fields: dict[str, Any] = {"status": "complete", "extra": new_extra}
     if path is not None:
         fields["path"] = str(path)
