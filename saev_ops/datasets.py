@@ -50,6 +50,23 @@ def mark_complete(registry: Registry, name: str, sidecar: dict[str, Any], *, pat
     return registry.update_dataset(name, **fields)
 
 
+def split_progress(record: DatasetRecord) -> str | None:
+    """For a recording split across jobs and still being written: which parts are done (None otherwise)."""
+    from saev_ops.shards.format import ShardPaths
+    from saev_ops.split import Parts
+
+    if record.status == "complete":
+        return None
+    parts = Parts(ShardPaths(pathlib.Path(record.path)).parts)
+    try:
+        n = len(parts.read_plan(str(record.extra.get("metadata_hash", ""))))
+    except errors.DataError:
+        return None
+    todo = parts.unfinished(n)
+    shown = ", ".join(map(str, todo[:10])) + (", ..." if len(todo) > 10 else "")
+    return f"{n - len(todo)} of {n} done" + (f" (unfinished: {shown})" if todo else "; joining")
+
+
 def import_dataset(registry: Registry, path: pathlib.Path, name: str, *, registers: int | None = None) -> DatasetRecord:
     """Register an existing saev shard directory: build the index (image paths and labels where saev's fields give
     them), checksums and statistics, then mark it complete. A copy of a saev-ops dataset is verified against its own

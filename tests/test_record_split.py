@@ -120,6 +120,12 @@ def test_a_failed_part_is_the_only_one_recorded_again(tmp_path: pathlib.Path, im
     assert d.status == "failed" and "part 1 (images 3-5)" in d.extra["error"]
     parts = Parts(ShardPaths(next((tmp_path / "split" / "saev" / "shards").glob(".partial-*"))).parts)
     assert parts.unfinished(3) == [1]
+    from click.testing import CliRunner
+
+    from saev_ops.cli import cli
+
+    shown = CliRunner().invoke(cli, ["--db", url, "datasets", "show", "d"])
+    assert shown.exit_code == 0 and "2 of 3 done (unfinished: 1)" in shown.output, shown.output
     kept = {i: os.stat(parts.part_dir(i) / "acts000000.bin").st_ino for i in (0, 2)}
     kept_done = {i: parts.done_path(i).stat().st_mtime_ns for i in (0, 2)}
     files[4].write_bytes(good)

@@ -49,6 +49,11 @@ def show(obj: CliContext, name: str, **kw: str) -> None:
         ("dtype", d.dtype), ("created_at", d.created_at), ("completed_at", d.completed_at),
         ("runs", len(runs)),
     ] + [(f"extra.{k}", v) for k, v in sorted(d.extra.items())]
+    from saev_ops.datasets import split_progress
+
+    parts = split_progress(d)
+    if parts is not None:
+        pairs.insert(2, ("parts", parts))
     if kw["fmt"] == "table":
         click.echo(fmt.render_mapping(pairs))
     else:
