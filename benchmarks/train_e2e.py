@@ -6,7 +6,8 @@
 For each SAE count, in this order, each timed over the same number of steps:
 
 - loader alone: ``ShuffledDataLoader.stream()`` batches, moved to the device (what the trainer's loop does to them);
-- step alone: the trainer's SAE steps on one batch already on the device, again and again;
+- step alone: the Trainer itself with its loader's stream replaced by one batch held in memory, served again and
+  again (scaling, finiteness check, every SAE's step, metric windows: everything but the reads);
 - pipeline: :class:`saev_ops.train.trainer.Trainer` itself (loader, finiteness check, every SAE's step, metric
   windows; no registry: reports go to a null journal), from its first batch, as a run sees it.
 
@@ -68,17 +69,26 @@ def loader_alone(trainer: Any, steps: int, device: str) -> float:
     return steps * trainer.spec.settings.batch_size / dt
 
 
-def step_alone(trainer: Any, steps: int, device: str) -> float:
+def step_alone(spec: Any, device: str) -> float:
+    """The Trainer's whole step (scaling, finiteness check, every SAE's step, metric windows) on one batch held in
+    memory, served again and again in place of the loader's stream."""
+    from saev_ops.train.trainer import Trainer
+
+    trainer = Trainer(spec, None)
     stream = trainer.loader.stream()
-    x = next(stream)["act"].to(device) * trainer.scale
+    batch = next(stream)
     stream.close()
+
+    def same_batch() -> Any:
+        while True:
+            yield batch
+
+    trainer.loader.stream = same_batch  # type: ignore[method-assign]  # the benchmark's stand-in for the reads
     sync(device)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        for sae, opt in zip(trainer.saes, trainer.opts, strict=True):
-            sae.train_step(x, opt, 1.0, 0.0)
+    trainer.train(NullJournal())
     sync(device)
-    return steps * trainer.spec.settings.batch_size / (time.perf_counter() - t0)
+    return spec.settings.n_steps * spec.settings.batch_size / (time.perf_counter() - t0)
 
 
 def pipeline(spec: Any, device: str) -> float:
@@ -116,7 +126,7 @@ def main() -> None:
     for n in [int(s) for s in args.saes.split(",")]:
         spec = job_spec(path, n, args, tmp / f"runs-{n}")
         probe = Trainer(spec, None)
-        step = step_alone(probe, max(2, args.steps // 4), args.device)
+        step = step_alone(spec, args.device)
         for cache in ("warm",) if args.no_cold else ("warm", "cold"):
             (warm_cache if cache == "warm" else drop_cache)(path)
             load = loader_alone(probe, args.steps, args.device)
