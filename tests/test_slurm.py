@@ -199,6 +199,21 @@ def test_requeued_job_resumes_from_its_checkpoint(env) -> None:  # noqa: ANN001
         assert torch.equal(a.cpu(), b), name
 
 
+def imgs_sweep(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A grid of two tiny SAEs on layer 1 of the dataset `imgs`, trained in-process (debug executor)."""
+    path = tmp_path / "grid.yaml"
+    path.write_text(f"""\
+name: rec
+dataset: imgs
+executor: debug
+runs_root: {tmp_path / 'runs'}
+train: {{batch_size: 32, n_tokens: 640, log_every: 5, ckpt_every: 10, buffer_mb: 0.2}}
+base: {{arch: topk, d_sae: 64, layer: 1}}
+grid: {{k: [4, 8]}}
+""")
+    return path
+
+
 def test_record_and_infer_as_slurm_jobs(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`datasets record --executor slurm` and `infer --executor slurm` submit and return; the jobs fill the registry."""
     from click.testing import CliRunner
@@ -236,17 +251,7 @@ def test_record_and_infer_as_slurm_jobs(tmp_path: pathlib.Path, monkeypatch: pyt
     d = reg.get_dataset("imgs")
     assert d.n_examples == 12
 
-    grid_text = f"""\
-name: rec
-dataset: imgs
-executor: debug
-runs_root: {tmp_path / 'runs'}
-train: {{batch_size: 32, n_tokens: 640, log_every: 5, ckpt_every: 10, buffer_mb: 0.2}}
-base: {{arch: topk, d_sae: 64, layer: 1}}
-grid: {{k: [4, 8]}}
-"""
-    (tmp_path / "grid.yaml").write_text(grid_text)
-    saev("sweep", "submit", str(tmp_path / "grid.yaml"))
+    saev("sweep", "submit", str(imgs_sweep(tmp_path)))
     # a sweep with no completed runs, or a missing dataset, fails at submission
     res = CliRunner().invoke(cli, ["--db", url, "infer", "rec", "--dataset", "nope", "--executor", "slurm", *slurm])
     assert res.exit_code != 0 and "nope" in res.output
@@ -300,16 +305,7 @@ def test_record_and_infer_split_across_slurm_array_tasks(tmp_path: pathlib.Path,
     assert_same_dataset(d, one)
     assert "is complete" in saev(*record, "--jobs", "3", "--executor", "slurm", *slurm)  # nothing to do again
 
-    (tmp_path / "grid.yaml").write_text(f"""\
-name: rec
-dataset: imgs
-executor: debug
-runs_root: {tmp_path / 'runs'}
-train: {{batch_size: 32, n_tokens: 640, log_every: 5, ckpt_every: 10, buffer_mb: 0.2}}
-base: {{arch: topk, d_sae: 64, layer: 1}}
-grid: {{k: [4, 8]}}
-""")
-    saev("sweep", "submit", str(tmp_path / "grid.yaml"))
+    saev("sweep", "submit", str(imgs_sweep(tmp_path)))
     out = saev("infer", "rec", "--dataset", "imgs", "--batch-size", "16", "--jobs", "2", "--executor", "slurm",
                *slurm)
     assert "submitted 2 of 2 inference part(s) of 2 run(s)" in out, out

@@ -189,7 +189,9 @@ def _apply(spec: InferSpec, dataset: DatasetRecord, saes: list[_Sae], folders: d
     import torch
 
     from saev_ops.loaders import OrderedConfig, OrderedDataLoader, ShardSelection
+    from saev_ops.loaders.selection import plan
     from saev_ops.sae.evaluate import ReconMetrics
+    from saev_ops.shards.reader import ShardReader
 
     segment = per_batch * SEGMENT_BATCHES
     results: dict[int, dict[str, Any]] = {}
@@ -198,10 +200,9 @@ def _apply(spec: InferSpec, dataset: DatasetRecord, saes: list[_Sae], folders: d
         groups.setdefault(s.group, []).append(s)
     for (layer, tokens), items in groups.items():
         sel = ShardSelection(layers=(layer,), tokens=tokens)
-        probe = OrderedDataLoader(dataset.path, OrderedConfig(selection=sel, start=lo, stop=hi))
-        rpe = probe.plan.rows_per_example
-        loader = OrderedDataLoader(probe.reader, OrderedConfig(selection=sel, batch_size=per_batch * rpe, start=lo,
-                                                               stop=hi))
+        reader = ShardReader(dataset.path)
+        rpe = plan(reader, sel).rows_per_example
+        loader = OrderedDataLoader(reader, OrderedConfig(selection=sel, batch_size=per_batch * rpe, start=lo, stop=hi))
         writers = {s.run_id: _CsrWriter(folders[s.run_id], s.sae.cfg.d_sae) for s in items}
         seg = {s.run_id: ReconMetrics(s.sae.cfg.d_sae, spec.device) for s in items}
         segments: dict[int, list[dict[str, Any]]] = {s.run_id: [] for s in items}
