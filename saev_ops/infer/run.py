@@ -359,10 +359,11 @@ def infer_part(spec: InferSpec, task: int) -> list[OutputRecord] | None:
         return None
     try:
         out = []
+        done = [parts.done(i) or {} for i in range(len(ranges))]
         for s in saes:
             final = _final_of(spec, s.run_id, dataset)
             tmp = atomic.fresh_dir(_tmp_of(spec, s.run_id, dataset))
-            per_part = [(parts.done(i) or {})[str(s.run_id)] for i in range(len(ranges))]
+            per_part = [d[str(s.run_id)] for d in done]
             info = assemble_csr(tmp, [parts.part_dir(i) / f"run-{s.run_id:06d}" for i in range(len(ranges))],
                                 sum(r["n_rows"] for r in per_part), s.sae.cfg.d_sae)
             out.append(_register(reg, dataset, s, final, per_part, info, tmp))
