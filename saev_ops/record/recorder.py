@@ -227,12 +227,15 @@ def record_dataset(registry: Registry, spec: RecordSpec, *,
     writer = ShardWriter(rec.partial, rec.md, rec.layout, extra={"provenance": rec.provenance})
     with _failure_recorded(registry, spec.name, writer):
         bad, timings = _record_range(rec, writer, 0, len(rec.images.items), progress)
-        n_written = writer.n_written
-        if n_written == 0:
-            first = bad[0]["error"] if bad else ""
-            raise errors.DataError(f"{rec.images.root}: no readable images ({len(bad)} bad: {first})")
-        sidecar = writer.finalize(n_examples=n_written)
+        _require_images(rec, writer.n_written, bad)
+        sidecar = writer.finalize(n_examples=writer.n_written)
     return _publish(registry, rec, writer, sidecar, bad, timings.as_dict())
+
+
+def _require_images(rec: _Recording, n_written: int, bad: list[dict[str, str]]) -> None:
+    if n_written == 0:
+        first = bad[0]["error"] if bad else ""
+        raise errors.DataError(f"{rec.images.root}: no readable images ({len(bad)} bad: {first})")
 
 
 def _record_range(rec: _Recording, writer: Any, lo: int, hi: int,
@@ -420,8 +423,8 @@ def _join_parts(registry: Registry, rec: _Recording, n_tasks: int) -> DatasetRec
         disk = dtypes.disk_dtype(rec.md.dtype)
         shape = (rec.md.n_layers, rec.md.tokens_per_example, rec.md.d_model)
         n_total = sum(int(info["n_written"]) for info in infos)
-        if n_total == 0:
-            raise errors.DataError(f"{rec.images.root}: no readable images")
+        bad = [b for info in infos for b in info["bad_images"]]
+        _require_images(rec, n_total, bad)
         for task, info in enumerate(infos):
             part = ShardPaths(parts.part_dir(task))
             index = IndexReader(part.index) if info["shards"] else None
@@ -445,7 +448,6 @@ def _join_parts(registry: Registry, rec: _Recording, n_tasks: int) -> DatasetRec
                     index.close()
         sidecar = writer.finalize(n_examples=n_total)
         parts.remove()
-    bad = [b for info in infos for b in info["bad_images"]]
     timings: dict[str, float] = {}
     for info in infos:
         for k, v in info["timings"].items():
