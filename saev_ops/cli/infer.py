@@ -87,20 +87,16 @@ def _infer_split(spec: InferSpec, n_jobs: int, task: int | None, executor: str, 
             _echo_outputs(out, spec.dataset, None)
         return
     if executor == "slurm":
-        from saev_ops.jobs import InferPartJob, SlurmSpec, submit
-        from saev_ops.paths import job_logs_root
+        from saev_ops.jobs import SlurmSpec
 
-        slurm = SlurmSpec.from_pairs(slurm_opts)
-        job_spec, n_parts, todo = infer_run.plan_split(spec, n_jobs)
-        if not todo:
-            outputs = infer_run.infer_split(spec, n_jobs)  # nothing to compute, or only the join
-            _echo_outputs(outputs, spec.dataset, None)
-            return
-        ids = submit("slurm", job_logs_root("infer"), f"infer-{spec.dataset}",
-                     [InferPartJob(job_spec, i) for i in todo], slurm)
-        click.echo(f"submitted {len(todo)} of {n_parts} inference part(s) of {len(job_spec.run_ids)} run(s) on "
-                   f"{spec.dataset} as Slurm job(s) {', '.join(sorted({str(j) for j, _ in ids}))}; the last to "
-                   "finish joins them")
+        submitted = infer_run.submit_split(spec, n_jobs, SlurmSpec.from_pairs(slurm_opts))
+        if isinstance(submitted, infer_run.SplitSubmission):
+            ids = ", ".join(sorted({str(j) for j, _ in submitted.jobs}))
+            click.echo(f"submitted {len(submitted.jobs)} of {submitted.n_parts} inference part(s) of "
+                       f"{submitted.n_runs} run(s) on {spec.dataset} as Slurm job(s) {ids}; the last to finish "
+                       "joins them")
+        else:
+            _echo_outputs(submitted, spec.dataset, None)
         return
     started = utcnow()
     _echo_outputs(infer_run.infer_split(spec, n_jobs), spec.dataset, started)

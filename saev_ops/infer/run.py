@@ -394,11 +394,46 @@ def infer_split(spec: InferSpec, n_jobs: int) -> list[OutputRecord]:
     from saev_ops.jobs import InferPartJob, run_in_processes
 
     job_spec, n_parts, todo = plan_split(spec, n_jobs)
-    if n_parts and todo:
+    if todo:
         run_in_processes("inference", [InferPartJob(job_spec, i) for i in todo])
-    elif n_parts:  # every part finished, the join did not
-        if infer_part(job_spec, 0) is None:
-            raise errors.JobFailedError("every inference part is done but another job holds the final step")
+    elif n_parts:
+        _join_finished(job_spec)
+    return _registered_outputs(spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitSubmission:
+    """Parts of a split pass submitted to Slurm: (job id, array index) per part, of ``n_parts`` for ``n_runs`` runs."""
+
+    jobs: list[tuple[str | None, int | None]]
+    n_parts: int
+    n_runs: int
+
+
+def submit_split(spec: InferSpec, n_jobs: int, slurm: Any) -> SplitSubmission | list[OutputRecord]:
+    """Submit the unfinished parts of the pass split into ``n_jobs`` as a Slurm array (the last part to finish joins
+    them), or return the outputs when nothing is left to compute (joining finished parts here if they were not)."""
+    from saev_ops.jobs import InferPartJob, submit
+    from saev_ops.paths import job_logs_root
+
+    job_spec, n_parts, todo = plan_split(spec, n_jobs)
+    if not todo:
+        if n_parts:
+            _join_finished(job_spec)
+        return _registered_outputs(spec)
+    jobs = submit("slurm", job_logs_root("infer"), f"infer-{spec.dataset}",
+                  [InferPartJob(job_spec, i) for i in todo], slurm)
+    return SplitSubmission(jobs, n_parts, len(job_spec.run_ids))
+
+
+def _join_finished(job_spec: InferSpec) -> None:
+    """Every part finished and the join did not (its job died): join them here."""
+    if infer_part(job_spec, 0) is None:
+        raise errors.JobFailedError("every inference part is done but another job holds the final step")
+
+
+def _registered_outputs(spec: InferSpec) -> list[OutputRecord]:
+    """The outputs of ``spec``'s runs; a run without one after its parts finished is an error."""
     reg = Registry(spec.db_url)
     dataset, runs = check_inference(reg, spec)
     out = [reg.find_output(r.id, dataset.id) for r in runs]
