@@ -14,7 +14,7 @@ import numpy as np
 
 from saev_ops.loaders import iovec
 from saev_ops.loaders.selection import Plan
-from saev_ops.shards import dtypes
+from saev_ops.shards import aligned, dtypes
 from saev_ops.shards.reader import ShardReader
 
 
@@ -27,16 +27,16 @@ def read_examples(reader: ShardReader, plan: Plan, start: int, n: int, out: np.n
     md = reader.md
     shape = (n, len(plan.layer_idx), md.tokens_per_example, md.d_model)
     if out is None:
-        out = np.empty(shape, dtype=np.float32)
+        out = aligned.empty(shape, np.float32)
     same_dtype = reader.disk_dtype == np.float32
     if plan.layer_idx == tuple(range(md.n_layers)):
-        raw = out if same_dtype else np.empty(shape, dtype=reader.disk_dtype)
+        raw = out if same_dtype else aligned.empty(shape, reader.disk_dtype)
         reader.read_raw(start, n, None, raw)
         if not same_dtype:
             dtypes.decode(raw, reader.storage_dtype, out)
         return out
     for j, li in enumerate(plan.layer_idx):
-        raw = np.empty((n, md.tokens_per_example, md.d_model), dtype=reader.disk_dtype)
+        raw = aligned.empty((n, md.tokens_per_example, md.d_model), reader.disk_dtype)
         reader.read_raw(start, n, li, raw)
         dtypes.decode(raw, reader.storage_dtype, out[:, j])
     return out
@@ -101,7 +101,7 @@ class BufferPool:
             for i, buf in enumerate(self._buffers):
                 if buf.nbytes >= nbytes and i not in self._leased:
                     return self._lease(i, nbytes).view(dtype).reshape(shape)
-            buf = np.empty(nbytes, dtype=np.uint8)
+            buf = aligned.empty(nbytes, np.uint8)  # reads land here: see saev_ops.shards.aligned
             if len(self._buffers) < self.max_buffers:
                 self._buffers.append(buf)
                 return self._lease(len(self._buffers) - 1, nbytes).view(dtype).reshape(shape)

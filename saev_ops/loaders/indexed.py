@@ -19,7 +19,7 @@ from saev_ops import errors
 from saev_ops.loaders import iovec
 from saev_ops.loaders.blocks import read_examples
 from saev_ops.loaders.selection import Batch, ShardSelection, plan, to_batch
-from saev_ops.shards import dtypes
+from saev_ops.shards import aligned, dtypes
 from saev_ops.shards.reader import ShardReader
 
 
@@ -82,7 +82,7 @@ class IndexedDataset:
         key = shard * (self.reader.example_bytes * self.reader.md.examples_per_shard) + offsets
         uniq, inverse = np.unique(key, return_inverse=True)
         u_shard, u_off = np.divmod(uniq, self.reader.example_bytes * self.reader.md.examples_per_shard)
-        raw = np.empty((len(uniq), self.reader.d_model), dtype=self.reader.disk_dtype)
+        raw = aligned.empty((len(uniq), self.reader.d_model), self.reader.disk_dtype)
         cuts = np.concatenate([[0], np.flatnonzero(np.diff(u_shard)) + 1, [len(uniq)]])
         for a, b in itertools.pairwise(cuts.tolist()):
             dest = np.arange(a, b, dtype=np.int64) * self._row_bytes

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from saev_ops.shards import aligned
 from saev_ops.shards.reader import ShardReader
 
 GAP_BYTES = 256 << 10
@@ -89,7 +90,7 @@ def read_rows(reader: ShardReader, shard: int, offsets: np.ndarray, dest: np.nda
     iov = np.empty((int(n_iov[-1] + first_iov[-1]), 2), dtype=np.uint64)
     iov[first_iov, 0] = out.ctypes.data + s_dest.astype(np.uint64)
     iov[first_iov, 1] = s_len
-    scratch = np.empty(GAP_BYTES if scratch_after.any() else 1, dtype=np.uint8)
+    scratch = aligned.empty(GAP_BYTES if scratch_after.any() else 1, np.uint8)
     after = first_iov[scratch_after] + 1
     iov[after, 0] = scratch.ctypes.data
     iov[after, 1] = s_gap[scratch_after[:-1]].astype(np.uint64)

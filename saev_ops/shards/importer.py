@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from saev_ops import atomic, errors
-from saev_ops.shards import dtypes
+from saev_ops.shards import aligned, dtypes
 from saev_ops.shards.format import ShardPaths, TokenLayout
 from saev_ops.shards.index import ExampleEntry, IndexWriter
 from saev_ops.shards.reader import ShardReader
@@ -60,7 +60,7 @@ def _shard_passes(reader: ShardReader, stats: StatsAccumulator | None) -> Any:
         n_in = md.shard_n_examples(shard)
         for row in range(0, n_in, step):
             n = min(step, n_in - row)
-            raw = np.empty((n, md.n_layers, md.tokens_per_example, md.d_model), dtype=reader.disk_dtype)
+            raw = aligned.empty((n, md.n_layers, md.tokens_per_example, md.d_model), reader.disk_dtype)
             reader.read_raw(shard * md.examples_per_shard + row, n, None, raw)
             h.update(raw.data.cast("B"))
             if stats is not None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from saev_ops import errors
-from saev_ops.shards import dtypes
+from saev_ops.shards import aligned, dtypes
 from saev_ops.shards.format import Metadata, ShardPaths, TokenLayout, read_json
 from saev_ops.shards.stats import load_stats
 
@@ -219,7 +219,7 @@ class ShardReader:
         md = self.md
         shape = (n, md.n_layers, md.tokens_per_example, md.d_model) if layer_idx is None else (
             n, md.tokens_per_example, md.d_model)
-        raw = np.empty(shape, dtype=self.disk_dtype)
+        raw = aligned.empty(shape, self.disk_dtype)
         self.read_raw(example_start, n, layer_idx, raw)
         return dtypes.decode(raw, self.storage_dtype)
 

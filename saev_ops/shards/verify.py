@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from saev_ops import errors
-from saev_ops.shards import dtypes
+from saev_ops.shards import aligned, dtypes
 from saev_ops.shards.format import Metadata, ShardPaths, read_json, shard_name
 from saev_ops.shards.stats import load_stats
 from saev_ops.shards.writer import new_checksum
@@ -34,8 +34,8 @@ class Problem:
 def file_checksum(path: pathlib.Path, nbytes: int) -> str:
     """blake2b-128 of the first ``nbytes`` of ``path`` (a shard's examples, without the last shard's zero tail)."""
     h = new_checksum()
-    buf = bytearray(_READ)
-    view = memoryview(buf)
+    buf = aligned.empty(_READ, np.uint8)
+    view = buf.data
     left = nbytes
     with open(path, "rb", buffering=0) as fh:
         while left > 0 and (n := fh.readinto(view[: min(len(buf), left)])):
