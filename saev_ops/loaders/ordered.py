@@ -66,6 +66,9 @@ class OrderedDataLoader:
         if self.stop > self.reader.n_examples:
             raise errors.ConfigError(f"stop={cfg.stop} is past the dataset's {self.reader.n_examples} examples")
         self.start = cfg.start
+        # chunk buffers live as long as the loader: a second pass reuses them instead of faulting fresh pages in
+        self._buffers = BufferPool(max_buffers=2 * (cfg.prefetch + cfg.n_threads) + 2)
+        self._staging = BufferPool(max_buffers=cfg.n_threads + 1)  # reduced-precision rows before widening
 
     @property
     def n_rows(self) -> int:
@@ -102,8 +105,7 @@ class OrderedDataLoader:
             li, ti = np.divmod(within, n_tok)
             return to_batch(act, ex + self.start, token_idx[ti], layer_numbers[li], cfg.pin_memory)
 
-        buffers = BufferPool(max_buffers=2 * (cfg.prefetch + cfg.n_threads) + 2)
-        staging = BufferPool(max_buffers=cfg.n_threads + 1)  # reduced-precision rows before widening
+        buffers, staging = self._buffers, self._staging
         with cf.ThreadPoolExecutor(cfg.n_threads, thread_name_prefix="saev-ordered") as pool:
             futures: collections.deque[tuple[int, cf.Future[np.ndarray]]] = collections.deque()
             it = iter(chunks)
