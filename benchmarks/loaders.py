@@ -13,9 +13,13 @@ loader's own):
 - OrderedDataLoader, ShuffledDataLoader, IndexedDataset random access.
 
 Warm figures (page cache full) are what a training run sees: --epochs epochs back to back on one loader object,
-epoch boundaries included, timed as one window, against the raw reads repeated as many times. Cold figures (pages
-dropped per file with posix_fadvise(DONTNEED)) are one pass. Rates are patches (rows of d_model) per second; "x raw1"
-and "x rawN" divide by the two raw reads of the same run.
+epoch boundaries included. The rate is that of epochs 2..N, timed as one window, against the raw reads repeated as
+many times; the first epoch, which includes the loader's start and the first touch of its buffers, is shown apart
+("epoch 1"): on this project's VM, memory the host has taken back costs ~3 s/GiB to touch again, which made single
+runs vary 2-3x. Cold figures: the loader reads one epoch warm, then the files' pages are dropped
+(posix_fadvise(DONTNEED)) and the second epoch is timed, the data coming from disk. Rates are patches (rows of d_model) per second; "x raw1"
+and "x rawN" divide by the two raw reads of the same run. With --repeats R every reader is measured R times, the
+order rotated each time, and the median run is shown with the range.
 
 Mixing (shuffled loaders, epoch 2 onwards): distinct examples per batch and the mean |Pearson correlation| between
 consecutive batches' example ids, next to uniformly random rows of the same shape (the ideal).
@@ -112,14 +116,25 @@ def _measure(kind: str, path: str, args: dict, q: mp.Queue) -> None:
     row_bytes = reader.d_model * reader.disk_dtype.itemsize
     rows = 0
     epochs = args["epochs"]
+    cold = args.get("cold", False)
     mixing: dict[str, float] = {}
+    first: tuple[float, int] | None = None  # (time, rows) when the first epoch ended
+
+    def first_epoch_done() -> None:  # the steady window starts here; cold runs drop the files' pages now
+        nonlocal first
+        if first is None:
+            if cold:
+                drop_cache(pathlib.Path(path))
+            first = (time.perf_counter(), rows)
+
     t0 = time.perf_counter()
     if kind.startswith("raw"):  # raw:THREADS, the valid bytes of every shard, `epochs` times
         n_threads = int(kind.split(":")[1])
         ranges = [(reader.paths.shard(i), reader.md.shard_n_examples(i) * reader.example_bytes)
                   for i in range(reader.md.n_shards)]
-        nbytes = sum(_read_valid(ranges, n_threads) for _ in range(epochs))
-        rows = nbytes // row_bytes
+        for _ in range(epochs):
+            rows += _read_valid(ranges, n_threads) // row_bytes
+            first_epoch_done()
     elif kind.startswith("ordered"):
         tokens = kind.split(":")[1]
         loader = OrderedDataLoader(reader, OrderedConfig(selection=ShardSelection(tokens=tokens),
@@ -127,6 +142,7 @@ def _measure(kind: str, path: str, args: dict, q: mp.Queue) -> None:
         for _ in range(epochs):
             for b in loader:
                 rows += len(b["act"])
+            first_epoch_done()
     elif kind.startswith("shuffled"):  # shuffled:TOKENS[:THREADS]
         _, tokens, *threads = kind.split(":")
         extra = {"n_threads": int(threads[0])} if threads else {}
@@ -138,6 +154,8 @@ def _measure(kind: str, path: str, args: dict, q: mp.Queue) -> None:
         for i in range(epochs * len(loader)):
             b = next(stream)
             rows += len(b["act"])
+            if i == len(loader) - 1:
+                first_epoch_done()
             if i >= len(loader) or epochs == 1:  # mixing from the second epoch on
                 ex = b["example_idx"].numpy()
                 distinct.append(len(np.unique(ex)))
@@ -166,17 +184,23 @@ def _measure(kind: str, path: str, args: dict, q: mp.Queue) -> None:
     dt = time.perf_counter() - t0
     if kind.startswith("shuffled"):
         dt = dt_stream
+    epoch1: dict[str, float] = {}
+    if first is not None and epochs > 1:  # the steady window: epochs 2..N; the first (start-up included) apart
+        epoch1 = {"first_epoch_rows_per_s": first[1] / (first[0] - t0)}
+        rows -= first[1]
+        dt = t0 + dt - first[0]
     peak_mb = _peak_rss_mb()
     # patches/s counts rows actually delivered; GB/s counts float32 bytes delivered
     q.put([{"kind": kind + (" (compare)" if code else ""), "seconds": dt, "rows": rows, "rows_per_s": rows / dt,
-             "gb_per_s": rows * reader.d_model * 4 / dt / 1e9, "peak_mb": peak_mb, "epochs": epochs, **mixing}])
+             "gb_per_s": rows * reader.d_model * 4 / dt / 1e9, "peak_mb": peak_mb, "epochs": epochs, **epoch1,
+             **mixing}])
 
 
 RAW_CHUNK = 1 << 20
-"""Bytes per raw read: 1 MiB reads from the page cache ran at 12.5 GB/s here, 64 MiB ones (the buffer no longer fits a
-CPU cache) at 2.6 GB/s: the baseline must be the fastest plain read, not a slow one. Into a page-aligned buffer: a
-``bytearray`` (16 bytes off a cache line) made the same reads run at 2 GB/s on this AMD host
-(saev_ops.shards.aligned)."""
+"""Bytes per raw read, into one page-aligned buffer that stays in the CPU cache: the fastest plain read here (about
+12 GB/s from the page cache; into consecutive places of a large buffer, as loaders must, 5-8 GB/s). The buffer must
+be aligned: a ``bytearray`` or ``np.empty`` (16 bytes off a cache line) made the same reads run at 2 GB/s on this
+AMD host (benchmarks/read_alignment.py), and an earlier "64 MiB reads at 2.6 GB/s" was that effect."""
 
 
 def _read_valid(ranges: list[tuple[pathlib.Path, int]], n_threads: int) -> int:
@@ -227,6 +251,19 @@ def uniform_mixing(n_rows: int, rows_per_example: int, batch_size: int, n_batche
     return {"distinct": float(np.mean([len(np.unique(b)) for b in batches])), "corr": float(np.mean(corr))}
 
 
+def median_runs(results: list[dict], keys: list[tuple[str, str]]) -> list[dict]:
+    """One record per (cache, kind), in ``keys`` order: the run with the median rate, with the lowest and highest
+    rates of all its runs as ``lo``/``hi``."""
+    out = []
+    for cache, kind in dict.fromkeys(keys):
+        label = kind.partition("@")[0] + (" (compare)" if "@" in kind else "")
+        runs = sorted((r for r in results if r["cache"] == cache and r["kind"] == label), key=lambda r: r["rows_per_s"])
+        if runs:
+            out.append({**runs[(len(runs) - 1) // 2], "lo": runs[0]["rows_per_s"], "hi": runs[-1]["rows_per_s"],
+                        "runs": len(runs)})
+    return out
+
+
 def measure(kind: str, path: pathlib.Path, args: dict) -> list[dict]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -263,6 +300,9 @@ def main() -> None:
     ap.add_argument("--json", type=pathlib.Path, help="also write results as JSON here")
     ap.add_argument("--compare", type=pathlib.Path,
                     help="a directory holding another version's saev_ops package: its loaders are measured too")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="measure every reader this many times, rotating the order (the first reader measured after "
+                         "the raw reads ran up to 2x slow here), and report the median run with the range")
     ap.add_argument("--only", help="comma-separated loader kinds to measure besides the raw reads, e.g. shuffled:all "
                     "or shuffled:patches:8 (8 reader threads)")
     args = ap.parse_args()
@@ -283,33 +323,38 @@ def main() -> None:
         if args.compare:
             kinds += [f"{k}@{args.compare.resolve()}" for k in kinds]
         warm_cache(path)
-        for kind in raws + kinds:
-            results += [{"cache": "warm", **r} for r in measure(kind, path, margs)]
-        if not args.no_cold:
-            for kind in raws + [k for k in kinds if k.partition("@")[0] in ("ordered:all", "shuffled:all")]:
-                drop_cache(path)
-                results += [{"cache": "cold", **r} for r in measure(kind, path, {**margs, "epochs": 1})]
+        warm_kinds = raws + kinds
+        cold_kinds = raws + [k for k in kinds if k.partition("@")[0] in ("ordered:all", "shuffled:all")]
+        for rep in range(args.repeats):  # each repeat rotates the order: no reader always runs first
+            for kind in warm_kinds[rep % len(warm_kinds):] + warm_kinds[: rep % len(warm_kinds)]:
+                results += [{"cache": "warm", **r} for r in measure(kind, path, margs)]
+            if not args.no_cold:
+                for kind in cold_kinds[rep % len(cold_kinds):] + cold_kinds[: rep % len(cold_kinds)]:
+                    results += [{"cache": "cold", **r} for r in measure(kind, path, {**margs, "epochs": 2, "cold": True})]
+                warm_cache(path)
+        results = median_runs(results, [("warm", k) for k in warm_kinds] + [("cold", k) for k in cold_kinds])
         from saev_ops.shards import ShardReader
 
         reader = ShardReader(path)
         print(f"\nncpu={os.cpu_count()} dataset={path} ({reader.md.n_examples} examples x "
               f"{reader.md.tokens_per_example} tokens x d{reader.md.d_model}) batch={args.batch_size} shuffled "
               f"buffer={args.buffer_mb} MB; warm = {args.epochs} epochs back to back, cold = one pass")
-        print(f"{'cache':5} {'loader':34} {'patches/s':>12} {'x raw1':>7} {'x rawN':>7} {'peak MB':>8} "
-              f"{'examples/batch':>14} {'|corr|':>7}")
+        print(f"{'cache':5} {'loader':34} {'patches/s':>12} {'epoch 1':>10} {'x raw1':>7} {'x rawN':>7} {'peak MB':>8} "
+              f"{'examples/batch':>14} {'|corr|':>7}  {'range of ' + str(args.repeats) + ' runs' if args.repeats > 1 else ''}")
         raw = {(r["cache"], r["kind"]): r["rows_per_s"] for r in results if r["kind"].startswith("raw")}
         for r in results:
             r1 = raw[(r["cache"], "raw:1")]
             rn = raw[(r["cache"], f"raw:{args.threads}")]
             nan = r["kind"].startswith("indexed")
             mix = (f"{r['distinct']:14,.0f} {r['corr']:7.3f}" if "distinct" in r else "")
-            print(f"{r['cache']:5} {r['kind']:34} {r['rows_per_s']:12,.0f} "
+            print(f"{r['cache']:5} {r['kind']:34} {r['rows_per_s']:12,.0f} {r.get('first_epoch_rows_per_s', 0):10,.0f} "
                   f"{float('nan') if nan else r['rows_per_s'] / r1:7.2f} {float('nan') if nan else r['rows_per_s'] / rn:7.2f} "
-                  f"{r['peak_mb']:8.0f} {mix}")
+                  f"{r['peak_mb']:8.0f} {mix:22}  "
+                  f"{'' if args.repeats == 1 else format(r['lo'], ',.0f') + ' - ' + format(r['hi'], ',.0f')}")
         for r in results:
             if "timings" in r:
                 t = r["timings"]
-                print(f"{r['cache']:5} {r['kind']:34} where the time goes ({r['seconds']:.1f} s window, "
+                print(f"{r['cache']:5} {r['kind']:34} where the time goes (whole run, "
                       f"{t['groups']} groups): group loads {t['load_s']:.1f} s (then waiting for the gatherer "
                       f"{t['load_wait_s']:.1f} s), gatherer {t['gather_s']:.1f} s (waiting for groups "
                       f"{t['gather_wait_s']:.1f} s), consumer waiting for batches {t['consumer_wait_s']:.1f} s")
