@@ -128,12 +128,13 @@ def _measure(kind: str, path: str, args: dict, q: mp.Queue) -> None:
             first = (time.perf_counter(), rows)
 
     t0 = time.perf_counter()
-    if kind.startswith("raw"):  # raw:THREADS, the valid bytes of every shard, `epochs` times
+    if kind.startswith("raw"):  # raw:THREADS or rawmem:THREADS, the valid bytes of every shard, `epochs` times
         n_threads = int(kind.split(":")[1])
+        spread = RAWMEM_BYTES if kind.startswith("rawmem") else 0
         ranges = [(reader.paths.shard(i), reader.md.shard_n_examples(i) * reader.example_bytes)
                   for i in range(reader.md.n_shards)]
         for _ in range(epochs):
-            rows += _read_valid(ranges, n_threads) // row_bytes
+            rows += _read_valid(ranges, n_threads, spread) // row_bytes
             first_epoch_done()
     elif kind.startswith("ordered"):
         tokens = kind.split(":")[1]
@@ -199,11 +200,18 @@ def _measure(kind: str, path: str, args: dict, q: mp.Queue) -> None:
 RAW_CHUNK = 1 << 20
 """Bytes per raw read, into one page-aligned buffer that stays in the CPU cache: the fastest plain read here (about
 12 GB/s from the page cache; into consecutive places of a large buffer, as loaders must, 5-8 GB/s). The buffer must
-be aligned: a ``bytearray`` or ``np.empty`` (16 bytes off a cache line) made the same reads run at 2 GB/s on this
-AMD host (benchmarks/read_alignment.py), and an earlier "64 MiB reads at 2.6 GB/s" was that effect."""
+be page-aligned: a large ``np.empty`` starts 16 bytes past a page, and reads into it ran at 2-2.6 GB/s on this AMD
+host (4K aliasing: benchmarks/read_alignment.py, saev_ops.shards.aligned); an earlier "64 MiB reads at 2.6 GB/s"
+was that effect."""
 
 
-def _read_valid(ranges: list[tuple[pathlib.Path, int]], n_threads: int) -> int:
+RAWMEM_BYTES = 256 << 20
+"""``rawmem``: the same reads, each to the next place of a buffer this large per thread (well past the CPU caches), as a
+loader's reads land in batches in memory: what any loader that hands out batches could reach at best (a reference,
+not the targets' baseline)."""
+
+
+def _read_valid(ranges: list[tuple[pathlib.Path, int]], n_threads: int, spread: int = 0) -> int:
     """Read the first ``size`` bytes of each file once, :data:`RAW_CHUNK` at a time, split into ``n_threads`` equal
     spans of the concatenated ranges (os.preadv releases the GIL). Returns the bytes read."""
     import threading
@@ -216,7 +224,10 @@ def _read_valid(ranges: list[tuple[pathlib.Path, int]], n_threads: int) -> int:
     done = [0] * n_threads
 
     def work(t: int) -> None:
-        buf = aligned.empty(chunk, np.uint8)  # numpy's or a bytearray's 16-byte offset makes the read 5x slower here
+        # numpy's or a bytearray's 16-byte offset makes the read 5x slower here
+        buf = aligned.empty(max(chunk, spread // chunk * chunk), np.uint8)
+        buf[:] = 0  # touched before the clock matters: the first touch is not the read
+        at = 0
         lo, hi = spans[t]
         base = 0
         for path, size in ranges:
@@ -226,7 +237,8 @@ def _read_valid(ranges: list[tuple[pathlib.Path, int]], n_threads: int) -> int:
                 try:
                     off = a - base
                     while off < b - base:
-                        n = os.preadv(fd, [memoryview(buf)[:min(chunk, b - base - off)]], off)
+                        n = os.preadv(fd, [buf[at : at + min(chunk, b - base - off)]], off)
+                        at = (at + chunk) % len(buf)
                         if n <= 0:
                             break
                         off += n
@@ -300,6 +312,8 @@ def main() -> None:
     ap.add_argument("--json", type=pathlib.Path, help="also write results as JSON here")
     ap.add_argument("--compare", type=pathlib.Path,
                     help="a directory holding another version's saev_ops package: its loaders are measured too")
+    ap.add_argument("--rawmem", action="store_true",
+                    help="also the raw read into consecutive places of a large buffer (rawmem:N, a reference)")
     ap.add_argument("--repeats", type=int, default=1,
                     help="measure every reader this many times, rotating the order (the first reader measured after "
                          "the raw reads ran up to 2x slow here), and report the median run with the range")
@@ -316,7 +330,7 @@ def main() -> None:
         margs = {"epochs": args.epochs, "batch_size": args.batch_size, "buffer_mb": args.buffer_mb,
                  "indexed_n": args.indexed_n, "indexed_batches": args.indexed_batches}
         results = []
-        raws = ["raw:1", f"raw:{args.threads}"]
+        raws = ["raw:1", f"raw:{args.threads}"] + ([f"rawmem:{args.threads}"] if args.rawmem else [])
         kinds = ["ordered:all", "ordered:patches", "shuffled:all", "shuffled:patches", "indexed", "indexed-batch"]
         if args.only:
             kinds = args.only.split(",")
@@ -338,7 +352,8 @@ def main() -> None:
         reader = ShardReader(path)
         print(f"\nncpu={os.cpu_count()} dataset={path} ({reader.md.n_examples} examples x "
               f"{reader.md.tokens_per_example} tokens x d{reader.md.d_model}) batch={args.batch_size} shuffled "
-              f"buffer={args.buffer_mb} MB; warm = {args.epochs} epochs back to back, cold = one pass")
+              f"buffer={args.buffer_mb} MB; warm = epochs 2-{args.epochs} back to back, cold = a second epoch after "
+              f"dropping the pages")
         print(f"{'cache':5} {'loader':34} {'patches/s':>12} {'epoch 1':>10} {'x raw1':>7} {'x rawN':>7} {'peak MB':>8} "
               f"{'examples/batch':>14} {'|corr|':>7}  {'range of ' + str(args.repeats) + ' runs' if args.repeats > 1 else ''}")
         raw = {(r["cache"], r["kind"]): r["rows_per_s"] for r in results if r["kind"].startswith("raw")}

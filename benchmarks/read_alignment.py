@@ -3,9 +3,9 @@
     python benchmarks/read_alignment.py                 # a 1 GiB file in a temporary directory
     python benchmarks/read_alignment.py --file F --mib 1
 
-Reads the file (cached first) in ``--mib`` MiB ``preadv`` calls into one reused buffer whose first byte lies 0, 16,
-32, 64 and 2048 bytes past a page boundary, plus a ``bytearray`` and a plain ``np.empty`` (numpy's allocations sit 16
-bytes past a page), and into consecutive places of a 1 GiB page-aligned buffer (a destination in DRAM, as a loader's
+Reads the file (cached first) in ``--mib`` MiB ``preadv`` calls into one reused buffer whose first byte lies 0, 8,
+16, 32, 64, 80 and 2048 bytes past a page boundary, plus a ``bytearray`` and plain ``np.empty`` arrays (numpy's
+large allocations sit 16 bytes past a page), and into consecutive places of a 1 GiB page-aligned buffer (a destination in DRAM, as a loader's
 batches are). Prints GB/s and the ratio to the page-aligned buffer of the same run, best of ``--repeats``. It is why
 every buffer a read lands in comes from :func:`saev_ops.shards.aligned.empty`.
 """
@@ -52,9 +52,10 @@ def main() -> None:
         for off in range(0, size, 64 << 20):  # into the page cache
             os.pread(fd, 64 << 20, off)
         dests: dict[str, object] = {f"buffer {k:4d} B past a page": _offset_buffer(chunk, k)
-                                    for k in (0, 16, 32, 64, 2048)}
+                                    for k in (0, 8, 16, 32, 64, 80, 2048)}
         dests["bytearray"] = bytearray(chunk)
         dests["np.empty"] = np.empty(chunk, np.uint8)
+        dests["np.empty of 256 MiB (a loader's size)"] = np.empty(256 << 20, np.uint8)[:chunk]
         big = _offset_buffer(min(size, 1 << 30), 0)
         big[:] = 1
         for buf in dests.values():

@@ -1,10 +1,12 @@
 """Page-aligned numpy buffers: the one allocation for memory that file reads land in.
 
-numpy's allocations start 16 bytes past a page boundary (glibc's chunk header), so every row a read puts there is off
-a cache line. The kernel copies page-cache data with ``rep movsb``; on AMD EPYC (``erms``/``fsrm``) that copy runs
-about 5x slower into a destination that is not 64-byte aligned: 1 MiB ``preadv`` calls from the page cache reached
-2.1 GB/s into a numpy buffer and 11.9 GB/s into the same buffer 16 bytes further on (docs/performance.md). Rows of
-saev's shards are multiples of 64 bytes, so a page-aligned buffer keeps every row aligned.
+The kernel copies page-cache data with ``rep movsb``, which on this project's AMD EPYC host (``erms``/``fsrm``) runs
+at a fifth of its speed when the destination lies 1-31 bytes past the source modulo 4096 (4K aliasing between the
+copy's loads and stores): 1 MiB ``preadv`` calls into a buffer 8, 16 or 24 bytes past a page ran at 2.3-2.7 GB/s, at
+0, 32, 80 or 528 bytes past a page at 10-13 GB/s (``benchmarks/read_alignment.py``). numpy's large allocations
+start exactly 16 bytes past a page (glibc's chunk header), so every read into one from the start of a page of the
+file hit the slow case. Page-aligned buffers keep destination and source at the same offset in their pages, or at a
+multiple of the row size apart (a multiple of 64 bytes for shards of any usual ``d_model``), never in that window.
 """
 
 from __future__ import annotations
