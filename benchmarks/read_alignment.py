@@ -5,9 +5,9 @@
 
 Reads the file (cached first) in ``--mib`` MiB ``preadv`` calls into one reused buffer whose first byte lies 0, 8,
 16, 32, 64, 80 and 2048 bytes past a page boundary, plus a ``bytearray`` and plain ``np.empty`` arrays (numpy's
-large allocations sit 16 bytes past a page), and into consecutive places of a 1 GiB page-aligned buffer (a destination in DRAM, as a loader's
-batches are). Prints GB/s and the ratio to the page-aligned buffer of the same run, best of ``--repeats``. It is why
-every buffer a read lands in comes from :func:`saev_ops.shards.aligned.empty`.
+large allocations sit 16 bytes past a page), and into consecutive places of a 1 GiB page-aligned buffer (a
+destination in DRAM, as a loader's batches are). Prints GB/s and the ratio to the page-aligned buffer of the same
+run, best of ``--repeats``. It is why every buffer a read lands in comes from :func:`saev_ops.shards.aligned.empty`.
 """
 
 from __future__ import annotations
