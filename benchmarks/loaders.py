@@ -17,9 +17,9 @@ epoch boundaries included. The rate is that of epochs 2..N, timed as one window,
 many times; the first epoch, which includes the loader's start and the first touch of its buffers, is shown apart
 ("epoch 1"): on this project's VM, memory the host has taken back costs ~3 s/GiB to touch again, which made single
 runs vary 2-3x. Cold figures: the loader reads one epoch warm, then the files' pages are dropped
-(posix_fadvise(DONTNEED)) and the second epoch is timed, the data coming from disk. Rates are patches (rows of d_model) per second; "x raw1"
-and "x rawN" divide by the two raw reads of the same run. With --repeats R every reader is measured R times, the
-order rotated each time, and the median run is shown with the range.
+(posix_fadvise(DONTNEED)) and the second epoch is timed, the data coming from disk. Rates are patches (rows of
+d_model) per second; "x raw1" and "x rawN" divide by the two raw reads of the same run. With --repeats R every
+reader is measured R times, the order rotated each time, and the median run is shown with the range.
 
 Mixing (shuffled loaders, epoch 2 onwards): distinct examples per batch and the mean |Pearson correlation| between
 consecutive batches' example ids, next to uniformly random rows of the same shape (the ideal).
@@ -41,6 +41,7 @@ import shutil
 import sys
 import tempfile
 import time
+from typing import Any
 
 import numpy as np
 
@@ -127,14 +128,13 @@ def _measure(kind: str, path: str, args: dict, q: mp.Queue) -> None:
                 drop_cache(pathlib.Path(path))
             first = (time.perf_counter(), rows)
 
+    if kind.startswith("raw"):  # the raw reads' buffers, touched before the clock starts: the first touch is no read
+        bufs = raw_buffers(int(kind.split(":")[1]), RAWMEM_BYTES if kind.startswith("rawmem") else 0)
     t0 = time.perf_counter()
     if kind.startswith("raw"):  # raw:THREADS or rawmem:THREADS, the valid bytes of every shard, `epochs` times
-        n_threads = int(kind.split(":")[1])
-        spread = RAWMEM_BYTES if kind.startswith("rawmem") else 0
-        ranges = [(reader.paths.shard(i), reader.md.shard_n_examples(i) * reader.example_bytes)
-                  for i in range(reader.md.n_shards)]
+        ranges = valid_ranges(reader)
         for _ in range(epochs):
-            rows += _read_valid(ranges, n_threads, spread) // row_bytes
+            rows += _read_valid(ranges, bufs) // row_bytes
             first_epoch_done()
     elif kind.startswith("ordered"):
         tokens = kind.split(":")[1]
@@ -211,22 +211,43 @@ loader's reads land in batches in memory: what any loader that hands out batches
 not the targets' baseline)."""
 
 
-def _read_valid(ranges: list[tuple[pathlib.Path, int]], n_threads: int, spread: int = 0) -> int:
-    """Read the first ``size`` bytes of each file once, :data:`RAW_CHUNK` at a time, split into ``n_threads`` equal
-    spans of the concatenated ranges (os.preadv releases the GIL). Returns the bytes read."""
-    import threading
+def valid_ranges(reader: Any) -> list[tuple[pathlib.Path, int]]:
+    """(shard file, bytes of its examples) for every shard of ``reader`` (a ShardReader): what the raw reads read."""
+    return [(reader.paths.shard(i), reader.md.shard_n_examples(i) * reader.example_bytes)
+            for i in range(reader.md.n_shards)]
 
+
+def rotated(seq: list[str], k: int) -> list[str]:
+    """``seq`` started at its ``k``-th item (modulo its length), so repeats do not always measure in one order."""
+    k %= len(seq)
+    return seq[k:] + seq[:k]
+
+
+def raw_buffers(n_threads: int, spread: int = 0) -> list[np.ndarray]:
+    """One page-aligned, touched buffer per raw-read thread: :data:`RAW_CHUNK`, or ``spread`` bytes (``rawmem``).
+    Aligned: numpy's or a bytearray's 16-byte offset makes the read 5x slower here."""
     from saev_ops.shards import aligned
 
+    bufs = [aligned.empty(max(RAW_CHUNK, spread // RAW_CHUNK * RAW_CHUNK), np.uint8) for _ in range(n_threads)]
+    for buf in bufs:
+        buf[:] = 0
+    return bufs
+
+
+def _read_valid(ranges: list[tuple[pathlib.Path, int]], bufs: list[np.ndarray]) -> int:
+    """Read the first ``size`` bytes of each file once, :data:`RAW_CHUNK` at a time, split into one equal span of
+    the concatenated ranges per buffer of ``bufs`` (:func:`raw_buffers`), one thread each (os.preadv releases the
+    GIL); each read goes to the next place of its thread's buffer. Returns the bytes read."""
+    import threading
+
+    n_threads = len(bufs)
     total = sum(size for _, size in ranges)
     chunk = RAW_CHUNK
     spans = [(total * i // n_threads, total * (i + 1) // n_threads) for i in range(n_threads)]
     done = [0] * n_threads
 
     def work(t: int) -> None:
-        # numpy's or a bytearray's 16-byte offset makes the read 5x slower here
-        buf = aligned.empty(max(chunk, spread // chunk * chunk), np.uint8)
-        buf[:] = 0  # touched before the clock matters: the first touch is not the read
+        buf = bufs[t]
         at = 0
         lo, hi = spans[t]
         base = 0
@@ -340,11 +361,12 @@ def main() -> None:
         warm_kinds = raws + kinds
         cold_kinds = raws + [k for k in kinds if k.partition("@")[0] in ("ordered:all", "shuffled:all")]
         for rep in range(args.repeats):  # each repeat rotates the order: no reader always runs first
-            for kind in warm_kinds[rep % len(warm_kinds):] + warm_kinds[: rep % len(warm_kinds)]:
+            for kind in rotated(warm_kinds, rep):
                 results += [{"cache": "warm", **r} for r in measure(kind, path, margs)]
             if not args.no_cold:
-                for kind in cold_kinds[rep % len(cold_kinds):] + cold_kinds[: rep % len(cold_kinds)]:
-                    results += [{"cache": "cold", **r} for r in measure(kind, path, {**margs, "epochs": 2, "cold": True})]
+                for kind in rotated(cold_kinds, rep):
+                    cold_args = {**margs, "epochs": 2, "cold": True}
+                    results += [{"cache": "cold", **r} for r in measure(kind, path, cold_args)]
                 warm_cache(path)
         results = median_runs(results, [("warm", k) for k in warm_kinds] + [("cold", k) for k in cold_kinds])
         from saev_ops.shards import ShardReader
@@ -354,8 +376,9 @@ def main() -> None:
               f"{reader.md.tokens_per_example} tokens x d{reader.md.d_model}) batch={args.batch_size} shuffled "
               f"buffer={args.buffer_mb} MB; warm = epochs 2-{args.epochs} back to back, cold = a second epoch after "
               f"dropping the pages")
+        span = f"range of {args.repeats} runs" if args.repeats > 1 else ""
         print(f"{'cache':5} {'loader':34} {'patches/s':>12} {'epoch 1':>10} {'x raw1':>7} {'x rawN':>7} {'peak MB':>8} "
-              f"{'examples/batch':>14} {'|corr|':>7}  {'range of ' + str(args.repeats) + ' runs' if args.repeats > 1 else ''}")
+              f"{'examples/batch':>14} {'|corr|':>7}  {span}")
         raw = {(r["cache"], r["kind"]): r["rows_per_s"] for r in results if r["kind"].startswith("raw")}
         for r in results:
             r1 = raw[(r["cache"], "raw:1")]

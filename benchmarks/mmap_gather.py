@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -31,9 +32,20 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 
+def shard_maps(reader: Any) -> list[Any]:
+    """Each shard's examples (not the last shard's zero tail) as a torch tensor of byte rows over its memory map."""
+    import torch
+
+    with warnings.catch_warnings():  # the maps are read-only; torch warns that it could not write them
+        warnings.simplefilter("ignore")
+        return [torch.from_numpy(np.asarray(reader.rows(i)).reshape(-1).view(np.uint8)
+                                 [: reader.md.shard_n_examples(i) * reader.example_bytes].reshape(-1, reader.row_bytes))
+                for i in range(reader.md.n_shards)]
+
+
 def main() -> None:
     import torch
-    from loaders import _read_valid, warm_cache
+    from loaders import _read_valid, raw_buffers, valid_ranges, warm_cache
 
     from saev_ops.shards import ShardReader, aligned
 
@@ -51,15 +63,11 @@ def main() -> None:
     md = reader.md
     row_bytes = reader.row_bytes
     warm_cache(args.data)
-    ranges = [(reader.paths.shard(i), md.shard_n_examples(i) * reader.example_bytes) for i in range(md.n_shards)]
+    bufs = raw_buffers(1)
     t0 = time.perf_counter()
-    raw = _read_valid(ranges, 1) // row_bytes / (time.perf_counter() - t0)
+    raw = _read_valid(valid_ranges(reader), bufs) // row_bytes / (time.perf_counter() - t0)
     torch.set_num_threads(1)  # one gather per thread, as reader threads would run them
-    with warnings.catch_warnings():  # the maps are read-only; torch warns that it could not write them
-        warnings.simplefilter("ignore")
-        maps = [torch.from_numpy(np.asarray(reader.rows(i)).reshape(-1).view(np.uint8)
-                                 [: md.shard_n_examples(i) * reader.example_bytes].reshape(-1, row_bytes))
-                for i in range(md.n_shards)]
+    maps = shard_maps(reader)
     for m in maps:  # map every page once: steady state, as after a training run's first epoch
         int(m[:, 0].sum())
     rng = np.random.default_rng(0)
@@ -96,7 +104,7 @@ def main() -> None:
 
 def cold(args: argparse.Namespace) -> None:
     import torch
-    from loaders import _read_valid, drop_cache
+    from loaders import _read_valid, drop_cache, raw_buffers, valid_ranges
 
     from saev_ops.loaders import ShardSelection, ShuffledConfig, ShuffledDataLoader
     from saev_ops.shards import ShardReader, aligned
@@ -110,11 +118,7 @@ def cold(args: argparse.Namespace) -> None:
     rpe, eps, B = loader.plan.rows_per_example, md.examples_per_shard, args.batch_size
     layer_row = loader.plan.layer_idx[0] * md.tokens_per_example
     torch.set_num_threads(1)
-    with warnings.catch_warnings():  # read-only maps: torch warns that it could not write them
-        warnings.simplefilter("ignore")
-        maps = [torch.from_numpy(np.asarray(reader.rows(i)).reshape(-1).view(np.uint8)
-                                 [: md.shard_n_examples(i) * reader.example_bytes].reshape(-1, reader.row_bytes))
-                for i in range(md.n_shards)]
+    maps = shard_maps(reader)
     groups = loader._groups(0)
 
     def group_rows(gi: int) -> np.ndarray:  # global (example, row) ids of group gi in its shuffled order
@@ -151,13 +155,14 @@ def cold(args: argparse.Namespace) -> None:
         if not torch.equal(out.view(torch.float32), batch["act"]):
             raise SystemExit(f"batch {k}: the gathered rows differ from the loader's")
     print("the first 3 gathered batches equal the loader's")
-    ranges = [(reader.paths.shard(i), md.shard_n_examples(i) * reader.example_bytes) for i in range(md.n_shards)]
+    ranges = valid_ranges(reader)
     rates = {}
     for n_threads in (1, 2):
+        bufs = raw_buffers(n_threads)
         drop_cache(args.data)
         t0 = time.perf_counter()
         rates[f"raw read from disk, {n_threads} thread(s)"] = (
-            _read_valid(ranges, n_threads) // reader.row_bytes / (time.perf_counter() - t0))
+            _read_valid(ranges, bufs) // reader.row_bytes / (time.perf_counter() - t0))
     drop_cache(args.data)
     outs = [torch.from_numpy(aligned.empty((B, reader.row_bytes), np.uint8)) for _ in range(2)]
     t0 = time.perf_counter()
