@@ -17,7 +17,10 @@ epoch boundaries included. The rate is that of epochs 2..N, timed as one window,
 many times; the first epoch, which includes the loader's start and the first touch of its buffers, is shown apart
 ("epoch 1"): on this project's VM, memory the host has taken back costs ~3 s/GiB to touch again, which made single
 runs vary 2-3x. Cold figures: the loader reads one epoch warm, then the files' pages are dropped
-(posix_fadvise(DONTNEED)) and the second epoch is timed, the data coming from disk. Rates are patches (rows of
+(posix_fadvise(DONTNEED), after dropping this process's maps of them) and the second epoch is timed, the data coming
+from disk; "cold1" is the first epoch of a fresh loader with the files' pages dropped before it starts (what the first
+epoch of a training run sees; start-up included). A loader that reads ahead has part of the next epoch in memory or
+in the page cache when the pages are dropped under it (cold), and none at its start (cold1). Rates are patches (rows of
 d_model) per second; "x raw1" and "x rawN" divide by the two raw reads of the same run. With --repeats R every
 reader is measured R times, the order rotated each time, and the median run is shown with the range.
 
@@ -74,7 +77,26 @@ def generate(root: pathlib.Path, gib: float, d_model: int, tokens: int, n_layers
     return path
 
 
+def _unmap_pages(path: pathlib.Path) -> None:
+    """Drop this process's page-table entries for every map of the files under ``path`` (``madvise(DONTNEED)``;
+    the maps stay valid and fault the pages back in): the kernel never evicts a page some process maps, so a loader
+    that reads through maps would otherwise stay warm after :func:`drop_cache`."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    root = str(path.resolve())
+    for line in pathlib.Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith(root + "/"):
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if libc.madvise(lo, hi - lo, 4) != 0:  # 4: MADV_DONTNEED
+                raise OSError(ctypes.get_errno(), f"madvise(DONTNEED) of {fields[5]} failed")
+
+
 def drop_cache(path: pathlib.Path) -> None:
+    """Evict the shard files' pages from the page cache (this process's maps of them first)."""
+    _unmap_pages(path)
     for f in sorted(path.glob("acts*.bin")):
         fd = os.open(f, os.O_RDONLY)
         try:
@@ -99,6 +121,18 @@ def _peak_rss_mb() -> float:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_anon_mb() -> float:
+    """The process's anonymous memory now (its own allocations; VmHWM also counts mapped file pages, which the
+    page cache holds for any reader of the files)."""
+    try:
+        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 def _measure(kind: str, path: str, args: dict, q: mp.Queue) -> None:
@@ -150,11 +184,13 @@ def _measure(kind: str, path: str, args: dict, q: mp.Queue) -> None:
         loader = ShuffledDataLoader(reader, ShuffledConfig(selection=ShardSelection(tokens=tokens),
                                                            batch_size=args["batch_size"], buffer_mb=args["buffer_mb"],
                                                            **extra))
-        distinct, corr, prev = [], [], None
+        distinct, corr, prev, anon = [], [], None, 0.0
         stream = loader.stream()  # as a training run reads it: epoch after epoch, never restarted
         for i in range(epochs * len(loader)):
             b = next(stream)
             rows += len(b["act"])
+            if i % 8 == 0:
+                anon = max(anon, _rss_anon_mb())
             if i == len(loader) - 1:
                 first_epoch_done()
             if i >= len(loader) or epochs == 1:  # mixing from the second epoch on
@@ -167,7 +203,7 @@ def _measure(kind: str, path: str, args: dict, q: mp.Queue) -> None:
         dt_stream = time.perf_counter() - t0  # up to the last batch, as a training run sees it
         stream.close()
         mixing = {"distinct": float(np.mean(distinct)), "corr": float(np.mean(corr)) if corr else float("nan"),
-                  "timings": dataclasses.asdict(loader.timings)}
+                  "timings": dataclasses.asdict(loader.timings), "anon_mb": anon}
     elif kind == "indexed":
         ds = IndexedDataset(reader, ShardSelection(tokens="all"))
         idx = np.random.default_rng(0).integers(0, len(ds), size=args["indexed_n"]).tolist()
@@ -359,7 +395,8 @@ def main() -> None:
             kinds += [f"{k}@{args.compare.resolve()}" for k in kinds]
         warm_cache(path)
         warm_kinds = raws + kinds
-        cold_kinds = raws + [k for k in kinds if k.partition("@")[0] in ("ordered:all", "shuffled:all")]
+        first_pass_kinds = [k for k in kinds if k.partition("@")[0] in ("ordered:all", "shuffled:all")]
+        cold_kinds = raws + first_pass_kinds
         for rep in range(args.repeats):  # each repeat rotates the order: no reader always runs first
             for kind in rotated(warm_kinds, rep):
                 results += [{"cache": "warm", **r} for r in measure(kind, path, margs)]
@@ -367,8 +404,12 @@ def main() -> None:
                 for kind in rotated(cold_kinds, rep):
                     cold_args = {**margs, "epochs": 2, "cold": True}
                     results += [{"cache": "cold", **r} for r in measure(kind, path, cold_args)]
+                for kind in rotated(first_pass_kinds, rep):  # a fresh loader's first epoch, the files not cached
+                    drop_cache(path)
+                    results += [{"cache": "cold1", **r} for r in measure(kind, path, {**margs, "epochs": 1})]
                 warm_cache(path)
-        results = median_runs(results, [("warm", k) for k in warm_kinds] + [("cold", k) for k in cold_kinds])
+        results = median_runs(results, [("warm", k) for k in warm_kinds] + [("cold", k) for k in cold_kinds]
+                              + [("cold1", k) for k in first_pass_kinds])
         from saev_ops.shards import ShardReader
 
         reader = ShardReader(path)
@@ -381,8 +422,9 @@ def main() -> None:
               f"{'examples/batch':>14} {'|corr|':>7}  {span}")
         raw = {(r["cache"], r["kind"]): r["rows_per_s"] for r in results if r["kind"].startswith("raw")}
         for r in results:
-            r1 = raw[(r["cache"], "raw:1")]
-            rn = raw[(r["cache"], f"raw:{args.threads}")]
+            base = "cold" if r["cache"] == "cold1" else r["cache"]  # a first pass from disk: the cold raw reads
+            r1 = raw[(base, "raw:1")]
+            rn = raw[(base, f"raw:{args.threads}")]
             nan = r["kind"].startswith("indexed")
             mix = (f"{r['distinct']:14,.0f} {r['corr']:7.3f}" if "distinct" in r else "")
             print(f"{r['cache']:5} {r['kind']:34} {r['rows_per_s']:12,.0f} {r.get('first_epoch_rows_per_s', 0):10,.0f} "
@@ -392,10 +434,13 @@ def main() -> None:
         for r in results:
             if "timings" in r:
                 t = r["timings"]
+                cut = (f", cutter threads {t['cut_s']:.1f} s, {t['read_bytes'] / 2**30:.1f} GiB read by the warming"
+                       if "cut_s" in t else "")  # --compare with a version before batches were cut from the maps
                 print(f"{r['cache']:5} {r['kind']:34} where the time goes (whole run, "
                       f"{t['groups']} groups): group loads {t['load_s']:.1f} s (then waiting for the gatherer "
                       f"{t['load_wait_s']:.1f} s), gatherer {t['gather_s']:.1f} s (waiting for groups "
-                      f"{t['gather_wait_s']:.1f} s), consumer waiting for batches {t['consumer_wait_s']:.1f} s")
+                      f"{t['gather_wait_s']:.1f} s){cut}, consumer waiting for batches {t['consumer_wait_s']:.1f} s; "
+                      f"anonymous memory at most {r.get('anon_mb', float('nan')):,.0f} MB")
         for tokens in ("all", "patches"):
             per = reader.md.tokens_per_example if tokens == "all" else reader.layout.n_patches
             u = uniform_mixing(reader.md.n_examples * per, per, args.batch_size)

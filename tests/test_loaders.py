@@ -325,24 +325,65 @@ def test_reduced_precision_loaders_return_float32(tmp_path: pathlib.Path) -> Non
     assert len(np.unique(got, axis=0)) == len(got) == 20 * 16
 
 
-def test_loader_thread_failure_reaches_the_consumer(tmp_path: pathlib.Path) -> None:
+def test_a_shard_truncated_after_opening_is_named_before_any_row_is_gathered(tmp_path: pathlib.Path) -> None:
     path = write_dataset(tmp_path, n_examples=50)
     loader = shuffled(path)
     os.truncate(path / "acts000003.bin", 10)  # the file shrinks after the reader validated it
-    with pytest.raises(WorkerError, match=r"(?s)shuffled loader.*crashed.*short read"):
+    with pytest.raises(errors.DataError, match=r"acts000003.bin: 10 bytes, expected at least \d+ .*truncated"):
+        next(iter(loader))
+
+
+@pytest.mark.parametrize("where", ["reader", "cutter"])
+def test_loader_thread_failure_reaches_the_consumer(ds: pathlib.Path, where: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader thread warming the second group, or a cutter thread gathering a batch, fails mid-epoch: the consumer
+    gets its traceback as a WorkerError after the batches before it, never a short epoch."""
+    from saev_ops.loaders.rowmap import RowMap
+
+    loader = shuffled(ds, batch_size=32, n_threads=1)
+    assert len(loader._groups(0)) > 1
+    calls = {"n": 0}
+    if where == "reader":
+        original_load = ShuffledDataLoader._load_group
+
+        def failing_load(self, pool, epoch, gi, *rest):  # noqa: ANN001, ANN002, ANN202
+            if gi == 1:
+                raise OSError(5, "Input/output error (injected)")
+            return original_load(self, pool, epoch, gi, *rest)
+
+        monkeypatch.setattr(ShuffledDataLoader, "_load_group", failing_load)
+    else:
+        original_take = RowMap.take
+
+        def failing_take(self, *args):  # noqa: ANN001, ANN002, ANN202
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise OSError(5, "Input/output error (injected)")
+            return original_take(self, *args)
+
+        monkeypatch.setattr(RowMap, "take", failing_take)
+    got = 0
+    with pytest.raises(WorkerError, match=rf"(?s)shuffled loader \({where} thread\) crashed.*injected"):
         for _ in loader:
-            pass
+            got += 1
+    assert 0 < got < len(loader) and loader.batches_in_epoch == got
 
 
-def test_shuffled_without_native_preadv_gives_the_same_batches(ds: pathlib.Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    """The portable path (contiguous read + numpy scatter) and the native-iovec path put every row in the same place."""
-    from saev_ops.loaders import iovec
-
+@pytest.mark.parametrize("n_threads", [1, 3])
+def test_shuffled_batches_follow_the_plan_in_order(ds: pathlib.Path, n_threads: int) -> None:
+    """Batches cut by several threads reach the consumer in the plan's order: the epoch's rows are each group's rows in
+    its permuted order, groups in turn, whatever thread cut which batch (what resume and reproducibility rest on)."""
     sel = ShardSelection(layers=(7, 3), tokens="no-registers")
-    native = epoch_rows(shuffled(ds, sel, batch_size=37))
-    monkeypatch.setattr(iovec, "AVAILABLE", False)
-    np.testing.assert_array_equal(epoch_rows(shuffled(ds, sel, batch_size=37)), native)
+    loader = shuffled(ds, sel, batch_size=37, n_threads=n_threads, prefetch_batches=2)
+    plan, rpe = loader.plan, loader.plan.rows_per_example
+    want = []
+    for gi, g in enumerate(loader._groups(0)):
+        ex_ids = np.concatenate([np.arange(s, s + c) for s, c in g.blocks])
+        perm = loader._group_perm(0, gi, g.n_rows)
+        li, ti = np.divmod(perm % rpe, len(plan.token_idx))
+        want.append(np.stack([ex_ids[perm // rpe], np.asarray(plan.layer_numbers)[li], plan.token_idx[ti]], 1))
+    assert len(want) > 2
+    np.testing.assert_array_equal(epoch_rows(loader), np.concatenate(want))
 
 
 @pytest.mark.parametrize("pattern", ["contiguous", "small-gaps", "long-gaps"])
@@ -389,10 +430,9 @@ def test_iovec_read_rows_checks_its_arguments_and_short_reads(tmp_path: pathlib.
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_every_loader_reads_through_the_one_scatter_path(ds: pathlib.Path, native: bool,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ordered batches, indexed rows (single and batched, duplicates included) and shuffled epochs give the same rows
-    with libc's preadv and with the numpy fallback."""
+def test_every_loader_gives_the_same_rows(ds: pathlib.Path, native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ordered batches and indexed rows (single and batched, duplicates included), with libc's preadv and with the
+    numpy fallback, and shuffled epochs (gathered from the files' maps) give the same rows."""
     from saev_ops.loaders import iovec
 
     if not native:

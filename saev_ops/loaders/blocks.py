@@ -62,7 +62,11 @@ def put_or_stop(q: queue.Queue[Any], item: Any, stop: threading.Event) -> None:
 
 
 def get_or_raise(q: queue.Queue[Any], who: str) -> Any:
-    item = q.get()
+    return check(q.get(), who)
+
+
+def check(item: Any, who: str) -> Any:
+    """``item``, unless it is a thread's :func:`failure`: then raise it as a ``WorkerError`` naming ``who``."""
     if isinstance(item, _Failure):
         raise WorkerError(f"{who} crashed:\n{item.tb}")
     return item
@@ -128,7 +132,8 @@ def scatter_examples(reader: ShardReader, plan: Plan, starts: np.ndarray, counts
     """Read the selected rows of the example ranges ``[starts[i], starts[i] + counts[i])`` so that the k-th row (ranges
     in the given order, then examples, then rows in plan order) lands in ``out[dest_rows[k]]`` (float32).
 
-    The one read path of every loader. The ranges are sorted into file order and
+    The read path of the Ordered loader and of indexed access (the Shuffled loader gathers from the files' maps
+    instead: :mod:`saev_ops.loaders.rowmap`). The ranges are sorted into file order and
     :func:`saev_ops.loaders.iovec.read_rows` puts every row in its place (native ``preadv`` with iovecs built by numpy,
     the GIL released for each call; else its one numpy fallback), so the Python work is a fixed cost per call of this
     function, not per row or per range. float32 storage lands straight in ``out``; reduced precision lands in a

@@ -5,20 +5,22 @@ How it reads at disk speed and still mixes across the whole dataset:
 1. The dataset is cut into *blocks* of consecutive examples, each at least ``read_mb`` of data, so each read covers a
    large contiguous stretch of a file.
 2. Each epoch permutes the blocks (seeded by ``seed`` and the epoch) and groups consecutive blocks of that permutation
-   into *groups* that fit a third of ``buffer_mb`` (one group is consumed, one waits, one is being read).
-3. A group's rows are permuted (seeded by seed, epoch and group) and reader threads put every selected row straight at
-   its permuted place in the group buffer: each thread takes several blocks at once, builds their iovec arrays with
-   numpy and issues one ``preadv`` per few hundred rows through ctypes, with the GIL released
-   (:mod:`saev_ops.loaders.iovec`; reduced-precision storage is read, widened, then scattered by numpy). A second
-   thread cuts batches from the group while the next one loads; most batches are views of the group buffer.
+   into *groups* of a third of ``buffer_mb`` (one group is cut into batches, one waits, one is being read).
+3. A group is *warmed*: reader threads put its blocks in the page cache with large sequential reads, skipping what is
+   already cached (:class:`saev_ops.loaders.rowmap.RowMap`). Its rows are permuted (seeded by seed, epoch and group)
+   and cut into batches: each batch is one gather of its rows, in that order, from a memory map of the shard files
+   straight into the batch (``np.take``, the GIL released; reduced precision is widened after it), spread over the
+   same number of cutter threads, handed to the consumer in order.
 
 So a batch holds rows from hundreds of examples spread over every shard, and the epoch's row order is a pure function of
 (seed, epoch, dataset, selection, buffer and block sizes). The loader's state is (epoch, batches consumed): resuming
 recomputes the plan and skips to the row where it stopped, so the batches after a resume equal the batches without one.
+The groups live in the page cache, not in the loader's memory: the loader itself holds only the batches in flight.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import dataclasses
 import itertools
@@ -34,7 +36,9 @@ import numpy as np
 
 from saev_ops import errors
 from saev_ops.loaders import blocks
+from saev_ops.loaders.rowmap import CHUNK_BYTES, RowMap
 from saev_ops.loaders.selection import Batch, ShardSelection, plan, to_batch
+from saev_ops.shards import dtypes
 from saev_ops.shards.reader import ShardReader
 
 log = logging.getLogger(__name__)
@@ -43,7 +47,8 @@ _EPOCH_END = object()  # in the group and batch queues: the epoch's last group /
 STATE_VERSION = 1
 DEFAULT_BUFFER_MB = 6144.0
 """Three groups of 2 GiB: a 16,384-patch batch then holds ~2,400 distinct examples of a ViT-B/16 dataset (saev's default
-reservoir: ~1,900) at ~4.5 GB peak (saev: ~5.7 GB); docs/performance.md has the trade-off measured."""
+reservoir: ~1,900, in ~5.7 GB of its own memory); the groups are page cache, the loader's own memory is the batches in
+flight (~0.5 GB); docs/performance.md has the trade-off measured."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -55,16 +60,16 @@ class ShuffledConfig:
     seed: int = 0
     """Seeds every permutation; with the epoch it fixes the order."""
     buffer_mb: float = DEFAULT_BUFFER_MB
-    """Memory for loaded example groups, in MiB (three groups in flight; only as much as the dataset needs). Bigger
-    mixes better: a batch is drawn from one group."""
+    """Page cache for example groups, in MiB (three groups in flight: a group is a third of it; only as much as the
+    dataset needs). Bigger mixes better: a batch is drawn from one group. The groups are the files' cached pages,
+    not the loader's own memory; a host whose memory cannot hold them re-reads evicted pages (slower, same batches)."""
     read_mb: float = 1.0
     """Smallest contiguous read, in MiB (sets examples per block)."""
     n_threads: int = dataclasses.field(default_factory=lambda: min(8, os.cpu_count() or 2))
-    """Reader threads (default: the core count, at most 8; reads and scatters release the GIL, so threads beyond the
-    cores only contend: on 2 cores, 2 GiB and a 1,536 MB buffer, 4 threads delivered 0.64-0.84M patches/s against
-    1.1-1.2M for 2; at 4 GiB and 6,144 MB they were level)."""
+    """Reader threads, and as many threads cutting batches (default: the core count, at most 8; reads and gathers
+    release the GIL, so threads beyond the cores only contend)."""
     prefetch_batches: int = 4
-    """Batches gathered ahead of the consumer (memory: prefetch x batch bytes)."""
+    """Batches ready ahead of the consumer, besides the ``n_threads`` being cut (memory: batch bytes each)."""
     drop_last: bool = False
     """Drop the epoch's last, short batch."""
     pin_memory: bool = False
@@ -85,14 +90,20 @@ class LoaderTimings:
     loader benchmark prints, and what to read when training waits on data."""
 
     load_s: float = 0.0
-    """The group loader: reads scattering rows into group buffers (its reader threads work during it)."""
+    """The group loader warming groups: reads putting their pages in the page cache (its reader threads work
+    during it)."""
     load_wait_s: float = 0.0
-    """The group loader waiting for the gatherer to take a loaded group (reading is ahead)."""
+    """The group loader waiting for the gatherer to take a warmed group (reading is ahead)."""
     gather_s: float = 0.0
-    """The gatherer cutting and labelling batches, and handing them over (waiting while the batch queue is full: the
-    loader is ahead of the consumer)."""
+    """The gatherer handing a group's batches to the cutter threads and on to the consumer (waiting while the batch
+    queue is full: the loader is ahead of the consumer)."""
     gather_wait_s: float = 0.0
     """The gatherer waiting for a group (reading is behind)."""
+    cut_s: float = 0.0
+    """The cutter threads gathering and labelling batches, summed over threads."""
+    read_bytes: int = 0
+    """Bytes the warming reads asked for (chunks not wholly in the page cache; the kernel's read-ahead of those
+    reads may bring more, uncounted)."""
     consumer_wait_s: float = 0.0
     """The consumer waiting for a batch (the loader is behind the consumer)."""
     groups: int = 0
@@ -200,13 +211,16 @@ class ShuffledDataLoader:
         first_epoch = self.epoch
         start_row = self.batches_in_epoch * self.cfg.batch_size
         epochs = itertools.count(first_epoch) if endless else iter((first_epoch,))
+        rowmap = RowMap(self.reader)
         stop = threading.Event()
         group_q: queue.Queue[Any] = queue.Queue(maxsize=1)
-        batch_q: queue.Queue[Any] = queue.Queue(maxsize=self.cfg.prefetch_batches)
-        loader = threading.Thread(target=self._load_groups, args=(epochs, start_row, group_q, stop),
+        # futures of batches, in order: those being cut and those ready
+        batch_q: queue.Queue[Any] = queue.Queue(maxsize=self.cfg.prefetch_batches + self.cfg.n_threads)
+        loader = threading.Thread(target=self._load_groups, args=(epochs, start_row, group_q, stop, rowmap),
                                   name="saev-shuffled-load", daemon=True)
-        gatherer = threading.Thread(target=self._gather, args=(group_q, batch_q, stop),
+        gatherer = threading.Thread(target=self._gather, args=(group_q, batch_q, stop, rowmap),
                                     name="saev-shuffled-gather", daemon=True)
+        del rowmap  # the threads hold it: the files stay mapped until both are done
         loader.start()
         gatherer.start()
         try:
@@ -214,6 +228,8 @@ class ShuffledDataLoader:
             while True:
                 t0 = time.perf_counter()
                 item = blocks.get_or_raise(batch_q, "shuffled loader")
+                if isinstance(item, cf.Future):
+                    item = blocks.check(item.result(), "shuffled loader (cutter thread)")
                 timings.consumer_wait_s += time.perf_counter() - t0
                 if item is None:
                     break
@@ -239,13 +255,10 @@ class ShuffledDataLoader:
                 log.warning("shuffled loader threads still running 5 s after the consumer stopped")
 
     def _load_groups(self, epochs: Iterator[int], start_row: int, group_q: queue.Queue[Any],
-                     stop: threading.Event) -> None:
-        """Load the groups of each epoch of ``epochs`` in turn (the first from ``start_row`` on), with one thread pool
-        and one set of group buffers for all of them; after an epoch's groups, an end-of-epoch marker."""
-        import concurrent.futures as cf
-
-        group_buffers = blocks.BufferPool(max_buffers=3)
-        staging = blocks.BufferPool(max_buffers=self.cfg.n_threads + 1)  # one block's rows per reader thread (fallback)
+                     stop: threading.Event, rowmap: RowMap) -> None:
+        """Warm the groups of each epoch of ``epochs`` in turn (the first from ``start_row`` on) with one thread pool
+        for all of them, and hand each on with its permutation; after an epoch's groups, an end-of-epoch marker."""
+        scratch = blocks.BufferPool(max_buffers=self.cfg.n_threads + 1)  # one chunk per reader thread
         try:
             with cf.ThreadPoolExecutor(self.cfg.n_threads, thread_name_prefix="saev-shuffled-read") as pool:
                 for epoch in epochs:
@@ -254,9 +267,9 @@ class ShuffledDataLoader:
                         if g.row_start + g.n_rows <= start_row:
                             continue  # consumed before the resume
                         t0 = time.perf_counter()
-                        perm, buf = self._load_group(pool, epoch, gi, g, group_buffers, staging, stop)
+                        perm = self._load_group(pool, epoch, gi, g, rowmap, scratch, stop)
                         t1 = time.perf_counter()
-                        blocks.put_or_stop(group_q, (g, buf, perm, max(0, start_row - g.row_start)), stop)
+                        blocks.put_or_stop(group_q, (g, perm, max(0, start_row - g.row_start)), stop)
                         self.timings.load_s += t1 - t0
                         self.timings.load_wait_s += time.perf_counter() - t1
                         self.timings.groups += 1
@@ -271,51 +284,68 @@ class ShuffledDataLoader:
             except blocks.Stop:
                 pass
 
-    def _load_group(self, pool: Any, epoch: int, gi: int, g: _Group, group_buffers: blocks.BufferPool,
-                    staging: blocks.BufferPool, stop: threading.Event) -> tuple[np.ndarray, np.ndarray]:
-        """Read group ``gi`` of ``epoch`` into a group buffer, every row at its shuffled place: (perm, buffer). When
-        the consumer stops (a closed stream: training ended), reads not yet started are cancelled (raises Stop), so
-        closing does not wait for a whole group of the next epoch."""
-        import concurrent.futures as cf
+    def _group_ranges(self, g: _Group) -> np.ndarray:
+        """The byte ranges (shard, start, length) group ``g`` reads, in file order, adjacent ones merged: whole
+        examples when every layer is selected, else each selected layer of each example."""
+        reader, md = self.reader, self.reader.md
+        examples = np.sort(np.concatenate([np.arange(s, s + c, dtype=np.int64) for s, c in g.blocks]))
+        if len(self.plan.layer_idx) == md.n_layers:
+            layer_idx, length = np.zeros(1, dtype=np.int64), reader.example_bytes
+        else:
+            layer_idx, length = np.asarray(self.plan.layer_idx, dtype=np.int64), reader.layer_bytes
+        shard, start = reader.row_offsets(examples[:, None], layer_idx[None, :], 0)
+        shard, start = shard.ravel(), start.ravel()
+        new = np.ones(len(start), dtype=bool)  # a range starts where the shard changes or bytes are skipped
+        new[1:] = (shard[1:] != shard[:-1]) | (start[1:] != start[:-1] + length)
+        first = np.flatnonzero(new)
+        ends = np.append(first[1:], len(start))
+        return np.stack([shard[first], start[first], start[ends - 1] + length - start[first]], axis=1)
 
-        rpe = self.plan.rows_per_example
+    def _load_group(self, pool: cf.ThreadPoolExecutor, epoch: int, gi: int, g: _Group, rowmap: RowMap,
+                    scratch: blocks.BufferPool, stop: threading.Event) -> np.ndarray:
+        """Warm group ``gi`` of ``epoch`` (its pages into the page cache) and return its row permutation. When the
+        consumer stops (a closed stream: training ended), reads not yet started are cancelled (raises Stop), so
+        closing does not wait for a whole group of the next epoch."""
+        rowmap.check_sizes()
+        ranges = self._group_ranges(g)
+        futs = [pool.submit(self._warm, rowmap, part, scratch)
+                for part in np.array_split(ranges, min(len(ranges), 4 * self.cfg.n_threads))]
         perm = self._group_perm(epoch, gi, g.n_rows)
-        pos = np.concatenate([[0], np.cumsum(g.blocks[:, 1])]) * rpe
-        buf = group_buffers.get((g.n_rows, self.reader.md.d_model))
-        inv = np.empty_like(perm)
-        inv[perm] = np.arange(g.n_rows, dtype=perm.dtype)
-        # a few tasks per thread, each reading many blocks in one go (Python work is per task)
-        futs = []
-        for task in np.array_split(np.arange(len(g.blocks)), min(len(g.blocks), 4 * self.cfg.n_threads)):
-            dest = np.concatenate([inv[pos[j] : pos[j + 1]] for j in task.tolist()])
-            futs.append(pool.submit(blocks.scatter_examples, self.reader, self.plan, g.blocks[task, 0],
-                                    g.blocks[task, 1], dest, buf, staging))
         pending = set(futs)
         while pending:
             done, pending = cf.wait(pending, timeout=0.05, return_when=cf.FIRST_EXCEPTION)
             for f in done:
-                f.result()  # a reader's error goes to the consumer
+                self.timings.read_bytes += f.result()  # a reader's error goes to the consumer
             if stop.is_set():
                 for f in pending:
                     f.cancel()
                 cf.wait(pending)
                 raise blocks.Stop
-        return perm, buf
+        return perm
 
-    def _gather(self, group_q: queue.Queue[Any], batch_q: queue.Queue[Any], stop: threading.Event) -> None:
-        """Cut batches from loaded groups (rows already in shuffled order) and label each row with its example,
-        token and layer; a batch that spans two groups is copied together, any other is a view. At an epoch's end
-        the last partial batch goes out (unless ``drop_last``), then the end-of-epoch marker."""
+    @staticmethod
+    def _warm(rowmap: RowMap, ranges: np.ndarray, scratch: blocks.BufferPool) -> int:
+        return rowmap.warm(ranges, scratch.get((CHUNK_BYTES,), np.uint8))
+
+    def _gather(self, group_q: queue.Queue[Any], batch_q: queue.Queue[Any], stop: threading.Event,
+                rowmap: RowMap) -> None:
+        """Split warmed groups (their rows in permuted order) into batches and hand each to a cutter thread, the
+        futures to the consumer in order; a batch may span two groups. At an epoch's end the last partial batch goes
+        out (unless ``drop_last``), then the end-of-epoch marker."""
         B = self.cfg.batch_size
-        d_model = self.reader.d_model
-        rpe_sel = self.plan.rows_per_example
-        batch_buffers = blocks.BufferPool(max_buffers=self.cfg.prefetch_batches + 4)
-        n_sel_tokens = len(self.plan.token_idx)
-        layer_numbers = np.asarray(self.plan.layer_numbers, dtype=np.int64)
-        token_idx = self.plan.token_idx
-        # the batch being filled across two groups: activations and its example, token and layer columns
-        pending: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        batch_buffers = blocks.BufferPool(max_buffers=self.cfg.prefetch_batches + 2 * self.cfg.n_threads + 2)
+        # reduced-precision rows before widening, and chunks read again (see below)
+        staging = blocks.BufferPool(max_buffers=self.cfg.n_threads + 1)
+        parts: list[tuple[np.ndarray, np.ndarray]] = []  # the batch being assembled: (example ids, group rows)
         n_cur = 0
+        pool = cf.ThreadPoolExecutor(self.cfg.n_threads, thread_name_prefix="saev-shuffled-cut")
+
+        def send() -> None:
+            nonlocal parts, n_cur
+            fut = pool.submit(self._cut, rowmap, parts, n_cur, batch_buffers, staging)
+            parts, n_cur = [], 0
+            blocks.put_or_stop(batch_q, fut, stop)
+
         try:
             while True:
                 t0 = time.perf_counter()
@@ -325,41 +355,27 @@ class ShuffledDataLoader:
                 if item is None:
                     break
                 if item is _EPOCH_END:
-                    if pending is not None and n_cur and not self.cfg.drop_last:
-                        act, ex, tok, layer = pending
-                        batch = to_batch(act[:n_cur], ex[:n_cur], tok[:n_cur], layer[:n_cur], self.cfg.pin_memory)
-                        blocks.put_or_stop(batch_q, batch, stop)
-                    pending, n_cur = None, 0
+                    if n_cur and not self.cfg.drop_last:
+                        send()
+                    parts, n_cur = [], 0
                     blocks.put_or_stop(batch_q, _EPOCH_END, stop)
                     continue
-                g, buf, perm, pos = item
+                g, perm, pos = item
+                # pages evicted since the group was warmed (memory pressure) come back in large reads, not by faults
+                # of 4 KiB each; when all are cached this is one mincore call per chunk
+                ranges = self._group_ranges(g)
+                for f in [pool.submit(self._warm, rowmap, part, staging)
+                          for part in np.array_split(ranges, min(len(ranges), self.cfg.n_threads))]:
+                    self.timings.read_bytes += f.result()
                 ex_ids = np.concatenate([np.arange(s, s + c, dtype=np.int64) for s, c in g.blocks])
                 while pos < g.n_rows:
                     take = min(B - n_cur, g.n_rows - pos)
-                    ex_local, r = np.divmod(perm[pos : pos + take], rpe_sel)
-                    li, ti = np.divmod(r, n_sel_tokens)
-                    if pending is None and take == B:  # a whole batch inside one group: a view, no copy
-                        batch = to_batch(buf[pos : pos + take], np.take(ex_ids, ex_local), np.take(token_idx, ti),
-                                         np.asarray(np.take(layer_numbers, li)), self.cfg.pin_memory)
-                        blocks.put_or_stop(batch_q, batch, stop)
-                        pos += take
-                        continue
-                    if pending is None:
-                        pending = (batch_buffers.get((B, d_model)), np.empty(B, dtype=np.int64),
-                                   np.empty(B, dtype=np.int64), np.empty(B, dtype=np.int64))
-                        n_cur = 0
-                    act, ex, tok, layer = pending
-                    act[n_cur : n_cur + take] = buf[pos : pos + take]
-                    np.take(layer_numbers, li, out=layer[n_cur : n_cur + take])
-                    np.take(token_idx, ti, out=tok[n_cur : n_cur + take])
-                    np.take(ex_ids, ex_local, out=ex[n_cur : n_cur + take])
+                    parts.append((ex_ids, perm[pos : pos + take]))
                     n_cur += take
                     pos += take
                     if n_cur == B:
-                        blocks.put_or_stop(batch_q, to_batch(act, ex, tok, layer, self.cfg.pin_memory), stop)
-                        pending = None
-                        n_cur = 0
-                del buf, item
+                        send()
+                del item
                 self.timings.gather_s += time.perf_counter() - t1
             blocks.put_or_stop(batch_q, None, stop)
         except blocks.Stop:
@@ -369,3 +385,31 @@ class ShuffledDataLoader:
                 blocks.put_or_stop(batch_q, blocks.failure(), stop)
             except blocks.Stop:
                 pass
+        finally:
+            pool.shutdown(wait=True, cancel_futures=stop.is_set())  # an ended epoch's batches are still wanted
+
+    def _cut(self, rowmap: RowMap, parts: list[tuple[np.ndarray, np.ndarray]], n: int,
+             batch_buffers: blocks.BufferPool, staging: blocks.BufferPool) -> Any:
+        """One batch: the rows ``parts`` name (group example ids, positions in the group's rows), gathered from the
+        map in that order and labelled with example, token and layer. Returns the batch, or the failure."""
+        try:
+            t0 = time.perf_counter()
+            plan, rpe = self.plan, self.plan.rows_per_example
+            ex = np.concatenate([ids[p // rpe] for ids, p in parts])
+            li, ti = np.divmod(np.concatenate([p % rpe for _, p in parts]), len(plan.token_idx))
+            layer_idx = np.asarray(plan.layer_idx, dtype=np.int64)[li]
+            token = plan.token_idx[ti]
+            rows = rowmap.global_rows(*self.reader.row_offsets(ex, layer_idx, token))
+            act = batch_buffers.get((n, self.reader.d_model))
+            if self.reader.disk_dtype == np.float32:
+                rowmap.take(rows, act)
+            else:
+                raw = staging.get((n, self.reader.d_model), self.reader.disk_dtype)
+                dtypes.decode(rowmap.take(rows, raw), self.reader.storage_dtype, act)
+                del raw
+            layer = np.asarray(plan.layer_numbers, dtype=np.int64)[li]
+            batch = to_batch(act, ex, token, layer, self.cfg.pin_memory)
+            self.timings.cut_s += time.perf_counter() - t0
+            return batch
+        except BaseException:
+            return blocks.failure()

@@ -49,8 +49,9 @@ class TrainSettings(Schema):
     device: str = "cpu"
     """Where the SAEs train (cpu, cuda, cuda:1)."""
     buffer_mb: float = Field(6144.0, gt=0)
-    """Shuffled loader memory (only as much as the dataset needs); sets how well batches mix: the default gives more
-    distinct examples per batch than saev's reservoir, in less memory (docs/performance.md). Part of a run's
+    """Shuffled loader groups, in MiB of page cache (only as much as the dataset needs; the loader's own memory is
+    the batches in flight); sets how well batches mix: the default gives more distinct examples per batch than
+    saev's reservoir (docs/performance.md). Part of a run's
     identity: it sets the data order (it was 1,024 before; a resubmitted sweep keeps what it was first given). The
     loader library's own default, ``ShuffledConfig.buffer_mb``, is the same (a test keeps them equal)."""
     heartbeat_s: float = Field(30.0, ge=0)

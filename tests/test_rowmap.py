@@ -1,0 +1,84 @@
+"""RowMap: all shards in one map, rows gathered by id, pages warmed with large reads, the map gone with its last view."""
+
+from __future__ import annotations
+
+import gc
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+from saev_ops.loaders import ShardSelection, ShuffledConfig, ShuffledDataLoader
+from saev_ops.loaders.rowmap import CHUNK_BYTES, SLOT_ALIGN, RowMap
+from saev_ops.shards import ShardReader, aligned
+from tests.shard_helpers import write_dataset
+
+
+def mapped(path: pathlib.Path) -> list[str]:
+    """This process's maps of files under ``path``."""
+    root = str(path.resolve())
+    return [line for line in pathlib.Path("/proc/self/maps").read_text().splitlines() if root in line]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_rows_gathered_from_the_map_equal_the_files(tmp_path: pathlib.Path, dtype: str) -> None:
+    # 50 examples over 5 shards (12 per shard, the last short), 2 layers, CLS + 2 registers + 16 patches, d_model 32
+    path = write_dataset(tmp_path, n_examples=50, n_registers=2, dtype=dtype)
+    reader = ShardReader(path)
+    m = RowMap(reader)
+    assert m.slot_bytes % SLOT_ALIGN == 0 and m.slot_bytes % reader.row_bytes == 0
+    assert m.rows.ctypes.data % SLOT_ALIGN == 0 and not m.rows.flags.writeable
+    rng = np.random.default_rng(0)
+    ex = rng.integers(0, 50, 400)
+    layer = rng.integers(0, 2, 400)
+    token = rng.integers(0, reader.tokens_per_example, 400)
+    out = aligned.empty((400, reader.d_model), reader.disk_dtype)
+    m.take(m.global_rows(*reader.row_offsets(ex, layer, token)), out)
+    want = np.stack([reader.read(int(e), 1, int(li))[0, t] for e, li, t in zip(ex, layer, token, strict=True)])
+    from saev_ops.shards import dtypes
+
+    np.testing.assert_array_equal(dtypes.decode(out, reader.storage_dtype), want)
+
+
+def test_warming_reads_only_what_the_page_cache_lacks(tmp_path: pathlib.Path) -> None:
+    path = write_dataset(tmp_path, n_examples=300, n_patches=64, d_model=256, layers=(5,), labels=False,
+                         max_tokens_per_shard=65 * 300)  # one shard of 20 MB
+    reader = ShardReader(path)
+    m = RowMap(reader)
+    size = m.sizes[0]
+    assert size > 2 * CHUNK_BYTES  # three chunks, the last short
+    fd = reader.fd(0)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no kernel read-ahead on the reader's reads: exact counts
+    if m.resident(0, 0, size):
+        pytest.skip("this file system keeps the pages whatever we advise (tmpfs?): residency cannot be dropped")
+    scratch = aligned.empty(CHUNK_BYTES, np.uint8)
+    ranges = np.array([[0, 100, CHUNK_BYTES + 5000]])  # one chunk from byte 100, then the 5,000 bytes after it
+    assert m.warm(ranges, scratch) == CHUNK_BYTES + 5000
+    assert m.resident(0, 100, CHUNK_BYTES + 5000) and not m.resident(0, CHUNK_BYTES + 5100 + 4096, 4096)
+    assert m.warm(ranges, scratch) == 0  # cached: a mincore call per chunk, no read
+    # the whole file: the first chunk is cached (page 0 too: it holds byte 100); the rest is read, chunk by chunk
+    assert m.warm(np.array([[0, 0, size]]), scratch) == size - CHUNK_BYTES
+    assert m.resident(0, 0, size)
+
+
+def test_the_maps_go_with_the_loader(tmp_path: pathlib.Path) -> None:
+    """Batches are copies: once a loader's threads have ended and its batches are kept, nothing of the files stays
+    mapped (a loader per epoch must not pile up maps)."""
+    path = write_dataset(tmp_path, n_examples=50)
+    loader = ShuffledDataLoader(path, ShuffledConfig(selection=ShardSelection(tokens="all"), batch_size=64,
+                                                     buffer_mb=0.3, read_mb=0.004, n_threads=2))
+    kept = []
+    for _ in range(2):
+        kept += list(loader)
+        gc.collect()
+        assert mapped(path) == []
+    stream = loader.stream()
+    next(stream)
+    assert mapped(path)  # while it runs, the shards are mapped
+    stream.close()
+    gc.collect()
+    assert mapped(path) == []
+    assert sum(len(b["act"]) for b in kept) == 2 * 50 * loader.plan.rows_per_example
