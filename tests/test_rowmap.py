@@ -1,4 +1,4 @@
-"""RowMap: all shards in one map, rows gathered by id, pages warmed with large reads, the map gone with its last view."""
+"""RowMap: all shards in one map, rows gathered by id, pages warmed by large reads, the map gone with its last view."""
 
 from __future__ import annotations
 
