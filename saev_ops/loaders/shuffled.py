@@ -128,7 +128,9 @@ class ShuffledDataLoader:
         self.cfg = cfg
         self.plan = plan(self.reader, cfg.selection)
         md = self.reader.md
-        self._example_f32 = self.plan.rows_per_example * md.d_model * 4  # a group buffer holds selected rows only
+        # groups are sized as the float32 rows they yield (what the group buffers of earlier versions held), so the
+        # plan, and with it the batches and the resume state, stay what they were
+        self._example_f32 = self.plan.rows_per_example * md.d_model * 4
         read_bytes = len(self.plan.layer_idx) * self.reader.layer_bytes
         self.block_examples = max(1, -(-int(cfg.read_mb * 2**20) // read_bytes))
         group_budget = int(cfg.buffer_mb * 2**20) // 3
@@ -138,6 +140,7 @@ class ShuffledDataLoader:
         self.epoch = 0
         self.batches_in_epoch = 0
         self.timings = LoaderTimings()
+        self._timings_lock = threading.Lock()
 
     # -- the plan of an epoch -----------------------------------------------------------------------------------------
     def _groups(self, epoch: int) -> list[_Group]:
@@ -334,8 +337,8 @@ class ShuffledDataLoader:
         out (unless ``drop_last``), then the end-of-epoch marker."""
         B = self.cfg.batch_size
         batch_buffers = blocks.BufferPool(max_buffers=self.cfg.prefetch_batches + 2 * self.cfg.n_threads + 2)
-        # reduced-precision rows before widening, and chunks read again (see below)
-        staging = blocks.BufferPool(max_buffers=self.cfg.n_threads + 1)
+        staging = blocks.BufferPool(max_buffers=self.cfg.n_threads + 1)  # reduced-precision rows before widening
+        chunks = blocks.BufferPool(max_buffers=self.cfg.n_threads + 1)  # chunks read again (see below)
         parts: list[tuple[np.ndarray, np.ndarray]] = []  # the batch being assembled: (example ids, group rows)
         n_cur = 0
         pool = cf.ThreadPoolExecutor(self.cfg.n_threads, thread_name_prefix="saev-shuffled-cut")
@@ -364,7 +367,7 @@ class ShuffledDataLoader:
                 # pages evicted since the group was warmed (memory pressure) come back in large reads, not by faults
                 # of 4 KiB each; when all are cached this is one mincore call per chunk
                 ranges = self._group_ranges(g)
-                for f in [pool.submit(self._warm, rowmap, part, staging)
+                for f in [pool.submit(self._warm, rowmap, part, chunks)
                           for part in np.array_split(ranges, min(len(ranges), self.cfg.n_threads))]:
                     self.timings.read_bytes += f.result()
                 ex_ids = np.concatenate([np.arange(s, s + c, dtype=np.int64) for s, c in g.blocks])
@@ -409,7 +412,8 @@ class ShuffledDataLoader:
                 del raw
             layer = np.asarray(plan.layer_numbers, dtype=np.int64)[li]
             batch = to_batch(act, ex, token, layer, self.cfg.pin_memory)
-            self.timings.cut_s += time.perf_counter() - t0
+            with self._timings_lock:  # cutters run at once; a bare += could lose an update
+                self.timings.cut_s += time.perf_counter() - t0
             return batch
         except BaseException:
             return blocks.failure()
