@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -114,26 +115,27 @@ def warm_cache(path: pathlib.Path) -> None:
                 pass
 
 
-def _peak_rss_mb() -> float:
+def _status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status (``VmHWM``, ``RssAnon``) in MB; None where there is no /proc."""
     try:
         for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
+
+
+def _peak_rss_mb() -> float:
+    peak = _status_mb("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _rss_anon_mb() -> float:
     """The process's anonymous memory now (its own allocations; VmHWM also counts mapped file pages, which the
     page cache holds for any reader of the files)."""
-    try:
-        for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    anon = _status_mb("RssAnon")
+    return anon if anon is not None else float("nan")
 
 
 def _measure(kind: str, path: str, args: dict, q: mp.Queue) -> None:
@@ -198,10 +200,10 @@ def _measure(kind: str, path: str, args: dict, q: mp.Queue) -> None:
                 ids.append(b["example_idx"].numpy())
         dt_stream = time.perf_counter() - t0  # up to the last batch, as a training run sees it
         stream.close()
-        distinct, corr = [], []
-        for prev, ex in zip([None, *ids[:-1]], ids, strict=True):
-            distinct.append(len(np.unique(ex)))
-            if prev is not None and len(prev) == len(ex):
+        distinct = [len(np.unique(ex)) for ex in ids]
+        corr = []
+        for prev, ex in itertools.pairwise(ids):
+            if len(prev) == len(ex):
                 c = np.corrcoef(prev, ex)[0, 1]
                 corr.append(abs(c) if np.isfinite(c) else 1.0)
         mixing = {"distinct": float(np.mean(distinct)), "corr": float(np.mean(corr)) if corr else float("nan"),
