@@ -82,3 +82,28 @@ def test_the_maps_go_with_the_loader(tmp_path: pathlib.Path) -> None:
     gc.collect()
     assert mapped(path) == []
     assert sum(len(b["act"]) for b in kept) == 2 * 50 * loader.plan.rows_per_example
+
+
+@pytest.mark.parametrize("tokens", ["all", "patches", "cls", "special", "no-registers"])
+@pytest.mark.parametrize("layers", [(3,), (7,), (3, 7)])
+def test_a_group_warms_the_bytes_of_its_rows_and_few_others(tmp_path_factory: pytest.TempPathFactory,
+                                                             tokens: str, layers: tuple[int, ...]) -> None:
+    """Every selected row of a group lies inside the ranges warmed for it; a selection of few tokens (CLS) warms
+    those rows, not whole examples."""
+    path = write_dataset(tmp_path_factory.mktemp("ds"), n_examples=50, n_registers=2, d_model=4096)
+    loader = ShuffledDataLoader(path, ShuffledConfig(selection=ShardSelection(layers=layers, tokens=tokens),
+                                                     buffer_mb=6, read_mb=0.1))
+    reader, plan = loader.reader, loader.plan
+    for g in loader._groups(0)[:2]:
+        ranges = loader._group_ranges(g)
+        assert np.all(np.diff(ranges[:, 0] * 2**40 + ranges[:, 1]) > 0)  # file order, no overlap
+        ex = np.concatenate([np.arange(s, s + c) for s, c in g.blocks])
+        shard, off = reader.row_offsets(ex[:, None, None], np.asarray(plan.layer_idx)[None, :, None],
+                                        plan.token_idx[None, None, :])
+        for s_, o in zip(np.broadcast_to(shard, off.shape).ravel(), off.ravel(), strict=True):
+            mine = ranges[ranges[:, 0] == s_]
+            assert np.any((mine[:, 1] <= o) & (o + reader.row_bytes <= mine[:, 1] + mine[:, 2]))
+        wanted = len(ex) * plan.rows_per_example * reader.row_bytes
+        if tokens == "cls":  # 16 KB rows 1.2 MB apart: each read alone
+            assert ranges[:, 2].sum() == wanted
+        assert ranges[:, 2].sum() <= len(ex) * reader.example_bytes

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from saev_ops import errors
-from saev_ops.loaders import blocks
+from saev_ops.loaders import blocks, iovec
 from saev_ops.loaders.rowmap import CHUNK_BYTES, RowMap
 from saev_ops.loaders.selection import Batch, ShardSelection, plan, to_batch
 from saev_ops.shards import dtypes
@@ -270,9 +270,10 @@ class ShuffledDataLoader:
                         if g.row_start + g.n_rows <= start_row:
                             continue  # consumed before the resume
                         t0 = time.perf_counter()
-                        perm = self._load_group(pool, epoch, gi, g, rowmap, scratch, stop)
+                        ranges = self._group_ranges(g)
+                        perm = self._load_group(pool, epoch, gi, g, ranges, rowmap, scratch, stop)
                         t1 = time.perf_counter()
-                        blocks.put_or_stop(group_q, (g, perm, max(0, start_row - g.row_start)), stop)
+                        blocks.put_or_stop(group_q, (g, perm, ranges, max(0, start_row - g.row_start)), stop)
                         self.timings.load_s += t1 - t0
                         self.timings.load_wait_s += time.perf_counter() - t1
                         self.timings.groups += 1
@@ -288,29 +289,30 @@ class ShuffledDataLoader:
                 pass
 
     def _group_ranges(self, g: _Group) -> np.ndarray:
-        """The byte ranges (shard, start, length) group ``g`` reads, in file order, adjacent ones merged: whole
-        examples when every layer is selected, else each selected layer of each example."""
-        reader, md = self.reader, self.reader.md
+        """The byte ranges (shard, start, length) holding group ``g``'s selected rows, in file order: each run of
+        consecutive selected tokens of each selected layer of each example, joined with the next when the bytes
+        between are few (up to ``iovec.GAP_BYTES``: reading them costs less than another call)."""
+        reader = self.reader
         examples = np.sort(np.concatenate([np.arange(s, s + c, dtype=np.int64) for s, c in g.blocks]))
-        if len(self.plan.layer_idx) == md.n_layers:
-            layer_idx, length = np.zeros(1, dtype=np.int64), reader.example_bytes
-        else:
-            layer_idx, length = np.asarray(self.plan.layer_idx, dtype=np.int64), reader.layer_bytes
-        shard, start = reader.row_offsets(examples[:, None], layer_idx[None, :], 0)
-        shard, start = shard.ravel(), start.ravel()
-        new = np.ones(len(start), dtype=bool)  # a range starts where the shard changes or bytes are skipped
-        new[1:] = (shard[1:] != shard[:-1]) | (start[1:] != start[:-1] + length)
+        tok = self.plan.token_idx
+        run_start = np.flatnonzero(np.diff(tok, prepend=-2) != 1)  # where a run of consecutive tokens begins
+        run_len = np.diff(np.append(run_start, len(tok))) * reader.row_bytes
+        layers = np.asarray(self.plan.layer_idx, dtype=np.int64)
+        shard, start = reader.row_offsets(examples[:, None, None], layers[None, :, None], tok[run_start][None, None, :])
+        shard, start = np.broadcast_to(shard, start.shape).ravel(), start.ravel()  # examples, layers, runs: file order
+        end = start + np.tile(run_len, len(examples) * len(layers))
+        new = np.ones(len(start), dtype=bool)  # a range begins where the shard changes or the gap is long
+        new[1:] = (shard[1:] != shard[:-1]) | (start[1:] - end[:-1] > iovec.GAP_BYTES)
         first = np.flatnonzero(new)
-        ends = np.append(first[1:], len(start))
-        return np.stack([shard[first], start[first], start[ends - 1] + length - start[first]], axis=1)
+        last = np.append(first[1:], len(start)) - 1
+        return np.stack([shard[first], start[first], end[last] - start[first]], axis=1)
 
-    def _load_group(self, pool: cf.ThreadPoolExecutor, epoch: int, gi: int, g: _Group, rowmap: RowMap,
-                    scratch: blocks.BufferPool, stop: threading.Event) -> np.ndarray:
-        """Warm group ``gi`` of ``epoch`` (its pages into the page cache) and return its row permutation. When the
-        consumer stops (a closed stream: training ended), reads not yet started are cancelled (raises Stop), so
-        closing does not wait for a whole group of the next epoch."""
+    def _load_group(self, pool: cf.ThreadPoolExecutor, epoch: int, gi: int, g: _Group, ranges: np.ndarray,
+                    rowmap: RowMap, scratch: blocks.BufferPool, stop: threading.Event) -> np.ndarray:
+        """Warm group ``gi`` of ``epoch`` (``ranges``, its bytes, into the page cache) and return its row permutation.
+        When the consumer stops (a closed stream: training ended), reads not yet started are cancelled (raises Stop),
+        so closing does not wait for a whole group of the next epoch."""
         rowmap.check_sizes()
-        ranges = self._group_ranges(g)
         futs = [pool.submit(self._warm, rowmap, part, scratch)
                 for part in np.array_split(ranges, min(len(ranges), 4 * self.cfg.n_threads))]
         perm = self._group_perm(epoch, gi, g.n_rows)
@@ -363,10 +365,9 @@ class ShuffledDataLoader:
                     parts, n_cur = [], 0
                     blocks.put_or_stop(batch_q, _EPOCH_END, stop)
                     continue
-                g, perm, pos = item
-                # pages evicted since the group was warmed (memory pressure) come back in large reads, not by faults
-                # of 4 KiB each; when all are cached this is one mincore call per chunk
-                ranges = self._group_ranges(g)
+                g, perm, ranges, pos = item
+                # pages evicted since the group was warmed (memory pressure) come back in large reads, not by faults;
+                # when all are cached this is one mincore call per chunk
                 for f in [pool.submit(self._warm, rowmap, part, chunks)
                           for part in np.array_split(ranges, min(len(ranges), self.cfg.n_threads))]:
                     self.timings.read_bytes += f.result()
