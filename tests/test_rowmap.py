@@ -42,8 +42,8 @@ def test_rows_gathered_from_the_map_equal_the_files(tmp_path: pathlib.Path, dtyp
 
 
 def test_warming_reads_only_what_the_page_cache_lacks(tmp_path: pathlib.Path) -> None:
-    path = write_dataset(tmp_path, n_examples=300, n_patches=64, d_model=256, layers=(5,), labels=False,
-                         max_tokens_per_shard=65 * 300)  # one shard of 20 MB
+    path = write_dataset(tmp_path, n_examples=600, n_patches=64, d_model=256, layers=(5,), labels=False,
+                         max_tokens_per_shard=65 * 600)  # one shard of 40 MB
     reader = ShardReader(path)
     m = RowMap(reader)
     size = m.sizes[0]

@@ -35,8 +35,9 @@ from saev_ops.shards.reader import ShardReader
 
 log = logging.getLogger(__name__)
 PAGE = mmap.PAGESIZE
-CHUNK_BYTES = 4 << 20
-"""Warming granularity: a chunk with any page missing from the page cache is read whole, in one ``pread``."""
+CHUNK_BYTES = 16 << 20
+"""Warming granularity: a chunk with any page missing from the page cache is read whole, in one ``pread`` (warming a
+2 GiB group from disk here: 1 MiB chunks 1.0-1.4 GB/s, 4 MiB 1.2-1.5, 16 MiB 1.4-1.8, 32-64 MiB no faster)."""
 SLOT_ALIGN = 2 << 20
 """Each shard is mapped at a multiple of 2 MiB, so the kernel can map the page cache's large folios whole (one TLB
 entry for 2 MiB: ``FilePmdMapped`` in ``/proc/PID/smaps``) where the file system keeps them."""
