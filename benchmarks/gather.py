@@ -21,30 +21,34 @@ import threading
 import time
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
+if TYPE_CHECKING:
+    from saev_ops.shards import ShardReader
 
-def misaligned_rows(reader: object, slot_bytes: int) -> np.ndarray:
+
+def misaligned_rows(reader: ShardReader, slot_bytes: int) -> np.ndarray:
     """The shards mapped like RowMap does, but each one page past a 2 MiB boundary (kept mapped for the run)."""
     import ctypes
     import mmap
 
     from saev_ops.loaders import rowmap
 
-    md = reader.md  # type: ignore[attr-defined]  # a ShardReader
+    md = reader.md
     total = slot_bytes * md.n_shards + 2 * rowmap.SLOT_ALIGN
     reserved = rowmap._LIBC.mmap(None, total, 0, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
     base = -(-reserved // rowmap.SLOT_ALIGN) * rowmap.SLOT_ALIGN + mmap.PAGESIZE
     for i in range(md.n_shards):
-        size = md.shard_n_examples(i) * reader.example_bytes  # type: ignore[attr-defined]
+        size = md.shard_n_examples(i) * reader.example_bytes
         rowmap._LIBC.mmap(base + i * slot_bytes, size, mmap.PROT_READ, mmap.MAP_SHARED | rowmap._MAP_FIXED,
-                          reader.fd(i), 0)  # type: ignore[attr-defined]
+                          reader.fd(i), 0)
     buf = (ctypes.c_uint8 * (slot_bytes * md.n_shards)).from_address(base)
-    return np.frombuffer(memoryview(buf), dtype=reader.disk_dtype).reshape(-1, md.d_model)  # type: ignore[attr-defined]
+    return np.frombuffer(memoryview(buf), dtype=reader.disk_dtype).reshape(-1, md.d_model)
 
 
 def main() -> None:

@@ -85,6 +85,7 @@ def _unmap_pages(path: pathlib.Path) -> None:
     that reads through maps would otherwise stay warm after :func:`drop_cache`."""
     import ctypes
 
+    # not saev_ops.loaders.rowmap's libc: with --compare this runs beside a version of saev_ops that has no rowmap
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     root = str(path.resolve())

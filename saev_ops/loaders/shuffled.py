@@ -270,10 +270,12 @@ class ShuffledDataLoader:
                         if g.row_start + g.n_rows <= start_row:
                             continue  # consumed before the resume
                         t0 = time.perf_counter()
-                        ranges = self._group_ranges(g)
+                        ex_ids = np.concatenate([np.arange(s, s + c, dtype=np.int64) for s, c in g.blocks])
+                        ranges = self._group_ranges(ex_ids)
                         perm = self._load_group(pool, epoch, gi, g, ranges, rowmap, scratch, stop)
                         t1 = time.perf_counter()
-                        blocks.put_or_stop(group_q, (g, perm, ranges, max(0, start_row - g.row_start)), stop)
+                        blocks.put_or_stop(group_q, (g, perm, ex_ids, ranges, max(0, start_row - g.row_start)),
+                                           stop)
                         self.timings.load_s += t1 - t0
                         self.timings.load_wait_s += time.perf_counter() - t1
                         self.timings.groups += 1
@@ -288,12 +290,13 @@ class ShuffledDataLoader:
             except blocks.Stop:
                 pass
 
-    def _group_ranges(self, g: _Group) -> np.ndarray:
-        """The byte ranges (shard, start, length) holding group ``g``'s selected rows, in file order: each run of
-        consecutive selected tokens of each selected layer of each example, joined with the next when the bytes
-        between are few (up to ``iovec.GAP_BYTES``: reading them costs less than another call)."""
+    def _group_ranges(self, ex_ids: np.ndarray) -> np.ndarray:
+        """The byte ranges (shard, start, length) holding the selected rows of examples ``ex_ids`` (a group's, in
+        block order), in file order: each run of consecutive selected tokens of each selected layer of each example,
+        joined with the next when the bytes between are few (up to ``iovec.GAP_BYTES``: reading them costs less than
+        another call)."""
         reader = self.reader
-        examples = np.sort(np.concatenate([np.arange(s, s + c, dtype=np.int64) for s, c in g.blocks]))
+        examples = np.sort(ex_ids)
         tok = self.plan.token_idx
         run_start = np.flatnonzero(np.diff(tok, prepend=-2) != 1)  # where a run of consecutive tokens begins
         run_len = np.diff(np.append(run_start, len(tok))) * reader.row_bytes
@@ -365,13 +368,12 @@ class ShuffledDataLoader:
                     parts, n_cur = [], 0
                     blocks.put_or_stop(batch_q, _EPOCH_END, stop)
                     continue
-                g, perm, ranges, pos = item
+                g, perm, ex_ids, ranges, pos = item
                 # pages evicted since the group was warmed (memory pressure) come back in large reads, not by faults;
                 # when all are cached this is one mincore call per chunk
                 for f in [pool.submit(self._warm, rowmap, part, chunks)
                           for part in np.array_split(ranges, min(len(ranges), self.cfg.n_threads))]:
                     self.timings.read_bytes += f.result()
-                ex_ids = np.concatenate([np.arange(s, s + c, dtype=np.int64) for s, c in g.blocks])
                 while pos < g.n_rows:
                     take = min(B - n_cur, g.n_rows - pos)
                     parts.append((ex_ids, perm[pos : pos + take]))
