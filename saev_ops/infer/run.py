@@ -189,6 +189,7 @@ def _apply(spec: InferSpec, dataset: DatasetRecord, saes: list[_Sae], folders: d
     import torch
 
     from saev_ops.loaders import OrderedConfig, OrderedDataLoader, ShardSelection
+    from saev_ops.loaders.feed import DeviceFeed
     from saev_ops.loaders.selection import plan
     from saev_ops.sae.evaluate import ReconMetrics
     from saev_ops.shards.reader import ShardReader
@@ -202,7 +203,9 @@ def _apply(spec: InferSpec, dataset: DatasetRecord, saes: list[_Sae], folders: d
         sel = ShardSelection(layers=(layer,), tokens=tokens)
         reader = ShardReader(dataset.path)
         rpe = plan(reader, sel).rows_per_example
-        loader = OrderedDataLoader(reader, OrderedConfig(selection=sel, batch_size=per_batch * rpe, start=lo, stop=hi))
+        feed = DeviceFeed(spec.device)
+        loader = OrderedDataLoader(reader, OrderedConfig(selection=sel, batch_size=per_batch * rpe, start=lo, stop=hi,
+                                                         pin_memory=feed.pin_memory))
         writers = {s.run_id: _CsrWriter(folders[s.run_id], s.sae.cfg.d_sae) for s in items}
         seg = {s.run_id: ReconMetrics(s.sae.cfg.d_sae, spec.device) for s in items}
         segments: dict[int, list[dict[str, Any]]] = {s.run_id: [] for s in items}
@@ -211,7 +214,7 @@ def _apply(spec: InferSpec, dataset: DatasetRecord, saes: list[_Sae], folders: d
         try:
             with bar, torch.inference_mode():
                 for batch in loader:
-                    x = batch["act"].to(spec.device)
+                    x = feed(batch)
                     _refuse_nonfinite(batch, x, dataset)
                     for s in items:
                         xs = x.float() * float(s.meta["scale"])
@@ -226,6 +229,7 @@ def _apply(spec: InferSpec, dataset: DatasetRecord, saes: list[_Sae], folders: d
                             fired[s.run_id] += seg[s.run_id].fired.cpu().numpy()
                             seg[s.run_id] = ReconMetrics(s.sae.cfg.d_sae, spec.device)
         finally:
+            feed.close()
             for w in writers.values():
                 w.close()
         for s in items:

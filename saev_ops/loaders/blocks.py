@@ -90,10 +90,16 @@ class BufferPool:
     weak reference to the lease frees the buffer when the last of those is dropped: tracked explicitly, on any Python,
     not by reading reference counts. A consumer that keeps batches simply makes the pool allocate new buffers; at most
     ``max_buffers`` are pooled, further ones are allocated and dropped normally.
+
+    ``pinned=True`` allocates page-locked memory (through torch, so it needs CUDA): a batch cut into it goes to the GPU
+    in one DMA transfer that leaves the host free. Pinning is paid once per pooled buffer, not per batch. Whoever copies
+    from such a batch without waiting (``non_blocking``) must keep the batch until the copy is done, or its buffer may
+    be refilled under the copy (:class:`saev_ops.loaders.feed.DeviceFeed` does).
     """
 
-    def __init__(self, max_buffers: int) -> None:
+    def __init__(self, max_buffers: int, pinned: bool = False) -> None:
         self.max_buffers = max_buffers
+        self.pinned = pinned
         self._buffers: list[np.ndarray] = []
         self._leased: set[int] = set()  # indices into _buffers with a live lease
         self._lock = threading.RLock()  # a lease may be collected while this thread holds the lock
@@ -105,7 +111,7 @@ class BufferPool:
             for i, buf in enumerate(self._buffers):
                 if buf.nbytes >= nbytes and i not in self._leased:
                     return self._lease(i, nbytes).view(dtype).reshape(shape)
-            buf = aligned.empty(nbytes, np.uint8)  # reads land here: see saev_ops.shards.aligned
+            buf = _pinned(nbytes) if self.pinned else aligned.empty(nbytes, np.uint8)  # see saev_ops.shards.aligned
             if len(self._buffers) < self.max_buffers:
                 self._buffers.append(buf)
                 return self._lease(len(self._buffers) - 1, nbytes).view(dtype).reshape(shape)
@@ -125,6 +131,24 @@ class BufferPool:
         """Pooled buffers with a live lease (for tests and diagnostics)."""
         with self._lock:
             return len(self._leased)
+
+
+def _pinned(nbytes: int) -> np.ndarray:
+    import torch
+
+    # the array keeps the tensor, and so the page-locked block, alive; the block starts on a page boundary
+    return torch.empty(nbytes, dtype=torch.uint8, pin_memory=True).numpy()
+
+
+def require_pinnable(who: str) -> None:
+    """Raise ``ConfigError`` naming ``who`` unless pinned memory can be allocated (it needs CUDA)."""
+    import torch
+
+    from saev_ops import errors
+
+    if not torch.cuda.is_available():
+        raise errors.ConfigError(f"{who}: pin_memory needs CUDA, and torch.cuda.is_available() is False here "
+                                 "(set pin_memory=False; pinning only speeds copies to a GPU)")
 
 
 def scatter_examples(reader: ShardReader, plan: Plan, starts: np.ndarray, counts: np.ndarray, dest_rows: np.ndarray,

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from saev_ops import errors
-from saev_ops.loaders.blocks import BufferPool, scatter_examples
+from saev_ops.loaders.blocks import BufferPool, require_pinnable, scatter_examples
 from saev_ops.loaders.selection import Batch, ShardSelection, plan, to_batch
 from saev_ops.shards.reader import ShardReader
 
@@ -41,7 +41,8 @@ class OrderedConfig:
     prefetch: int = 4
     """Chunks read ahead of the consumer (memory: about prefetch x chunk_mb)."""
     pin_memory: bool = False
-    """Pin batches (needs CUDA)."""
+    """Cut batches into page-locked buffers, allocated once and reused, for copies to a GPU that leave the host free
+    (needs CUDA; see :class:`saev_ops.loaders.feed.DeviceFeed`)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -66,8 +67,10 @@ class OrderedDataLoader:
         if self.stop > self.reader.n_examples:
             raise errors.ConfigError(f"stop={cfg.stop} is past the dataset's {self.reader.n_examples} examples")
         self.start = cfg.start
+        if cfg.pin_memory:
+            require_pinnable("OrderedConfig")
         # chunk buffers live as long as the loader: a second pass reuses them instead of faulting fresh pages in
-        self._buffers = BufferPool(max_buffers=2 * (cfg.prefetch + cfg.n_threads) + 2)
+        self._buffers = BufferPool(max_buffers=2 * (cfg.prefetch + cfg.n_threads) + 2, pinned=cfg.pin_memory)
         self._staging = BufferPool(max_buffers=cfg.n_threads + 1)  # reduced-precision rows before widening
 
     @property
@@ -103,7 +106,7 @@ class OrderedDataLoader:
         def emit(act: np.ndarray, row: int) -> Batch:
             ex, within = np.divmod(np.arange(row, row + len(act), dtype=np.int64), rpe)
             li, ti = np.divmod(within, n_tok)
-            return to_batch(act, ex + self.start, token_idx[ti], layer_numbers[li], cfg.pin_memory)
+            return to_batch(act, ex + self.start, token_idx[ti], layer_numbers[li])
 
         buffers, staging = self._buffers, self._staging
         with cf.ThreadPoolExecutor(cfg.n_threads, thread_name_prefix="saev-ordered") as pool:

@@ -56,13 +56,10 @@ def plan(reader: ShardReader, selection: ShardSelection) -> Plan:
     return Plan(idx, numbers, tokens, reader.tokens_per_example)
 
 
-def to_batch(act: np.ndarray, example_idx: np.ndarray, token_idx: np.ndarray, layer: np.ndarray,
-             pin_memory: bool = False) -> Batch:
-    t = torch.from_numpy(act)
-    if pin_memory:
-        t = t.pin_memory()
-    return Batch(act=t, example_idx=torch.from_numpy(example_idx), token_idx=torch.from_numpy(token_idx),
-                 layer=torch.from_numpy(layer))
+def to_batch(act: np.ndarray, example_idx: np.ndarray, token_idx: np.ndarray, layer: np.ndarray) -> Batch:
+    """A batch over ``act`` without a copy (a loader asked to pin its batches cuts them into pinned buffers)."""
+    return Batch(act=torch.from_numpy(act), example_idx=torch.from_numpy(example_idx),
+                 token_idx=torch.from_numpy(token_idx), layer=torch.from_numpy(layer))
 
 
 def examples_of(batch: Batch, rows: torch.Tensor) -> str:

@@ -73,7 +73,8 @@ class ShuffledConfig:
     drop_last: bool = False
     """Drop the epoch's last, short batch."""
     pin_memory: bool = False
-    """Pin batches (needs CUDA)."""
+    """Cut batches into page-locked buffers, allocated once and reused, for copies to a GPU that leave the host free
+    (needs CUDA; see :class:`saev_ops.loaders.feed.DeviceFeed`)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -126,6 +127,8 @@ class ShuffledDataLoader:
     def __init__(self, root: str | os.PathLike[str] | ShardReader, cfg: ShuffledConfig = ShuffledConfig()) -> None:
         self.reader = root if isinstance(root, ShardReader) else ShardReader(root)
         self.cfg = cfg
+        if cfg.pin_memory:
+            blocks.require_pinnable("ShuffledConfig")
         self.plan = plan(self.reader, cfg.selection)
         md = self.reader.md
         # groups are sized as the float32 rows they yield (what the group buffers of earlier versions held), so the
@@ -341,7 +344,8 @@ class ShuffledDataLoader:
         futures to the consumer in order; a batch may span two groups. At an epoch's end the last partial batch goes
         out (unless ``drop_last``), then the end-of-epoch marker."""
         B = self.cfg.batch_size
-        batch_buffers = blocks.BufferPool(max_buffers=self.cfg.prefetch_batches + 2 * self.cfg.n_threads + 2)
+        batch_buffers = blocks.BufferPool(max_buffers=self.cfg.prefetch_batches + 2 * self.cfg.n_threads + 2,
+                                          pinned=self.cfg.pin_memory)
         staging = blocks.BufferPool(max_buffers=self.cfg.n_threads + 1)  # reduced-precision rows before widening
         chunks = blocks.BufferPool(max_buffers=self.cfg.n_threads + 1)  # chunks read again (see below)
         parts: list[tuple[np.ndarray, np.ndarray]] = []  # the batch being assembled: (example ids, group rows)
@@ -414,7 +418,7 @@ class ShuffledDataLoader:
                 dtypes.decode(rowmap.take(rows, raw), self.reader.storage_dtype, act)
                 del raw
             layer = np.asarray(plan.layer_numbers, dtype=np.int64)[li]
-            batch = to_batch(act, ex, token, layer, self.cfg.pin_memory)
+            batch = to_batch(act, ex, token, layer)
             with self._timings_lock:  # cutters run at once; a bare += could lose an update
                 self.timings.cut_s += time.perf_counter() - t0
             return batch

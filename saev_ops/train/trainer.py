@@ -58,6 +58,7 @@ class Trainer:
 
     def __init__(self, spec: TrainJobSpec, registry: Any) -> None:
         from saev_ops.loaders import ShardSelection, ShuffledConfig, ShuffledDataLoader
+        from saev_ops.loaders.feed import DeviceFeed
         from saev_ops.sae import build_sae
         from saev_ops.shards import ShardReader
 
@@ -72,9 +73,10 @@ class Trainer:
         self.scale = float(stats["scale"][layer_idx])
         center = torch.from_numpy(stats["mean"][layer_idx]).float() * self.scale
         s = spec.settings
+        self.feed = DeviceFeed(self.device)
         self.loader = ShuffledDataLoader(self.reader, ShuffledConfig(
             selection=ShardSelection(layers=(spec.layer,), tokens=spec.tokens), batch_size=s.batch_size, seed=s.seed,
-            buffer_mb=s.buffer_mb, drop_last=True))  # pageable copies: pinning each batch costs more than it saves
+            buffer_mb=s.buffer_mb, drop_last=True, pin_memory=self.feed.pin_memory))
         if len(self.loader) == 0:
             raise errors.ConfigError(f"batch_size {s.batch_size} is larger than the dataset's "
                                      f"{self.loader.n_rows} selected patches")
@@ -193,7 +195,7 @@ class Trainer:
         batches = self.loader.stream()  # epoch after epoch, its threads and buffers never restarted
         while self.step < s.n_steps and len(failed) < len(self.saes):
             batch = next(batches)
-            x = batch["act"].to(self.device, non_blocking=True) * self.scale
+            x = self.feed(batch) * self.scale
             # the squared norm must be finite for any loss to be: catches NaN, Inf and values like 1e30 alike; read one
             # step later, so the device is not waited on here
             finite = torch.isfinite(x.pow(2).sum())
@@ -244,6 +246,7 @@ class Trainer:
                 except errors.RegistryError as exc:
                     log.warning("heartbeat of runs %s missed: %s", [r.run_id for r in self.spec.runs], exc)
         batches.close()
+        self.feed.close()
         progress.close()
         if held is not None:
             self._check_batch(*held)
