@@ -5,7 +5,8 @@
 
 For each SAE count, in this order, each timed over the same number of steps:
 
-- loader alone: ``ShuffledDataLoader.stream()`` batches, moved to the device (what the trainer's loop does to them);
+- loader alone: ``ShuffledDataLoader.stream()`` batches, moved to the device by the trainer's
+  :class:`~saev_ops.loaders.feed.DeviceFeed` (on a GPU: pinned batch buffers, copies on a stream of their own);
 - step alone: the Trainer itself with its loader's stream replaced by one batch held in memory, served again and
   again (scaling, finiteness check, every SAE's step, metric windows: everything but the reads);
 - pipeline: :class:`saev_ops.train.trainer.Trainer` itself (loader, finiteness check, every SAE's step, metric
@@ -18,6 +19,7 @@ pipeline. Target: the pipeline at 0.9x the slower half or better. Rates are patc
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import sys
@@ -61,8 +63,9 @@ def loader_alone(trainer: Any, steps: int, device: str) -> float:
     sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        x = next(stream)["act"].to(device, non_blocking=True)
+        x = trainer.feed(next(stream))  # as the trainer moves it: pinned, on a copy stream, on a GPU
     del x
+    trainer.feed.close()
     sync(device)
     dt = time.perf_counter() - t0
     stream.close()
@@ -117,24 +120,44 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--keep", type=pathlib.Path, help="generate into (or reuse) this directory")
     ap.add_argument("--no-cold", action="store_true")
+    ap.add_argument("--json", type=pathlib.Path, help="also write the figures as JSON here")
     args = ap.parse_args()
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="saev-e2e-"))
     path = generate(args.keep or tmp, args.gib, 768, 257, 1, "float32")
     print(f"ncpu={os.cpu_count()} device={args.device} dataset {path} ({args.gib} GiB), TopK 768->{args.d_sae} "
           f"k={args.k}, batch {args.batch_size}, {args.steps} steps per figure")
     print(f"{'SAEs':>4} {'cache':5} {'loader alone':>13} {'step alone':>11} {'pipeline':>10} {'x slower half':>13}")
+    results = []
+    stayed = 0.0
+
+    def prepare(cache: str) -> None:
+        nonlocal stayed
+        if cache == "warm":
+            warm_cache(path)
+        else:
+            stayed = max(stayed, drop_cache(path))
+
     for n in [int(s) for s in args.saes.split(",")]:
         spec = job_spec(path, n, args, tmp / f"runs-{n}")
         probe = Trainer(spec, None)
         step = step_alone(spec, args.device)
         for cache in ("warm",) if args.no_cold else ("warm", "cold"):
-            (warm_cache if cache == "warm" else drop_cache)(path)
+            prepare(cache)
             load = loader_alone(probe, args.steps, args.device)
-            (warm_cache if cache == "warm" else drop_cache)(path)
+            prepare(cache)
             pipe = pipeline(spec, args.device)
             print(f"{n:4d} {cache:5} {load:13,.0f} {step:11,.0f} {pipe:10,.0f} {pipe / min(load, step):13.2f}",
                   flush=True)
+            results.append({"saes": n, "cache": cache, "loader_alone": load, "step_alone": step, "pipeline": pipe,
+                            "x_slower_half": pipe / min(load, step), "device": args.device, "d_sae": args.d_sae,
+                            "k": args.k, "batch_size": args.batch_size, "steps": args.steps, "gib": args.gib,
+                            "ncpu": os.cpu_count()})
         del probe
+    if stayed > 0.5:
+        print(f"WARNING: {stayed:.0%} of the files' pages stayed cached after dropping them (this kernel or file "
+              "system ignores posix_fadvise DONTNEED): the cold figures above are not reads from disk")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
