@@ -290,7 +290,7 @@ def valid_ranges(reader: Any) -> list[tuple[pathlib.Path, int]]:
 
 def rotated(seq: list[str], k: int) -> list[str]:
     """``seq`` started at its ``k``-th item (modulo its length), so repeats do not always measure in one order."""
-    k %= len(seq)
+    k = k % len(seq) if seq else 0
     return seq[k:] + seq[:k]
 
 

@@ -8,7 +8,6 @@ returns the collated batch without the per-row samples.
 
 from __future__ import annotations
 
-import itertools
 import os
 from typing import Any
 
@@ -16,8 +15,8 @@ import numpy as np
 import torch
 
 from saev_ops import errors
-from saev_ops.loaders import iovec
 from saev_ops.loaders.blocks import read_examples
+from saev_ops.loaders.rowmap import RowMap
 from saev_ops.loaders.selection import Batch, ShardSelection, plan, to_batch
 from saev_ops.shards import aligned, dtypes
 from saev_ops.shards.reader import ShardReader
@@ -37,6 +36,7 @@ class IndexedDataset:
         self._eps = md.examples_per_shard
         self._row_bytes = self.reader.row_bytes
         self._len = md.n_examples * self._rpe
+        self._map: RowMap | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"root": str(self.reader.root), "selection": self.selection}
@@ -78,18 +78,24 @@ class IndexedDataset:
         li, ti = np.divmod(within, self._n_tok)
         tok = self.plan.token_idx[ti]
         shard, offsets = self.reader.row_offsets(ex, np.asarray(self._layer_idx, dtype=np.int64)[li], tok)
-        # each distinct row once, in file order, through the loaders' one read (random picks: its memory-map gather)
-        key = shard * (self.reader.example_bytes * self.reader.md.examples_per_shard) + offsets
-        uniq, inverse = np.unique(key, return_inverse=True)
-        u_shard, u_off = np.divmod(uniq, self.reader.example_bytes * self.reader.md.examples_per_shard)
-        raw = aligned.empty((len(uniq), self.reader.d_model), self.reader.disk_dtype)
-        cuts = np.concatenate([[0], np.flatnonzero(np.diff(u_shard)) + 1, [len(uniq)]])
-        for a, b in itertools.pairwise(cuts.tolist()):
-            dest = np.arange(a, b, dtype=np.int64) * self._row_bytes
-            iovec.read_rows(self.reader, int(u_shard[a]), u_off[a:b], dest, self._row_bytes, raw, picks=True)
-        out = dtypes.decode(raw, self.reader.storage_dtype)[inverse.ravel()]
+        # one gather from the map of all shards, in the order asked (repeats included), as the Shuffled loader cuts
+        rowmap = self._rowmap()
+        rowmap.check_sizes()  # a truncated shard is named here, not met as SIGBUS in the gather
+        rows = rowmap.global_rows(shard, offsets)
+        out = aligned.empty((len(idx), self.reader.d_model), np.float32)
+        if self.reader.disk_dtype == np.float32:
+            rowmap.take(rows, out)
+        else:
+            raw = rowmap.take(rows, aligned.empty((len(idx), self.reader.d_model), self.reader.disk_dtype))
+            dtypes.decode(raw, self.reader.storage_dtype, out)
         layers = np.asarray(self.plan.layer_numbers, dtype=np.int64)[li]
-        return to_batch(np.ascontiguousarray(out, dtype=np.float32), ex, tok, layers)
+        return to_batch(out, ex, tok, layers)
+
+    def _rowmap(self) -> RowMap:
+        """The shards' map, made on first use in this process (a pickled dataset makes its own after unpickling)."""
+        if self._map is None:
+            self._map = RowMap(self.reader)
+        return self._map
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
         """torch's batched fetch: one vectorised read, returned as the list of samples (``__getitem__``'s dicts) that

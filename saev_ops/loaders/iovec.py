@@ -44,11 +44,10 @@ AVAILABLE = _PREADV is not None and ctypes.sizeof(ctypes.c_void_p) == 8
 
 
 def read_rows(reader: ShardReader, shard: int, offsets: np.ndarray, dest: np.ndarray, row_bytes: int,
-              out: np.ndarray, *, picks: bool = False) -> None:
+              out: np.ndarray) -> None:
     """Read ``row_bytes`` at each file offset of ``shard`` (ascending, non-overlapping) into byte offset ``dest[k]`` of
     ``out`` (C-contiguous). Short reads are finished row by row with the reader's retrying read, which reports a
-    truncated file. ``picks``: rows chosen at random (few per stretch of file), gathered from the shard's memory map
-    instead of a call per row; the loaders' block reads leave it off."""
+    truncated file."""
     if not out.flags.c_contiguous:
         raise ValueError("out must be C-contiguous")
     n = len(offsets)
@@ -65,7 +64,7 @@ def read_rows(reader: ShardReader, shard: int, offsets: np.ndarray, dest: np.nda
     gap = np.diff(offsets) - row_bytes  # unselected bytes after each row but the last
     if int(gap.min()) < 0:
         raise ValueError("offsets must be ascending and rows must not overlap")
-    if picks or not AVAILABLE:
+    if not AVAILABLE:
         _gather(reader, shard, offsets, dest, row_bytes, out)
         return
     fd = reader.fd(shard)
@@ -105,7 +104,7 @@ def read_rows(reader: ShardReader, shard: int, offsets: np.ndarray, dest: np.nda
 
 def _gather(reader: ShardReader, shard: int, offsets: np.ndarray, dest: np.ndarray, row_bytes: int,
             out: np.ndarray) -> None:
-    """The one fallback, and the way for scattered rows: one numpy gather from the shard's memory map
+    """The fallback where libc has no ``preadv``: one numpy gather from the shard's memory map
     (:meth:`ShardReader.rows`), served by the page cache without a call per row. Rows start at multiples of
     ``row_bytes`` in the file and in ``out``, so both sides are arrays of rows."""
     rows_out = out.reshape(-1).view(np.uint8).reshape(-1, row_bytes)
