@@ -6,10 +6,11 @@ Each batch is ``--batch-size`` rows drawn uniformly from every shard's examples,
 :class:`saev_ops.loaders.rowmap.RowMap` (all shards in one map, 2 MiB aligned) into a page-aligned batch buffer per
 thread, with every page of the map touched first (steady state, as after a training run's first epoch). Methods:
 ``np.take`` with ``mode="clip"`` (what the loader does), with ``mode="raise"`` (numpy then gathers into a temporary
-and copies again), ``torch.index_select`` (one intra-op thread per call), and ``np.take`` of the rows sorted by
-offset followed by an un-permuting take. Against the plain one-thread read of the same valid bytes, in the same run.
-Last, ``np.take`` again from a second map of the same files placed one page past 2 MiB boundaries (the kernel can then
-map no large folio whole: ``FilePmdMapped`` stays 0).
+and copies again), ``torch.index_select`` (one intra-op thread per call), ``np.take`` of the rows sorted by
+offset (a batch in file order: the same rows, another order) and the same followed by an un-permuting take.
+Against the plain one-thread read of the same valid bytes, in the same run. Last, ``np.take`` again from a second
+map of the same files placed one page past 2 MiB boundaries (the kernel can then map no large folio whole:
+``FilePmdMapped`` stays 0).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def main() -> None:
     for _ in range(args.batches):
         shard = rng.integers(0, md.n_shards, B)
         plans.append(shard * m.slot_rows + (rng.random(B) * n_valid[shard]).astype(np.int64))
+    in_file_order = {id(p): np.sort(p) for p in plans}
     torch.set_num_threads(1)
     with warnings.catch_warnings():  # the map is read-only; torch warns that it could not write it
         warnings.simplefilter("ignore")
@@ -102,6 +104,8 @@ def main() -> None:
     methods: dict[str, Callable[[np.ndarray, np.ndarray], object]] = {
         "np.take, clip (the loader)": lambda ids, out: np.take(rows, ids, axis=0, out=out, mode="clip"),
         "np.take, raise": lambda ids, out: np.take(rows, ids, axis=0, out=out),
+        "np.take, rows in file order": lambda ids, out: np.take(rows, in_file_order[id(ids)], axis=0, out=out,
+                                                                mode="clip"),
         "torch.index_select": lambda ids, out: torch.index_select(table, 0, torch.from_numpy(ids),
                                                                   out=torch.from_numpy(out)),
         "np.take sorted, then un-permuted": sorted_take,
