@@ -3,7 +3,7 @@
 # the CUDA tests of the batch feed, training end to end on the GPU, and the loader benchmark with 8 and 16 threads.
 #   bash benchmarks/device_wheels.sh    # here, once: the wheels the host lacks, into .whl/ (git-ignored)
 #   device run: command "bash benchmarks/device_check.sh", carry [".whl"], timeout_s 560
-# Logs and JSON land in $OUT (the device tool brings them back). Locally, as a rehearsal on the CPU:
+# Logs and JSON land in $OUT (the device tool brings back at most 8 files: these are 8). Locally, as a rehearsal on the CPU:
 #   OUT=/tmp/dc DEVICE=cpu GIB=1 D_SAE=1024 STEPS=8 SAES=1 bash benchmarks/device_check.sh
 # Each step has a time limit of its own and the script goes on after a failed step, so one stuck step cannot cost
 # the others; the exit status is the number of failed steps.
@@ -37,6 +37,8 @@ step() {  # step NAME LIMIT_S COMMAND...: run it with a limit, its output to the
 }
 step env 60 python3 -c "import os, platform, torch; print(platform.python_version(), 'torch', torch.__version__, \
 'cores', os.cpu_count(), 'cuda', torch.cuda.is_available() and torch.cuda.get_device_name(0))"
+step host 30 bash -c "nproc; free -g; df -h '$DATA'; stat -f -c 'file system of the data: %T' '$DATA'; uname -r; \
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true"
 step tests 150 python3 -m pytest -q -p no:cacheprovider tests/test_feed.py tests/test_rowmap.py tests/test_loaders.py
 step generate 150 python3 benchmarks/loaders.py --gib "$GIB" --keep "$DATA" --generate-only
 step train_e2e 150 python3 benchmarks/train_e2e.py --device "$DEVICE" --d-sae "$D_SAE" --gib "$GIB" --steps "$STEPS" \
