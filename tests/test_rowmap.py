@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import gc
+import itertools
+import logging
 import os
 import pathlib
 
 import numpy as np
 import pytest
+import torch
 
 from saev_ops.loaders import ShardSelection, ShuffledConfig, ShuffledDataLoader
-from saev_ops.loaders.rowmap import CHUNK_BYTES, SLOT_ALIGN, RowMap
+from saev_ops.loaders import shuffled as shuffled_module
+from saev_ops.loaders.rowmap import CHUNK_BYTES, PAGE, SLOT_ALIGN, RowMap
+from saev_ops.loaders.shuffled import _Lifetimes
 from saev_ops.shards import ShardReader, aligned
 from tests.shard_helpers import write_dataset
 
@@ -107,3 +113,86 @@ def test_a_group_warms_the_bytes_of_its_rows_and_few_others(tmp_path_factory: py
         if tokens == "cls":  # 16 KB rows 1.2 MB apart: each read alone
             assert ranges[:, 2].sum() == wanted
         assert ranges[:, 2].sum() <= len(ex) * reader.example_bytes
+
+
+def _stream_rows(loader: ShuffledDataLoader, n_batches: int) -> list[np.ndarray]:
+    s = loader.stream()
+    out = [torch.stack([b["example_idx"], b["layer"], b["token_idx"]], 1).numpy() for b in itertools.islice(s, n_batches)]
+    s.close()
+    return out
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_released_groups_give_the_same_batches(tmp_path: pathlib.Path, drop_last: bool, dtype: str) -> None:
+    # many small groups, three cutters, batches spanning groups, three epochs back to back
+    path = write_dataset(tmp_path, n_examples=60, n_registers=2, dtype=dtype)
+    cfg = dict(batch_size=70, buffer_mb=0.3, read_mb=0.004, n_threads=3, drop_last=drop_last)
+    keep = ShuffledDataLoader(path, ShuffledConfig(**cfg, release_groups=False))
+    release = ShuffledDataLoader(path, ShuffledConfig(**cfg, release_groups=True))
+    assert release.release_groups and not keep.release_groups
+    n = 3 * len(keep) + 1
+    for a, b in zip(_stream_rows(keep, n), _stream_rows(release, n), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_released_groups_leave_the_page_cache(tmp_path: pathlib.Path) -> None:
+    # 600 examples of 65 tokens x 256 floats (16 pages each), blocks of 2 examples, ~10 groups
+    path = write_dataset(tmp_path, n_examples=600, n_patches=64, d_model=256, layers=(5,), labels=False,
+                         max_tokens_per_shard=65 * 200)
+    reader = ShardReader(path)
+    for i in range(reader.md.n_shards):
+        os.fsync(reader.fd(i))
+    m = RowMap(reader)
+
+    def cached() -> float:
+        return float(np.mean([m.resident(i, p, PAGE) for i in range(reader.md.n_shards)
+                              for p in range(0, m.sizes[i] - PAGE, PAGE)]))
+
+    for release in (False, True):
+        for i in range(reader.md.n_shards):
+            os.posix_fadvise(reader.fd(i), 0, 0, os.POSIX_FADV_DONTNEED)
+            # no kernel read-ahead past the warming reads: it would bring back pages of groups already released
+            os.posix_fadvise(reader.fd(i), 0, 0, os.POSIX_FADV_RANDOM)
+        loader = ShuffledDataLoader(reader, ShuffledConfig(selection=ShardSelection(tokens="all"), batch_size=4096,
+                                                           buffer_mb=12, read_mb=0.1, n_threads=2,
+                                                           release_groups=release))
+        assert len(loader._groups(0)) > 5
+        rows = sum(len(b["act"]) for b in loader)  # one epoch: every group cut, none of the next epoch warmed
+        assert rows == loader.n_rows
+        if not release:
+            if cached() < 0.9:
+                pytest.skip("this file system drops pages on its own (or keeps none): cannot tell a release")
+            continue
+        assert cached() < 0.1  # only pages shared by two groups' blocks stay (at most one in 32 here)
+
+
+def test_a_group_is_released_after_the_last_batch_holding_its_rows() -> None:
+    released: list[str] = []
+    life = _Lifetimes(released.append)
+    life.start(0, "g0")
+    life.start(1, "g1")
+    f1, f2, f3 = cf.Future(), cf.Future(), cf.Future()
+    life.batch([0], f1)
+    life.batch([0, 1], f2)  # g0's last rows, g1's first
+    life.issued([0])
+    life.batch([1], f3)
+    f2.set_result(None)
+    assert released == []  # f1 still cutting g0's rows
+    f1.set_result(None)
+    assert released == ["g0"]
+    f3.set_result(None)
+    assert released == ["g0"]  # g1 not yet issued: more of its rows may come
+    life.issued([1])
+    assert released == ["g0", "g1"]
+
+
+def test_groups_are_released_by_default_only_when_the_data_exceed_memory(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_dataset(tmp_path, n_examples=20)
+    assert not ShuffledDataLoader(path).release_groups
+    monkeypatch.setattr(shuffled_module, "_physical_memory", lambda: 1000)
+    with caplog.at_level(logging.INFO, logger="saev_ops.loaders.shuffled"):
+        assert ShuffledDataLoader(path).release_groups
+    assert "exceed this machine's memory" in caplog.text
+    assert not ShuffledDataLoader(path, ShuffledConfig(release_groups=False)).release_groups

@@ -44,6 +44,7 @@ entry for 2 MiB: ``FilePmdMapped`` in ``/proc/PID/smaps``) where the file system
 _MAP_FIXED = 0x10  # the same value on Linux and macOS; Python's mmap module does not export it
 _PROT_NONE = 0
 _MADV_HUGEPAGE = 14  # Linux; elsewhere madvise refuses it, which only costs speed
+_MADV_DONTNEED = 4  # Linux and macOS
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0)
 
 
@@ -139,6 +140,24 @@ class RowMap:
         if _LIBC.mincore(first, length, vec.ctypes.data) != 0:
             return False
         return bool(np.all(vec & 1))
+
+    def release(self, ranges: np.ndarray, drop: bool) -> None:
+        """Let the byte ranges ``ranges`` ((n, 3): shard, start, length) go, once nothing will gather from them soon:
+        this map's entries for their whole pages are removed (``madvise(MADV_DONTNEED)``: the pages stay in the page
+        cache, but the kernel can reclaim them without unmapping them from this process first), and with ``drop`` the
+        pages leave the page cache too (``posix_fadvise(DONTNEED)``), so a dataset larger than memory evicts what was
+        used rather than what was just warmed. A later gather from the ranges still reads the right bytes (faulted back
+        in). Pages shared with a neighbouring range are kept."""
+        for shard, start, length in ranges.tolist():
+            lo = -(-start // PAGE) * PAGE
+            hi = (start + length) // PAGE * PAGE
+            if hi <= lo:
+                continue
+            if _LIBC.madvise(self._base + shard * self.slot_bytes + lo, hi - lo, _MADV_DONTNEED) != 0:
+                log.debug("madvise(MADV_DONTNEED) of %s refused (errno %d)", self.reader.paths.shard(shard),
+                          ctypes.get_errno())
+            if drop and hasattr(os, "posix_fadvise"):  # not on macOS: there the kernel's own LRU decides
+                os.posix_fadvise(self.reader.fd(shard), lo, hi - lo, os.POSIX_FADV_DONTNEED)
 
     def warm(self, ranges: np.ndarray, scratch: np.ndarray) -> int:
         """Put the byte ranges ``ranges`` ((n, 3): shard, start, length) in the page cache: each :data:`CHUNK_BYTES`

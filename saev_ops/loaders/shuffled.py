@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -72,6 +73,12 @@ class ShuffledConfig:
     """Batches ready ahead of the consumer, besides the ``n_threads`` being cut (memory: batch bytes each)."""
     drop_last: bool = False
     """Drop the epoch's last, short batch."""
+    release_groups: bool | None = None
+    """Once a group's batches are all cut, drop its pages from the page cache (and from this process's map), so that
+    a dataset larger than memory evicts the groups already used, not the ones warmed and waiting to be cut (whose
+    pages would otherwise come back one fault at a time while cutting). None: when the selected rows' bytes exceed
+    the machine's physical memory (a dataset that fits keeps its pages for the next epoch). Batches are the same
+    either way."""
     pin_memory: bool = False
     """Cut batches into page-locked buffers, allocated once and reused, for copies to a GPU that leave the host free
     (needs CUDA; see :class:`saev_ops.loaders.feed.DeviceFeed`)."""
@@ -110,6 +117,56 @@ class LoaderTimings:
     groups: int = 0
 
 
+def _physical_memory() -> int:
+    """Bytes of physical memory (where the platform does not say: unlimited, so no dataset counts as too large)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**63
+
+
+class _Lifetimes:
+    """When every batch holding rows of a group has been cut, hand that group's byte ranges to ``release``.
+
+    A group is *issued* once all its rows are in submitted batches (its last rows may wait in the batch being
+    assembled, which then also holds rows of the next group, or be dropped at an epoch's end with ``drop_last``);
+    from then on, the last of its batches to finish releases it. Callbacks run in cutter threads, hence the lock."""
+
+    def __init__(self, release: Any) -> None:
+        self._release = release
+        self._lock = threading.Lock()
+        self._groups: dict[int, list[Any]] = {}  # serial -> [batches not yet cut, issued, ranges]
+
+    def start(self, serial: int, ranges: np.ndarray) -> None:
+        with self._lock:
+            self._groups[serial] = [0, False, ranges]
+
+    def batch(self, serials: list[int], fut: cf.Future[Any]) -> None:
+        """``fut`` cuts rows of the groups ``serials``."""
+        with self._lock:
+            for s in serials:
+                self._groups[s][0] += 1
+        fut.add_done_callback(lambda _f: self._finished(serials, cut=True))
+
+    def issued(self, serials: list[int]) -> None:
+        """All rows of the groups ``serials`` are in submitted batches (or dropped)."""
+        self._finished(serials, cut=False)
+
+    def _finished(self, serials: list[int], cut: bool) -> None:
+        ready = []
+        with self._lock:
+            for s in serials:
+                st = self._groups[s]
+                if cut:
+                    st[0] -= 1
+                else:
+                    st[1] = True
+                if st[0] == 0 and st[1]:
+                    ready.append(self._groups.pop(s)[2])
+        for ranges in ready:
+            self._release(ranges)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Group:
     blocks: np.ndarray  # (n_blocks, 2): example start, count
@@ -140,6 +197,12 @@ class ShuffledDataLoader:
         self.group_examples = max(self.block_examples, group_budget // self._example_f32)
         self.blocks_per_group = max(1, self.group_examples // self.block_examples)
         self.n_rows = md.n_examples * self.plan.rows_per_example
+        data_bytes = self.n_rows * self.reader.row_bytes
+        self.release_groups = (data_bytes > _physical_memory() if cfg.release_groups is None
+                               else cfg.release_groups)
+        if self.release_groups and cfg.release_groups is None:
+            log.info("the selected rows of %s (%.1f GB) exceed this machine's memory: each group's pages are dropped "
+                     "from the page cache once its batches are cut", self.reader.root, data_bytes / 1e9)
         self.epoch = 0
         self.batches_in_epoch = 0
         self.timings = LoaderTimings()
@@ -275,9 +338,11 @@ class ShuffledDataLoader:
                         t0 = time.perf_counter()
                         ex_ids = np.concatenate([np.arange(s, s + c, dtype=np.int64) for s, c in g.blocks])
                         ranges = self._group_ranges(ex_ids)
+                        # what a release lets go: the rows' own bytes, not the gaps read with them
+                        own = self._group_ranges(ex_ids, gap=0) if self.release_groups else None
                         perm = self._load_group(pool, epoch, gi, g, ranges, rowmap, scratch, stop)
                         t1 = time.perf_counter()
-                        blocks.put_or_stop(group_q, (g, perm, ex_ids, ranges, max(0, start_row - g.row_start)),
+                        blocks.put_or_stop(group_q, (g, perm, ex_ids, ranges, own, max(0, start_row - g.row_start)),
                                            stop)
                         self.timings.load_s += t1 - t0
                         self.timings.load_wait_s += time.perf_counter() - t1
@@ -293,11 +358,11 @@ class ShuffledDataLoader:
             except blocks.Stop:
                 pass
 
-    def _group_ranges(self, ex_ids: np.ndarray) -> np.ndarray:
+    def _group_ranges(self, ex_ids: np.ndarray, gap: int = iovec.GAP_BYTES) -> np.ndarray:
         """The byte ranges (shard, start, length) holding the selected rows of examples ``ex_ids`` (a group's, in
         block order), in file order: each run of consecutive selected tokens of each selected layer of each example,
-        joined with the next when the bytes between are few (up to ``iovec.GAP_BYTES``: reading them costs less than
-        another call)."""
+        joined with the next when the bytes between are at most ``gap`` (``iovec.GAP_BYTES``: reading them costs
+        less than another call)."""
         reader = self.reader
         examples = np.sort(ex_ids)
         tok = self.plan.token_idx
@@ -308,7 +373,7 @@ class ShuffledDataLoader:
         shard, start = np.broadcast_to(shard, start.shape).ravel(), start.ravel()  # examples, layers, runs: file order
         end = start + np.tile(run_len, len(examples) * len(layers))
         new = np.ones(len(start), dtype=bool)  # a range begins where the shard changes or the gap is long
-        new[1:] = (shard[1:] != shard[:-1]) | (start[1:] - end[:-1] > iovec.GAP_BYTES)
+        new[1:] = (shard[1:] != shard[:-1]) | (start[1:] - end[:-1] > gap)
         first = np.flatnonzero(new)
         last = np.append(first[1:], len(start)) - 1
         return np.stack([shard[first], start[first], end[last] - start[first]], axis=1)
@@ -344,6 +409,7 @@ class ShuffledDataLoader:
         futures to the consumer in order; a batch may span two groups. At an epoch's end the last partial batch goes
         out (unless ``drop_last``), then the end-of-epoch marker."""
         B = self.cfg.batch_size
+        serials = itertools.count()
         batch_buffers = blocks.BufferPool(max_buffers=self.cfg.prefetch_batches + 2 * self.cfg.n_threads + 2,
                                           pinned=self.cfg.pin_memory)
         staging = blocks.BufferPool(max_buffers=self.cfg.n_threads + 1)  # reduced-precision rows before widening
@@ -351,11 +417,19 @@ class ShuffledDataLoader:
         parts: list[tuple[np.ndarray, np.ndarray]] = []  # the batch being assembled: (example ids, group rows)
         n_cur = 0
         pool = cf.ThreadPoolExecutor(self.cfg.n_threads, thread_name_prefix="saev-shuffled-cut")
+        life = _Lifetimes(functools.partial(rowmap.release, drop=True)) if self.release_groups else None
+        in_parts: list[int] = []  # the groups (serial numbers) with rows in ``parts``
+        complete: set[int] = set()  # groups whose rows are all in ``parts`` or in submitted batches
 
         def send() -> None:
-            nonlocal parts, n_cur
+            nonlocal parts, n_cur, in_parts
             fut = pool.submit(self._cut, rowmap, parts, n_cur, batch_buffers, staging)
-            parts, n_cur = [], 0
+            if life is not None:
+                life.batch(in_parts, fut)
+                done = [s for s in in_parts if s in complete]
+                complete.difference_update(done)
+                life.issued(done)
+            parts, n_cur, in_parts = [], 0, []
             blocks.put_or_stop(batch_q, fut, stop)
 
         try:
@@ -369,10 +443,16 @@ class ShuffledDataLoader:
                 if item is _EPOCH_END:
                     if n_cur and not self.cfg.drop_last:
                         send()
-                    parts, n_cur = [], 0
+                    if life is not None:  # rows left out by drop_last: their groups are done
+                        life.issued(in_parts)
+                        complete.clear()
+                    parts, n_cur, in_parts = [], 0, []
                     blocks.put_or_stop(batch_q, _EPOCH_END, stop)
                     continue
-                g, perm, ex_ids, ranges, pos = item
+                g, perm, ex_ids, ranges, own, pos = item
+                serial = next(serials)
+                if life is not None:
+                    life.start(serial, own)
                 # pages evicted since the group was warmed (memory pressure) come back in large reads, not by faults;
                 # when all are cached this is one mincore call per chunk
                 for f in [pool.submit(self._warm, rowmap, part, chunks)
@@ -381,10 +461,16 @@ class ShuffledDataLoader:
                 while pos < g.n_rows:
                     take = min(B - n_cur, g.n_rows - pos)
                     parts.append((ex_ids, perm[pos : pos + take]))
+                    in_parts.append(serial)
                     n_cur += take
                     pos += take
                     if n_cur == B:
                         send()
+                if life is not None:
+                    if serial in in_parts:
+                        complete.add(serial)  # issued with the batch that holds its last rows
+                    else:
+                        life.issued([serial])
                 del item
                 self.timings.gather_s += time.perf_counter() - t1
             blocks.put_or_stop(batch_q, None, stop)
