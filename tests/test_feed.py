@@ -72,7 +72,8 @@ def test_ordered_pinned_batches_reach_the_gpu_intact(tmp_path: pathlib.Path) -> 
     cfg = dict(selection=ShardSelection(layers=(4,), tokens="all"), batch_size=200, chunk_mb=0.1)
     want = [b["act"].clone() for b in OrderedDataLoader(path, OrderedConfig(**cfg))]
     feed = DeviceFeed("cuda")
-    got = [feed(b).clone() for b in OrderedDataLoader(path, OrderedConfig(**cfg, pin_memory=True))]
+    with torch.inference_mode():  # as inference feeds it
+        got = [feed(b).clone() for b in OrderedDataLoader(path, OrderedConfig(**cfg, pin_memory=True))]
     feed.close()
     for g, w in zip(got, want, strict=True):
         assert torch.equal(g.cpu(), w)
