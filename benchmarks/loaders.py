@@ -417,7 +417,7 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated loader kinds to measure besides the raw reads, e.g. shuffled:all "
                     "or shuffled:patches:8 (8 reader threads)")
     args = ap.parse_args()
-    for k in (args.only or "").split(",") if args.only else []:
+    for k in args.only.split(",") if args.only else []:
         if not KIND.fullmatch(k):
             ap.error(f"--only: {k!r} is not a loader kind; expected ordered:TOKENS, shuffled:TOKENS[:THREADS], "
                      "indexed or indexed-batch (TOKENS: all, patches, cls, ...)")
