@@ -419,16 +419,14 @@ class ShuffledDataLoader:
         pool = cf.ThreadPoolExecutor(self.cfg.n_threads, thread_name_prefix="saev-shuffled-cut")
         life = _Lifetimes(functools.partial(rowmap.release, drop=True)) if self.release_groups else None
         in_parts: list[int] = []  # the groups (serial numbers) with rows in ``parts``
-        complete: set[int] = set()  # groups whose rows are all in ``parts`` or in submitted batches
 
-        def send() -> None:
+        def send(open_group: int | None = None) -> None:
+            """Submit ``parts``; every group in it but ``open_group`` (rows of it still to come) is then issued."""
             nonlocal parts, n_cur, in_parts
             fut = pool.submit(self._cut, rowmap, parts, n_cur, batch_buffers, staging)
             if life is not None:
                 life.batch(in_parts, fut)
-                done = [s for s in in_parts if s in complete]
-                complete.difference_update(done)
-                life.issued(done)
+                life.issued([s for s in in_parts if s != open_group])
             parts, n_cur, in_parts = [], 0, []
             blocks.put_or_stop(batch_q, fut, stop)
 
@@ -445,7 +443,6 @@ class ShuffledDataLoader:
                         send()
                     if life is not None:  # rows left out by drop_last: their groups are done
                         life.issued(in_parts)
-                        complete.clear()
                     parts, n_cur, in_parts = [], 0, []
                     blocks.put_or_stop(batch_q, _EPOCH_END, stop)
                     continue
@@ -465,12 +462,7 @@ class ShuffledDataLoader:
                     n_cur += take
                     pos += take
                     if n_cur == B:
-                        send()
-                if life is not None:
-                    if serial in in_parts:
-                        complete.add(serial)  # issued with the batch that holds its last rows
-                    else:
-                        life.issued([serial])
+                        send(open_group=serial if pos < g.n_rows else None)
                 del item
                 self.timings.gather_s += time.perf_counter() - t1
             blocks.put_or_stop(batch_q, None, stop)
