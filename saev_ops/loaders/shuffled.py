@@ -16,6 +16,8 @@ So a batch holds rows from hundreds of examples spread over every shard, and the
 (seed, epoch, dataset, selection, buffer and block sizes). The loader's state is (epoch, batches consumed): resuming
 recomputes the plan and skips to the row where it stopped, so the batches after a resume equal the batches without one.
 The groups live in the page cache, not in the loader's memory: the loader itself holds only the batches in flight.
+When the selected rows are larger than memory, each group's pages are dropped once its batches are cut
+(``release_groups``), so the kernel evicts used groups rather than warmed ones.
 """
 
 from __future__ import annotations
