@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import gc
 import itertools
-import logging
 import os
 import pathlib
 
@@ -14,7 +13,6 @@ import pytest
 import torch
 
 from saev_ops.loaders import ShardSelection, ShuffledConfig, ShuffledDataLoader
-from saev_ops.loaders import shuffled as shuffled_module
 from saev_ops.loaders.rowmap import CHUNK_BYTES, PAGE, SLOT_ALIGN, RowMap
 from saev_ops.loaders.shuffled import _Lifetimes
 from saev_ops.shards import ShardReader, aligned
@@ -117,7 +115,8 @@ def test_a_group_warms_the_bytes_of_its_rows_and_few_others(tmp_path_factory: py
 
 def _stream_rows(loader: ShuffledDataLoader, n_batches: int) -> list[np.ndarray]:
     s = loader.stream()
-    out = [torch.stack([b["example_idx"], b["layer"], b["token_idx"]], 1).numpy() for b in itertools.islice(s, n_batches)]
+    out = [torch.stack([b["example_idx"], b["layer"], b["token_idx"]], 1).numpy()
+           for b in itertools.islice(s, n_batches)]
     s.close()
     return out
 
@@ -185,14 +184,3 @@ def test_a_group_is_released_after_the_last_batch_holding_its_rows() -> None:
     assert released == ["g0"]  # g1 not yet issued: more of its rows may come
     life.issued([1])
     assert released == ["g0", "g1"]
-
-
-def test_groups_are_released_by_default_only_when_the_data_exceed_memory(
-        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    path = write_dataset(tmp_path, n_examples=20)
-    assert not ShuffledDataLoader(path).release_groups
-    monkeypatch.setattr(shuffled_module, "_physical_memory", lambda: 1000)
-    with caplog.at_level(logging.INFO, logger="saev_ops.loaders.shuffled"):
-        assert ShuffledDataLoader(path).release_groups
-    assert "exceed this machine's memory" in caplog.text
-    assert not ShuffledDataLoader(path, ShuffledConfig(release_groups=False)).release_groups

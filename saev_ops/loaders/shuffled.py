@@ -16,8 +16,9 @@ So a batch holds rows from hundreds of examples spread over every shard, and the
 (seed, epoch, dataset, selection, buffer and block sizes). The loader's state is (epoch, batches consumed): resuming
 recomputes the plan and skips to the row where it stopped, so the batches after a resume equal the batches without one.
 The groups live in the page cache, not in the loader's memory: the loader itself holds only the batches in flight.
-When the selected rows are larger than memory, each group's pages are dropped once its batches are cut
-(``release_groups``), so the kernel evicts used groups rather than warmed ones.
+When the selected rows are larger than the page cache the process can count on (a Slurm job's memory limit
+included), each group's pages are dropped once its batches are cut (``release_groups``), so the kernel evicts used
+groups rather than warmed ones.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from saev_ops import errors
-from saev_ops.loaders import blocks, iovec
+from saev_ops.loaders import blocks, iovec, memory
 from saev_ops.loaders.rowmap import CHUNK_BYTES, RowMap
 from saev_ops.loaders.selection import Batch, ShardSelection, plan, to_batch
 from saev_ops.shards import dtypes
@@ -79,8 +80,9 @@ class ShuffledConfig:
     """Once a group's batches are all cut, drop its pages from the page cache (and from this process's map), so that
     a dataset larger than memory evicts the groups already used, not the ones warmed and waiting to be cut (whose
     pages would otherwise come back one fault at a time while cutting). None: when the selected rows' bytes exceed
-    the machine's physical memory (a dataset that fits keeps its pages for the next epoch). Batches are the same
-    either way."""
+    the page cache this process can count on at the start, the smallest of the machine's available memory and the
+    room under its control groups' memory limits (a Slurm job's ``--mem``; :mod:`saev_ops.loaders.memory`); a
+    dataset that fits keeps its pages for the next epoch. Batches are the same either way."""
     pin_memory: bool = False
     """Cut batches into page-locked buffers, allocated once and reused, for copies to a GPU that leave the host free
     (needs CUDA; see :class:`saev_ops.loaders.feed.DeviceFeed`)."""
@@ -117,14 +119,6 @@ class LoaderTimings:
     consumer_wait_s: float = 0.0
     """The consumer waiting for a batch (the loader is behind the consumer)."""
     groups: int = 0
-
-
-def _physical_memory() -> int:
-    """Bytes of physical memory (where the platform does not say: unlimited, so no dataset counts as too large)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 2**63
 
 
 class _Lifetimes:
@@ -200,11 +194,15 @@ class ShuffledDataLoader:
         self.blocks_per_group = max(1, self.group_examples // self.block_examples)
         self.n_rows = md.n_examples * self.plan.rows_per_example
         data_bytes = self.n_rows * self.reader.row_bytes
-        self.release_groups = (data_bytes > _physical_memory() if cfg.release_groups is None
-                               else cfg.release_groups)
-        if self.release_groups and cfg.release_groups is None:
-            log.info("the selected rows of %s (%.1f GB) exceed this machine's memory: each group's pages are dropped "
-                     "from the page cache once its batches are cut", self.reader.root, data_bytes / 1e9)
+        if cfg.release_groups is None:
+            room = memory.page_cache_room()
+            self.release_groups = data_bytes > room.bytes
+            if self.release_groups:
+                log.info("the selected rows of %s (%.1f GB) exceed the page cache this process can count on (%.1f GB: "
+                         "%s): each group's pages are dropped once its batches are cut", self.reader.root,
+                         data_bytes / 1e9, room.bytes / 1e9, room.source)
+        else:
+            self.release_groups = cfg.release_groups
         self.epoch = 0
         self.batches_in_epoch = 0
         self.timings = LoaderTimings()

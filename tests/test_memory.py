@@ -1,0 +1,137 @@
+"""The page cache a process can count on: the machine's available memory and its control groups' memory limits."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from saev_ops.loaders import ShuffledConfig, ShuffledDataLoader, memory
+from saev_ops.loaders import shuffled as shuffled_module
+from tests.shard_helpers import write_dataset
+
+GIB = 1 << 30
+
+
+def fake_proc(tmp_path: pathlib.Path, cgroup: str, available_kb: int | None = 8 * 2**20) -> pathlib.Path:
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text(cgroup)
+    if available_kb is not None:
+        (proc / "meminfo").write_text(f"MemTotal:       {2 * available_kb} kB\nMemFree:  12 kB\n"
+                                      f"MemAvailable:   {available_kb} kB\nBuffers: 0 kB\n")
+    return proc
+
+
+def group(root: pathlib.Path, rel: str, files: dict[str, str]) -> None:
+    d = root / rel
+    d.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (d / name).write_text(text)
+
+
+def test_without_control_group_limits_the_room_is_the_available_memory(tmp_path: pathlib.Path) -> None:
+    proc = fake_proc(tmp_path, "0::/user.slice/session-1.scope\n")
+    root = tmp_path / "cg"
+    group(root, "user.slice/session-1.scope", {"memory.max": "max\n"})
+    group(root, "user.slice", {"memory.max": "max\n"})
+    assert memory.page_cache_room(proc, root) == memory.Room(8 * GIB, "MemAvailable")
+
+
+def test_a_v2_limit_above_the_group_counts_less_what_the_group_holds_outside_the_page_cache(
+        tmp_path: pathlib.Path) -> None:
+    # a Slurm job step: the job's cgroup has --mem=4G and holds 3 GiB, 2 GiB of it page cache; the step has no limit
+    proc = fake_proc(tmp_path, "0::/system.slice/slurmstepd.scope/job_7/step_0/user/task_0\n")
+    root = tmp_path / "cg"
+    job = "system.slice/slurmstepd.scope/job_7"
+    group(root, job, {"memory.max": f"{4 * GIB}\n", "memory.current": f"{3 * GIB}\n",
+                      "memory.stat": f"anon {GIB}\nfile {2 * GIB}\nkernel 0\n"})
+    group(root, f"{job}/step_0/user/task_0", {"memory.max": "max\n", "memory.current": "0\n", "memory.stat": ""})
+    room = memory.page_cache_room(proc, root)
+    assert room == memory.Room(3 * GIB, str(root / job / "memory.max"))
+
+
+def test_a_v1_memory_limit_and_the_no_limit_value(tmp_path: pathlib.Path) -> None:
+    proc = fake_proc(tmp_path, "12:cpu,cpuacct:/slurm/uid_0/job_9\n4:memory:/slurm/uid_0/job_9/step_batch\n0::/\n")
+    root = tmp_path / "cg"
+    no_limit = "9223372036854771712\n"
+    group(root, "memory", {"memory.limit_in_bytes": no_limit})
+    group(root, "memory/slurm/uid_0/job_9", {"memory.limit_in_bytes": f"{2 * GIB}\n",
+                                             "memory.usage_in_bytes": f"{GIB}\n",
+                                             "memory.stat": f"cache {GIB // 2}\nrss 1\ntotal_cache {GIB // 2}\n"})
+    group(root, "memory/slurm/uid_0/job_9/step_batch", {"memory.limit_in_bytes": no_limit})
+    room = memory.page_cache_room(proc, root)
+    assert room == memory.Room(2 * GIB - GIB // 2, str(root / "memory/slurm/uid_0/job_9/memory.limit_in_bytes"))
+
+
+def test_the_smallest_room_wins_and_unreadable_files_are_left_out(tmp_path: pathlib.Path) -> None:
+    # available memory below the group's limit; a group file that is not a number; a path the tree lacks
+    proc = fake_proc(tmp_path, "0::/a/b\n5:memory:/not/in/this/tree\n", available_kb=2**20)
+    root = tmp_path / "cg"
+    group(root, "a/b", {"memory.max": "garbage\n"})
+    group(root, "a", {"memory.max": f"{3 * GIB}\n"})  # no memory.current: nothing counted as held
+    assert memory.page_cache_room(proc, root) == memory.Room(GIB, "MemAvailable")
+    (proc / "meminfo").unlink()  # no /proc/meminfo (macOS): physical memory, then the group's limit is smaller
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    expect = memory.Room(3 * GIB, str(root / "a" / "memory.max")) if physical > 3 * GIB else \
+        memory.Room(physical, "physical memory")
+    assert memory.page_cache_room(proc, root) == expect
+
+
+def test_a_path_that_climbs_out_of_the_tree_is_ignored(tmp_path: pathlib.Path) -> None:
+    proc = fake_proc(tmp_path, "0::/../../etc\n")
+    root = tmp_path / "cg"
+    group(root, "", {"memory.max": "1\n"})
+    assert memory.page_cache_room(proc, root).source == "MemAvailable"
+
+
+def _v1_memory_group() -> pathlib.Path | None:
+    """This process's v1 memory control group's directory, where a child can be made (root on a v1/hybrid host)."""
+    try:
+        lines = pathlib.Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            d = pathlib.Path("/sys/fs/cgroup/memory") / path.lstrip("/")
+            return d if d.is_dir() and os.access(d, os.W_OK) else None
+    return None
+
+
+def test_a_real_v1_memory_limit_is_read_from_inside_the_group(tmp_path: pathlib.Path) -> None:
+    """A child process moved into a new memory control group of 2 GiB sees the room under that limit."""
+    parent = _v1_memory_group()
+    if parent is None:
+        pytest.skip("needs a writable cgroup v1 memory hierarchy (root on a v1 or hybrid host, as in CI)")
+    d = parent / f"saev-ops-test-{os.getpid()}"
+    d.mkdir()
+    try:
+        (d / "memory.limit_in_bytes").write_text(str(2 * GIB))
+        script = ("import os, sys, pathlib\n"
+                  "pathlib.Path(sys.argv[1], 'cgroup.procs').write_text(str(os.getpid()))\n"
+                  "from saev_ops.loaders import memory\n"
+                  "room = memory.page_cache_room()\n"
+                  "print(room.bytes, room.source)\n")
+        out = subprocess.run([sys.executable, "-c", script, str(d)], capture_output=True, text=True, check=True,
+                             cwd=pathlib.Path(__file__).resolve().parents[1], timeout=120).stdout.split()
+        assert out[1] == str(d / "memory.limit_in_bytes")
+        assert 0 < int(out[0]) < 2 * GIB  # the limit less the child's own memory (the interpreter, numpy, torch)
+    finally:
+        d.rmdir()
+
+
+def test_groups_are_released_by_default_only_when_the_data_exceed_the_room(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_dataset(tmp_path, n_examples=20)
+    assert not ShuffledDataLoader(path).release_groups
+    limit = "/sys/fs/cgroup/memory/slurm/uid_0/job_9/memory.limit_in_bytes"
+    monkeypatch.setattr(shuffled_module.memory, "page_cache_room", lambda: memory.Room(1000, limit))
+    with caplog.at_level(logging.INFO, logger="saev_ops.loaders.shuffled"):
+        assert ShuffledDataLoader(path).release_groups
+    assert "exceed the page cache this process can count on" in caplog.text and limit in caplog.text
+    assert not ShuffledDataLoader(path, ShuffledConfig(release_groups=False)).release_groups
