@@ -135,3 +135,20 @@ def test_groups_are_released_by_default_only_when_the_data_exceed_the_room(
         assert ShuffledDataLoader(path).release_groups
     assert "exceed the page cache this process can count on" in caplog.text and limit in caplog.text
     assert not ShuffledDataLoader(path, ShuffledConfig(release_groups=False)).release_groups
+
+
+def test_a_buffer_larger_than_the_room_is_warned_of_with_one_that_fits(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_dataset(tmp_path, n_examples=40)
+    cfg = ShuffledConfig(buffer_mb=0.05, read_mb=0.01)  # groups of 5 of the 40 examples
+    data_bytes = sum(f.stat().st_size for f in path.glob("acts*.bin"))
+    limit = "/sys/fs/cgroup/memory.max"
+    with caplog.at_level(logging.WARNING, logger="saev_ops.loaders.shuffled"):
+        monkeypatch.setattr(shuffled_module.memory, "page_cache_room", lambda: memory.Room(data_bytes, limit))
+        assert ShuffledDataLoader(path, cfg).group_examples < 40 // 3
+        assert caplog.text == ""  # the whole dataset fits
+        monkeypatch.setattr(shuffled_module.memory, "page_cache_room", lambda: memory.Room(data_bytes // 10, limit))
+        loader = ShuffledDataLoader(path, cfg)
+    assert "buffer_mb=0.05: the groups in flight take" in caplog.text and limit in caplog.text
+    groups_bytes = 3 * loader.blocks_per_group * loader.block_examples * loader.reader.layer_bytes
+    assert f"buffer_mb={0.8 * (data_bytes // 10) / groups_bytes * 0.05:.4g} or less fits" in caplog.text
