@@ -152,3 +152,23 @@ def test_a_buffer_larger_than_the_room_is_warned_of_with_one_that_fits(
     assert "buffer_mb=0.05: the groups in flight take" in caplog.text and limit in caplog.text
     groups_bytes = 3 * loader.blocks_per_group * loader.block_examples * loader.reader.layer_bytes
     assert f"buffer_mb={0.8 * (data_bytes // 10) / groups_bytes * 0.05:.4g} or less fits" in caplog.text
+
+
+def test_the_buffer_that_fits_scales_three_whole_groups_even_when_the_data_are_fewer(
+        tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # groups of 20 of the 40 examples: two groups hold all the data, three would hold 60 examples' bytes
+    path = write_dataset(tmp_path, n_examples=40)
+    cfg = ShuffledConfig(buffer_mb=0.12, read_mb=0.01)
+    loader = ShuffledDataLoader(path, cfg)
+    data_bytes = loader.n_rows * loader.reader.row_bytes  # the selected rows
+    three_groups = 3 * loader.blocks_per_group * loader.block_examples * loader.reader.layer_bytes
+    assert loader.group_examples == 20 and three_groups > data_bytes
+    monkeypatch.setattr(shuffled_module.memory, "page_cache_room", lambda: memory.Room(data_bytes // 2, "here"))
+    with caplog.at_level(logging.WARNING, logger="saev_ops.loaders.shuffled"):
+        ShuffledDataLoader(path, cfg)
+    fits = 0.8 * (data_bytes // 2) / three_groups * 0.12
+    assert f"buffer_mb={fits:.4g} or less fits" in caplog.text
+    caplog.clear()  # and that buffer does fit
+    with caplog.at_level(logging.WARNING, logger="saev_ops.loaders.shuffled"):
+        ShuffledDataLoader(path, ShuffledConfig(buffer_mb=fits, read_mb=0.01))
+    assert caplog.text == ""

@@ -195,10 +195,12 @@ class ShuffledDataLoader:
         self.n_rows = md.n_examples * self.plan.rows_per_example
         data_bytes = self.n_rows * self.reader.row_bytes
         room = memory.page_cache_room()
-        # the page cache the groups in flight take: three groups' bytes on disk, or the whole selection if smaller
-        groups_bytes = min(data_bytes, 3 * self.blocks_per_group * self.block_examples * read_bytes)
+        # the page cache the groups in flight take: three groups' bytes on disk (one cut, one waiting, one warmed),
+        # or the whole selection if smaller
+        three_groups = 3 * self.blocks_per_group * self.block_examples * read_bytes
+        groups_bytes = min(data_bytes, three_groups)
         if groups_bytes > room.bytes:
-            fit_mb = 0.8 * room.bytes / groups_bytes * cfg.buffer_mb  # a fifth left for batches, model, the rest
+            fit_mb = 0.8 * room.bytes / three_groups * cfg.buffer_mb  # a fifth left for batches, model, the rest
             log.warning("buffer_mb=%g: the groups in flight take %.1f GB of page cache, more than this process can "
                         "count on (%.1f GB: %s), so their pages are evicted while their batches are cut and come "
                         "back one fault at a time (the same batches, several times slower); buffer_mb=%.4g or less "
