@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pathlib
@@ -140,35 +141,41 @@ def test_groups_are_released_by_default_only_when_the_data_exceed_the_room(
 def test_a_buffer_larger_than_the_room_is_warned_of_with_one_that_fits(
         tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     path = write_dataset(tmp_path, n_examples=40)
-    cfg = ShuffledConfig(buffer_mb=0.05, read_mb=0.01)  # groups of 5 of the 40 examples
-    data_bytes = sum(f.stat().st_size for f in path.glob("acts*.bin"))
+    cfg = ShuffledConfig(buffer_mb=0.05, read_mb=0.01, batch_size=16, n_threads=1)  # groups of 5 of the 40 examples
+    loader = ShuffledDataLoader(path, cfg)
+    three_groups = 3 * loader.blocks_per_group * loader.block_examples * loader.reader.layer_bytes
+    assert loader.groups_bytes == three_groups < loader.n_rows * loader.reader.row_bytes
+    needed = loader.groups_bytes + loader.own_bytes
     limit = "/sys/fs/cgroup/memory.max"
     with caplog.at_level(logging.WARNING, logger="saev_ops.loaders.shuffled"):
-        monkeypatch.setattr(shuffled_module.memory, "page_cache_room", lambda: memory.Room(data_bytes, limit))
-        assert ShuffledDataLoader(path, cfg).group_examples < 40 // 3
-        assert caplog.text == ""  # the whole dataset fits
-        monkeypatch.setattr(shuffled_module.memory, "page_cache_room", lambda: memory.Room(data_bytes // 10, limit))
-        loader = ShuffledDataLoader(path, cfg)
-    assert "buffer_mb=0.05: the groups in flight take" in caplog.text and limit in caplog.text
-    groups_bytes = 3 * loader.blocks_per_group * loader.block_examples * loader.reader.layer_bytes
-    assert f"buffer_mb={0.8 * (data_bytes // 10) / groups_bytes * 0.05:.4g} or less fits" in caplog.text
+        room = memory.Room(int(needed / shuffled_module.ROOM_SHARE) + 1, limit)
+        monkeypatch.setattr(shuffled_module.memory, "page_cache_room", lambda: room)
+        ShuffledDataLoader(path, cfg)
+        assert caplog.text == ""  # fits within the share
+        small = memory.Room(int((loader.own_bytes + three_groups / 2) / shuffled_module.ROOM_SHARE), limit)
+        monkeypatch.setattr(shuffled_module.memory, "page_cache_room", lambda: small)
+        ShuffledDataLoader(path, cfg)
+    assert "buffer_mb=0.05: the groups in flight and the loader's buffers take" in caplog.text and limit in caplog.text
+    fits = (shuffled_module.ROOM_SHARE * small.bytes - loader.own_bytes) / three_groups * 0.05
+    assert f"buffer_mb={fits:.4g} or less fits" in caplog.text
 
 
 def test_the_buffer_that_fits_scales_three_whole_groups_even_when_the_data_are_fewer(
         tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     # groups of 20 of the 40 examples: two groups hold all the data, three would hold 60 examples' bytes
     path = write_dataset(tmp_path, n_examples=40)
-    cfg = ShuffledConfig(buffer_mb=0.12, read_mb=0.01)
+    cfg = ShuffledConfig(buffer_mb=0.12, read_mb=0.01, batch_size=16, n_threads=1)
     loader = ShuffledDataLoader(path, cfg)
     data_bytes = loader.n_rows * loader.reader.row_bytes  # the selected rows
     three_groups = 3 * loader.blocks_per_group * loader.block_examples * loader.reader.layer_bytes
-    assert loader.group_examples == 20 and three_groups > data_bytes
-    monkeypatch.setattr(shuffled_module.memory, "page_cache_room", lambda: memory.Room(data_bytes // 2, "here"))
+    assert loader.group_examples == 20 and three_groups > data_bytes == loader.groups_bytes
+    room = memory.Room(int((loader.own_bytes + data_bytes / 2) / shuffled_module.ROOM_SHARE), "here")
+    monkeypatch.setattr(shuffled_module.memory, "page_cache_room", lambda: room)
     with caplog.at_level(logging.WARNING, logger="saev_ops.loaders.shuffled"):
         ShuffledDataLoader(path, cfg)
-    fits = 0.8 * (data_bytes // 2) / three_groups * 0.12
+    fits = (shuffled_module.ROOM_SHARE * room.bytes - loader.own_bytes) / three_groups * 0.12
     assert f"buffer_mb={fits:.4g} or less fits" in caplog.text
     caplog.clear()  # and that buffer does fit
     with caplog.at_level(logging.WARNING, logger="saev_ops.loaders.shuffled"):
-        ShuffledDataLoader(path, ShuffledConfig(buffer_mb=fits, read_mb=0.01))
+        ShuffledDataLoader(path, dataclasses.replace(cfg, buffer_mb=fits))
     assert caplog.text == ""

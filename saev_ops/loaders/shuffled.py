@@ -53,6 +53,9 @@ DEFAULT_BUFFER_MB = 6144.0
 """Three groups of 2 GiB: a 16,384-patch batch then holds ~2,400 distinct examples of a ViT-B/16 dataset (saev's default
 reservoir: ~1,900, in ~5.7 GB of its own memory); the groups are page cache, the loader's own memory is the batches in
 flight (~0.5 GB); docs/performance.md has the trade-off measured."""
+ROOM_SHARE = 0.75
+"""The share of the page cache a process can count on that the groups in flight and the loader's buffers may take
+before the loader warns that they do not fit (the rest: the model, the kernel's own slack)."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -195,16 +198,23 @@ class ShuffledDataLoader:
         self.n_rows = md.n_examples * self.plan.rows_per_example
         data_bytes = self.n_rows * self.reader.row_bytes
         room = memory.page_cache_room()
-        # the page cache the groups in flight take: three groups' bytes on disk (one cut, one waiting, one warmed),
-        # or the whole selection if smaller
+        self._batch_buffers = cfg.prefetch_batches + 2 * cfg.n_threads + 2  # pooled: in the queue, being cut, spare
+        # What the loader needs of the room: the page cache of the groups in flight (one cut, one waiting, one warmed:
+        # three groups' bytes on disk, or the whole selection if smaller) and its own pooled buffers. The kernel
+        # evicts the newly warmed groups first (they sit on its inactive list), so they must fit with a margin: a
+        # 3.0 GB room ran at 0.33-0.48M patches/s with 2.25 GB needed, at 67-116K with 3.05 GB (docs/performance.md).
         three_groups = 3 * self.blocks_per_group * self.block_examples * read_bytes
-        groups_bytes = min(data_bytes, three_groups)
-        if groups_bytes > room.bytes:
-            fit_mb = 0.8 * room.bytes / three_groups * cfg.buffer_mb  # a fifth left for batches, model, the rest
-            log.warning("buffer_mb=%g: the groups in flight take %.1f GB of page cache, more than this process can "
-                        "count on (%.1f GB: %s), so their pages are evicted while their batches are cut and come "
-                        "back one fault at a time (the same batches, several times slower); buffer_mb=%.4g or less "
-                        "fits", cfg.buffer_mb, groups_bytes / 1e9, room.bytes / 1e9, room.source, fit_mb)
+        self.groups_bytes = min(data_bytes, three_groups)
+        self.own_bytes = (self._batch_buffers * cfg.batch_size * md.d_model * 4
+                          + 2 * (cfg.n_threads + 1) * CHUNK_BYTES)  # batches, warming chunks
+        needed = self.groups_bytes + self.own_bytes
+        if needed > ROOM_SHARE * room.bytes:
+            fit_mb = max(0.0, ROOM_SHARE * room.bytes - self.own_bytes) / three_groups * cfg.buffer_mb
+            log.warning("buffer_mb=%g: the groups in flight and the loader's buffers take %.1f GB, more than %d%% of "
+                        "the page cache this process can count on (%.1f GB: %s), so the kernel evicts warmed groups "
+                        "before their batches are cut and they come back one fault at a time (the same batches, "
+                        "several times slower); buffer_mb=%.4g or less fits", cfg.buffer_mb, needed / 1e9,
+                        100 * ROOM_SHARE, room.bytes / 1e9, room.source, fit_mb)
         if cfg.release_groups is None:
             self.release_groups = data_bytes > room.bytes
             if self.release_groups:
@@ -420,7 +430,7 @@ class ShuffledDataLoader:
         out (unless ``drop_last``), then the end-of-epoch marker."""
         B = self.cfg.batch_size
         serials = itertools.count()
-        batch_buffers = blocks.BufferPool(max_buffers=self.cfg.prefetch_batches + 2 * self.cfg.n_threads + 2,
+        batch_buffers = blocks.BufferPool(max_buffers=self._batch_buffers,
                                           pinned=self.cfg.pin_memory)
         staging = blocks.BufferPool(max_buffers=self.cfg.n_threads + 1)  # reduced-precision rows before widening
         chunks = blocks.BufferPool(max_buffers=self.cfg.n_threads + 1)  # chunks read again (see below)
