@@ -233,11 +233,11 @@ class RecordPartJob:
 
 def _share_cores(n_processes: int) -> None:
     """Each of ``n_processes`` torch processes takes its share of the cores (not all of them each)."""
-    import os
-
     import torch
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // n_processes))
+    from saev_ops import host
+
+    torch.set_num_threads(max(1, host.usable_cpus() // n_processes))
 
 
 def run_in_processes(name: str, calls: Sequence[Callable[[], Any]]) -> list[Any]:

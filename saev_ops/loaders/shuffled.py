@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from saev_ops import errors
-from saev_ops.loaders import blocks, iovec, memory
+from saev_ops import errors, host
+from saev_ops.loaders import blocks, iovec
 from saev_ops.loaders.rowmap import CHUNK_BYTES, RowMap
 from saev_ops.loaders.selection import Batch, ShardSelection, plan, to_batch
 from saev_ops.shards import dtypes
@@ -72,9 +72,10 @@ class ShuffledConfig:
     not the loader's own memory; a host whose memory cannot hold them re-reads evicted pages (slower, same batches)."""
     read_mb: float = 1.0
     """Smallest contiguous read, in MiB (sets examples per block)."""
-    n_threads: int = dataclasses.field(default_factory=lambda: min(8, os.cpu_count() or 2))
-    """Reader threads, and as many threads cutting batches (default: the core count, at most 8; reads and gathers
-    release the GIL, so threads beyond the cores only contend)."""
+    n_threads: int = dataclasses.field(default_factory=lambda: min(8, host.usable_cpus()))
+    """Reader threads, and as many threads cutting batches (default: the CPUs this process may use, at most 8 (in a
+    Slurm job, its allocation, not the node's); reads and gathers release the GIL, so threads beyond the cores only
+    contend)."""
     prefetch_batches: int = 4
     """Batches ready ahead of the consumer, besides the ``n_threads`` being cut (memory: batch bytes each)."""
     drop_last: bool = False
@@ -84,7 +85,7 @@ class ShuffledConfig:
     a dataset larger than memory evicts the groups already used, not the ones warmed and waiting to be cut (whose
     pages would otherwise come back one fault at a time while cutting). None: when the selected rows' bytes exceed
     the page cache this process can count on at the start, the smallest of the machine's available memory and the
-    room under its control groups' memory limits (a Slurm job's ``--mem``; :mod:`saev_ops.loaders.memory`); a
+    room under its control groups' memory limits (a Slurm job's ``--mem``; :mod:`saev_ops.host`); a
     dataset that fits keeps its pages for the next epoch. Batches are the same either way."""
     pin_memory: bool = False
     """Cut batches into page-locked buffers, allocated once and reused, for copies to a GPU that leave the host free
@@ -197,7 +198,7 @@ class ShuffledDataLoader:
         self.blocks_per_group = max(1, self.group_examples // self.block_examples)
         self.n_rows = md.n_examples * self.plan.rows_per_example
         data_bytes = self.n_rows * self.reader.row_bytes
-        room = memory.page_cache_room()
+        room = host.page_cache_room()
         self._batch_buffers = cfg.prefetch_batches + 2 * cfg.n_threads + 2  # pooled: in the queue, being cut, spare
         # What the loader needs of the room: the page cache of the groups in flight (one cut, one waiting, one warmed:
         # three groups' bytes on disk, or the whole selection if smaller) and its own pooled buffers. The kernel

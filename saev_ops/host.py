@@ -1,4 +1,8 @@
-"""How much of the page cache this process can count on: the room a dataset must fit in to stay cached across epochs.
+"""What this process may use of the machine it runs on: its CPUs, and the page cache it can count on.
+
+A Slurm job (or a container) sees the whole node in ``os.cpu_count()`` and ``/proc/meminfo`` but may use only part
+of it. :func:`usable_cpus` counts the CPUs the process may run on (its affinity mask, which Slurm's task affinity
+and cgroup cpusets set). :func:`page_cache_room` is the room a dataset must fit in to stay cached across epochs.
 
 A Slurm job (or a container) usually runs in a control group whose memory limit counts the page cache its reads fill:
 a job with ``--mem=64G`` on a 512 GB node keeps at most ~64 GB of the files it reads cached, whatever the node has.
@@ -21,6 +25,14 @@ import os
 import pathlib
 
 _UNLIMITED = 1 << 62  # cgroup v1 writes "no limit" as the page counter's maximum, 0x7ffffffffffff000 here
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask where the platform has one (Linux), else the machine's."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 @dataclasses.dataclass(frozen=True)

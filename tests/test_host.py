@@ -1,4 +1,5 @@
-"""The page cache a process can count on: the machine's available memory and its control groups' memory limits."""
+"""What a process may use of its machine: its CPUs (affinity), and the page cache it can count on (available memory,
+control groups' memory limits)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import sys
 
 import pytest
 
-from saev_ops.loaders import ShuffledConfig, ShuffledDataLoader, memory
+from saev_ops import host
+from saev_ops.loaders import ShuffledConfig, ShuffledDataLoader
 from saev_ops.loaders import shuffled as shuffled_module
 from tests.shard_helpers import write_dataset
 
@@ -40,7 +42,7 @@ def test_without_control_group_limits_the_room_is_the_available_memory(tmp_path:
     root = tmp_path / "cg"
     group(root, "user.slice/session-1.scope", {"memory.max": "max\n"})
     group(root, "user.slice", {"memory.max": "max\n"})
-    assert memory.page_cache_room(proc, root) == memory.Room(8 * GIB, "MemAvailable")
+    assert host.page_cache_room(proc, root) == host.Room(8 * GIB, "MemAvailable")
 
 
 def test_a_v2_limit_above_the_group_counts_less_what_the_group_holds_outside_the_page_cache(
@@ -52,8 +54,8 @@ def test_a_v2_limit_above_the_group_counts_less_what_the_group_holds_outside_the
     group(root, job, {"memory.max": f"{4 * GIB}\n", "memory.current": f"{3 * GIB}\n",
                       "memory.stat": f"anon {GIB}\nfile {2 * GIB}\nkernel 0\n"})
     group(root, f"{job}/step_0/user/task_0", {"memory.max": "max\n", "memory.current": "0\n", "memory.stat": ""})
-    room = memory.page_cache_room(proc, root)
-    assert room == memory.Room(3 * GIB, str(root / job / "memory.max"))
+    room = host.page_cache_room(proc, root)
+    assert room == host.Room(3 * GIB, str(root / job / "memory.max"))
 
 
 def test_a_v1_memory_limit_and_the_no_limit_value(tmp_path: pathlib.Path) -> None:
@@ -65,8 +67,8 @@ def test_a_v1_memory_limit_and_the_no_limit_value(tmp_path: pathlib.Path) -> Non
                                              "memory.usage_in_bytes": f"{GIB}\n",
                                              "memory.stat": f"cache {GIB // 2}\nrss 1\ntotal_cache {GIB // 2}\n"})
     group(root, "memory/slurm/uid_0/job_9/step_batch", {"memory.limit_in_bytes": no_limit})
-    room = memory.page_cache_room(proc, root)
-    assert room == memory.Room(2 * GIB - GIB // 2, str(root / "memory/slurm/uid_0/job_9/memory.limit_in_bytes"))
+    room = host.page_cache_room(proc, root)
+    assert room == host.Room(2 * GIB - GIB // 2, str(root / "memory/slurm/uid_0/job_9/memory.limit_in_bytes"))
 
 
 def test_the_smallest_room_wins_and_unreadable_files_are_left_out(tmp_path: pathlib.Path) -> None:
@@ -75,19 +77,19 @@ def test_the_smallest_room_wins_and_unreadable_files_are_left_out(tmp_path: path
     root = tmp_path / "cg"
     group(root, "a/b", {"memory.max": "garbage\n"})
     group(root, "a", {"memory.max": f"{3 * GIB}\n"})  # no memory.current: nothing counted as held
-    assert memory.page_cache_room(proc, root) == memory.Room(GIB, "MemAvailable")
+    assert host.page_cache_room(proc, root) == host.Room(GIB, "MemAvailable")
     (proc / "meminfo").unlink()  # no /proc/meminfo (macOS): physical memory, then the group's limit is smaller
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    expect = memory.Room(3 * GIB, str(root / "a" / "memory.max")) if physical > 3 * GIB else \
-        memory.Room(physical, "physical memory")
-    assert memory.page_cache_room(proc, root) == expect
+    expect = host.Room(3 * GIB, str(root / "a" / "memory.max")) if physical > 3 * GIB else \
+        host.Room(physical, "physical memory")
+    assert host.page_cache_room(proc, root) == expect
 
 
 def test_a_path_that_climbs_out_of_the_tree_is_ignored(tmp_path: pathlib.Path) -> None:
     proc = fake_proc(tmp_path, "0::/../../etc\n")
     root = tmp_path / "cg"
     group(root, "", {"memory.max": "1\n"})
-    assert memory.page_cache_room(proc, root).source == "MemAvailable"
+    assert host.page_cache_room(proc, root).source == "MemAvailable"
 
 
 def _v1_memory_group() -> pathlib.Path | None:
@@ -115,8 +117,8 @@ def test_a_real_v1_memory_limit_is_read_from_inside_the_group(tmp_path: pathlib.
         (d / "memory.limit_in_bytes").write_text(str(2 * GIB))
         script = ("import os, sys, pathlib\n"
                   "pathlib.Path(sys.argv[1], 'cgroup.procs').write_text(str(os.getpid()))\n"
-                  "from saev_ops.loaders import memory\n"
-                  "room = memory.page_cache_room()\n"
+                  "from saev_ops import host\n"
+                  "room = host.page_cache_room()\n"
                   "print(room.bytes, room.source)\n")
         out = subprocess.run([sys.executable, "-c", script, str(d)], capture_output=True, text=True, check=True,
                              cwd=pathlib.Path(__file__).resolve().parents[1], timeout=120).stdout.split()
@@ -131,7 +133,7 @@ def test_groups_are_released_by_default_only_when_the_data_exceed_the_room(
     path = write_dataset(tmp_path, n_examples=20)
     assert not ShuffledDataLoader(path).release_groups
     limit = "/sys/fs/cgroup/memory/slurm/uid_0/job_9/memory.limit_in_bytes"
-    monkeypatch.setattr(shuffled_module.memory, "page_cache_room", lambda: memory.Room(1000, limit))
+    monkeypatch.setattr(shuffled_module.host, "page_cache_room", lambda: host.Room(1000, limit))
     with caplog.at_level(logging.INFO, logger="saev_ops.loaders.shuffled"):
         assert ShuffledDataLoader(path).release_groups
     assert "exceed the page cache this process can count on" in caplog.text and limit in caplog.text
@@ -148,12 +150,12 @@ def test_a_buffer_larger_than_the_room_is_warned_of_with_one_that_fits(
     needed = loader.groups_bytes + loader.own_bytes
     limit = "/sys/fs/cgroup/memory.max"
     with caplog.at_level(logging.WARNING, logger="saev_ops.loaders.shuffled"):
-        room = memory.Room(int(needed / shuffled_module.ROOM_SHARE) + 1, limit)
-        monkeypatch.setattr(shuffled_module.memory, "page_cache_room", lambda: room)
+        room = host.Room(int(needed / shuffled_module.ROOM_SHARE) + 1, limit)
+        monkeypatch.setattr(shuffled_module.host, "page_cache_room", lambda: room)
         ShuffledDataLoader(path, cfg)
         assert caplog.text == ""  # fits within the share
-        small = memory.Room(int((loader.own_bytes + three_groups / 2) / shuffled_module.ROOM_SHARE), limit)
-        monkeypatch.setattr(shuffled_module.memory, "page_cache_room", lambda: small)
+        small = host.Room(int((loader.own_bytes + three_groups / 2) / shuffled_module.ROOM_SHARE), limit)
+        monkeypatch.setattr(shuffled_module.host, "page_cache_room", lambda: small)
         ShuffledDataLoader(path, cfg)
     assert "buffer_mb=0.05: the groups in flight and the loader's buffers take" in caplog.text and limit in caplog.text
     fits = (shuffled_module.ROOM_SHARE * small.bytes - loader.own_bytes) / three_groups * 0.05
@@ -169,8 +171,8 @@ def test_the_buffer_that_fits_scales_three_whole_groups_even_when_the_data_are_f
     data_bytes = loader.n_rows * loader.reader.row_bytes  # the selected rows
     three_groups = 3 * loader.blocks_per_group * loader.block_examples * loader.reader.layer_bytes
     assert loader.group_examples == 20 and three_groups > data_bytes == loader.groups_bytes
-    room = memory.Room(int((loader.own_bytes + data_bytes / 2) / shuffled_module.ROOM_SHARE), "here")
-    monkeypatch.setattr(shuffled_module.memory, "page_cache_room", lambda: room)
+    room = host.Room(int((loader.own_bytes + data_bytes / 2) / shuffled_module.ROOM_SHARE), "here")
+    monkeypatch.setattr(shuffled_module.host, "page_cache_room", lambda: room)
     with caplog.at_level(logging.WARNING, logger="saev_ops.loaders.shuffled"):
         ShuffledDataLoader(path, cfg)
     fits = (shuffled_module.ROOM_SHARE * room.bytes - loader.own_bytes) / three_groups * 0.12
@@ -179,3 +181,14 @@ def test_the_buffer_that_fits_scales_three_whole_groups_even_when_the_data_are_f
     with caplog.at_level(logging.WARNING, logger="saev_ops.loaders.shuffled"):
         ShuffledDataLoader(path, dataclasses.replace(cfg, buffer_mb=fits))
     assert caplog.text == ""
+
+
+def test_usable_cpus_follow_the_affinity_mask_not_the_machine() -> None:
+    """What a Slurm job bound to some CPUs sees: a child pinned to one CPU counts one (``os.cpu_count()``: all)."""
+    script = "from saev_ops import host; from saev_ops.loaders import ShuffledConfig; " \
+             "print(host.usable_cpus(), ShuffledConfig().n_threads)"
+    first = sorted(os.sched_getaffinity(0))[0]
+    out = subprocess.run(["taskset", "-c", str(first), sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True, cwd=pathlib.Path(__file__).resolve().parents[1], timeout=120).stdout.split()
+    assert out == ["1", "1"]
+    assert host.usable_cpus() == len(os.sched_getaffinity(0))
