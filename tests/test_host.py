@@ -7,13 +7,14 @@ import dataclasses
 import logging
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
 import pytest
 
 from saev_ops import host
-from saev_ops.loaders import ShuffledConfig, ShuffledDataLoader
+from saev_ops.loaders import ShuffledConfig, ShuffledDataLoader, sizing
 from saev_ops.loaders import shuffled as shuffled_module
 from tests.shard_helpers import write_dataset
 
@@ -28,6 +29,13 @@ def fake_proc(tmp_path: pathlib.Path, cgroup: str, available_kb: int | None = 8 
         (proc / "meminfo").write_text(f"MemTotal:       {2 * available_kb} kB\nMemFree:  12 kB\n"
                                       f"MemAvailable:   {available_kb} kB\nBuffers: 0 kB\n")
     return proc
+
+
+def printed_fit(text: str) -> float:
+    """The buffer_mb a warning says fits."""
+    found = re.search(r"buffer_mb=([0-9.e+-]+) or less fits", text)
+    assert found, text
+    return float(found.group(1))
 
 
 def group(root: pathlib.Path, rel: str, files: dict[str, str]) -> None:
@@ -146,20 +154,20 @@ def test_a_buffer_larger_than_the_room_is_warned_of_with_one_that_fits(
     cfg = ShuffledConfig(buffer_mb=0.05, read_mb=0.01, batch_size=16, n_threads=1)  # groups of 5 of the 40 examples
     loader = ShuffledDataLoader(path, cfg)
     three_groups = 3 * loader.blocks_per_group * loader.block_examples * loader.reader.layer_bytes
-    assert loader.groups_bytes == three_groups < loader.n_rows * loader.reader.row_bytes
-    needed = loader.groups_bytes + loader.own_bytes
+    assert loader.sizing.groups_bytes == three_groups < loader.n_rows * loader.reader.row_bytes
+    needed = loader.sizing.groups_bytes + loader.sizing.own_bytes
     limit = "/sys/fs/cgroup/memory.max"
     with caplog.at_level(logging.WARNING, logger="saev_ops.loaders.shuffled"):
-        room = host.Room(int(needed / shuffled_module.ROOM_SHARE) + 1, limit)
+        room = host.Room(int(needed / sizing.ROOM_SHARE) + 1, limit)
         monkeypatch.setattr(shuffled_module.host, "page_cache_room", lambda: room)
         ShuffledDataLoader(path, cfg)
         assert caplog.text == ""  # fits within the share
-        small = host.Room(int((loader.own_bytes + three_groups / 2) / shuffled_module.ROOM_SHARE), limit)
+        small = host.Room(int((loader.sizing.own_bytes + three_groups / 2) / sizing.ROOM_SHARE), limit)
         monkeypatch.setattr(shuffled_module.host, "page_cache_room", lambda: small)
         ShuffledDataLoader(path, cfg)
     assert "buffer_mb=0.05: the groups in flight and the loader's buffers take" in caplog.text and limit in caplog.text
-    fits = (shuffled_module.ROOM_SHARE * small.bytes - loader.own_bytes) / three_groups * 0.05
-    assert f"buffer_mb={fits:.4g} or less fits" in caplog.text
+    fits = (sizing.ROOM_SHARE * small.bytes - loader.sizing.own_bytes) / three_groups * 0.05
+    assert 0.999 * fits <= printed_fit(caplog.text) <= fits
 
 
 def test_the_buffer_that_fits_scales_three_whole_groups_even_when_the_data_are_fewer(
@@ -170,16 +178,17 @@ def test_the_buffer_that_fits_scales_three_whole_groups_even_when_the_data_are_f
     loader = ShuffledDataLoader(path, cfg)
     data_bytes = loader.n_rows * loader.reader.row_bytes  # the selected rows
     three_groups = 3 * loader.blocks_per_group * loader.block_examples * loader.reader.layer_bytes
-    assert loader.group_examples == 20 and three_groups > data_bytes == loader.groups_bytes
-    room = host.Room(int((loader.own_bytes + data_bytes / 2) / shuffled_module.ROOM_SHARE), "here")
+    assert loader.group_examples == 20 and three_groups > data_bytes == loader.sizing.groups_bytes
+    room = host.Room(int((loader.sizing.own_bytes + data_bytes / 2) / sizing.ROOM_SHARE), "here")
     monkeypatch.setattr(shuffled_module.host, "page_cache_room", lambda: room)
     with caplog.at_level(logging.WARNING, logger="saev_ops.loaders.shuffled"):
         ShuffledDataLoader(path, cfg)
-    fits = (shuffled_module.ROOM_SHARE * room.bytes - loader.own_bytes) / three_groups * 0.12
-    assert f"buffer_mb={fits:.4g} or less fits" in caplog.text
+    warned = caplog.text
+    fits = (sizing.ROOM_SHARE * room.bytes - loader.sizing.own_bytes) / three_groups * 0.12
+    assert 0.999 * fits <= printed_fit(caplog.text) <= fits
     caplog.clear()  # and that buffer does fit
     with caplog.at_level(logging.WARNING, logger="saev_ops.loaders.shuffled"):
-        ShuffledDataLoader(path, dataclasses.replace(cfg, buffer_mb=fits))
+        ShuffledDataLoader(path, dataclasses.replace(cfg, buffer_mb=printed_fit(warned)))
     assert caplog.text == ""
 
 

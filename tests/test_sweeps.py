@@ -295,3 +295,30 @@ def test_a_resubmitted_sweep_keeps_the_defaults_of_its_first_submission(tmp_path
     assert len(other.new_runs) == len(configs)  # a new sweep: the new default, new runs
     said = text.replace("n_tokens: 640,", "n_tokens: 640, buffer_mb: 6144,")
     assert len(submit_sweep(reg, parse_sweep(said), url, dry_run=True).new_runs) == len(configs)  # what it says
+
+
+def test_loader_groups_larger_than_a_slurm_jobs_memory_are_reported_at_submit(
+        tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
+    """What the job's loader would warn of when it starts (same sizing), said before anything is queued."""
+    from saev_ops.host import Room
+    from saev_ops.loaders import ShardSelection, ShuffledConfig, ShuffledDataLoader
+    from saev_ops.sweeps.submit import HOST_OVERHEAD_GB
+
+    reg, url = env
+    text = grid(tmp_path, executor="slurm") + "resources: {mem_gb: 2.1, cpus: 2}\n"
+    spec = parse_sweep(text)
+    warnings = submit_sweep(reg, spec, url, dry_run=True).warnings
+    (tokens,) = {c["tokens"] for c in spec.configs}
+    loader = ShuffledDataLoader(reg.get_dataset("tiny").path, ShuffledConfig(
+        selection=ShardSelection(layers=(7,), tokens=tokens), batch_size=64, buffer_mb=0.2, n_threads=2))
+    room = Room(int((2.1 - HOST_OVERHEAD_GB) * 2**30), "resources.mem_gb=2.1 less ~2 for Python and torch")
+    expected = loader.sizing.fit_warning(0.2, room)
+    assert expected is not None and warnings == (
+        f"tokens={tokens}: {expected}; or resources.mem_gb=2.2 or more (where the cluster counts page cache in a "
+        "job's memory)",)
+    assert "no buffer_mb fits: the loader's own buffers alone take" in expected  # 2 x 17 MB chunks, 14 batches
+    # enough memory, or not Slurm (a local job's loader checks the machine itself): nothing to say
+    assert (loader.sizing.groups_bytes + loader.sizing.own_bytes) / 0.75 / 2**30 + 2 <= 2.2
+    assert submit_sweep(reg, parse_sweep(text.replace("mem_gb: 2.1", "mem_gb: 2.2")), url, dry_run=True).warnings == ()
+    assert submit_sweep(reg, parse_sweep(grid(tmp_path, executor="local") + "resources: {mem_gb: 2.1}\n"), url,
+                        dry_run=True).warnings == ()

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from saev_ops import errors, host
-from saev_ops.loaders import blocks, iovec
+from saev_ops.loaders import blocks, iovec, sizing
 from saev_ops.loaders.rowmap import CHUNK_BYTES, RowMap
 from saev_ops.loaders.selection import Batch, ShardSelection, plan, to_batch
 from saev_ops.shards import dtypes
@@ -53,11 +53,6 @@ DEFAULT_BUFFER_MB = 6144.0
 """Three groups of 2 GiB: a 16,384-patch batch then holds ~2,400 distinct examples of a ViT-B/16 dataset (saev's default
 reservoir: ~1,900, in ~5.7 GB of its own memory); the groups are page cache, the loader's own memory is the batches in
 flight (~0.5 GB); docs/performance.md has the trade-off measured."""
-ROOM_SHARE = 0.75
-"""The share of the page cache a process can count on that the groups in flight and the loader's buffers may take
-before the loader warns that they do not fit (the rest: the model, the kernel's own slack)."""
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ShuffledConfig:
     selection: ShardSelection = ShardSelection()
@@ -70,13 +65,13 @@ class ShuffledConfig:
     """Page cache for example groups, in MiB (three groups in flight: a group is a third of it; only as much as the
     dataset needs). Bigger mixes better: a batch is drawn from one group. The groups are the files' cached pages,
     not the loader's own memory; a host whose memory cannot hold them re-reads evicted pages (slower, same batches)."""
-    read_mb: float = 1.0
+    read_mb: float = sizing.READ_MB
     """Smallest contiguous read, in MiB (sets examples per block)."""
-    n_threads: int = dataclasses.field(default_factory=lambda: min(8, host.usable_cpus()))
+    n_threads: int = dataclasses.field(default_factory=lambda: min(sizing.MAX_THREADS, host.usable_cpus()))
     """Reader threads, and as many threads cutting batches (default: the CPUs this process may use, at most 8 (in a
     Slurm job, its allocation, not the node's); reads and gathers release the GIL, so threads beyond the cores only
     contend)."""
-    prefetch_batches: int = 4
+    prefetch_batches: int = sizing.PREFETCH_BATCHES
     """Batches ready ahead of the consumer, besides the ``n_threads`` being cut (memory: batch bytes each)."""
     drop_last: bool = False
     """Drop the epoch's last, short batch."""
@@ -188,34 +183,20 @@ class ShuffledDataLoader:
             blocks.require_pinnable("ShuffledConfig")
         self.plan = plan(self.reader, cfg.selection)
         md = self.reader.md
-        # groups are sized as the float32 rows they yield (what the group buffers of earlier versions held), so the
-        # plan, and with it the batches and the resume state, stay what they were
-        self._example_f32 = self.plan.rows_per_example * md.d_model * 4
         read_bytes = len(self.plan.layer_idx) * self.reader.layer_bytes
-        self.block_examples = max(1, -(-int(cfg.read_mb * 2**20) // read_bytes))
-        group_budget = int(cfg.buffer_mb * 2**20) // 3
-        self.group_examples = max(self.block_examples, group_budget // self._example_f32)
-        self.blocks_per_group = max(1, self.group_examples // self.block_examples)
+        self.sizing = sizing.sizing(
+            n_examples=md.n_examples, rows_per_example=self.plan.rows_per_example, d_model=md.d_model,
+            row_bytes=self.reader.row_bytes, read_bytes=read_bytes, buffer_mb=cfg.buffer_mb, read_mb=cfg.read_mb,
+            batch_size=cfg.batch_size, n_threads=cfg.n_threads, prefetch_batches=cfg.prefetch_batches)
+        self.block_examples = self.sizing.block_examples
+        self.group_examples = self.sizing.group_examples
+        self.blocks_per_group = self.sizing.blocks_per_group
         self.n_rows = md.n_examples * self.plan.rows_per_example
         data_bytes = self.n_rows * self.reader.row_bytes
         room = host.page_cache_room()
-        self._batch_buffers = cfg.prefetch_batches + 2 * cfg.n_threads + 2  # pooled: in the queue, being cut, spare
-        # What the loader needs of the room: the page cache of the groups in flight (one cut, one waiting, one warmed:
-        # three groups' bytes on disk, or the whole selection if smaller) and its own pooled buffers. The kernel
-        # evicts the newly warmed groups first (they sit on its inactive list), so they must fit with a margin: a
-        # 3.0 GB room ran at 0.33-0.48M patches/s with 2.25 GB needed, at 67-116K with 3.05 GB (docs/performance.md).
-        three_groups = 3 * self.blocks_per_group * self.block_examples * read_bytes
-        self.groups_bytes = min(data_bytes, three_groups)
-        self.own_bytes = (self._batch_buffers * cfg.batch_size * md.d_model * 4
-                          + 2 * (cfg.n_threads + 1) * CHUNK_BYTES)  # batches, warming chunks
-        needed = self.groups_bytes + self.own_bytes
-        if needed > ROOM_SHARE * room.bytes:
-            fit_mb = max(0.0, ROOM_SHARE * room.bytes - self.own_bytes) / three_groups * cfg.buffer_mb
-            log.warning("buffer_mb=%g: the groups in flight and the loader's buffers take %.1f GB, more than %d%% of "
-                        "the page cache this process can count on (%.1f GB: %s), so the kernel evicts warmed groups "
-                        "before their batches are cut and they come back one fault at a time (the same batches, "
-                        "several times slower); buffer_mb=%.4g or less fits", cfg.buffer_mb, needed / 1e9,
-                        100 * ROOM_SHARE, room.bytes / 1e9, room.source, fit_mb)
+        warning = self.sizing.fit_warning(cfg.buffer_mb, room)
+        if warning:
+            log.warning("%s", warning)
         if cfg.release_groups is None:
             self.release_groups = data_bytes > room.bytes
             if self.release_groups:
@@ -431,7 +412,7 @@ class ShuffledDataLoader:
         out (unless ``drop_last``), then the end-of-epoch marker."""
         B = self.cfg.batch_size
         serials = itertools.count()
-        batch_buffers = blocks.BufferPool(max_buffers=self._batch_buffers,
+        batch_buffers = blocks.BufferPool(max_buffers=self.sizing.batch_buffers,
                                           pinned=self.cfg.pin_memory)
         staging = blocks.BufferPool(max_buffers=self.cfg.n_threads + 1)  # reduced-precision rows before widening
         chunks = blocks.BufferPool(max_buffers=self.cfg.n_threads + 1)  # chunks read again (see below)

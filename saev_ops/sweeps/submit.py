@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import pathlib
 from typing import Any
 
@@ -34,7 +35,8 @@ class SubmitResult:
     job_ids: tuple[str | None, ...]
     dry_run: bool
     warnings: tuple[str, ...] = ()
-    """What will make a metric meaningless (a dead window longer than the run), said before anything trains."""
+    """What will make a metric meaningless (a dead window longer than the run) or a job slow (loader groups larger
+    than its memory), said before anything trains."""
 
 
 def estimate_memory_gb(sae: dict[str, Any], d_model: int, batch_size: int) -> float:
@@ -122,7 +124,7 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
         fresh = [(-(i + 1), cfg) for i, (cfg, h) in enumerate(zip(configs, hashes, strict=True)) if h not in known]
         jobs = group_runs(fresh, dataset.d_model, spec.settings, spec.resources)
         return SubmitResult(spec.name, len(configs), tuple(r for r, _ in fresh), (), tuple(jobs), (), True,
-                            window_warnings(configs))
+                            window_warnings(configs) + page_cache_warnings(spec, dataset, configs))
 
     registry.get_or_create_sweep(spec.name, spec.text)
     added = registry.add_runs(spec.dataset, configs, sweep=spec.name, identities=[run_identity(c) for c in configs])
@@ -136,7 +138,7 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
     jobs = group_runs(todo, dataset.d_model, spec.settings, spec.resources)
     job_ids = launch(registry, spec, dataset, jobs, db_url, val)
     return SubmitResult(spec.name, len(configs), tuple(r for r, _ in new), tuple(r for r, _ in retried), tuple(jobs),
-                        tuple(job_ids), False, window_warnings(configs))
+                        tuple(job_ids), False, window_warnings(configs) + page_cache_warnings(spec, dataset, configs))
 
 
 def keep_first_defaults(registry: Registry, spec: SweepSpec) -> SweepSpec:
@@ -222,6 +224,41 @@ def check_batch_size(configs: list[dict[str, Any]], dataset: Any, batch_size: in
     if short:
         raise errors.ConfigError(f"train.batch_size {batch_size:,} is larger than what dataset {dataset.name!r} "
                                  f"gives one layer ({'; '.join(short)}); lower batch_size")
+
+
+HOST_OVERHEAD_GB = 2.0
+"""What a training job's process holds besides the loader (Python, torch, CUDA's host-side memory), in GiB."""
+
+
+def page_cache_warnings(spec: SweepSpec, dataset: Any, configs: list[dict[str, Any]]) -> tuple[str, ...]:
+    """Slurm jobs whose Shuffled loader groups will not fit in ``resources.mem_gb`` where the cluster counts page
+    cache in a job's memory (cgroup memory limits, the usual set-up): the numbers the loader warns with when it
+    starts, said before anything is queued. Needs the dataset's recorded token layout; without one the job warns."""
+    from saev_ops.host import Room
+    from saev_ops.loaders import sizing
+    from saev_ops.shards import dtypes
+    from saev_ops.shards.format import TokenLayout
+
+    layout = dataset.extra.get("token_layout")
+    if spec.executor != "slurm" or not layout:
+        return ()
+    res, settings = spec.resources, spec.settings
+    room = Room(max(0, int((res.mem_gb - HOST_OVERHEAD_GB) * 2**30)),
+                f"resources.mem_gb={res.mem_gb:g} less ~{HOST_OVERHEAD_GB:g} for Python and torch")
+    row_bytes = dataset.d_model * dtypes.disk_dtype(dataset.dtype).itemsize
+    out = []
+    for tokens in sorted({c["tokens"] for c in configs}):
+        size = sizing.sizing(
+            n_examples=dataset.n_examples, rows_per_example=len(TokenLayout.from_json_dict(layout).indices(tokens)),
+            d_model=dataset.d_model, row_bytes=row_bytes, read_bytes=dataset.tokens_per_example * row_bytes,
+            buffer_mb=settings.buffer_mb, read_mb=sizing.READ_MB, batch_size=settings.batch_size,
+            n_threads=min(sizing.MAX_THREADS, res.cpus))
+        warning = size.fit_warning(settings.buffer_mb, room)
+        if warning:
+            need_gb = (size.groups_bytes + size.own_bytes) / sizing.ROOM_SHARE / 2**30 + HOST_OVERHEAD_GB
+            out.append(f"tokens={tokens}: {warning}; or resources.mem_gb={math.ceil(need_gb * 10) / 10:g} or more "
+                       "(where the cluster counts page cache in a job's memory)")
+    return tuple(out)
 
 
 def window_warnings(configs: list[dict[str, Any]]) -> tuple[str, ...]:
