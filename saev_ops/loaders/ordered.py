@@ -37,7 +37,7 @@ class OrderedConfig:
     """Last example (exclusive); None for the end of the dataset."""
     chunk_mb: float = 64.0
     """Bytes read per request, in MiB."""
-    n_threads: int = dataclasses.field(default_factory=lambda: min(sizing.MAX_THREADS, host.usable_cpus()))
+    n_threads: int = dataclasses.field(default_factory=lambda: sizing.default_threads(host.usable_cpus()))
     """Reader threads (default: the CPUs this process may use, at most 8)."""
     prefetch: int = 4
     """Chunks read ahead of the consumer (memory: about prefetch x chunk_mb)."""

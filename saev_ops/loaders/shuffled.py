@@ -53,6 +53,8 @@ DEFAULT_BUFFER_MB = 6144.0
 """Three groups of 2 GiB: a 16,384-patch batch then holds ~2,400 distinct examples of a ViT-B/16 dataset (saev's default
 reservoir: ~1,900, in ~5.7 GB of its own memory); the groups are page cache, the loader's own memory is the batches in
 flight (~0.5 GB); docs/performance.md has the trade-off measured."""
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ShuffledConfig:
     selection: ShardSelection = ShardSelection()
@@ -67,7 +69,7 @@ class ShuffledConfig:
     not the loader's own memory; a host whose memory cannot hold them re-reads evicted pages (slower, same batches)."""
     read_mb: float = sizing.READ_MB
     """Smallest contiguous read, in MiB (sets examples per block)."""
-    n_threads: int = dataclasses.field(default_factory=lambda: min(sizing.MAX_THREADS, host.usable_cpus()))
+    n_threads: int = dataclasses.field(default_factory=lambda: sizing.default_threads(host.usable_cpus()))
     """Reader threads, and as many threads cutting batches (default: the CPUs this process may use, at most 8 (in a
     Slurm job, its allocation, not the node's); reads and gathers release the GIL, so threads beyond the cores only
     contend)."""

@@ -18,11 +18,17 @@ READ_MB = 1.0
 """The Shuffled loader's default smallest contiguous read, in MiB."""
 MAX_THREADS = 8
 """The loaders' default threads: the CPUs the process may use, at most this many."""
+
 ROOM_SHARE = 0.75
 """The share of the page cache a process can count on that the groups in flight and the loader's buffers may take
 before the loader warns that they do not fit (the rest: the model, the kernel's own slack). The kernel evicts newly
 warmed groups first (they sit on its inactive list), so they need a margin: a 3.0 GB room ran at 0.33-0.48M
 patches/s with 2.25 GB needed, at 67-116K with 3.05 GB (docs/performance.md)."""
+
+
+def default_threads(cpus: int) -> int:
+    """The loaders' default reader (and cutter) threads for a process that may use ``cpus`` CPUs."""
+    return min(MAX_THREADS, cpus)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -252,7 +252,7 @@ def page_cache_warnings(spec: SweepSpec, dataset: Any, configs: list[dict[str, A
             n_examples=dataset.n_examples, rows_per_example=len(TokenLayout.from_json_dict(layout).indices(tokens)),
             d_model=dataset.d_model, row_bytes=row_bytes, read_bytes=dataset.tokens_per_example * row_bytes,
             buffer_mb=settings.buffer_mb, read_mb=sizing.READ_MB, batch_size=settings.batch_size,
-            n_threads=min(sizing.MAX_THREADS, res.cpus))
+            n_threads=sizing.default_threads(res.cpus))
         warning = size.fit_warning(settings.buffer_mb, room)
         if warning:
             need_gb = (size.groups_bytes + size.own_bytes) / sizing.ROOM_SHARE / 2**30 + HOST_OVERHEAD_GB
