@@ -194,7 +194,7 @@ class ShuffledDataLoader:
         self.group_examples = self.sizing.group_examples
         self.blocks_per_group = self.sizing.blocks_per_group
         self.n_rows = md.n_examples * self.plan.rows_per_example
-        data_bytes = self.n_rows * self.reader.row_bytes
+        data_bytes = self.sizing.data_bytes
         room = host.page_cache_room()
         warning = self.sizing.fit_warning(cfg.buffer_mb, room)
         if warning:

@@ -40,6 +40,8 @@ class Sizing:
     """Examples a group's budget holds (a group is ``blocks_per_group`` whole blocks of them)."""
     batch_buffers: int
     """Pooled batch buffers: in the queue, being cut, spare."""
+    data_bytes: int
+    """Bytes on disk of the selected rows."""
     three_groups_bytes: int
     """Bytes on disk of three whole groups: one being cut, one waiting, one being warmed."""
     groups_bytes: int
@@ -81,9 +83,10 @@ def sizing(*, n_examples: int, rows_per_example: int, d_model: int, row_bytes: i
     blocks_per_group = max(1, group_examples // block_examples)
     three_groups = 3 * blocks_per_group * block_examples * read_bytes
     batch_buffers = prefetch_batches + 2 * n_threads + 2
+    data_bytes = n_examples * rows_per_example * row_bytes
     return Sizing(
         block_examples=block_examples, blocks_per_group=blocks_per_group, group_examples=group_examples,
-        batch_buffers=batch_buffers, three_groups_bytes=three_groups,
-        groups_bytes=min(n_examples * rows_per_example * row_bytes, three_groups),
+        batch_buffers=batch_buffers, data_bytes=data_bytes, three_groups_bytes=three_groups,
+        groups_bytes=min(data_bytes, three_groups),
         own_bytes=batch_buffers * batch_size * d_model * 4 + 2 * (n_threads + 1) * CHUNK_BYTES,
     )
