@@ -195,7 +195,8 @@ def _writer(url: str, run_id: int, steps: int, run_dir: str, ready: Any, out: An
     from saev_ops.train.journal import Journal
 
     reg = Registry(url, hold_connections=False)  # as saev_ops.train.trainer._open_registry opens it in a job
-    journal = Journal(reg, {run_id: pathlib.Path(run_dir)})
+    journal = Journal(reg, {run_id: pathlib.Path(run_dir)}, registry_id=reg.registry_id,
+                      identities={run_id: reg.get_run(run_id).config_hash})
     if ready is not None:
         ready.wait()  # every writer starts together, imports done
     t0 = time.time()

@@ -5,6 +5,7 @@ This module joins :mod:`saev_ops.shards` (files) and :mod:`saev_ops.registry` (r
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import shutil
 from typing import Any
@@ -13,6 +14,41 @@ from saev_ops import errors
 from saev_ops.registry import DatasetRecord, Registry
 from saev_ops.shards.format import Metadata, TokenLayout, read_json
 from saev_ops.shards.verify import Problem, verify
+
+
+@dataclasses.dataclass(frozen=True)
+class _Place:
+    """Where a directory is, two ways: its resolved path, and its device and inode (the same directory reached through
+    a link, a bind mount or another spelling of the path)."""
+
+    path: pathlib.Path
+    inode: tuple[int, int] | None
+
+    @classmethod
+    def of(cls, path: str | pathlib.Path) -> _Place:
+        p = pathlib.Path(path)
+        try:
+            st = p.stat()
+        except OSError:
+            return cls(p.resolve(), None)
+        return cls(p.resolve(), (st.st_dev, st.st_ino))
+
+    def overlaps(self, other: _Place) -> bool:
+        """The same directory, or one inside the other (deleting either would delete files of the other)."""
+        if self.inode is not None and self.inode == other.inode:
+            return True
+        return self.path.is_relative_to(other.path) or other.path.is_relative_to(self.path)
+
+
+def datasets_at(registry: Registry, path: str | pathlib.Path, *, besides: str | None = None) -> list[DatasetRecord]:
+    """The registered datasets (other than ``besides``) whose directory is ``path``, by resolved path or by device and
+    inode, or lies inside it or holds it: a directory belongs to at most one dataset row."""
+    place = _Place.of(path)
+    return [d for d in registry.list_datasets() if d.name != besides and _Place.of(d.path).overlaps(place)]
+
+
+def _owners(records: list[DatasetRecord]) -> str:
+    return ", ".join(f"{d.name!r} ({d.path})" for d in records)
 
 
 def register_writing(registry: Registry, name: str, path: pathlib.Path, md: Metadata, layout: TokenLayout, *,
@@ -75,6 +111,10 @@ def import_dataset(registry: Registry, path: pathlib.Path, name: str, *, registe
     from saev_ops.shards.importer import import_saev_dir
 
     path = pathlib.Path(path).resolve()
+    owners = datasets_at(registry, path)
+    if owners:
+        raise errors.DuplicateError(f"{path} is already registered as dataset {_owners(owners)}: a directory belongs "
+                                    f"to one dataset (nothing was registered as {name!r})")
     md = Metadata.from_json_dict(read_json(path / "metadata.json"), source=str(path / "metadata.json"))
     existing = registry.find_dataset_by_hash(md.content_hash)
     if existing is not None:
@@ -103,6 +143,11 @@ def verify_dataset(registry: Registry, name: str, *, full: bool = False) -> tupl
     if record.status != "complete":
         problems.append(Problem(f"registry dataset {name!r}", "status complete", f"status {record.status}"))
     problems += verify(pathlib.Path(record.path), full=full)
+    sharing = datasets_at(registry, record.path, besides=name)
+    if sharing:
+        problems.append(Problem(record.path, "a directory of this dataset's own",
+                                f"the directory of dataset {_owners(sharing)} too (one recording's files replaced "
+                                "the other's: record the other again, or remove one row)"))
     if not problems:
         md = Metadata.from_json_dict(read_json(pathlib.Path(record.path) / "metadata.json"))
         want = record.extra.get("metadata_hash", record.content_hash)
@@ -125,8 +170,15 @@ def require_complete(registry: Registry, name: str) -> DatasetRecord:
 
 def remove_dataset(registry: Registry, name: str, *, force: bool = False, delete_files: bool = False) -> int:
     """Remove a dataset from the registry (and its directory with ``delete_files``). Refuses while runs or outputs
-    depend on it unless ``force``. Returns the number of dependent runs removed."""
+    depend on it unless ``force``, and deleting files that another dataset's directory holds (then nothing is removed).
+    Returns the number of dependent runs removed."""
     record = registry.get_dataset(name)
+    if delete_files:
+        sharing = datasets_at(registry, record.path, besides=name)
+        if sharing:
+            raise errors.HasDependentsError(
+                f"{record.path} holds the files of dataset {_owners(sharing)} as well; nothing was removed (leave out "
+                f"--delete-files to remove only the row {name!r})")
     removed = registry.delete_dataset(name, force=force)
     if delete_files:
         shutil.rmtree(record.path, ignore_errors=True)

@@ -42,8 +42,8 @@ def make_spec(reg: Registry, url: str, path: pathlib.Path, root: pathlib.Path, *
     configs = [{"sae": s.to_dict(), "lr": 1e-3, "seed": i, "layer": 7, "tokens": "patches"} for i, s in enumerate(saes)]
     runs = reg.add_runs("tiny", configs)
     return TrainJobSpec(db_url=url, dataset="tiny", dataset_path=str(path), dataset_hash="h", layer=7,
-                        tokens="patches", settings=settings, runs_root=str(root),
-                        runs=tuple(RunSpec(run_id=r.id, sae=s, lr=1e-3, seed=i)
+                        tokens="patches", settings=settings, runs_root=str(root), registry_id=reg.registry_id,
+                        runs=tuple(RunSpec(run_id=r.id, sae=s, lr=1e-3, seed=i, identity=r.config_hash)
                                    for i, ((r, _), s) in enumerate(zip(runs, saes))))
 
 

@@ -54,8 +54,8 @@ def _spec(reg: Registry, url: str, path: pathlib.Path, root: pathlib.Path, *, n_
     configs = [run_config(s.to_dict(), 1e-3, i, 7, "patches", settings) for i, s in enumerate(saes)]
     added = reg.add_runs("tiny", configs)
     return TrainJobSpec(db_url=url, dataset="tiny", dataset_path=str(path), dataset_hash="h", layer=7,
-                        tokens="patches", settings=settings, runs_root=str(root),
-                        runs=tuple(RunSpec(run_id=r.id, sae=s, lr=1e-3, seed=i)
+                        tokens="patches", settings=settings, runs_root=str(root), registry_id=reg.registry_id,
+                        runs=tuple(RunSpec(run_id=r.id, sae=s, lr=1e-3, seed=i, identity=r.config_hash)
                                    for i, ((r, _), s) in enumerate(zip(added, saes))))
 
 
@@ -218,7 +218,7 @@ def test_sync_while_a_job_appends_loses_nothing_and_stores_once(env, tmp_path: p
     (run, _), = reg.add_runs("tiny", [{"k": 2}])
     run_dir = tmp_path / "runs" / f"run-{run.id:06d}"
     run_dir.mkdir(parents=True)
-    journal = Journal(None, {run.id: run_dir})
+    journal = Journal(None, {run.id: run_dir}, registry_id=reg.registry_id, identities={run.id: run.config_hash})
     n = 400
     done = threading.Event()
 
@@ -243,7 +243,8 @@ def test_a_torn_last_line_waits_for_its_newline(env, tmp_path: pathlib.Path) -> 
     reg, _, _ = env
     (run, _), = reg.add_runs("tiny", [{"k": 3}])
     f = tmp_path / "metrics.jsonl"
-    good = [json.dumps({"run_id": run.id, "step": s, "values": {"nmse": 0.1 * s}}) for s in (1, 2, 3)]
+    good = [json.dumps({"registry": reg.registry_id, "run_id": run.id, "identity": run.config_hash, "step": s,
+                        "values": {"nmse": 0.1 * s}}) for s in (1, 2, 3)]
     f.write_text(good[0] + "\n" + good[1] + "\n" + good[2][:17])  # killed mid-write
     assert sync_file(reg, f).points == 2
     with open(f, "a") as fh:
@@ -279,7 +280,7 @@ def test_registry_outage_mid_job_buffers_statuses_and_points(pg_schema_url: str,
     (run, _), = reg.add_runs("tiny", [{"k": 5}])
     run_dir = tmp_path / "runs" / f"run-{run.id:06d}"
     run_dir.mkdir(parents=True)
-    journal = Journal(reg, {run.id: run_dir})
+    journal = Journal(reg, {run.id: run_dir}, registry_id=reg.registry_id, identities={run.id: run.config_hash})
     journal.transition(run.id, "running")
     journal.log(run.id, 5, {"nmse": 0.5})
     schema = pg_schema_url.rsplit("%3D", 1)[1]

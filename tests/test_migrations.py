@@ -15,6 +15,7 @@ from saev_ops.registry.schema import HEAD_REVISION, KNOWN_REVISIONS, VERSION_TAB
 from tests.helpers import make_dataset
 
 TABLES = {"datasets", "sweeps", "runs", "metric_points", "metric_summaries", "inference_outputs", "run_params",
+          "registry_identity",
           "evaluations", VERSION_TABLE}
 VIEWS = {"run_table", "metric_history", "inference_lineage", "output_table"}
 
@@ -33,7 +34,7 @@ def test_upgrade_downgrade_roundtrip(shared_db_url: str) -> None:
     engine = create_registry_engine(shared_db_url)
     migrate.run_upgrade(engine, "0001_initial")
     tables, views = _tables_and_views(engine)
-    assert TABLES - {"run_params", "evaluations"} <= tables and not (VIEWS & views)
+    assert TABLES - {"run_params", "evaluations", "registry_identity"} <= tables and not (VIEWS & views)
     migrate.run_upgrade(engine, "head")
     tables, views = _tables_and_views(engine)
     assert TABLES <= tables and VIEWS <= views

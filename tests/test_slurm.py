@@ -191,7 +191,7 @@ def test_requeued_job_resumes_from_its_checkpoint(env) -> None:  # noqa: ANN001
     from saev_ops.train.trainer import Trainer
 
     dataset = reg.get_dataset("tiny")
-    (fresh,) = job_specs(spec, dataset, list(res.jobs), url)
+    (fresh,) = job_specs(reg, spec, dataset, list(res.jobs), url)
     ref = Trainer(dataclasses.replace(fresh, runs_root=str(tmp / "ref")), None)
     ref.train()
     sae, _ = load_sae(pathlib.Path(run.checkpoint_path))

@@ -35,6 +35,7 @@ from saev_ops.shards.format import (
     TokenLayout,
     dataset_dir,
     encode_data_field,
+    read_json,
 )
 from saev_ops.split import Parts, split_ranges
 
@@ -201,7 +202,9 @@ def _resolve(registry: Registry, spec: RecordSpec, *, register: bool) -> _Record
                   content_tokens_per_example=layout.n_registers + layout.n_patches, cls_token=layout.n_cls == 1,
                   d_model=adapter.d_model, n_examples=len(images.items),
                   max_tokens_per_shard=max(spec.max_tokens_per_shard, layout.n_tokens * len(layers)),
-                  data=encode_data_field(images.describe()), dataset=images.root, dtype=spec.dtype)
+                  data=encode_data_field({**images.describe(), "recording_hash": spec_hash}), dataset=images.root,
+                  dtype=spec.dtype)
+    md = _resumed_metadata(partial, md, images.describe())
     provenance = {"images": images.describe(), "model": model_info, "tokens": spec.tokens,
                   "resolution": spec.resolution,  # what `saev-ops eval` loads the model at again
                   **({"masks": masks.describe()} if masks is not None else {}),
@@ -214,6 +217,19 @@ def _resolve(registry: Registry, spec: RecordSpec, *, register: bool) -> _Record
             if registry.find_dataset_by_hash(spec_hash) is None:  # not a job of the same recording, first by a hair
                 raise
     return _Recording(spec, images, adapter, layers, layout, masks, md, partial, data_root, provenance)
+
+
+def _resumed_metadata(partial: pathlib.Path, md: Metadata, source: dict[str, Any]) -> Metadata:
+    """The metadata of an unfinished write in ``partial`` begun before the recording's hash entered saev's ``data``
+    field (so that two recordings whose bytes differ never share a directory): that write resumes as it began."""
+    progress = ShardPaths(partial).progress
+    if not progress.exists():
+        return md
+    legacy = dataclasses.replace(md, data=encode_data_field(source))
+    with contextlib.suppress(errors.DataError):
+        if read_json(progress).get("content_hash") == legacy.content_hash:
+            return legacy
+    return md
 
 
 def record_dataset(registry: Registry, spec: RecordSpec, *,
@@ -307,6 +323,13 @@ def _publish(registry: Registry, rec: _Recording, writer: Any, sidecar: dict[str
              timings: dict[str, Any]) -> DatasetRecord:
     """Move the finished directory to saev's place and mark the dataset complete."""
     final = dataset_dir(rec.data_root, writer.md.hash)
+    owners = datasets.datasets_at(registry, final, besides=rec.spec.name)
+    if owners:  # only an 8-character hash collision (or a row pointed here by hand) gets this far
+        msg = (f"{final} is the directory of dataset {owners[0].name!r}: a recording never replaces another dataset's "
+               f"files; {rec.spec.name!r} stays in {rec.partial} (record it with another --data-root)")
+        registry.update_dataset(rec.spec.name, status="failed", extra={**registry.get_dataset(rec.spec.name).extra,
+                                                                       "error": msg})
+        raise errors.DataError(msg)
     atomic.replace_dir(rec.partial, final)  # over a leftover of an earlier, unregistered attempt at the same content
     extra = {"bad_images": bad, "n_bad_images": len(bad), "timings": timings, "provenance": rec.provenance}
     return datasets.mark_complete(registry, rec.spec.name, sidecar, path=final, md=writer.md, extra=extra)

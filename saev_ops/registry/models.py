@@ -97,6 +97,15 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: sa.JSON, list[Any]: sa.JSON}
 
 
+class RegistryIdentityModel(Base):
+    """One row: this registry's id (made by migration 0006), named by its journals and checked when they are synced."""
+
+    __tablename__ = "registry_identity"
+
+    id: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class DatasetModel(Base):
     __tablename__ = "datasets"
 

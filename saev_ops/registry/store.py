@@ -13,6 +13,7 @@ Contract:
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import json
 import math
@@ -159,6 +160,11 @@ class Registry:
     @property
     def dialect(self) -> str:
         return self.engine.dialect.name
+
+    @functools.cached_property
+    def registry_id(self) -> str:
+        """This registry's own id (made when it was created): journals name it, ``sweep sync`` checks it."""
+        return self._read(lambda s: s.scalars(sa.select(models.RegistryIdentityModel.id)).one())
 
     # -- transactions ------------------------------------------------------------------------------------------------
     def _read(self, fn: Callable[[Session], T]) -> T:

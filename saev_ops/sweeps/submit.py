@@ -269,26 +269,29 @@ def window_warnings(configs: list[dict[str, Any]]) -> tuple[str, ...]:
                  "and dead_frac stays 0; set dead_tokens below train.n_tokens" for w, n in long)
 
 
-def _job_spec(db_url: str, dataset: Any, layer: int, tokens: str, members: list[tuple[int, dict[str, Any]]],
-              runs_root: str | pathlib.Path, settings: TrainSettings | None = None,
-              val: Any = None) -> TrainJobSpec:
+def _job_spec(registry: Registry, db_url: str, dataset: Any, layer: int, tokens: str,
+              members: list[tuple[int, dict[str, Any]]], runs_root: str | pathlib.Path,
+              settings: TrainSettings | None = None, val: Any = None) -> TrainJobSpec:
     """One job: runs (id, stored config) that share dataset, layer, tokens and train settings; ``val``: the
     held-out dataset (:func:`held_out`)."""
+    from saev_ops.registry import config_hash
     from saev_ops.sae.config import SAEConfig
 
-    runs = tuple(RunSpec(run_id=rid, sae=SAEConfig.from_dict(cfg["sae"]), lr=cfg["lr"], seed=cfg["seed"])
+    runs = tuple(RunSpec(run_id=rid, sae=SAEConfig.from_dict(cfg["sae"]), lr=cfg["lr"], seed=cfg["seed"],
+                         identity=config_hash(dataset.content_hash, run_identity(cfg)))
                  for rid, cfg in members)
     return TrainJobSpec(db_url=db_url, dataset=dataset.name, dataset_path=dataset.path,
                         dataset_hash=dataset.content_hash, layer=dataset.layers[-1] if layer == -1 else layer,
                         tokens=tokens, settings=settings or TrainSettings(**members[0][1]["train"]), runs=runs,
-                        runs_root=str(runs_root), val_dataset_path=val.path if val is not None else None)
+                        runs_root=str(runs_root), val_dataset_path=val.path if val is not None else None,
+                        registry_id=registry.registry_id)
 
 
-def job_specs(spec: SweepSpec, dataset: Any, jobs: list[PlannedJob], db_url: str,
+def job_specs(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[PlannedJob], db_url: str,
               val: Any = None) -> list[TrainJobSpec]:
     root = runs_root_for(spec)
-    return [_job_spec(db_url, dataset, job.layer, job.tokens, list(zip(job.run_ids, job.configs, strict=True)), root,
-                      val=val) for job in jobs]
+    return [_job_spec(registry, db_url, dataset, job.layer, job.tokens,
+                      list(zip(job.run_ids, job.configs, strict=True)), root, val=val) for job in jobs]
 
 
 def job_for_runs(registry: Registry, run_ids: tuple[int, ...], db_url: str, *, runs_root: str | None = None,
@@ -323,8 +326,8 @@ def job_for_runs(registry: Registry, run_ids: tuple[int, ...], db_url: str, *, r
         root = paths.default_runs_root(names.get(sweep_id) if sweep_id is not None else None)
     first = runs[0].config
     val = held_out(registry, settings, dataset, [r.config for r in runs])
-    return _job_spec(db_url, dataset, first["layer"], first["tokens"], [(r.id, r.config) for r in runs], root,
-                     settings, val)
+    return _job_spec(registry, db_url, dataset, first["layer"], first["tokens"], [(r.id, r.config) for r in runs],
+                     root, settings, val)
 
 
 def launch(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[PlannedJob], db_url: str,
@@ -338,7 +341,7 @@ def launch(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[Planned
 
     if not jobs:
         return []
-    specs = job_specs(spec, dataset, jobs, db_url, val)
+    specs = job_specs(registry, spec, dataset, jobs, db_url, val)
     r = spec.resources
     slurm = SlurmSpec(**r.model_dump(include=set(SlurmSpec.model_fields)))
     folder = paths.submitit_dir(runs_root_for(spec))

@@ -10,7 +10,11 @@ outage. ``saev-ops sweep sync`` (:func:`sync_file`) replays the file:
 - the file is never renamed or truncated, and points are upserted by (run, key, step), so syncing twice, or a record
   that reached both the registry and the file, stores each point once;
 - status records replay the job's transitions (running, then completed or failed), so a run trained while the registry
-  was down from the start does not stay ``queued``.
+  was down from the start does not stay ``queued``;
+- every line names the registry its run belongs to (:attr:`Registry.registry_id`) and the run's identity (its config
+  hash): a journal of another registry (a copied runs folder, ``SAEV_OPS_DB_URL`` forgotten) is refused whole before
+  anything is written, naming both registries, and a line whose run id and identity do not match a run of this
+  registry (edited, forged, or of a run since removed) is skipped and reported.
 
 This module does not import torch: ``sweep sync`` runs on a login node.
 """
@@ -46,9 +50,13 @@ def apply_transition(registry: Any, run_id: int, status: RunStatus, **fields: An
 class Journal:
     """Metric reports and status changes of a job's runs, to the registry or (when it is unreachable) to files."""
 
-    def __init__(self, registry: Any, run_dirs: dict[int, pathlib.Path]) -> None:
+    def __init__(self, registry: Any, run_dirs: dict[int, pathlib.Path], *, registry_id: str,
+                 identities: dict[int, str]) -> None:
+        """``registry_id``: the registry the runs belong to; ``identities``: each run's identity (config hash)."""
         self.registry = registry
         self.run_dirs = run_dirs
+        self.registry_id = registry_id
+        self.identities = identities
         self.buffered = 0
         self._outage = registry is None
 
@@ -56,13 +64,13 @@ class Journal:
         points = [(k, step, v) for k, v in values.items()]
         if self._try(lambda: self.registry.log_metrics(run_id, points), f"metrics of run {run_id} at step {step}"):
             return
-        self._append(run_id, {"run_id": run_id, "step": step, "values": values})
+        self._append(run_id, {"step": step, "values": values})
 
     def transition(self, run_id: int, status: RunStatus, **fields: Any) -> None:
         """Record a status change; an invalid transition (say, the run was cancelled meanwhile) still raises."""
         if self._try(lambda: apply_transition(self.registry, run_id, status, **fields), f"run {run_id} -> {status}"):
             return
-        self._append(run_id, {"run_id": run_id, "status": status, "fields": fields})
+        self._append(run_id, {"status": status, "fields": fields})
 
     def _try(self, send: Any, what: str) -> bool:
         if self.registry is None:
@@ -82,7 +90,8 @@ class Journal:
         return True
 
     def _append(self, run_id: int, record: dict[str, Any]) -> None:
-        line = (json.dumps(record) + "\n").encode()
+        owner = {"registry": self.registry_id, "run_id": run_id, "identity": self.identities[run_id]}
+        line = (json.dumps({**owner, **record}) + "\n").encode()
         fd = os.open(self.run_dirs[run_id] / JOURNAL_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, line)  # one write on an O_APPEND descriptor: lines of concurrent writers do not interleave
@@ -99,8 +108,37 @@ class SyncResult:
     """Lines that could not be used (``FILE:LINE: why``) and transitions the registry refused."""
 
 
-def sync_file(registry: Any, path: pathlib.Path) -> SyncResult:
-    """Ingest the complete lines of ``path`` after its recorded offset, then record the new offset."""
+@dataclasses.dataclass(frozen=True)
+class _Line:
+    lineno: int
+    """Counted from the recorded offset (:meth:`_Pending.where` names the file's line)."""
+    run_id: int
+    record: dict[str, Any]
+
+
+@dataclasses.dataclass
+class _Pending:
+    """The complete lines of one journal after its recorded offset."""
+
+    path: pathlib.Path
+    start: int
+    end: int
+    lines: list[_Line] = dataclasses.field(default_factory=list)
+    problems: list[str] = dataclasses.field(default_factory=list)
+    _base: int | None = None
+
+    @property
+    def offset_path(self) -> pathlib.Path:
+        return self.path.with_name(self.path.name + OFFSET_SUFFIX)
+
+    def where(self, lineno: int) -> str:
+        """``FILE:LINE``; the lines before the offset are counted only when a line is named."""
+        if self._base is None:
+            self._base = _lines_before(self.path, self.start)
+        return f"{self.path}:{self._base + lineno}"
+
+
+def _read_new(path: pathlib.Path) -> _Pending:
     offset_path = path.with_name(path.name + OFFSET_SUFFIX)
     try:
         start = int(offset_path.read_text().strip()) if offset_path.exists() else 0
@@ -111,40 +149,92 @@ def sync_file(registry: Any, path: pathlib.Path) -> SyncResult:
         fh.seek(start)
         data = fh.read()
     end = data.rfind(b"\n") + 1  # a last line without its newline is still being written, or torn: next time
-    lineno = 0  # lines read in this sync; the file's line number is only worked out for a message
-    base: list[int] = []
-
-    def where() -> str:
-        if not base:
-            base.append(_lines_before(path, start))  # reads the file up to the offset: only when a line is bad
-        return f"{path}:{base[0] + lineno}"
-
-    points = transitions = 0
-    problems: list[str] = []
-    for raw in data[:end].splitlines():
-        lineno += 1
+    out = _Pending(path, start, start + end)
+    for lineno, raw in enumerate(data[:end].splitlines(), 1):
         if not raw.strip():
             continue
         try:
             rec = json.loads(raw)
             run_id = int(rec["run_id"])
             if "status" in rec:
-                status, fields = as_run_status(str(rec["status"])), dict(rec.get("fields") or {})
+                rec["status"], rec["fields"] = as_run_status(str(rec["status"])), dict(rec.get("fields") or {})
             else:
                 step = int(rec["step"])
-                batch = [(str(k), step, float(v)) for k, v in rec["values"].items()]
+                rec["points"] = [(str(k), step, float(v)) for k, v in rec["values"].items()]
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            problems.append(f"{where()}: not a journal record ({type(exc).__name__}: {exc}); skipped")
+            out.problems.append(f"{out.where(lineno)}: not a journal record ({type(exc).__name__}: {exc}); skipped")
+            continue
+        out.lines.append(_Line(lineno, run_id, rec))
+    return out
+
+
+def _refuse_foreign(registry: Any, pending: list[_Pending]) -> None:
+    """Refuse, before anything is written, journals whose lines name another registry."""
+    mine = registry.registry_id
+    foreign: dict[str, list[pathlib.Path]] = {}
+    for p in pending:
+        for other in {ln.record.get("registry") or None for ln in p.lines} - {mine, None}:
+            foreign.setdefault(str(other), []).append(p.path)
+    if foreign:
+        from saev_ops.registry.engine import safe_url
+
+        what = "; ".join(f"registry {rid} ({len(fs)} journal(s), e.g. {fs[0]})" for rid, fs in foreign.items())
+        raise errors.DataError(
+            f"these journals belong to another registry: {what}; this is registry {mine} at "
+            f"{safe_url(registry.url)}. Nothing was synced: point --db / SAEV_OPS_DB_URL at the registry the runs were "
+            "trained in")
+
+
+def _apply(registry: Any, p: _Pending, identities: dict[int, str | None]) -> SyncResult:
+    points = transitions = 0
+    problems = list(p.problems)
+    for ln in p.lines:
+        rec = ln.record
+        if not rec.get("registry") or not rec.get("identity"):
+            problems.append(f"{p.where(ln.lineno)}: names no registry and run identity (written by saev-ops before "
+                            "journals did, or edited); skipped")
+            continue
+        if ln.run_id not in identities:
+            try:
+                identities[ln.run_id] = registry.get_run(ln.run_id).config_hash
+            except errors.NotFoundError:
+                identities[ln.run_id] = None
+        if identities[ln.run_id] != rec["identity"]:
+            mine = identities[ln.run_id]
+            problems.append(f"{p.where(ln.lineno)}: run {ln.run_id} of this registry is "
+                            f"{'not there' if mine is None else f'another run (identity {mine[:12]}...)'}, the line "
+                            f"names identity {str(rec['identity'])[:12]}...; skipped")
             continue
         if "status" in rec:
             try:
-                apply_transition(registry, run_id, status, **fields)
+                apply_transition(registry, ln.run_id, rec["status"], **rec["fields"])
                 transitions += 1
             except (errors.InvalidTransitionError, errors.NotFoundError) as exc:
-                problems.append(f"{where()}: run {run_id} -> {status} refused ({exc})")
+                problems.append(f"{p.where(ln.lineno)}: run {ln.run_id} -> {rec['status']} refused ({exc})")
         else:
-            points += registry.log_metrics(run_id, batch)
-    atomic.write_text(offset_path, str(start + end))
+            points += registry.log_metrics(ln.run_id, rec["points"])
+    atomic.write_text(p.offset_path, str(p.end))
+    return SyncResult(points, transitions, tuple(problems))
+
+
+def sync_file(registry: Any, path: pathlib.Path) -> SyncResult:
+    """Ingest the complete lines of ``path`` after its recorded offset, then record the new offset."""
+    return sync_files(registry, [path])
+
+
+def sync_files(registry: Any, files: list[pathlib.Path]) -> SyncResult:
+    """Ingest journals: all of them are read and checked against this registry first (one of another registry
+    refuses the sync, DataError), then each one's lines are applied and its offset recorded."""
+    pending = [_read_new(f) for f in files]
+    _refuse_foreign(registry, pending)
+    identities: dict[int, str | None] = {}
+    points = transitions = 0
+    problems: list[str] = []
+    for p in pending:
+        r = _apply(registry, p, identities)
+        points += r.points
+        transitions += r.transitions
+        problems += r.problems
     return SyncResult(points, transitions, tuple(problems))
 
 
@@ -162,11 +252,4 @@ def _lines_before(path: pathlib.Path, offset: int) -> int:
 def sync_runs_root(registry: Any, runs_root: pathlib.Path) -> tuple[int, SyncResult]:
     """Sync every run journal under ``runs_root``; returns the number of files and the totals."""
     files = paths.run_journals(runs_root)
-    points = transitions = 0
-    problems: list[str] = []
-    for f in files:
-        r = sync_file(registry, f)
-        points += r.points
-        transitions += r.transitions
-        problems += r.problems
-    return len(files), SyncResult(points, transitions, tuple(problems))
+    return len(files), sync_files(registry, files)

@@ -69,6 +69,8 @@ class RunSpec:
     lr: float
     seed: int = 0
     """SAE initialisation seed."""
+    identity: str = ""
+    """The run's identity in its registry (its config hash): named on each line of its journal."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -86,6 +88,9 @@ class TrainJobSpec:
     runs_root: str
     val_dataset_path: str | None = None
     """Where ``settings.val_dataset`` lies (resolved from the registry when the job was planned)."""
+    registry_id: str = ""
+    """The id of the registry the runs belong to (:attr:`Registry.registry_id`): journals name it, and a job whose
+    ``db_url`` reaches another registry refuses to start."""
 
     @property
     def key(self) -> str:

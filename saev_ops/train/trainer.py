@@ -286,9 +286,17 @@ def _journal(spec: TrainJobSpec, registry: Any) -> Any:
     from saev_ops.train.journal import Journal
 
     run_dirs = {r.run_id: run_dir(spec, r.run_id) for r in spec.runs}
+    registry_id, identities = spec.registry_id, {r.run_id: r.identity for r in spec.runs}
+    if registry is not None:
+        if registry_id and registry.registry_id != registry_id:
+            raise errors.ConfigError(
+                f"runs {sorted(run_dirs)} were planned in registry {registry_id}, but {registry!r} is registry "
+                f"{registry.registry_id}: the job's database URL reaches another registry; nothing was trained")
+        registry_id = registry.registry_id
+        identities = {rid: h or registry.get_run(rid).config_hash for rid, h in identities.items()}
     for d in run_dirs.values():
         d.mkdir(parents=True, exist_ok=True)
-    return Journal(registry, run_dirs)
+    return Journal(registry, run_dirs, registry_id=registry_id, identities=identities)
 
 
 def _open_registry(db_url: str) -> Any:
