@@ -322,3 +322,99 @@ def test_loader_groups_larger_than_a_slurm_jobs_memory_are_reported_at_submit(
     assert submit_sweep(reg, parse_sweep(text.replace("mem_gb: 2.1", "mem_gb: 2.2")), url, dry_run=True).warnings == ()
     assert submit_sweep(reg, parse_sweep(grid(tmp_path, executor="local") + "resources: {mem_gb: 2.1}\n"), url,
                         dry_run=True).warnings == ()
+
+
+# -- no input can take the machine ----------------------------------------------------------------------------------------
+ANCHOR_BOMB = """\
+name: bomb
+dataset: tiny
+a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h, *h]
+grid: {k: *i}
+"""
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.timeout(60)
+def test_a_yaml_anchor_bomb_is_refused_before_it_is_built(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
+    reg, url = env
+    assert len(ANCHOR_BOMB) < 700
+    before = _peak_rss_mb()
+    f = tmp_path / "bomb.yaml"
+    f.write_text(ANCHOR_BOMB)
+    for extra in ([], ["--dry-run"]):
+        res = CliRunner().invoke(cli, ["--db", url, "sweep", "submit", str(f), *extra])
+        assert res.exit_code == 1 and "more than 1,000,000 values once its aliases" in res.output, res.output
+    assert _peak_rss_mb() - before < 300
+    recursive = "name: r\ndataset: tiny\ngrid: &x {k: [1, *x]}\n"
+    with pytest.raises(errors.ConfigError, match="contains itself"):
+        parse_sweep(recursive)
+
+
+@pytest.mark.timeout(60)
+def test_a_grid_of_a_billion_runs_is_refused_from_its_lengths(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
+    reg, url = env
+    ten = list(range(1, 11))
+    text = f"name: huge\ndataset: tiny\nbase: {{arch: topk}}\ngrid: {{k: {ten}, d_sae: {ten}, aux_k: {ten}, " \
+           f"seed: {ten}, dead_tokens: {ten}, lr: {[0.1 * x for x in ten]}, layer: {ten}, aux_coeff: {ten}, " \
+           f"l1_coeff: {ten}}}\n"
+    f = tmp_path / "huge.yaml"
+    f.write_text(text)
+    before = _peak_rss_mb()
+    for extra in ([], ["--dry-run"]):
+        res = CliRunner().invoke(cli, ["--db", url, "sweep", "submit", str(f), *extra])
+        assert res.exit_code == 1 and "expands to 1,000,000,000 runs" in res.output and "--max-runs 100,000" in \
+            res.output, res.output
+    assert _peak_rss_mb() - before < 300
+    assert reg.list_sweeps() == []
+    # a 10,000-run sweep passes the default, and --max-runs is the limit
+    ok = "name: ok\ndataset: tiny\nbase: {arch: topk, d_sae: 64}\n" \
+         f"grid: {{k: {list(range(1, 11))}, seed: {list(range(1000))}}}\n"
+    assert len(parse_sweep(ok).configs) == 10_000
+    with pytest.raises(errors.ConfigError, match="10,000 runs .* --max-runs 9,999"):
+        parse_sweep(ok, max_runs=9_999)
+
+
+def test_the_max_runs_flag_defaults_to_the_library_limit() -> None:
+    from saev_ops.cli.sweep import submit
+    from saev_ops.sweeps.spec import MAX_RUNS
+
+    (opt,) = [p for p in submit.params if p.name == "max_runs"]
+    assert opt.default == MAX_RUNS
+
+
+def test_every_refusal_comes_before_the_first_write(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
+    reg, url = env
+    f = tmp_path / "big.yaml"
+    f.write_text("name: big\ndataset: tiny\ntrain: {batch_size: 64}\nbase: {arch: topk, d_sae: 10000000000, k: 4, layer: 7}\n")
+    res = CliRunner().invoke(cli, ["--db", url, "sweep", "submit", str(f)])
+    assert res.exit_code == 1 and "a run (" in res.output and "needs about" in res.output, res.output
+    assert reg.list_sweeps() == [] and reg.list_runs() == []
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("lr", ".inf", "lr: must be a finite number > 0, got inf"),
+    ("lr", ".nan", "lr: must be a finite number > 0, got nan"),
+    ("lr", "-0.1", "lr: must be a finite number > 0"),
+    ("lr", "0", "lr: must be a finite number > 0"),
+    ("l1_coeff", ".nan", "l1_coeff: must be a finite number, got nan"),
+    ("aux_coeff", "-.inf", "aux_coeff: must be a finite number"),
+    ("d_sae", "1500.0", "d_sae: must be an integer, got 1500.0"),
+    ("seed", "0.5", "seed: must be an integer"),
+])
+def test_non_finite_and_meaningless_values_are_refused_with_key_and_line(key: str, value: str, message: str) -> None:
+    text = f"name: s\ndataset: tiny\nbase: {{arch: relu, d_sae: 64}}\ngrid:\n  {key}: [{value}]\n"
+    with pytest.raises(errors.ConfigError, match=f"grid.yaml:5: grid.{key}: {message.split(': ', 1)[1]}"):
+        parse_sweep(text)

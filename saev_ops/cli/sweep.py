@@ -18,14 +18,17 @@ def group() -> None:
 @click.option("--dry-run", is_flag=True, help="Print the expanded runs and the job grouping; write nothing.")
 @click.option("--retry-failed", is_flag=True, help="Also resubmit failed, lost and cancelled runs.")
 @click.option("--executor", type=click.Choice(["local", "debug", "slurm"]), help="Override the file's executor.")
+@click.option("--max-runs", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Refuse a grid of more runs (counted from its lists before anything is built).")
 @pass_ctx
-def submit(obj: CliContext, grid: str, dry_run: bool, retry_failed: bool, executor: str | None) -> None:
+def submit(obj: CliContext, grid: str, dry_run: bool, retry_failed: bool, executor: str | None,
+           max_runs: int) -> None:
     """Validate GRID (grid.yaml), register its runs and launch the new ones."""
     import dataclasses
 
     from saev_ops.sweeps import load_sweep, submit_sweep
 
-    spec = load_sweep(grid)
+    spec = load_sweep(grid, max_runs=max_runs)
     if executor:
         spec = dataclasses.replace(spec, executor=executor)
     res = submit_sweep(obj.open_registry(create=not dry_run), spec, obj.db_url, dry_run=dry_run,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from saev_ops import errors
@@ -19,6 +20,8 @@ ARCH_FIELDS: dict[str, tuple[str, ...]] = {
     "signed-topk": (*_COMMON, "k"),
     "jumprelu": (*_COMMON, "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth"),
 }
+_INTS = ("d_model", "d_sae", "k", "aux_k", "dead_tokens")
+_FLOATS = ("l1_coeff", "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth", "aux_coeff")
 # Keys of stored configs that no longer exist; read (registry rows, SAE files) and ignored. grid.yaml refuses them.
 LEGACY_KEYS = {"dead_steps": "dead_steps was replaced by dead_tokens (the dead window in training tokens)"}
 
@@ -68,6 +71,16 @@ class SAEConfig:
         out = []
         if self.arch not in ARCHS:
             out.append(("arch", f"must be one of {', '.join(ARCHS)}, got {self.arch!r}"))
+        for name in _INTS:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                out.append((name, f"must be an integer, got {value!r}"))
+        for name in _FLOATS:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                out.append((name, f"must be a finite number, got {value!r}"))
+        if out:
+            return out  # the comparisons below need numbers
         for name in ("d_model", "d_sae", "dead_tokens"):
             if getattr(self, name) <= 0:
                 out.append((name, f"must be > 0, got {getattr(self, name)}"))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import pathlib
 from typing import Any, Literal
 
@@ -34,6 +35,10 @@ from saev_ops.sae.config import LEGACY_KEYS, SAEConfig
 from saev_ops.schema import Schema
 from saev_ops.train.spec import TrainSettings
 
+MAX_RUNS = 100_000
+"""Default of ``sweep submit --max-runs``: a larger grid is refused before anything is expanded."""
+MAX_YAML_NODES = 1_000_000
+"""A grid file whose YAML, aliases expanded, has more nodes than this is refused before it is built."""
 RUN_KEYS = {f.name for f in dataclasses.fields(SAEConfig)} - {"d_model"} | {"lr", "seed", "layer", "tokens"}
 TOKENS = ("all", "patches", "cls", "special", "no-registers")
 
@@ -127,26 +132,77 @@ def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def load_sweep(path: str | pathlib.Path) -> SweepSpec:
+def load_sweep(path: str | pathlib.Path, *, max_runs: int = MAX_RUNS) -> SweepSpec:
     """Parse and validate a grid file. Raises ConfigError listing every problem with its key and line."""
     path = pathlib.Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise errors.ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    return parse_sweep(text, str(path))
+    return parse_sweep(text, str(path), max_runs=max_runs)
 
 
-def parse_sweep(text: str, source: str = "grid.yaml") -> SweepSpec:
+def _expanded_nodes(root: yaml.Node | None, source: str) -> int:
+    """How many nodes the document has once its aliases are expanded (each shared node counted as often as it is
+    used), without expanding them; a node that contains itself is refused."""
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_:
+            raise errors.ConfigError(f"{source}:{node.start_mark.line + 1}: a YAML alias that contains itself")
+        open_.add(key)
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        total = 1 + sum(size(c) for c in children)
+        open_.discard(key)
+        sizes[key] = min(total, MAX_YAML_NODES + 1)  # past the limit the exact count does not matter
+        return sizes[key]
+
+    return 0 if root is None else size(root)
+
+
+def count_runs(data: dict[str, Any]) -> int:
+    """How many runs the file's sections make (explicit entries x grid lists x zip length), from the lists' lengths
+    alone: nothing is expanded. An upper bound: equal runs are counted once only after expansion."""
+    runs = data.get("runs")
+    n = len(runs) if isinstance(runs, list) and runs else 1
+    grid = data.get("grid")
+    if isinstance(grid, dict):
+        n *= math.prod(len(v) for v in grid.values() if isinstance(v, list) and v)
+    zipped = data.get("zip")
+    if isinstance(zipped, dict):
+        n *= min((len(v) for v in zipped.values() if isinstance(v, list)), default=1) or 1
+    return n
+
+
+def parse_sweep(text: str, source: str = "grid.yaml", *, max_runs: int = MAX_RUNS) -> SweepSpec:
+    """Parse and validate a grid file's text (``max_runs``: refuse a grid of more runs, counted before expanding)."""
     try:
-        data = yaml.safe_load(text)
         root = yaml.compose(text)
+        n_nodes = _expanded_nodes(root, source)
+        if n_nodes > MAX_YAML_NODES:
+            raise errors.ConfigError(f"{source}: the YAML expands to more than {MAX_YAML_NODES:,} values once its "
+                                     "aliases (*name) are expanded; a grid file is far smaller")
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         raise errors.ConfigError(f"{source}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except RecursionError:
+        raise errors.ConfigError(f"{source}: the YAML is nested too deeply") from None
     if not isinstance(data, dict):
         raise errors.ConfigError(f"{source}: expected a mapping at the top level, found {type(data).__name__}")
+    n_runs = count_runs(data)
+    if n_runs > max_runs:
+        raise errors.ConfigError(f"{source}: the sweep expands to {n_runs:,} runs (runs entries x grid x zip), more "
+                                 f"than --max-runs {max_runs:,}; split it into several sweeps or raise --max-runs")
     problems: list[str] = []
 
     def check_keys(section: str, keys: Any, loc: tuple[Any, ...]) -> None:
@@ -266,8 +322,11 @@ def expand(model: RunsSections) -> tuple[list[dict[str, Any]], list[dict[str, tu
 def run_problems(cfg: dict[str, Any]) -> list[tuple[str, str]]:
     """(key, what is wrong) for one expanded run, all of them."""
     out = []
-    if not isinstance(cfg.get("lr"), (int, float)) or isinstance(cfg.get("lr"), bool) or not cfg["lr"] > 0:
-        out.append(("lr", f"must be a number > 0, got {cfg.get('lr')!r}"))
+    lr = cfg.get("lr")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not (math.isfinite(lr) and lr > 0):
+        out.append(("lr", f"must be a finite number > 0, got {lr!r}"))
+    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
+        out.append(("seed", f"must be an integer, got {cfg.get('seed')!r}"))
     if cfg.get("tokens") not in TOKENS:
         out.append(("tokens", f"must be one of {', '.join(TOKENS)}, got {cfg.get('tokens')!r}"))
     if not isinstance(cfg.get("layer"), int):

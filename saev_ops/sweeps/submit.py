@@ -55,7 +55,8 @@ def group_runs(items: list[tuple[int, dict[str, Any]]], d_model: int, settings: 
     for rid, cfg in items:
         mem = estimate_memory_gb(cfg["sae"], d_model, settings.batch_size)
         if mem > resources.device_memory_gb:
-            raise errors.ConfigError(f"run {rid} ({cfg['sae']}) needs about {mem:.1f} GB, more than "
+            which = f"run {rid}" if rid >= 0 else "a run"
+            raise errors.ConfigError(f"{which} ({cfg['sae']}) needs about {mem:.1f} GB, more than "
                                      f"resources.device_memory_gb={resources.device_memory_gb}")
         by_key.setdefault((cfg["layer"], cfg["tokens"]), []).append((rid, cfg, mem))
     jobs = []
@@ -118,6 +119,8 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
             raise errors.ConfigError(f"layer {cfg['layer']} is not recorded in dataset {dataset.name!r} "
                                      f"(layers {list(dataset.layers)})")
     val = held_out(registry, spec.settings, dataset, configs)
+    # every refusal before the first write: a run too large for one job is refused here, not after it is registered
+    group_runs([(-(i + 1), cfg) for i, cfg in enumerate(configs)], dataset.d_model, spec.settings, spec.resources)
     if dry_run:
         hashes = [config_hash(dataset.content_hash, run_identity(cfg)) for cfg in configs]
         known = registry.runs_by_hash(hashes)
