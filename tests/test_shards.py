@@ -151,7 +151,8 @@ def test_corruption_bad_checksum_and_nan(tmp_path: pathlib.Path) -> None:
     arr = np.fromfile(f, dtype=np.float32)
     arr[100] = np.nan
     arr.tofile(f)
-    assert _problems(path) == ""  # sizes are fine: only the full check reads the bytes
+    # sizes are fine; the quick check reads each shard's first and last example only, and value 100 is in the first
+    assert "acts000002.bin: expected the examples recorded as shard 2" in _problems(path)
     text = _problems(path, full=True)
     assert "acts000002.bin: expected checksum" in text and "contents changed or corrupt" in text
     assert "acts000002.bin: expected finite activations, found 1 NaN/Inf values" in text
@@ -211,3 +212,44 @@ def test_statistics_do_not_depend_on_batching(tmp_path: pathlib.Path, dtype: str
     for key in a.files:
         assert a[key].tobytes() == b[key].tobytes(), key
     assert read_json(dirs[0] / "saev_ops.json")["stats"] == read_json(dirs[1] / "saev_ops.json")["stats"]
+
+
+def test_two_shards_swapped_are_named_by_the_quick_check(tmp_path: pathlib.Path) -> None:
+    path = write_dataset(tmp_path)
+    a, b, tmp = path / "acts000001.bin", path / "acts000002.bin", path / "swap"
+    a.rename(tmp)
+    b.rename(a)
+    tmp.rename(b)
+    text = _problems(path)
+    assert "acts000001.bin: expected the examples recorded as shard 1" in text
+    assert "found the first and last examples of acts000002.bin (shard files swapped or renamed)" in text
+    assert "acts000002.bin: expected the examples recorded as shard 2" in text
+
+
+def test_an_index_entry_edited_in_place_is_named_by_the_full_check(tmp_path: pathlib.Path) -> None:
+    import json
+    import struct
+
+    import lmdb
+
+    path = write_dataset(tmp_path)
+    env = lmdb.open(str(path / "index.lmdb"), subdir=True)
+    with env.begin(write=True) as txn:
+        key = b"e" + struct.pack(">Q", 3)
+        shard, row, img, label, name = json.loads(txn.get(key))
+        txn.put(key, json.dumps([shard, row, "img/elsewhere.jpg", label, name], separators=(",", ":")).encode())
+    env.close()
+    assert "index.lmdb" not in _problems(path)  # the entry count is unchanged: the quick check cannot tell
+    assert "index.lmdb: expected index digest" in _problems(path, full=True)
+
+
+def test_labels_outside_the_datasets_classes_are_named_by_the_full_check(tmp_path: pathlib.Path) -> None:
+    path = write_dataset(tmp_path)
+    labels = np.fromfile(path / "labels.bin", dtype=np.uint8)
+    assert set(labels.tolist()) == {0, 1, 2}
+    labels[17] = 9
+    labels.tofile(path / "labels.bin")
+    text = _problems(path, full=True)
+    assert "labels.bin: expected checksum" in text
+    assert "labels.bin: expected labels among the dataset's classes [0, 1, 2], found 1 value(s) outside them " \
+           "(first: 9 at byte 17)" in text

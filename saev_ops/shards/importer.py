@@ -117,7 +117,7 @@ def _build(reader: ShardReader, paths: ShardPaths, registers: int | None,
     sidecar = build_sidecar(md, layout, checksums, summary,
                             {"imported_from_saev": True, "image_paths": images is not None,
                              **({"image_paths_missing": why} if images is None else {}), **(extra or {})},
-                            labels_bin=paths.labels.exists())
+                            labels_bin=paths.labels.exists(), paths=paths)
     atomic.write_json(paths.sidecar, sidecar)
     return sidecar
 

@@ -16,7 +16,7 @@ from saev_ops import errors
 from saev_ops.shards import aligned, dtypes
 from saev_ops.shards.format import Metadata, ShardPaths, read_json, shard_name
 from saev_ops.shards.stats import load_stats
-from saev_ops.shards.writer import new_checksum
+from saev_ops.shards.writer import new_checksum, shard_fingerprint
 
 _READ = 64 << 20
 
@@ -102,6 +102,7 @@ def verify(root: pathlib.Path, *, full: bool = False) -> list[Problem]:
     out += _check_index(p.index, md)
     out += _check_stats(p.stats, md)
     out += _check_labels(p.labels, md, sidecar)
+    out += _check_fingerprints(p, md, present, sidecar)
     n_nonfinite = int(((sidecar or {}).get("stats") or {}).get("n_nonfinite", 0) or 0)
     if n_nonfinite:
         out.append(Problem(str(p.sidecar), "finite activations (recorded while writing)",
@@ -118,6 +119,9 @@ def verify(root: pathlib.Path, *, full: bool = False) -> list[Problem]:
             bad = count_nonfinite(f, md.dtype, used)
             if bad:
                 out.append(Problem(str(f), "finite activations", f"{bad} NaN/Inf values"))
+        if sidecar is not None:
+            out += _check_index_digest(p.index, sidecar)
+            out += _check_label_values(p.labels, sidecar)
     return out
 
 
@@ -177,3 +181,66 @@ def _check_labels(path: pathlib.Path, md: Metadata, sidecar: dict[str, Any] | No
         return []
     shape = f"{md.n_examples} examples x {md.content_tokens_per_example} tokens, uint8"
     return [Problem(str(path), f"{want} bytes ({shape})", f"{size} bytes")]
+
+
+def _check_fingerprints(p: ShardPaths, md: Metadata, present: list[int],
+                        sidecar: dict[str, Any] | None) -> list[Problem]:
+    """Each shard's first and last example against the sidecar's fingerprints (two reads a shard): two shard files
+    swapped, or one from another dataset, are named here without reading the data. Sidecars written before
+    fingerprints existed have none, and `--full`'s checksums cover them."""
+    recorded = (sidecar or {}).get("fingerprints")
+    if not isinstance(recorded, list) or len(recorded) != md.n_shards:
+        return []
+    out = []
+    by_print = {fp: i for i, fp in enumerate(recorded)}
+    for i in present:
+        got = shard_fingerprint(p.shard(i), md, i)
+        if got != recorded[i]:
+            other = by_print.get(got)
+            found = (f"the first and last examples of {shard_name(other)} (shard files swapped or renamed)"
+                     if other is not None
+                     else "other first or last examples (contents changed or from another dataset)")
+            out.append(Problem(str(p.shard(i)), f"the examples recorded as shard {i} ({p.sidecar.name})", found))
+    return out
+
+
+def _check_index_digest(path: pathlib.Path, sidecar: dict[str, Any]) -> list[Problem]:
+    from saev_ops.shards.index import IndexReader
+
+    want = sidecar.get("index_digest")
+    if not want or not (path / "data.mdb").exists():
+        return []
+    try:
+        reader = IndexReader(path)
+        try:
+            got = reader.digest()
+        finally:
+            reader.close()
+    except errors.DataError as exc:
+        return [Problem(str(path), "a readable LMDB index", str(exc).split(": ", 1)[-1])]
+    if got == want:
+        return []
+    return [Problem(str(path), f"index digest {want} (saev_ops.json)",
+                    f"{got}: an entry (image path, label, place) was changed after recording")]
+
+
+def _check_label_values(path: pathlib.Path, sidecar: dict[str, Any]) -> list[Problem]:
+    """labels.bin against the sidecar's checksum and the label values recorded with it."""
+    want, values = sidecar.get("labels_checksum"), sidecar.get("label_values")
+    if not want or not path.exists():
+        return []
+    labels = np.fromfile(path, dtype=np.uint8)
+    h = new_checksum()
+    h.update(labels.tobytes())
+    if h.hexdigest() == want:
+        return []
+    out = [Problem(str(path), f"checksum {want} (saev_ops.json)", f"{h.hexdigest()} (contents changed)")]
+    if isinstance(values, list):
+        allowed = np.zeros(256, dtype=bool)
+        allowed[[int(v) for v in values if 0 <= int(v) < 256]] = True
+        outside = np.flatnonzero(~allowed[labels])
+        if outside.size:
+            first = int(outside[0])
+            out.append(Problem(str(path), f"labels among the dataset's classes {values}",
+                               f"{outside.size} value(s) outside them (first: {int(labels[first])} at byte {first})"))
+    return out
