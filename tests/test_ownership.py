@@ -219,3 +219,79 @@ def test_a_job_whose_url_reaches_another_registry_trains_nothing(tmp_path: pathl
     with pytest.raises(errors.ConfigError, match=f"planned in registry {a.registry_id}.*is registry {b.registry_id}"):
         run_train_job(moved)
     assert b.get_run(1).status == "queued" and not (tmp_path / "runs").exists()
+
+
+# -- a full disk -----------------------------------------------------------------------------------------------------------
+def test_a_full_disk_is_one_line_and_a_rerun_resumes_byte_identically(tmp_path: pathlib.Path,
+                                                                        images: pathlib.Path) -> None:
+    import subprocess
+
+    from click.testing import CliRunner
+
+    from saev_ops.cli import cli
+
+    def record(url: str, root: pathlib.Path):  # noqa: ANN202 - click's Result
+        return CliRunner().invoke(cli, ["--db", url, "datasets", "record", "--name", "d", "--images", str(images),
+                                        "--model", "builtin:tiny", "--layers", "0,1", "--data-root", str(root),
+                                        "--max-tokens-per-shard", "1"])
+
+    ref_url = f"sqlite:///{tmp_path / 'ref.sqlite'}"
+    assert record(ref_url, tmp_path / "ref").exit_code == 0
+    ref = Registry(ref_url).get_dataset("d")
+    shard = (pathlib.Path(ref.path) / "acts000000.bin").stat().st_size
+    n_shards = len(list(pathlib.Path(ref.path).glob("acts*.bin")))
+    assert n_shards >= 3
+    small = tmp_path / "small"
+    small.mkdir()
+    from saev_ops.shards.writer import ROOM_MARGIN
+
+    size = (ROOM_MARGIN + 5 * shard // 2) // 4096 * 4096  # room for about two shards
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(small)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("a small file system needs root (mount -t tmpfs)")
+    try:
+        url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+        res = record(url, small)
+        assert res.exit_code == 1, res.output
+        assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1, res.output
+        assert f"no room on its file system: a shard needs {shard + ROOM_MARGIN:,} bytes" in res.output
+        assert str(small) in res.output
+        d = Registry(url).get_dataset("d")
+        assert d.status == "failed" and "no room" in d.extra["error"]
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
+        res = record(url, small)
+        assert res.exit_code == 0, res.output
+        d = Registry(url).get_dataset("d")
+        assert d.status == "complete" and pathlib.Path(d.path).name == pathlib.Path(ref.path).name
+        for i in range(n_shards):
+            name = f"acts{i:06d}.bin"
+            assert (pathlib.Path(d.path) / name).read_bytes() == (pathlib.Path(ref.path) / name).read_bytes()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_a_disk_that_fills_while_a_shard_is_written_is_one_error(tmp_path: pathlib.Path, monkeypatch) -> None:  # noqa: ANN001
+    """The check before each shard can be overtaken (another job fills the disk): the write's own ENOSPC is the same
+    one error."""
+    import collections
+    import subprocess
+
+    from saev_ops.shards import ShardWriter, writer
+    from tests.shard_helpers import make_metadata, synthetic_acts
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("a small file system needs root (mount -t tmpfs)")
+    try:
+        usage = collections.namedtuple("usage", "total used free")
+        monkeypatch.setattr(writer.shutil, "disk_usage", lambda _: usage(1 << 40, 0, 1 << 40))
+        md, layout = make_metadata(n_examples=40, layers=(3,), n_patches=16, d_model=256)
+        w = ShardWriter(small / "d", md, layout)
+        with pytest.raises(errors.DataError, match=r"small/d: no room on its file system"):
+            for s in range(0, md.n_examples, 4):
+                w.write(synthetic_acts(s, 4, md.layers, md.tokens_per_example, md.d_model))
+        w.abort()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)

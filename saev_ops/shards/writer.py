@@ -10,11 +10,14 @@ never looks complete before it is.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import os
 import pathlib
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +36,8 @@ from saev_ops.shards.index import ExampleEntry, IndexReader, IndexWriter
 from saev_ops.shards.stats import StatsAccumulator, save_stats
 
 CHECKSUM_ALGO = "blake2b-128"
+ROOM_MARGIN = 1 << 20
+"""Free bytes a shard needs besides its file before it is begun (the index grows, the small files are rewritten)."""
 
 
 def new_checksum() -> Any:
@@ -107,12 +112,39 @@ class ShardWriter:
     def n_written(self) -> int:
         return self._next
 
+    @property
+    def shard_bytes(self) -> int:
+        """The size of one shard file (saev's full size, the last shard's too)."""
+        return self.md.examples_per_shard * self._row_bytes
+
+    def _no_room(self) -> str:
+        free = shutil.disk_usage(self.paths.root).free
+        return (f"{self.paths.root}: no room on its file system: a shard needs {self.shard_bytes + ROOM_MARGIN:,} "
+                f"bytes (its file, and {ROOM_MARGIN:,} for the index and the small files) and "
+                f"{free:,} are free; free space (or record with another --data-root) and run the same command again: "
+                "it resumes after the last finished shard")
+
+    @contextlib.contextmanager
+    def _room(self) -> Iterator[None]:
+        """A full disk (or quota) while writing is one DataError naming the directory, the bytes needed and free."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            raise errors.DataError(self._no_room()) from None
+
     def write(self, acts: np.ndarray,
               entries: Sequence[tuple[str | None, int | None, str | None]] | None = None,
               patch_labels: np.ndarray | None = None) -> None:
         """Append examples. ``acts``: float32 (n, layers, tokens, d_model); ``entries``: (image path, label, label name)
         per example, or None; ``patch_labels``: uint8 (n, patches), each patch's class (from a segmentation mask),
         written to saev's labels.bin (register rows get 255) instead of the image labels."""
+        with self._room():
+            self._write(acts, entries, patch_labels)
+
+    def _write(self, acts: np.ndarray, entries: Sequence[tuple[str | None, int | None, str | None]] | None,
+               patch_labels: np.ndarray | None) -> None:
         md = self.md
         expected = (md.n_layers, md.tokens_per_example, md.d_model)
         if acts.ndim != 4 or tuple(acts.shape[1:]) != expected:
@@ -153,6 +185,8 @@ class ShardWriter:
                 self._close_shard(shard)
 
     def _open_shard(self, shard: int) -> None:
+        if shutil.disk_usage(self.paths.root).free < self.shard_bytes + ROOM_MARGIN:  # not a traceback halfway
+            raise errors.DataError(self._no_room())
         tmp = self.paths.shard_tmp(shard)
         self._fh = open(tmp, "wb")
         self._fh.truncate(self.md.examples_per_shard * self._row_bytes)  # saev's full size, also for the last shard
@@ -234,6 +268,10 @@ class ShardWriter:
         the open shard becomes the last one and the metadata says the real count. Its hash then differs from the
         planned one; :attr:`md` holds the final metadata.
         """
+        with self._room():
+            return self._finalize(n_examples)
+
+    def _finalize(self, n_examples: int | None) -> dict[str, Any]:
         if n_examples is not None and n_examples != self.md.n_examples:
             if not 0 < n_examples <= self.md.n_examples or n_examples != self._next:
                 raise errors.DataError(f"{self.paths.root}: cannot end with {n_examples} examples: {self._next} "
