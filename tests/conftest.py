@@ -55,10 +55,26 @@ def pg_schema_url() -> Iterator[str]:
     try:
         yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
     finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-            conn.commit()
+        drop_registry_schema(admin, schema)
         admin.dispose()
+
+
+def drop_registry_schema(admin, schema: str) -> None:  # noqa: ANN001 - an SQLAlchemy engine
+    """Drop a test registry's schema and its own reader role (roles are server-wide: they would pile up)."""
+    import sqlalchemy as sa
+
+    from saev_ops.registry.schema import reader_role
+
+    with admin.connect() as conn:
+        try:
+            rid = conn.execute(sa.text(f"SELECT id FROM {schema}.registry_identity")).scalar()
+        except sa.exc.DBAPIError:
+            rid = None
+        conn.rollback()
+        conn.execute(sa.text(f"DROP SCHEMA IF EXISTS {schema} CASCADE"))
+        if rid is not None:
+            conn.execute(sa.text(f"DROP ROLE IF EXISTS {reader_role(str(rid))}"))
+        conn.commit()
 
 
 @pytest.fixture(params=["sqlite-memory", "sqlite-file", pytest.param("postgres", marks=pytest.mark.postgres)])

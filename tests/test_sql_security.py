@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from saev_ops import errors
 from saev_ops.cli import cli
 from saev_ops.registry import Registry
-from saev_ops.registry.schema import READ_FUNCTION
+from saev_ops.registry.schema import READ_FUNCTION, reader_role
 from saev_ops.registry.sql import run_read_only
 from tests.helpers import make_dataset
 
@@ -78,7 +78,7 @@ def test_pg_server_files_settings_and_roles_are_refused(pg_schema_url: str, stat
     try:
         with pytest.raises(errors.QueryError, match="refused|SQL error"):
             run_read_only(reg, statement)
-        assert run_read_only(reg, "SELECT current_user AS u").rows == [("saev_ops_reader",)]
+        assert run_read_only(reg, "SELECT current_user AS u").rows == [(reader_role(reg.registry_id),)]
     finally:
         reg.close()
 
@@ -121,9 +121,8 @@ def test_pg_timeout_and_streaming(pg_schema_url: str) -> None:
         with pytest.raises(errors.QueryError, match="--timeout"):
             run_read_only(reg, "SELECT pg_sleep(30)", timeout_s=0.5)
         assert time.monotonic() - t0 < 25  # stopped by the timeout, not by the sleep ending
-        tracemalloc.start()
-        res = run_read_only(reg, "SELECT g, repeat('x', 30) AS pad FROM generate_series(1, 10000000) AS g",
-                            max_rows=5)
+        tracemalloc.start()  # a set-returning function in the select list streams (in FROM it is materialised)
+        res = run_read_only(reg, "SELECT generate_series(1, 10000000) AS g, repeat('x', 30) AS pad", max_rows=5)
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert res.rows == [(i, "x" * 30) for i in range(1, 6)] and res.truncated
@@ -137,11 +136,11 @@ def test_pg_refuses_without_a_usable_reader(pg_schema_url: str) -> None:
     reg = _seeded(pg_schema_url)
     try:
         with reg.engine.begin() as conn:
-            conn.execute(sa.text(f"ALTER FUNCTION {READ_FUNCTION}(text, bigint) OWNER TO postgres"))
-        with pytest.raises(errors.QueryError, match="owned by saev_ops_reader.*db reader-setup"):
+            conn.execute(sa.text(f"ALTER FUNCTION {READ_FUNCTION}(text, bigint, bigint) OWNER TO postgres"))
+        with pytest.raises(errors.QueryError, match="owner 'postgres', not 'saev_ops_reader_.*db reader-setup"):
             run_read_only(reg, "SELECT 1")
         with reg.engine.begin() as conn:
-            conn.execute(sa.text(f"DROP FUNCTION {READ_FUNCTION}(text, bigint)"))
+            conn.execute(sa.text(f"DROP FUNCTION {READ_FUNCTION}(text, bigint, bigint)"))
         with pytest.raises(errors.QueryError, match="has none.*db reader-setup"):
             run_read_only(reg, "SELECT 1")
         res = CliRunner().invoke(cli, ["--db", pg_schema_url, "db", "reader-setup"])
@@ -231,6 +230,14 @@ def test_pg_role_that_cannot_create_roles_gets_a_refusal_not_a_privileged_functi
         conn.execute(sa.text(f"CREATE ROLE {owner} LOGIN NOCREATEROLE"))
         conn.execute(sa.text(f"ALTER SCHEMA {schema} OWNER TO {owner}"))
     url = pg_schema_url.replace("postgres@", f"{owner}@", 1)
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "saev_ops", "--db", url, "db", "upgrade"], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "could not set up this registry's reader role" in res.stderr and "db reader-setup" in res.stderr, \
+        res.stderr
     reg = Registry(url)
     try:
         exists = "SELECT count(*) FROM pg_proc WHERE proname = :f AND pronamespace = :s ::regnamespace"
@@ -241,14 +248,15 @@ def test_pg_role_that_cannot_create_roles_gets_a_refusal_not_a_privileged_functi
         with pytest.raises(errors.QueryError, match="db reader-setup"):
             run_read_only(reg, "SELECT 1")
         res = CliRunner().invoke(cli, ["--db", url, "db", "reader-setup"])
-        assert res.exit_code == 1 and "CREATE ROLE saev_ops_reader" in res.output, res.output
+        role = reader_role(reg.registry_id)
+        assert res.exit_code == 1 and f"CREATE ROLE {role} NOLOGIN NOINHERIT; GRANT {role} TO" in res.output, \
+            res.output
         with admin.begin() as conn:
-            conn.execute(sa.text("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'saev_ops_reader') "
-                                 "THEN CREATE ROLE saev_ops_reader NOLOGIN NOINHERIT; END IF; END $$"))
-            conn.execute(sa.text(f"GRANT saev_ops_reader TO {owner}"))
+            conn.execute(sa.text(f"CREATE ROLE {role} NOLOGIN NOINHERIT"))
+            conn.execute(sa.text(f"GRANT {role} TO {owner}"))
         res = CliRunner().invoke(cli, ["--db", url, "db", "reader-setup"])
         assert res.exit_code == 0, res.output
-        assert run_read_only(reg, "SELECT current_user AS u").rows == [("saev_ops_reader",)]
+        assert run_read_only(reg, "SELECT current_user AS u").rows == [(reader_role(reg.registry_id),)]
     finally:
         reg.close()
         with admin.begin() as conn:
@@ -257,3 +265,264 @@ def test_pg_role_that_cannot_create_roles_gets_a_refusal_not_a_privileged_functi
             conn.execute(sa.text(f"DROP OWNED BY {owner}"))
             conn.execute(sa.text(f"DROP ROLE {owner}"))
         admin.dispose()
+
+
+# -- nothing persistent changes; bounded results; one registry cannot reach another ------------------------------------------
+def _admin():  # noqa: ANN202 - an SQLAlchemy engine on the test server as its superuser
+    from saev_ops.registry.engine import create_registry_engine
+    from tests.helpers import PG_URL
+
+    return create_registry_engine(PG_URL)
+
+
+def _scalar(engine, sql: str):  # noqa: ANN001, ANN202
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql)).scalar()
+
+
+@pytest.mark.postgres
+def test_pg_read_only_queries_change_nothing_that_lasts(pg_schema_url: str) -> None:
+    """Each statement here changed something that outlives the query (46 MB of WAL, a sequence, a large object, a
+    notification, a session lock or setting, a transaction id); volatile functions are refused before anything runs."""
+    reg = _seeded(pg_schema_url)
+    admin = _admin()
+    schema = pg_schema_url.rsplit("%3D", 1)[1]
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SEQUENCE {schema}.probe_seq"))
+    statements = [
+        "SELECT count(pg_logical_emit_message(false, 'p', repeat('x', 1000000))) FROM generate_series(1, 50)",
+        f"SELECT nextval('{schema}.probe_seq')",
+        f"SELECT setval('{schema}.probe_seq', 1000)",
+        "SELECT lo_from_bytea(0, 'x')",
+        "SELECT lo_create(0)",
+        "SELECT pg_notify('saev_ops_probe', 'x')",
+        "SELECT pg_advisory_lock(424242)",
+        "SELECT pg_try_advisory_lock(424242)",
+        "SELECT set_config('work_mem', '1GB', false)",
+        "SELECT txid_current()",
+        "SELECT * FROM (SELECT pg_catalog.pg_logical_emit_message(true, 'p', 'x')) AS s",
+        "WITH s AS (SELECT Pg_Logical_Emit_Message(false, 'p', 'x') AS m) SELECT * FROM s",
+    ]
+    try:
+        wal0 = _scalar(admin, "SELECT pg_current_wal_lsn()")
+        n_lo = _scalar(admin, "SELECT count(*) FROM pg_largeobject_metadata")
+        for statement in statements:
+            with pytest.raises(errors.QueryError, match="refused: `saev-ops sql` is read-only and may not call"):
+                run_read_only(reg, statement)
+        wal = _scalar(admin, f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{wal0}')")
+        assert wal < 256 << 10, f"{wal} bytes of WAL"  # background writes only, not the 46 MB asked for
+        assert _scalar(admin, f"SELECT last_value FROM {schema}.probe_seq") == 1
+        assert _scalar(admin, "SELECT count(*) FROM pg_largeobject_metadata") == n_lo
+        assert _scalar(admin, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 424242") == 0
+        # harmless volatile functions stay allowed, and the connection is as it was
+        assert run_read_only(reg, "SELECT random() < 2 AS ok").rows == [(True,)]
+        assert reg.get_dataset("inat21").name == "inat21"
+    finally:
+        reg.close()
+        admin.dispose()
+
+
+@pytest.mark.postgres
+def test_pg_advisory_locks_do_not_outlive_a_query_on_the_pool(pg_schema_url: str, monkeypatch) -> None:  # noqa: ANN001
+    """Were a lock-taking function to get past the volatile-function check, the lock still ends with the query."""
+    from saev_ops.registry import sql
+
+    reg = _seeded(pg_schema_url)
+    admin = _admin()
+    try:
+        monkeypatch.setattr(sql, "_check_functions", lambda *_: None)
+        assert run_read_only(reg, "SELECT pg_try_advisory_lock(515151) AS got").rows == [(True,)]
+        assert _scalar(admin, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 515151") == 0
+    finally:
+        reg.close()
+        admin.dispose()
+
+
+@pytest.mark.postgres
+def test_pg_results_and_temp_files_are_bounded_in_bytes(pg_schema_url: str) -> None:
+    reg = _seeded(pg_schema_url)
+    admin = _admin()
+    try:
+        tracemalloc.start()
+        with pytest.raises(errors.QueryError, match=r"refused: the result passed 1048576 bytes at row 1 \(--max-bytes"):
+            run_read_only(reg, "SELECT repeat('x', 100000000) AS a, repeat('y', 100000000) AS b", max_bytes=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 20 << 20, f"{peak / 2**20:.0f} MiB held"
+
+        def temp_bytes() -> int:
+            return int(_scalar(admin, "SELECT temp_bytes FROM pg_stat_database WHERE datname = current_database()"))
+
+        before = temp_bytes()
+        with pytest.raises(errors.QueryError, match="server temporary files than --max-bytes 4,194,304"):
+            run_read_only(reg, "SELECT * FROM generate_series(1, 1e8)", max_rows=5, max_bytes=4 << 20)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # statistics reach pg_stat_database shortly after the transaction
+            time.sleep(0.2)
+        assert temp_bytes() - before <= 8 << 20, "temporary files past the bound"
+        res = CliRunner().invoke(cli, ["--db", pg_schema_url, "sql", "SELECT repeat('x', 5000) AS a",
+                                       "--max-bytes", "2048"])
+        assert res.exit_code == 1 and "--max-bytes" in res.output and "Traceback" not in res.output, res.output
+    finally:
+        reg.close()
+        admin.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("fmt", ["csv", "json", "table"])
+def test_pg_text_that_closes_the_subquery_is_refused_by_the_parser(pg_schema_url: str, fmt: str) -> None:
+    reg = _seeded(pg_schema_url)
+    try:
+        for statement in ("SELECT 1 AS a) AS t, (SELECT 2 AS b", "SELECT name FROM datasets) x; SELECT (1",
+                          "SELECT 1; SELECT 2", "WITH d AS (DELETE FROM datasets RETURNING 1) SELECT * FROM d",
+                          "SELECT * INTO copy_of_runs FROM runs", "SELECT * FROM datasets FOR UPDATE"):
+            res = CliRunner().invoke(cli, ["--db", pg_schema_url, "sql", statement, "--format", fmt])
+            assert res.exit_code == 1 and res.output.startswith("Error: ") and "Traceback" not in res.output, \
+                (statement, res.output)
+        assert reg.get_dataset("inat21").name == "inat21"
+    finally:
+        reg.close()
+
+
+@pytest.mark.postgres
+def test_pg_a_read_function_not_as_the_migration_made_it_is_refused(pg_schema_url: str) -> None:
+    reg = _seeded(pg_schema_url)
+    fn = f"{READ_FUNCTION}(text, bigint, bigint)"
+    changes = [
+        (f"ALTER FUNCTION {fn} SET search_path = public, pg_temp", "settings"),
+        (f"GRANT EXECUTE ON FUNCTION {fn} TO PUBLIC", "PUBLIC may execute it"),
+        (f"ALTER FUNCTION {fn} SECURITY INVOKER", "not SECURITY DEFINER"),
+        (f"CREATE OR REPLACE FUNCTION {READ_FUNCTION}(query text, max_rows bigint, max_bytes bigint) RETURNS SETOF text "
+         "LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$ SELECT query $$", "body"),
+    ]
+    try:
+        for change, why in changes:
+            with reg.engine.begin() as conn:
+                conn.execute(sa.text(change))
+            with pytest.raises(errors.QueryError, match=f"not the function this registry's migration made.*{why}"):
+                run_read_only(reg, "SELECT 1 AS one")
+            res = CliRunner().invoke(cli, ["--db", pg_schema_url, "db", "reader-setup"])  # repairs it
+            assert res.exit_code == 0, res.output
+            assert run_read_only(reg, "SELECT 1 AS one").rows == [(1,)]
+    finally:
+        reg.close()
+
+
+def _acls(engine, schema: str) -> list:  # noqa: ANN001
+    """Everything that says who may read ``schema``: the schema's, its tables' and its function's ACLs, its default
+    privileges."""
+    with engine.connect() as conn:
+        return [conn.execute(sa.text(q), {"s": schema}).all() for q in (
+            "SELECT nspacl::text FROM pg_namespace WHERE nspname = :s",
+            "SELECT relname, relacl::text FROM pg_class WHERE relnamespace = :s ::regnamespace ORDER BY relname",
+            "SELECT proname, proacl::text, proowner::regrole::text FROM pg_proc WHERE pronamespace = :s ::regnamespace",
+            "SELECT defaclacl::text FROM pg_default_acl WHERE defaclnamespace = :s ::regnamespace",
+        )]
+
+
+@pytest.mark.postgres
+def test_pg_registries_on_one_server_cannot_read_or_redirect_each_other() -> None:
+    """Two registries, each owned by its own login role (as two users of one server): each reads its own registry
+    only, cannot take the other's reader role or re-point its function, and migrating the second changes nothing of
+    the first's grants. The registry of an earlier version loses the server-wide reader's grants."""
+    import subprocess
+    import sys
+
+    from saev_ops.registry.schema import LEGACY_READER_ROLE
+    from tests.conftest import drop_registry_schema, require_postgres
+    from tests.helpers import PG_URL
+
+    require_postgres()
+    admin = _admin()
+    tag = uuid.uuid4().hex[:8]
+    users = {x: (f"saev_ops_user_{x}_{tag}", f"t_{x}_{tag}") for x in ("a", "b")}
+    sep = "&" if "?" in PG_URL else "?"
+    urls = {x: f"{PG_URL.replace('postgres@', f'{u}@', 1)}{sep}options=-csearch_path%3D{s}"
+            for x, (u, s) in users.items()}
+    with admin.begin() as conn:
+        for user, schema in users.values():
+            conn.execute(sa.text(f"CREATE ROLE {user} LOGIN"))
+            conn.execute(sa.text(f"CREATE SCHEMA {schema} AUTHORIZATION {user}"))
+    regs: dict[str, Registry] = {}
+    try:
+        for x in ("a", "b"):
+            if x == "b":
+                before = _acls(admin, users["a"][1])
+            # the owner may not create roles: the migration warns, an administrator creates the reader, reader-setup
+            res = subprocess.run([sys.executable, "-m", "saev_ops", "--db", urls[x], "db", "upgrade"],
+                                 capture_output=True, text=True, timeout=120)
+            assert res.returncode == 0 and "could not set up this registry's reader role" in res.stderr, res.stderr
+            regs[x] = _seeded(urls[x])
+            role = reader_role(regs[x].registry_id)
+            with admin.begin() as conn:
+                conn.execute(sa.text(f"CREATE ROLE {role} NOLOGIN NOINHERIT"))
+                conn.execute(sa.text(f"GRANT {role} TO {users[x][0]}"))
+            res = CliRunner().invoke(cli, ["--db", urls[x], "db", "reader-setup"])
+            assert res.exit_code == 0 and role in res.output, res.output
+            if x == "b":
+                assert _acls(admin, users["a"][1]) == before
+        a, b = regs["a"], regs["b"]
+        assert a.registry_id != b.registry_id
+        assert run_read_only(a, "SELECT name FROM datasets").rows == [("inat21",)]
+        other = users["b"][1]
+        with pytest.raises(errors.QueryError, match="permission denied"):
+            run_read_only(a, f"SELECT name FROM {other}.datasets")
+        with a.engine.connect() as conn:  # as a's owner, in psql
+            for attack in (f"SET ROLE {reader_role(b.registry_id)}",
+                           f"ALTER FUNCTION {other}.{READ_FUNCTION}(text, bigint, bigint) SET search_path = public",
+                           f"SELECT * FROM {other}.datasets"):
+                with pytest.raises(sa.exc.DBAPIError, match="permission denied|must be owner"):
+                    conn.execute(sa.text(attack))
+                conn.rollback()
+        # a registry set up by an earlier version: the server-wide reader had SELECT on it; reader-setup revokes it
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = "
+                                 f"'{LEGACY_READER_ROLE}') THEN CREATE ROLE {LEGACY_READER_ROLE} NOLOGIN; END IF; "
+                                 "END $$"))
+            conn.execute(sa.text(f"GRANT USAGE ON SCHEMA {other} TO {LEGACY_READER_ROLE}"))
+            conn.execute(sa.text(f"GRANT SELECT ON ALL TABLES IN SCHEMA {other} TO {LEGACY_READER_ROLE}"))
+        assert CliRunner().invoke(cli, ["--db", urls["b"], "db", "reader-setup"]).exit_code == 0
+        assert _scalar(admin, f"SELECT has_schema_privilege('{LEGACY_READER_ROLE}', '{other}', 'USAGE')") is False
+        assert _scalar(admin, f"SELECT has_table_privilege('{LEGACY_READER_ROLE}', '{other}.datasets', "
+                              "'SELECT')") is False
+    finally:
+        for reg in regs.values():
+            reg.close()
+        for user, schema in users.values():
+            drop_registry_schema(admin, schema)
+            with admin.begin() as conn:
+                conn.execute(sa.text(f"DROP OWNED BY {user}"))
+                conn.execute(sa.text(f"DROP ROLE {user}"))
+        admin.dispose()
+
+
+# -- SQLite: functions from an allow-list, values bounded in bytes ------------------------------------------------------------
+@pytest.mark.parametrize("statement, what", [
+    ("SELECT fts3_tokenizer('simple')", "fts3_tokenizer"),
+    ("SELECT fts3_tokenizer('simple', x'0000000000000000')", "fts3_tokenizer"),
+    ("SELECT load_extension('/tmp/x.so')", "load_extension"),
+])
+def test_sqlite_functions_outside_the_allow_list_are_refused(sqlite_file, statement: str, what: str) -> None:  # noqa: ANN001
+    reg, _ = sqlite_file
+    with pytest.raises(errors.QueryError, match=f"refused: .* may not run the function {what}"):
+        run_read_only(reg, statement)
+    assert run_read_only(reg, "SELECT upper(name) AS n, count(*) AS c FROM datasets").rows == [("INAT21", 1)]
+
+
+def test_sqlite_results_are_bounded_in_bytes(sqlite_file) -> None:  # noqa: ANN001
+    import resource
+    import sys
+
+    reg, _ = sqlite_file
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(errors.QueryError, match="--max-bytes"):
+        run_read_only(reg, "SELECT randomblob(200000000) AS b")
+    with pytest.raises(errors.QueryError, match=r"refused: the result passed --max-bytes 1,048,576 at row"):
+        run_read_only(reg, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100000) "
+                           "SELECT i, printf('%.100c', 'x') AS pad FROM n", max_bytes=1 << 20)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    if sys.version_info >= (3, 11):  # the connection's length limit needs sqlite3's setlimit
+        assert grown_mb < 100, f"{grown_mb:.0f} MB"
+    # every view still reads under the allow-list
+    for view in ("run_table", "metric_history", "inference_lineage", "output_table"):
+        run_read_only(reg, f"SELECT * FROM {view}")

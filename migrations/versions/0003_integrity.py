@@ -9,7 +9,8 @@ Create Date: 2026-12-02
   a unique index, so logging the same point again updates it in place (upsert).
 - ``runs.run_dir``: the directory a run's job writes (SAE, metrics buffer); `saev-ops train RUN` resumes there.
 - ``runs.local_pid``: the process that runs a local-executor job, so `sweep cancel` can stop it.
-- PostgreSQL only: the NOLOGIN role ``saev_ops_reader`` with SELECT on this schema's tables and views, and the function
+- PostgreSQL only (until migration 0006, which replaces it with a role per registry): the NOLOGIN role
+  ``saev_ops_reader`` with SELECT on this schema's tables and views, and the function
   ``saev_ops_read(query, max_rows)`` owned by it. The function is SECURITY DEFINER, so user SQL runs as the reader and
   PostgreSQL refuses any role change inside it (``SET ROLE`` alone is not enough: a superuser session can switch back
   with ``set_config('role', ...)`` in the same statement). When the migrating role may not create or grant the role,
@@ -31,7 +32,6 @@ READ_FUNCTION = "saev_ops_read"
 
 
 def upgrade() -> None:
-    bind = op.get_bind()
     op.execute(
         "DELETE FROM metric_points WHERE id NOT IN "
         "(SELECT max(id) FROM metric_points GROUP BY run_id, key, step)"
@@ -40,12 +40,8 @@ def upgrade() -> None:
     op.create_index("uq_metric_points_run_key_step", "metric_points", ["run_id", "key", "step"], unique=True)
     op.add_column("runs", sa.Column("run_dir", sa.Text(), nullable=True))
     op.add_column("runs", sa.Column("local_pid", sa.Integer(), nullable=True))
-    if bind.dialect.name == "postgresql":
-        # the same statement `saev-ops db reader-setup` runs (idempotent: CREATE OR REPLACE, grants); a missing
-        # privilege is a warning here, so a registry still migrates, and `saev-ops sql` then refuses with the fix
-        from saev_ops.registry.reader import setup_sql
-
-        op.execute(setup_sql(strict=False))
+    # PostgreSQL's reader role behind `saev-ops sql` was set up here, one role for every registry on the server;
+    # migration 0006 sets up one per registry instead (registries migrated before keep what this made until then)
 
 
 def downgrade() -> None:

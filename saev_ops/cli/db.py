@@ -66,10 +66,9 @@ def reader_setup(obj: CliContext) -> None:
     """PostgreSQL: create or repair the read-only role saev_ops_reader and the function `saev-ops sql` runs user SQL
     through, in this registry's schema (the schema migration does it when its role may create roles)."""
     from saev_ops.registry.reader import setup_reader
-    from saev_ops.registry.schema import READER_ROLE
 
-    setup_reader(_engine(obj))
-    click.echo(f"`saev-ops sql` runs as {READER_ROLE} in this registry")
+    role = setup_reader(_engine(obj))
+    click.echo(f"`saev-ops sql` runs as {role} in this registry")
 
 
 def _current(engine) -> str | None:

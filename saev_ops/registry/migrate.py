@@ -161,7 +161,13 @@ def _run(engine: sa.Engine, fn_name: str, revision: str) -> None:
 
     with engine.connect() as conn:
         conn = conn.execution_options(**{BEGIN_MODE_OPTION: "IMMEDIATE"})
-        getattr(command, fn_name)(_alembic_config(conn), revision)
+        notices: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+        if engine.dialect.name == "postgresql":
+            from saev_ops.registry.reader import forward_warnings
+
+            notices = forward_warnings(conn.connection.driver_connection)
+        with notices:
+            getattr(command, fn_name)(_alembic_config(conn), revision)
         conn.commit()
 
 
