@@ -10,6 +10,9 @@
    random moments, resumed each time, and its shard files compared byte for byte with an uninterrupted recording.
 3. corruptions caught: each corruption of docs/reliability.md's list is applied to a fresh copy of a dataset and
    `verify` (quick) is asked; a corruption counts as caught when verify names the damaged file.
+4. owners kept apart: two recordings that differ only in their masks, an import of a registered directory, a runs
+   folder synced into another registry, and (PostgreSQL) one registry's owner reading another registry; each case
+   says whether ownership held.
 """
 
 from __future__ import annotations
@@ -145,6 +148,25 @@ def corruptions() -> None:
         side["stats"]["n_nonfinite"] = 3
         p.write_text(json.dumps(side))
 
+    def swap(p: pathlib.Path) -> None:
+        other, hold = p.with_name("acts000002.bin"), p.with_name("swap")
+        p.rename(hold)
+        other.rename(p)
+        hold.rename(other)
+
+    def edit_index(p: pathlib.Path) -> None:
+        import struct
+
+        import lmdb
+
+        env = lmdb.open(str(p), subdir=True)
+        with env.begin(write=True) as txn:
+            key = b"e" + struct.pack(">Q", 3)
+            entry = json.loads(txn.get(key))
+            entry[2] = "img/elsewhere.jpg"
+            txn.put(key, json.dumps(entry, separators=(",", ":")).encode())
+        env.close()
+
     cases = [
         ("shard truncated", "acts000001.bin", truncate, False),
         ("shard missing", "acts000002.bin", lambda p: p.unlink(), False),
@@ -164,6 +186,9 @@ def corruptions() -> None:
         ("LMDB index missing", "index.lmdb/data.mdb", lambda p: p.unlink(), False),
         ("non-finite values recorded while writing", "saev_ops.json", nan_recorded, False),
         ("sidecar missing", "saev_ops.json", lambda p: p.unlink(), False),
+        ("two shards swapped", "acts000001.bin", swap, False),
+        ("an image path edited inside the index", "index.lmdb", edit_index, True),
+        ("labels.bin values outside the dataset's classes", "labels.bin", lambda p: flip(p, 17), True),
     ]
     try:
         base = write_dataset(tmp / "base", n_examples=40, layers=(3, 7), n_patches=16, d_model=32)
@@ -183,6 +208,87 @@ def corruptions() -> None:
         print(f"corruptions caught: {caught} of {len(cases)} (each names the damaged file)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def ownership(pg_url: str | None) -> None:
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from saev_ops import datasets, errors
+    from saev_ops.record import RecordSpec, record_dataset
+    from saev_ops.registry import Registry
+    from saev_ops.train.journal import Journal, sync_runs_root
+
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix="saev-owners-"))
+    rows: list[tuple[str, bool, str]] = []
+    try:
+        imgs, masks = tmp / "images", tmp / "masks"
+        imgs.mkdir()
+        masks.mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(4):
+            Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(imgs / f"i{i}.png")
+            Image.fromarray(np.full((64, 64), 5, np.uint8), mode="L").save(masks / f"i{i}.png")
+        reg = Registry(f"sqlite:///{tmp / 'r.sqlite'}")
+        spec = {"images": str(imgs), "model": "builtin:tiny", "layers": (1,), "data_root": str(tmp / "data")}
+        a = record_dataset(reg, RecordSpec(name="a", masks=str(masks), **spec))
+        labels = (pathlib.Path(a.path) / "labels.bin").read_bytes()
+        b = record_dataset(reg, RecordSpec(name="b", **spec))
+        held = a.path != b.path and (pathlib.Path(a.path) / "labels.bin").read_bytes() == labels
+        rows.append(("two recordings, masks then none", held, f"{pathlib.Path(a.path).name} / "
+                                                               f"{pathlib.Path(b.path).name}"))
+        try:
+            datasets.import_dataset(reg, pathlib.Path(a.path), "alias")
+            rows.append(("import of a registered directory", False, "registered a second row"))
+        except errors.DuplicateError as exc:
+            rows.append(("import of a registered directory", "'a'" in str(exc), "refused, naming dataset 'a'"))
+        other = Registry(f"sqlite:///{tmp / 'other.sqlite'}")
+        other.create_dataset(name="a", content_hash="x" * 64, path="/elsewhere", model_family="clip", model_ckpt="c",
+                             layers=[1], d_model=8, tokens_per_example=2, n_examples=1, dtype="float32")
+        (run, _), = reg.add_runs("a", [{"k": 1}])
+        other.add_runs("a", [{"k": 2}])
+        run_dir = tmp / "runs" / f"run-{run.id:06d}"
+        run_dir.mkdir(parents=True)
+        journal = Journal(None, {run.id: run_dir}, registry_id=reg.registry_id, identities={run.id: run.config_hash})
+        for step in range(1, 145):
+            journal.log(run.id, step, {"nmse": 0.2})
+        try:
+            sync_runs_root(other, tmp / "runs")
+            rows.append(("runs folder synced into another registry", False,
+                         f"{len(other.metric_history(run.id))} points stored"))
+        except errors.DataError:
+            held = other.metric_history(run.id) == [] and json.dumps(other.summary(run.id)) == "{}"
+            rows.append(("runs folder synced into another registry", held, "refused, 0 points stored"))
+        if pg_url is not None:
+            rows.append(_two_pg_registries(pg_url))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{'owners kept apart':44} {'held':>5}  detail")
+    for name, held, detail in rows:
+        print(f"{name:44} {'yes' if held else 'NO':>5}  {detail}")
+
+
+def _two_pg_registries(pg_url: str) -> tuple[str, bool, str]:
+    """One registry's `saev-ops sql` asked for another registry's rows on the same server."""
+    from registry import pg_schema  # benchmarks/registry.py
+
+    from saev_ops import errors
+    from saev_ops.registry import Registry
+    from saev_ops.registry.sql import run_read_only
+
+    with pg_schema(pg_url) as url_a, pg_schema(pg_url) as url_b:
+        a, b = Registry(url_a), Registry(url_b)
+        other = url_b.rsplit("%3D", 1)[1]
+        try:
+            run_read_only(a, f"SELECT count(*) AS n FROM {other}.datasets")
+            held, detail = False, "read the other registry"
+        except errors.QueryError as exc:
+            held, detail = "permission denied" in str(exc), "permission denied"
+        a.close()
+        b.close()
+    return "registry A's sql reading registry B", held, detail
 
 
 def main() -> None:
@@ -206,6 +312,14 @@ def main() -> None:
         print(f"postgresql: skipped ({str(exc).splitlines()[0]})")
     kills(args.kills, args.seed)
     corruptions()
+    try:
+        from registry import pg_schema
+
+        with pg_schema(PG_URL):
+            pg_url: str | None = PG_URL
+    except Exception:  # noqa: BLE001 - PostgreSQL is optional here
+        pg_url = None
+    ownership(pg_url)
 
 
 if __name__ == "__main__":

@@ -178,8 +178,15 @@ def pg_schema(url: str = PG_URL) -> Iterator[str]:
     try:
         yield f"{url}?options=-csearch_path%3D{schema}"
     finally:
+        from saev_ops.registry.schema import reader_role
+
         with admin.begin() as conn:
+            has_id = conn.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"),
+                                  {"t": f"{schema}.registry_identity"}).scalar()
+            rid = conn.execute(sa.text(f"SELECT id FROM {schema}.registry_identity")).scalar() if has_id else None
             conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+            if rid is not None:  # its reader role is server-wide
+                conn.execute(sa.text(f"DROP ROLE IF EXISTS {reader_role(str(rid))}"))
         admin.dispose()
 
 

@@ -115,9 +115,13 @@ def test_rerecording_says_reused(tmp_path: pathlib.Path) -> None:
 def test_sae_from_another_model_is_refused_unless_allowed(trained, tmp_path: pathlib.Path) -> None:  # noqa: ANN001
     """An SAE trained on one model's activations was applied to another model's without a word; now the training
     provenance is compared with the target's and a mismatch refused (or, allowed, recorded with the output)."""
+    import shutil
+
     reg, url, path, ids = trained
     sidecar = json.loads((path / "saev_ops.json").read_text())
-    make_dataset(reg, name="other-model", path=str(path), d_model=32, layers=[3, 7], tokens_per_example=17,
+    copy = tmp_path / "copy" / "saev" / "shards" / path.name  # a directory of its own: one directory, one dataset
+    shutil.copytree(path, copy)
+    make_dataset(reg, name="other-model", path=str(copy), d_model=32, layers=[3, 7], tokens_per_example=17,
                  n_examples=40, status="complete", model_ckpt="ViT-L-14/laion",
                  extra={"metadata_hash": sidecar["content_hash"]})
     args = ["--db", url, "infer", str(ids[0]), "--dataset", "other-model", "--out-root", str(tmp_path / "o")]
