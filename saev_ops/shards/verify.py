@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from saev_ops.shards.stats import load_stats
 from saev_ops.shards.writer import new_checksum, shard_fingerprint
 
 _READ = 64 << 20
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,19 +140,26 @@ def _check_listing(path: pathlib.Path, listing: Any, md: Metadata) -> list[Probl
     return out
 
 
-def _check_index(path: pathlib.Path, md: Metadata) -> list[Problem]:
+def _read_index(path: pathlib.Path, read: Callable[[Any], T]) -> T | Problem:
+    """``read(reader)`` over the LMDB index at ``path``, or the problem that it cannot be read."""
     from saev_ops.shards.index import IndexReader
 
-    if not (path / "data.mdb").exists():
-        return [Problem(str(path), "an LMDB index", "no index (rebuild with `saev-ops datasets import`)")]
     try:
         reader = IndexReader(path)
         try:
-            n = reader.count()
+            return read(reader)
         finally:
             reader.close()
     except errors.DataError as exc:
-        return [Problem(str(path), "a readable LMDB index", str(exc).split(": ", 1)[-1])]
+        return Problem(str(path), "a readable LMDB index", str(exc).split(": ", 1)[-1])
+
+
+def _check_index(path: pathlib.Path, md: Metadata) -> list[Problem]:
+    if not (path / "data.mdb").exists():
+        return [Problem(str(path), "an LMDB index", "no index (rebuild with `saev-ops datasets import`)")]
+    n = _read_index(path, lambda r: r.count())
+    if isinstance(n, Problem):
+        return [n]
     return [] if n == md.n_examples else [Problem(str(path), f"{md.n_examples} example entries", f"{n}")]
 
 
@@ -205,19 +214,12 @@ def _check_fingerprints(p: ShardPaths, md: Metadata, present: list[int],
 
 
 def _check_index_digest(path: pathlib.Path, sidecar: dict[str, Any]) -> list[Problem]:
-    from saev_ops.shards.index import IndexReader
-
     want = sidecar.get("index_digest")
     if not want or not (path / "data.mdb").exists():
         return []
-    try:
-        reader = IndexReader(path)
-        try:
-            got = reader.digest()
-        finally:
-            reader.close()
-    except errors.DataError as exc:
-        return [Problem(str(path), "a readable LMDB index", str(exc).split(": ", 1)[-1])]
+    got = _read_index(path, lambda r: r.digest())
+    if isinstance(got, Problem):
+        return [got]
     if got == want:
         return []
     return [Problem(str(path), f"index digest {want} (saev_ops.json)",
