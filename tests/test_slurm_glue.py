@@ -25,7 +25,14 @@ def test_recorded_sacct_output_parses_to_states() -> None:
     assert "RUNNING" not in SLURM_STATES and "PENDING" not in SLURM_STATES  # live jobs are left alone
 
 
-def test_sbatch_script_of_a_slurm_spec_matches_the_golden_file(tmp_path: pathlib.Path) -> None:
+def test_sbatch_script_of_a_slurm_spec_matches_the_golden_file(tmp_path: pathlib.Path, monkeypatch) -> None:  # noqa: ANN001
+    """Needs no cluster: submitit only checks that an ``srun`` is on the PATH before it writes the script, so one that
+    is never run stands in where Slurm is not installed."""
+    stand_in = tmp_path / "bin"
+    stand_in.mkdir()
+    (stand_in / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (stand_in / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{os.environ.get('PATH', '')}{os.pathsep}{stand_in}")
     spec = SlurmSpec(partition="debug", account="lab", qos="normal", gpus=1, cpus=4, mem_gb=12.5, time_min=90,
                      max_parallel=3)
     text = sbatch_text(spec, "saev-golden", tmp_path).replace(str(tmp_path), "FOLDER")
@@ -70,3 +77,29 @@ def test_status_of_ten_thousand_slurm_runs_from_recorded_sacct(tmp_path: pathlib
     calls = (bin_dir / "calls").read_text().splitlines()
     assert len(calls) == -(-910 // SACCT_BATCH)  # 910 job ids in batches
     assert reconcile(reg, "huge") == []  # nothing left to change
+
+
+def test_the_glue_tests_pass_without_slurm_on_the_path(tmp_path: pathlib.Path) -> None:
+    """The README's test command ends green where Slurm is not installed: this file's tests run in a child whose PATH
+    has no Slurm command."""
+    import shutil
+    import subprocess
+    import sys
+
+    slurm = {"srun", "sbatch", "squeue", "sacct", "scancel", "scontrol", "sinfo", "salloc"}
+    dirs, shadow = [], tmp_path / "bin"  # a folder that holds Slurm's commands is replaced by links to the others
+    shadow.mkdir()
+    for d in (pathlib.Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p):
+        if not any((d / c).exists() for c in slurm):
+            dirs.append(str(d))
+            continue
+        for f in d.iterdir() if d.is_dir() else ():
+            if f.name not in slurm and not (shadow / f.name).exists():
+                (shadow / f.name).symlink_to(f)
+    env = {**os.environ, "PATH": os.pathsep.join([*dirs, str(shadow)])}
+    assert all(shutil.which(c, path=env["PATH"]) is None for c in slurm)
+    root = pathlib.Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "-m", "pytest", str(pathlib.Path(__file__)), "-q", "-p", "no:cacheprovider",
+                          "-k", "not without_slurm", "--basetemp", str(tmp_path / "t")],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
