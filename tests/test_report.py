@@ -28,6 +28,44 @@ def test_frontier() -> None:
     assert [rid for _, _, rid in front] == [6, 1, 2, 5]
 
 
+def test_a_higher_is_better_metric_has_its_frontier_at_the_top() -> None:
+    """`runs pareto --y fidelity` computed the frontier lower-is-better: its "best" TopK was the worst SAE."""
+
+    class R:
+        def __init__(self, i: int, x: float, y: float) -> None:
+            self.run = type("run", (), {"id": i})()
+            self.summary = {"l0": x, "fidelity": y, "val/explained_variance": y}
+
+    rows = [R(1, 8, 0.61), R(2, 16, 0.9), R(3, 16, 0.7), R(4, 32, 0.95), R(5, 64, 0.8), R(6, 4, 0.5)]
+    for y in ("fidelity", "val/explained_variance"):
+        _, front = frontier(rows, "l0", y)  # type: ignore[arg-type]
+        assert [rid for _, _, rid in front] == [6, 1, 2, 4]  # 3 and 5 are dominated (2 and 4 beat them)
+    from saev_ops.directions import better, describe
+
+    assert (better("nmse"), better("val/fidelity"), better("kl"), better("lr")) == ("lower", "higher", "lower", None)
+    assert describe("l0", "fidelity") == "lower l0 and higher fidelity are better"
+
+
+def test_pareto_plot_and_sort_follow_each_metrics_direction(tmp_path: pathlib.Path) -> None:
+    from saev_ops.explore.pareto import pareto_plot
+    from saev_ops.registry import Registry
+    from tests.helpers import make_dataset
+
+    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    make_dataset(reg, "d")
+    reg.get_or_create_sweep("s")
+    runs = [r for r, _ in reg.add_runs("d", [{"arch": "topk", "k": i} for i in range(4)], sweep="s")]
+    for r, (l0, fid) in zip(runs, [(8, 0.61), (16, 0.9), (16, 0.7), (32, 0.95)], strict=True):
+        reg.log_metrics(r.id, [("l0", 1, l0), ("fidelity", 1, fid), ("nmse", 1, 1 - fid)])
+    res = pareto_plot(reg, "s", "l0", "fidelity", tmp_path / "p.png")
+    assert [rid for _, _, rid in res["frontier"]] == [runs[0].id, runs[1].id, runs[3].id]
+    order = [row.run.id for row in reg.list_runs(RunQuery(sweep="s", sort="fidelity"))]
+    assert order == [runs[3].id, runs[1].id, runs[2].id, runs[0].id]  # best first
+    assert [row.run.id for row in reg.list_runs(RunQuery(sweep="s", sort="nmse"))] == order
+    assert [row.run.id for row in reg.list_runs(RunQuery(sweep="s", sort="+fidelity"))] == order[::-1]
+    assert [row.run.id for row in reg.list_runs(RunQuery(sweep="s", sort="-nmse"))] == order[::-1]
+
+
 def test_interesting_latents_skip_dead_and_dense_ones() -> None:
     import numpy as np
 

@@ -25,8 +25,9 @@ def group() -> None:
 @click.option("--where", "where", multiple=True, metavar="EXPR",
               help="Filter on a hyperparameter, summary metric or column, e.g. 'arch=topk', 'd_sae>=4096', "
               "'val/nmse<0.2', 'l0<=64', 'status=completed' (repeatable).")
-@click.option("--sort", metavar="KEY", help="Sort by a hyperparameter, metric or column; prefix '-' for descending "
-              "(e.g. -nmse; lr is the configured learning rate).")
+@click.option("--sort", metavar="KEY", help="Sort by a hyperparameter, metric or column, best first (nmse, l0, kl "
+              "ascending; fidelity, explained_variance, cosine, probe_acc descending); '+KEY' ascending, '-KEY' "
+              "descending (lr is the configured learning rate).")
 @click.option("--columns", metavar="KEYS", help="Comma-separated columns to show (hyperparameters, metrics, run "
               "columns), e.g. arch,d_sae,k,lr,nmse,val/nmse.")
 @click.option("--limit", type=int, metavar="N", help="Show at most N runs.")
@@ -57,7 +58,7 @@ def list_(obj: CliContext, dataset: str | None, sweep: str | None, statuses: tup
         return
     leading = [w.split("<")[0].split(">")[0].split("=")[0].split("!")[0].strip() for w in where]
     if sort:
-        leading.insert(0, sort.lstrip("-"))
+        leading.insert(0, sort.lstrip("+-"))
     param_cols = [k for k in dict.fromkeys(leading) if k in PARAMS]
     keys = sorted({k for r in rows for k in r.summary})
     metric_cols = [k for k in dict.fromkeys(leading) if k in keys and k not in PARAMS] + \

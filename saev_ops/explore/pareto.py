@@ -1,4 +1,5 @@
-"""Pareto frontiers of runs over two keys (lower is better on both, e.g. L0 against NMSE), and their plot.
+"""Pareto frontiers of runs over two keys, each in its own direction (:mod:`saev_ops.directions`: lower L0, lower
+NMSE, higher fidelity), and their plot.
 
 A key is a summary metric (``nmse``, ``val/nmse``, ``fidelity``) or a hyperparameter (``d_sae``, ``lr``), whichever
 :meth:`~saev_ops.registry.RunRow.value` finds. Held-out metrics are the default when the runs have them.
@@ -10,6 +11,7 @@ import pathlib
 from typing import Any
 
 from saev_ops import atomic, errors
+from saev_ops.directions import best_first_descending, describe
 from saev_ops.registry import Registry, RunQuery, RunRow
 
 Point = tuple[float, float, int]
@@ -20,8 +22,11 @@ def _number(v: Any) -> float | None:
 
 
 def frontier(rows: list[RunRow], x: str, y: str) -> tuple[list[Point], list[Point]]:
-    """(all points, frontier points) as (x, y, run id); a point is on the frontier if no other is <= on both and < on
-    one."""
+    """(all points, frontier points) as (x, y, run id); a point is on the frontier if no other is at least as good on
+    both keys and better on one, each key judged in its own direction (a key with none: lower is better). Frontier
+    points are in order of x, best x first."""
+    sx = -1.0 if best_first_descending(x) else 1.0
+    sy = -1.0 if best_first_descending(y) else 1.0
     pts = []
     for r in rows:
         value = getattr(r, "value", None)
@@ -32,10 +37,10 @@ def frontier(rows: list[RunRow], x: str, y: str) -> tuple[list[Point], list[Poin
     pts.sort()
     front = []
     best = float("inf")
-    for px, py, rid in pts:
-        if py < best:
+    for px, py, rid in sorted(pts, key=lambda p: (sx * p[0], sy * p[1])):
+        if sy * py < best:
             front.append((px, py, rid))
-            best = py
+            best = sy * py
     return pts, front
 
 
@@ -103,7 +108,7 @@ def pareto_plot(registry: Registry, sweep: str, x: str | None, y: str | None, ou
         ax.set_xscale("log")
     ax.set_xlabel(f"{x} (log scale)" if log_x else x)
     ax.set_ylabel(y)
-    ax.set_title(f"{sweep}: {y} vs {x} (lower is better on both)")
+    ax.set_title(f"{sweep}: {y} vs {x} ({describe(x, y)})", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0,
               title=f"{colour_key} (runs)")

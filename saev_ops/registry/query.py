@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from saev_ops import errors
+from saev_ops.directions import best_first_descending
 from saev_ops.registry.models import RUN_STATUSES, MetricSummaryModel, RunModel, RunParamsModel
 from saev_ops.registry.params import PARAMS, parse_value
 
@@ -83,7 +84,8 @@ class RunQuery:
     where: tuple[str, ...] = ()
     """Filters such as ``nmse<0.2`` or ``status=completed``; all must hold."""
     sort: str | None = None
-    """A metric or column to sort by; a leading ``-`` sorts descending. Default: run id."""
+    """A metric or column to sort by, best first (``fidelity`` descending, ``nmse`` ascending); ``+``/``-`` before it
+    sorts ascending/descending. Default: run id."""
     limit: int | None = None
     """At most this many rows."""
 
@@ -151,10 +153,13 @@ def parse_timestamp(text: str, key: str, raw: str) -> dt.datetime:
 
 
 def parse_sort(text: str) -> SortKey:
-    descending = text.startswith("-")
-    key = text[1:] if descending else text
+    """``KEY`` sorts best first (a metric's direction, :mod:`saev_ops.directions`: ``nmse`` ascending, ``fidelity``
+    descending; ascending for keys with none), ``+KEY`` ascending, ``-KEY`` descending."""
+    key = text[1:] if text[:1] in "+-" else text
+    descending = text.startswith("-") or (not text.startswith("+") and best_first_descending(key))
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_./-]*", key):
-        raise errors.QueryError(f"bad --sort key {text!r}: expected a metric or column name, '-' prefix for descending")
+        raise errors.QueryError(f"bad --sort key {text!r}: expected a metric or column name (best first), '+' or '-' "
+                                "before it for ascending or descending")
     is_param = key in PARAMS and key not in RUN_COLUMNS
     return SortKey(key, descending, is_metric=key not in RUN_COLUMNS and not is_param, is_param=is_param)
 
