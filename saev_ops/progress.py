@@ -9,6 +9,8 @@ import time
 from typing import Any
 
 INTERVAL_S = 10.0
+MIN_RATE_S = 1.0
+"""A rate over less wall time than this says nothing (16 images in a millisecond are not 16,000 images/s)."""
 
 
 def _duration(seconds: float) -> str:
@@ -29,16 +31,18 @@ class Progress:
         rate_unit / rate_per_item: also show a rate in another unit (e.g. patches/s = steps/s x batch size).
         start: where the count starts (a resumed loop: its step), so the rate counts this process's work only.
         interactive: force the bar (True) or the lines (False); default: whether stderr is a terminal.
+        started: when the work began (``time.monotonic()``), if before this Progress was made; rates are over the wall
+            time since then.
     """
 
     def __init__(self, what: str, total: int, unit: str, logger: logging.Logger, *, rate_unit: str | None = None,
                  rate_per_item: float = 1.0, start: int = 0, interactive: bool | None = None,
-                 interval_s: float = INTERVAL_S) -> None:
+                 interval_s: float = INTERVAL_S, started: float | None = None) -> None:
         self.what, self.total, self.unit, self.log = what, max(1, total), unit, logger
         self.rate_unit, self.rate_per_item = rate_unit or unit, rate_per_item
         self.interval_s = interval_s
-        self.t0 = time.monotonic()
-        self.last_line = self.t0
+        self.t0 = time.monotonic() if started is None else started
+        self.last_line = time.monotonic()
         self.start_done = self.done = start
         self._bar: Any = None
         if sys.stderr.isatty() if interactive is None else interactive:
@@ -58,17 +62,21 @@ class Progress:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def rate(self) -> float:
-        """Items per second since this Progress was made."""
-        return (self.done - self.start_done) / max(time.monotonic() - self.t0, 1e-9)
+    def rate(self) -> float | None:
+        """Items per second of wall time since the work began; None until :data:`MIN_RATE_S` have passed."""
+        elapsed = time.monotonic() - self.t0
+        return None if elapsed < MIN_RATE_S else (self.done - self.start_done) / elapsed
 
     def line(self, detail: str = "") -> str:
         rate = self.rate()
-        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         pct = 100.0 * self.done / self.total
-        text = (f"{self.what}: {self.done}/{self.total} {self.unit} ({pct:.0f}%), "
-                f"{rate * self.rate_per_item:,.0f} {self.rate_unit}/s, ETA "
-                f"{_duration(eta) if eta == eta else '?'}")
+        text = f"{self.what}: {self.done}/{self.total} {self.unit} ({pct:.0f}%), "
+        if rate is None:
+            text += f"in {_duration(time.monotonic() - self.t0)} (too short for a rate)"
+        else:
+            eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+            text += (f"{rate * self.rate_per_item:,.0f} {self.rate_unit}/s, ETA "
+                     f"{_duration(eta) if eta == eta else '?'}")
         return f"{text} | {detail}" if detail else text
 
     def update(self, done: int, detail: str = "") -> None:

@@ -567,10 +567,11 @@ def print_progress(name: str = "recording") -> Callable[[int, int, Timings], Non
     from saev_ops.progress import Progress
 
     state: dict[str, Progress] = {}
+    started = time.monotonic()  # the first call comes after the first batch: rates count from here
 
     def show(done: int, total: int, t: Timings) -> None:
         if "bar" not in state:
-            state["bar"] = Progress(name, total, "images", log)
+            state["bar"] = Progress(name, total, "images", log, started=started)
         bar = state["bar"]
         bar.update(done, f"decode {t.decode_s:.1f}s, model {t.model_s:.1f}s, write {t.write_s:.1f}s")
         if done >= total:
