@@ -7,6 +7,8 @@ code 1; ``--debug`` shows the traceback instead.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from typing import Any
 
@@ -24,6 +26,11 @@ class _Group(click.Group):
 
         try:
             return super().invoke(ctx)
+        except OSError as exc:  # a closed pipe (`| head`): click would exit 1 with nothing said
+            if exc.errno != errno.EPIPE:
+                raise
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush into the pipe
+            raise click.exceptions.Exit(0) from None
         except SaevOpsError as exc:
             obj = ctx.find_object(CliContext)
             if obj is not None and obj.debug:
@@ -72,13 +79,13 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point. Click runs non-standalone so a closed pipe can end quietly with status 0 (click's
-    own handling exits 1 with nothing on stderr, which breaks `saev-ops runs show 6 | head` under pipefail)."""
-    import errno
-    import os
-
+    """Console-script entry point. A closed pipe ends quietly with status 0 (click's own handling exits 1 with nothing
+    on stderr, which breaks `saev-ops runs show 6 | head` under pipefail): commands' EPIPE is caught in the group's
+    invoke, before click's, and what reaches here (click writing help or usage) below."""
     try:
-        cli.main(args=argv, prog_name="saev-ops", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="saev-ops", standalone_mode=False)
+        if type(code) is int and code:  # click.exceptions.Exit(n) from a command; a command returns None
+            sys.exit(code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
