@@ -59,7 +59,12 @@ def test_expansion_and_precedence(tmp_path: pathlib.Path) -> None:
     "text, message",
     [
         ("name: s\ndataset: d\ntrain:\n  batch_sise: 3\nbase: {kk: 3}\n",
-         r"grid.yaml:4: train.batch_sise: Extra inputs.*\n.*grid.yaml:5: base.kk: unknown run key"),
+         r"grid.yaml:4: train.batch_sise: unknown key \(did you mean 'batch_size'\?\); valid: batch_size, buffer_mb"
+         r".*\n.*grid.yaml:5: base.kk: unknown key; valid: apply_b_dec_to_input, arch"),
+        ("name: s\ndataset: d\nexecuter: local\nresources: {gpu: 1}\n",
+         r"grid.yaml:3: executer: unknown key \(did you mean 'executor'\?\); valid: base, dataset, executor, grid, "
+         r"name, resources, runs, runs_root, train, val_dataset, zip\n.*grid.yaml:4: resources.gpu: unknown key "
+         r"\(did you mean 'gpus'\?\); valid: account"),
         ("name: s\ndataset: d\nresources:\n  gpus: -1\n", r"grid.yaml:4: resources.gpus: .*greater than or equal to 0"),
         ("name: s\ndataset: d\nbase: {d_sae: 64}\ngrid: {k: [4, 8000]}\n", r"grid.yaml:4: grid\.k: must be in 1\.\.d_sae \(64\), got 8000"),
         ("name: s\ndataset: d\nzip: {k: [1, 2], lr: [0.1]}\n", r"grid.yaml:3: zip: lists must have the same length"),

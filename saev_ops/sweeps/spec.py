@@ -209,7 +209,7 @@ def parse_sweep(text: str, source: str = "grid.yaml", *, max_runs: int = MAX_RUN
         for k in keys:
             if k not in RUN_KEYS:
                 line = _line_of(root, (*loc, k))
-                why = LEGACY_KEYS.get(k, f"unknown run key; valid: {', '.join(sorted(RUN_KEYS))}")
+                why = LEGACY_KEYS.get(k, unknown_key(k, RUN_KEYS))
                 problems.append(f"{source}{f':{line}' if line else ''}: {section}.{k}: {why}")
 
     for section in ("base", "grid", "zip"):  # run keys are checked even when other parts are invalid
@@ -239,6 +239,27 @@ def _where(source: str, root: yaml.Node | None, loc: tuple[Any, ...] | None, key
     return f"{source}{f':{line}' if line else ''}: {'.'.join(str(x) for x in loc) if loc else key}"
 
 
+def unknown_key(key: Any, valid: Any) -> str:
+    """The one message for a key the file may not have: the valid keys, and the closest one when it is close."""
+    import difflib
+
+    names = sorted(str(v) for v in valid)
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.75)
+    return f"unknown key{f' (did you mean {close[0]!r}?)' if close else ''}; valid: {', '.join(names)}"
+
+
+def _fields_at(loc: tuple[Any, ...]) -> list[str]:
+    """The keys the schema allows in the section at ``loc`` (the top level, ``train``, ``resources``)."""
+    model: Any = SweepModel
+    for part in loc:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and hasattr(model, "model_fields")):
+            return []
+    fields = list(model.model_fields)
+    return fields + (["val_dataset"] if model is SweepModel else [])
+
+
 def _schema(data: dict[str, Any], root: yaml.Node | None, source: str) -> tuple[SweepModel | None, list[str]]:
     """The file against the schema: the model, or every problem with its key and line."""
     try:
@@ -249,7 +270,11 @@ def _schema(data: dict[str, Any], root: yaml.Node | None, source: str) -> tuple[
             hint = ""
             if isinstance(e.get("input"), bool) and e["type"] == "string_type":
                 hint = " (YAML reads off/on/yes/no/true/false as booleans: quote it)"
-            out.append(f"{_where(source, root, tuple(e['loc']), '')}: {e['msg']}{hint}")
+            loc = tuple(e["loc"])
+            message = e["msg"]
+            if e["type"] == "extra_forbidden" and loc:
+                message = unknown_key(loc[-1], _fields_at(loc[:-1]))
+            out.append(f"{_where(source, root, loc, '')}: {message}{hint}")
         return None, out
 
 
