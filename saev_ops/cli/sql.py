@@ -22,8 +22,10 @@ DEFAULT_MAX_ROWS = 10_000
 @format_option
 @pass_ctx
 def group(obj: CliContext, statement: str, max_rows: int, timeout_s: float, max_bytes: int, **kw: str) -> None:
-    """Run one read-only SQL query (SELECT, WITH, VALUES, TABLE). Views: run_table (one row per run with summary
-    metrics as columns), metric_history (one row per metric point), inference_lineage. Writes, files, programs,
+    """Run one read-only SQL query (SELECT, WITH, VALUES, TABLE). Views: run_table (one row per run with its
+    hyperparameters and summary metrics as columns), output_table (one row per inference output with its metrics),
+    metric_history (one row per metric point), inference_lineage. Column names spell the CLI's metric keys with '_'
+    for '/': val/nmse is val_nmse (docs/schema.md). Writes, files, programs,
     settings, volatile functions and other sessions are refused (on PostgreSQL the query runs as this registry's own
     reader role, saev_ops_reader_<registry id>)."""
     from saev_ops.registry.sql import run_read_only
