@@ -226,6 +226,17 @@ def test_runs_by_their_hyperparameters(registry: Registry) -> None:
         registry.list_runs(RunQuery(where=("d_sae>=big",)))
 
 
+def test_lr_is_the_configured_rate_and_lr_final_the_last_steps(registry: Registry) -> None:
+    """`runs list` showed the last step's scheduled lr (4.2e-07) in its `lr` column while `--sort lr` and
+    `--columns lr` used the configured one: one name, one meaning."""
+    ids = _sweep_of_configs(registry)
+    registry.log_metrics(ids[0], [("lr", 500, 4.2e-7)])
+    row = registry.list_runs(RunQuery(dataset="hp", where=("lr_final<1e-6",)))[0]
+    assert row.run.id == ids[0] and "lr" not in row.summary
+    assert row.summary["lr_final"] == pytest.approx(4.2e-7) and row.value("lr") == row.params["lr"] != 4.2e-7
+    assert [r.run.id for r in registry.list_runs(RunQuery(dataset="hp", sort="lr_final"))][0] == ids[0]
+
+
 def test_run_table_carries_hyperparameters_as_typed_columns(registry: Registry) -> None:
     """Plain SQL over the view: no JSON functions, the same query and answer on both backends."""
     import sqlalchemy as sa

@@ -90,6 +90,17 @@ class RunQuery:
     """At most this many rows."""
 
 
+# A metric logged under a hyperparameter's name (the trainer's scheduled learning rate, ``lr``) is shown and queried
+# under another, so each name means one thing: ``lr`` is the configured learning rate, ``lr_final`` the last step's.
+SHOWN_AS = {"lr": "lr_final"}
+_STORED_AS = {shown: stored for stored, shown in SHOWN_AS.items()}
+
+
+def stored_key(name: str) -> str:
+    """The key a summary metric is stored under, from the name it is shown and queried by."""
+    return _STORED_AS.get(name, name)
+
+
 def parse_condition(text: str) -> Condition:
     m = _WHERE_RE.match(text)
     if m is None:
@@ -182,7 +193,7 @@ def build_run_select(
         if key in joins:
             return joins[key]
         alias = sa.orm.aliased(MetricSummaryModel, name=f"ms{len(joins)}")
-        on = sa.and_(alias.run_id == RunModel.id, alias.key == key)
+        on = sa.and_(alias.run_id == RunModel.id, alias.key == stored_key(key))
         stmt = stmt.outerjoin(alias, on) if outer else stmt.join(alias, on)
         joins[key] = alias
         return alias

@@ -545,11 +545,13 @@ class Registry:
 
     @staticmethod
     def _check_metric_key(s: Session, key: str) -> None:
-        hit = s.scalar(sa.select(models.MetricSummaryModel.run_id).where(models.MetricSummaryModel.key == key).limit(1))
+        stored = query.stored_key(key)
+        hit = s.scalar(sa.select(models.MetricSummaryModel.run_id).where(models.MetricSummaryModel.key == stored)
+                       .limit(1))
         if hit is None:
             summary_key = models.MetricSummaryModel.key
             known = s.scalars(sa.select(summary_key).distinct().order_by(summary_key))
-            names = ", ".join(list(known)[:30]) or "none yet"
+            names = ", ".join(query.SHOWN_AS.get(k, k) for k in list(known)[:30]) or "none yet"
             cols = ", ".join(query.RUN_COLUMNS)
             raise errors.QueryError(f"no run has a metric named {key!r}. Metrics: {names}. Columns: {cols}")
 
@@ -566,7 +568,7 @@ class Registry:
                     models.MetricSummaryModel.run_id, models.MetricSummaryModel.key, models.MetricSummaryModel.value
                 ).where(models.MetricSummaryModel.run_id.in_(chunk))
             ):
-                summaries[run_id][key] = value
+                summaries[run_id][query.SHOWN_AS.get(key, key)] = value
             stmt = (
                 sa.select(models.RunModel, models.DatasetModel.name, models.SweepModel.name)
                 .join(models.DatasetModel, models.DatasetModel.id == models.RunModel.dataset_id)
