@@ -319,9 +319,10 @@ def test_loader_groups_larger_than_a_slurm_jobs_memory_are_reported_at_submit(
     room = Room(int((2.1 - HOST_OVERHEAD_GB) * 2**30), "resources.mem_gb=2.1 less ~2 for Python and torch")
     expected = loader.sizing.fit_warning(0.2, room)
     assert expected is not None and warnings == (
-        f"tokens={tokens}: {expected}; or resources.mem_gb=2.2 or more (where the cluster counts page cache in a "
+        f"tokens={tokens}: {expected}, or resources.mem_gb=2.2 or more (where the cluster counts page cache in a "
         "job's memory)",)
     assert "no buffer_mb fits: the loader's own buffers alone take" in expected  # 2 x 17 MB chunks, 14 batches
+    assert len(warnings[0].splitlines()) == 2  # what, and the value that fits
     # enough memory, or not Slurm (a local job's loader checks the machine itself): nothing to say
     assert (loader.sizing.groups_bytes + loader.sizing.own_bytes) / 0.75 / 2**30 + 2 <= 2.2
     assert submit_sweep(reg, parse_sweep(text.replace("mem_gb: 2.1", "mem_gb: 2.2")), url, dry_run=True).warnings == ()
@@ -423,3 +424,18 @@ def test_non_finite_and_meaningless_values_are_refused_with_key_and_line(key: st
     text = f"name: s\ndataset: tiny\nbase: {{arch: relu, d_sae: 64}}\ngrid:\n  {key}: [{value}]\n"
     with pytest.raises(errors.ConfigError, match=f"grid.yaml:5: grid.{key}: {message.split(': ', 1)[1]}"):
         parse_sweep(text)
+
+
+def test_the_example_grid_fits_its_slurm_jobs_memory(tmp_path: pathlib.Path) -> None:
+    """`examples/grid.yaml --executor slurm --dry-run` printed a 600-character memory warning ("0.00 GB") on the
+    quickstart's dataset: 64 images of builtin:small (CLS, 2 registers, 64 patches, d_model 128), layers 3 and 5."""
+    import dataclasses
+
+    from saev_ops.sweeps.submit import page_cache_warnings
+
+    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    quickstart = make_dataset(reg, "quickstart", d_model=128, layers=[3, 5], tokens_per_example=65, n_examples=64,
+                              extra={"token_layout": {"n_cls": 1, "n_registers": 0, "n_patches": 64}})
+    root = pathlib.Path(__file__).resolve().parents[1]
+    spec = dataclasses.replace(parse_sweep((root / "examples" / "grid.yaml").read_text()), executor="slurm")
+    assert page_cache_warnings(spec, quickstart, list(spec.configs)) == ()

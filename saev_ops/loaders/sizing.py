@@ -49,19 +49,24 @@ class Sizing:
     own_bytes: int
     """The loader's own buffers: batches and warming chunks."""
 
-    def fit_warning(self, buffer_mb: float, room: Room) -> str | None:
-        """None when the groups in flight and the loader's buffers fit in ``ROOM_SHARE`` of ``room``; else what
-        happens and a ``buffer_mb`` that fits."""
+    def fit_problem(self, buffer_mb: float, room: Room) -> tuple[str, str] | None:
+        """None when the groups in flight and the loader's buffers fit in ``ROOM_SHARE`` of ``room``; else (what
+        happens, a ``buffer_mb`` that fits)."""
         needed = self.groups_bytes + self.own_bytes
         if needed <= ROOM_SHARE * room.bytes:
             return None
         fit_mb = (ROOM_SHARE * room.bytes - self.own_bytes) / self.three_groups_bytes * buffer_mb
         fix = (f"buffer_mb={_floor_digits(fit_mb)} or less fits" if fit_mb > 0 else
                f"no buffer_mb fits: the loader's own buffers alone take {self.own_bytes / 1e9:.2f} GB")
-        return (f"buffer_mb={buffer_mb:g}: the groups in flight and the loader's buffers take {needed / 1e9:.2f} GB, "
-                f"more than {100 * ROOM_SHARE:.0f}% of the page cache this process can count on "
-                f"({room.bytes / 1e9:.2f} GB: {room.source}), so the kernel evicts warmed groups before their batches "
-                f"are cut and they come back one fault at a time (the same batches, several times slower); {fix}")
+        what = (f"buffer_mb={buffer_mb:g} needs {needed / 1e9:.2f} GB of page cache, more than "
+                f"{100 * ROOM_SHARE:.0f}% of the {room.bytes / 1e9:.2f} GB this process can count on ({room.source}): "
+                "warmed groups are evicted before their batches are cut (the same batches, several times slower)")
+        return what, fix
+
+    def fit_warning(self, buffer_mb: float, room: Room) -> str | None:
+        """:meth:`fit_problem` as two lines: what happens, and the value that fits."""
+        problem = self.fit_problem(buffer_mb, room)
+        return None if problem is None else f"{problem[0]}\n  {problem[1]}"
 
 
 def _floor_digits(x: float, digits: int = 4) -> str:

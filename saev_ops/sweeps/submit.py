@@ -256,11 +256,12 @@ def page_cache_warnings(spec: SweepSpec, dataset: Any, configs: list[dict[str, A
             d_model=dataset.d_model, row_bytes=row_bytes, read_bytes=dataset.tokens_per_example * row_bytes,
             buffer_mb=settings.buffer_mb, read_mb=sizing.READ_MB, batch_size=settings.batch_size,
             n_threads=sizing.default_threads(res.cpus))
-        warning = size.fit_warning(settings.buffer_mb, room)
-        if warning:
+        problem = size.fit_problem(settings.buffer_mb, room)
+        if problem:
             need_gb = (size.groups_bytes + size.own_bytes) / sizing.ROOM_SHARE / 2**30 + HOST_OVERHEAD_GB
-            out.append(f"tokens={tokens}: {warning}; or resources.mem_gb={math.ceil(need_gb * 10) / 10:g} or more "
-                       "(where the cluster counts page cache in a job's memory)")
+            out.append(f"tokens={tokens}: {problem[0]}\n  {problem[1]}, or resources.mem_gb="
+                       f"{math.ceil(need_gb * 10) / 10:g} or more (where the cluster counts page cache in a job's "
+                       "memory)")
     return tuple(out)
 
 
