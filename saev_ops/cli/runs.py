@@ -170,12 +170,29 @@ def compare(obj: CliContext, run_ids: tuple[int, ...], threshold: float, **kw: s
     """Dictionary similarity of SAEs of one layer, pair by pair: mean best-match cosine between decoder atoms (A to B
     and B to A) and a one-to-one (Hungarian) matching's mean cosine and share of pairs above --threshold. Seed
     stability, or whether two SAEs learned the same dictionary."""
-    from saev_ops.sae.compare import compare_runs
+    from saev_ops.sae.compare import SHARED_INIT, compare_runs
 
-    rows = [(a, b, s.best_match_ab, s.best_match_ba, s.matched, s.matched_above)
-            for a, b, s in compare_runs(obj.registry, run_ids, threshold=threshold)]
-    click.echo(fmt.render(("run_a", "run_b", "best_match_ab", "best_match_ba", "matched", f"matched>{threshold:g}"),
-                          rows, kw["fmt"]))
+    def pct(share: float | None) -> str | None:
+        return None if share is None else f"{100 * share:.1f}%"
+
+    found = compare_runs(obj.registry, run_ids, threshold=threshold)
+    rows = []
+    for c in found:
+        t, i = c.trained, c.initial
+        rows.append((c.run_a, c.run_b, t.best_match_ab, i.best_match_ab if i else None, t.best_match_ba,
+                     i.best_match_ba if i else None, t.matched, i.matched if i else None, pct(t.matched_above),
+                     pct(i.matched_above if i else None)))
+    click.echo(fmt.render(("run_a", "run_b", "best_match_ab", "init_ab", "best_match_ba", "init_ba", "matched",
+                           "init_matched", f"matched>{threshold:g}", f"init>{threshold:g}"), rows, kw["fmt"]))
+    click.echo("init_*: the same figure for the runs' initial decoders (rebuilt from seed and config; empty where "
+               "that needs the data or the run was imported)", err=True)
+    for c in found:
+        if c.shared_init:
+            assert c.initial is not None  # shared_init says so
+            click.echo(f"warning: runs {c.run_a} and {c.run_b} started from nearly the same decoder (best match "
+                       f"{min(c.initial.best_match_ab, c.initial.best_match_ba):.3f} > {SHARED_INIT} at init): their "
+                       "figures mostly measure that; train them with different seeds to compare what they learned",
+                       err=True)
 
 
 def _slurm_job(r: Any) -> str | None:

@@ -5,6 +5,10 @@ directions):
 - ``matched``: mean cosine of a one-to-one matching of atoms that maximises the total (the Hungarian algorithm,
   ``scipy.optimize.linear_sum_assignment``), and ``matched_above``: the fraction of matched pairs above
   ``threshold``. Skipped (None) past ``max_matching`` atoms, where its cubic cost would dominate.
+
+Runs of one sweep often start from nearly the same decoder (the same seed draws the same first atoms whatever the
+width), and briefly trained SAEs stay close to where they started, so :func:`compare_runs` also gives each figure for
+the runs' initial decoders (rebuilt from their seed and config) and says when two runs shared an initialisation.
 """
 
 from __future__ import annotations
@@ -57,8 +61,38 @@ def dictionary_similarity(a: Any, b: Any, *, threshold: float = 0.9, max_matchin
                       np.stack([rows, cols], axis=1))
 
 
-def compare_runs(reg: Any, run_ids: tuple[int, ...], *,
-                 threshold: float = 0.9) -> list[tuple[int, int, Similarity]]:
+SHARED_INIT = 0.5
+"""Initial decoders whose mean best-match cosine passes this started from (nearly) the same dictionary: random atoms
+of independent draws are almost orthogonal in any useful width."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    run_a: int
+    run_b: int
+    trained: Similarity
+    initial: Similarity | None
+    """The same figures for the runs' initial decoders; None when one cannot be rebuilt (a data-initialised run, an
+    imported SAE)."""
+
+    @property
+    def shared_init(self) -> bool:
+        return self.initial is not None and min(self.initial.best_match_ab, self.initial.best_match_ba) > SHARED_INIT
+
+
+def initial_sae(config: dict[str, Any], d_model: int) -> Any:
+    """The SAE a run of ``config`` started from (its seed and SAE config), or None where that needs its data
+    (``data_init_blend`` > 0) or the run was not trained here (no seed or train settings)."""
+    from saev_ops.sae import build_sae
+    from saev_ops.sae.config import SAEConfig
+
+    train = config.get("train")
+    if not isinstance(train, dict) or "seed" not in config or float(train.get("data_init_blend", 0.0) or 0.0) > 0:
+        return None
+    return build_sae(SAEConfig.from_dict({**config["sae"], "d_model": d_model}), seed=int(config["seed"]))
+
+
+def compare_runs(reg: Any, run_ids: tuple[int, ...], *, threshold: float = 0.9) -> list[Comparison]:
     """Every pair of the runs' SAEs, which must read the same layer of activations of one kind (same model,
     preprocessing and token layout; :func:`saev_ops.infer.provenance.mismatches`)."""
     import itertools
@@ -86,5 +120,12 @@ def compare_runs(reg: Any, run_ids: tuple[int, ...], *,
         if found:
             raise errors.ConfigError(f"runs {first.id} and {run.id} were trained on different activations: "
                                      + "; ".join(found))
-    return [(a, b, dictionary_similarity(saes[a], saes[b], threshold=threshold))
-            for a, b in itertools.combinations(run_ids, 2)]
+    by_id = {r.id: r for r in runs}
+    starts = {i: initial_sae(by_id[i].config, saes[i].W_dec.shape[1]) for i in run_ids}
+    out = []
+    for a, b in itertools.combinations(run_ids, 2):
+        initial = None
+        if starts[a] is not None and starts[b] is not None:
+            initial = dictionary_similarity(starts[a], starts[b], threshold=threshold)
+        out.append(Comparison(a, b, dictionary_similarity(saes[a], saes[b], threshold=threshold), initial))
+    return out
