@@ -123,7 +123,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, pathlib.Pat
     return url, tmp
 
 
-def test_identity_scores_one_and_mean_ablation_zero(recorded) -> None:  # noqa: ANN001
+def test_identity_scores_one_and_mean_ablation_zero(recorded, caplog) -> None:  # noqa: ANN001
     url, tmp = recorded
     reg = Registry(url)
     ds = reg.get_dataset("d")
@@ -144,6 +144,8 @@ def test_identity_scores_one_and_mean_ablation_zero(recorded) -> None:  # noqa: 
     # generated images carry 3 classes: a probe on the clean representation, and the identity keeps its accuracy
     assert results[ident].probe_clean is not None and results[ident].probe_spliced == results[ident].probe_clean
     assert all(e.n_images == 12 for e in results.values())
+    # 16 images gave all ten SAEs the same probe accuracy (0.875): 6 held-out images move it in steps of 16.7%
+    assert "the probe is scored on 6 held-out images: its accuracy moves in steps of 16.7%" in caplog.text
     rows = {r.run.id: r for r in reg.list_runs(RunQuery(dataset="d", where=("fidelity>0.999",)))}
     assert set(rows) == {ident} and rows[ident].summary["fidelity"] == pytest.approx(1.0, abs=1e-6)
     res = CliRunner().invoke(cli, ["--db", url, "eval", str(ident), "--dataset", "d", "--n-images", "6",
@@ -151,11 +153,25 @@ def test_identity_scores_one_and_mean_ablation_zero(recorded) -> None:  # noqa: 
     assert res.exit_code == 0, res.output
     (row,) = json.loads(res.stdout)
     assert row["run"] == ident and row["images"] == 6 and row["fidelity"] == pytest.approx(1.0, abs=1e-6)
+    # a figure that cannot be computed says why, here and in `runs show` (it was a blank cell)
+    assert row["kl"] == "(no classification head)"
     assert len(reg.list_evaluations(run_id=ident)) == 1  # re-evaluated on the same dataset: replaced
     res = CliRunner().invoke(cli, ["--db", url, "runs", "show", str(ident)])
     assert "evaluations (the SAE spliced into its model)" in res.output and "fidelity 1" in res.output
+    assert "kl (no classification head)" in res.output
     lines = lineage_lines(reg, f"run:{ident}")
     assert "eval on d (builtin:small@1, 6 images): fidelity 1" in lines[-1]
+
+
+def test_a_missing_probe_says_why() -> None:
+    from saev_ops.downstream import run as downstream
+
+    clean = torch.randn(1, 16, 8)  # (token, image, width): the probe reads one representation per image
+    labels = [(i // 2) % 2 for i in range(16)]  # both classes among the even (fitting) images
+    (acc, _), why = downstream._probe(clean[0], labels)
+    assert why is None and 0 <= acc <= 1
+    assert downstream._probe(clean[0], [None] * 16) == (None, "images without class labels")
+    assert downstream._probe(clean[0], [1] * 16) == (None, "one class")
 
 
 def test_eval_refuses_runs_without_weights_and_changed_models(recorded) -> None:  # noqa: ANN001

@@ -95,7 +95,8 @@ def show(obj: CliContext, run_id: int, **kw: str) -> None:
             },
             "evaluations": [{"dataset_id": e.dataset_id, "kind": e.kind, "n_images": e.n_images,
                              "fidelity": e.fidelity, "kl": e.kl, "probe_clean": e.probe_clean,
-                             "probe_spliced": e.probe_spliced} for e in d.evaluations],
+                             "probe_spliced": e.probe_spliced, "missing": e.extra.get("missing") or {}}
+                            for e in d.evaluations],
         }
         click.echo(json.dumps(payload, indent=2, default=fmt.jsonable))
         return
@@ -121,8 +122,11 @@ def show(obj: CliContext, run_id: int, **kw: str) -> None:
     if d.evaluations:
         click.echo("\nevaluations (the SAE spliced into its model):")
         for e in d.evaluations:
+            why = e.extra.get("missing") or {}
             click.echo(f"  dataset {e.dataset_id}, {e.n_images} images: " + fmt.metrics_line(
-                {"fidelity": e.fidelity, "kl": e.kl, "probe_clean": e.probe_clean, "probe_spliced": e.probe_spliced}))
+                {"fidelity": fmt.or_why(e.fidelity, why, "fidelity"), "kl": fmt.or_why(e.kl, why, "kl"),
+                 "probe_clean": fmt.or_why(e.probe_clean, why, "probe"),
+                 "probe_spliced": fmt.or_why(e.probe_spliced, why, "probe")}))
     if r.error:
         click.echo("\nerror:")
         click.echo("  " + r.error.rstrip().replace("\n", "\n  "))

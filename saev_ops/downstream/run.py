@@ -201,16 +201,27 @@ def run_eval(spec: EvalSpec) -> list[EvaluationRecord]:
         positions = model_positions(stored, adapter.layout, tokens)
         edits = [_identity, _constant(mean[layer])] + [_sae_edit(sae, sc) for _, sae, sc in members]
         embeds, logits = _forward_all(model, adapter, entries, layer, positions, edits, spec)
-        probe = _probe(embeds[0], labels)
+        probe, probe_why = _probe(embeds[0], labels)
+        if probe is not None and len(labels) // 2 < MIN_PROBE_TEST:
+            log.warning("the probe is scored on %d held-out images: its accuracy moves in steps of %.1f%%, too coarse "
+                        "to tell SAEs apart (--n-images %d or more)", len(labels) // 2, 100 / (len(labels) // 2),
+                        2 * MIN_PROBE_TEST)
         for j, (run, _sae, _scale) in enumerate(members):
             lg = (logits[0], logits[1], logits[2 + j]) if logits is not None else None
             sc, ref = scores(embeds[0], embeds[1], embeds[2 + j], lg, probe and probe[1])
+            missing = {}
             if sc.fidelity is None:
+                missing["fidelity"] = "undefined: ablation changes nothing here"
                 log.warning("run %d: ablating %s at layer %d does not change the final representation (patch tokens "
                             "of the last block never reach its CLS token): fidelity is undefined", run.id, tokens,
                             layer)
+            if sc.kl is None:
+                missing["kl"] = "no classification head"
+            if probe_why is not None:
+                missing["probe"] = probe_why
             extra = {"layer": layer, "tokens": tokens, "model": adapter.resolved(), "examples": len(ids),
-                     **ref, "d_spliced": sc.d_spliced, **({"probe_clean": probe[0]} if probe else {})}
+                     **ref, "d_spliced": sc.d_spliced, **({"probe_clean": probe[0]} if probe else {}),
+                     **({"missing": missing} if missing else {})}
             results.append((run, sc, extra))
     reader.close()
     out = []
@@ -247,18 +258,20 @@ def _forward_all(model: Any, adapter: Any, entries: list[Any], layer: int, posit
     return torch.cat(embeds, 1), (torch.cat(logits, 1) if logits else None)
 
 
-def _probe(clean: Any, labels: list[int | None]) -> tuple[float, Any] | None:
-    """A probe fitted on the even-numbered images' clean representations, scored on the odd-numbered ones: (clean
-    accuracy, score(representations) -> accuracy), or None without at least two classes among labelled images."""
+def _probe(clean: Any, labels: list[int | None]) -> tuple[tuple[float, Any] | None, str | None]:
+    """A probe fitted on the even-numbered images' clean representations, scored on the odd-numbered ones: ((clean
+    accuracy, score(representations) -> accuracy), None), or (None, why there is none)."""
     import torch
 
-    if any(v is None for v in labels) or len(labels) < 4:
-        return None
+    if any(v is None for v in labels):
+        return None, "images without class labels"
+    if len(labels) < 4:
+        return None, "fewer than 4 images"
     y = torch.tensor(labels, dtype=torch.long)
     train, test = torch.arange(0, len(y), 2), torch.arange(1, len(y), 2)
     classes = torch.unique(y[train])
     if len(classes) < 2:
-        return None
+        return None, "one class"
     remap = {int(c): i for i, c in enumerate(classes)}
     y_train = torch.tensor([remap[int(v)] for v in y[train]])
     predict = fit_probe(clean[train], y_train, len(classes))
@@ -267,7 +280,11 @@ def _probe(clean: Any, labels: list[int | None]) -> tuple[float, Any] | None:
     def score(rep: Any) -> float:
         return float((predict(rep[test]) == y_test).double().mean())
 
-    return score(clean), score
+    return (score(clean), score), None
+
+
+MIN_PROBE_TEST = 64
+"""Below this many held-out images a probe's accuracy is too coarse to rank SAEs (a warning says so)."""
 
 
 def _final_step(run: RunRecord) -> int:
