@@ -40,13 +40,40 @@ def test_runs_list_filters_sort_and_formats(seeded: str) -> None:
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)
     assert [r["id"] for r in rows] == [3, 4, 5]
-    assert rows[0]["nmse"] == pytest.approx(0.4) and rows[0]["sweep"] == "sweep-a"
+    assert rows[0]["nmse"] == pytest.approx(0.4) and "sweep" not in rows[0]  # one sweep: no column for it
     res = invoke(seeded, "runs", "list", "--sort", "nmse", "--limit", "2", "--format", "csv")
     lines = res.output.strip().splitlines()
-    assert lines[0].startswith("id,sweep,dataset,status,attempts,host,nmse") and len(lines) == 3
+    assert lines[0] == "id,status,arch,d_sae,k/coeff,lr,nmse,l0" and len(lines) == 3
     assert lines[1].startswith("6,")
+    res = invoke(seeded, "runs", "list", "--sort", "nmse", "--limit", "2", "--columns", "all", "--format", "csv")
+    assert res.output.startswith("id,sweep,dataset,status,attempts,host,nmse")
     res = invoke(seeded, "runs", "list", "--status", "failed")
-    assert "failed" in res.output and "node7" in res.output and len(res.output.strip().splitlines()) == 3
+    assert "failed" in res.output and len(res.output.strip().splitlines()) == 3
+    assert "node7" in invoke(seeded, "runs", "list", "--status", "failed", "--columns", "all").output
+
+
+def test_runs_list_fits_120_columns_with_the_sweeps_hyperparameters(tmp_path) -> None:  # noqa: ANN001
+    """The quickstart's first command printed ~330 characters (27 columns) and no hyperparameters."""
+    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    make_dataset(reg, name="d")
+    reg.get_or_create_sweep("s")
+    metrics = ("loss", "mse", "nmse", "explained_variance", "l0", "dead_frac", "dense_frac", "lr", "grad_norm", "auxk")
+    for i, arch in enumerate(["topk", "relu", "jumprelu", "topk"]):
+        sae = {"arch": arch, "d_model": 768, "d_sae": 512 * (i + 1), "k": 16, "l1_coeff": 5e-4, "l0_coeff": 0.3}
+        config = {"sae": sae, "lr": 1e-3 * (1 + i % 2), "seed": 0, "layer": 3, "tokens": "patches",
+                  "train": {"batch_size": 1024, "n_tokens": 100_000}}
+        (run, _), = reg.add_runs("d", [config], sweep="s")
+        reg.log_metrics(run.id, [(k, 97, 0.123456789 + i) for k in metrics]
+                        + [(f"val/{k}", 97, 0.2 + i) for k in ("nmse", "l0", "dead_frac", "cosine")])
+    res = CliRunner().invoke(cli, ["--db", f"sqlite:///{tmp_path / 'r.sqlite'}", "runs", "list", "--sweep", "s"])
+    assert res.exit_code == 0, res.output
+    table = res.stdout.splitlines()
+    assert max(len(line) for line in table) <= 120, "\n".join(table)
+    header = table[0].split()
+    assert header[:6] == ["id", "status", "arch", "d_sae", "k/coeff", "lr"]
+    assert "val/nmse" in header and "val/l0" in header and "lr_final" not in header
+    rows = {line.split()[0]: line.split() for line in table[2:]}
+    assert rows["2"][4] == "0.0005" and rows["3"][4] == "0.3" and rows["1"][4] == "16"  # k, or the penalty
 
 
 def test_runs_show_and_metrics(seeded: str) -> None:

@@ -61,6 +61,20 @@ def render(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> s
     return "\n".join(lines)
 
 
+def render_within(columns: Sequence[str], rows: Sequence[Sequence[Any]], width: int) -> tuple[str, list[str]]:
+    """A text table of as many leading columns as fit in ``width`` characters (at least the first); returns the
+    table and the names of the columns left out."""
+    texts = [[cell(v) for v in r] for r in rows]
+    widths = [max([len(c)] + [len(r[i]) for r in texts]) for i, c in enumerate(columns)]
+    keep, used = 0, -2
+    for w in widths:
+        if keep and used + 2 + w > width:
+            break
+        used += 2 + w
+        keep += 1
+    return render(columns[:keep], [r[:keep] for r in rows], "table"), list(columns[keep:])
+
+
 def render_mapping(pairs: Sequence[tuple[str, Any]]) -> str:
     """Key: value lines, keys aligned."""
     width = max((len(k) for k, _ in pairs), default=0)

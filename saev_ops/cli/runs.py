@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import click
@@ -29,7 +30,9 @@ def group() -> None:
               "ascending; fidelity, explained_variance, cosine, probe_acc descending); '+KEY' ascending, '-KEY' "
               "descending (lr is the configured learning rate).")
 @click.option("--columns", metavar="KEYS", help="Comma-separated columns to show (hyperparameters, metrics, run "
-              "columns), e.g. arch,d_sae,k,lr,nmse,val/nmse.")
+              "columns), e.g. arch,d_sae,k,lr,nmse,val/nmse; 'all' for every column. Default: id, status, arch, d_sae, "
+              "k or the penalty, lr, the hyperparameters that vary, (val/)nmse, (val/)l0, fidelity, within 120 "
+              "characters.")
 @click.option("--limit", type=int, metavar="N", help="Show at most N runs.")
 @format_option
 @pass_ctx
@@ -45,30 +48,89 @@ def list_(obj: CliContext, dataset: str | None, sweep: str | None, statuses: tup
     run_cols: dict[str, Any] = {"id": lambda r: r.run.id, "sweep": lambda r: r.sweep, "dataset": lambda r: r.dataset,
                                 "status": lambda r: r.run.status, "attempts": lambda r: r.run.attempts,
                                 "host": lambda r: r.run.host}
+    if columns == "all":
+        _list_all(rows, where, sort, kw["fmt"])
+        return
     if columns:
         chosen = [c.strip() for c in columns.split(",") if c.strip()]
         seen = {k for r in rows for k in r.summary}
         unknown = [c for c in chosen if c not in run_cols and c not in PARAMS and c not in seen]
         if unknown and rows:
             raise click.ClickException(f"--columns: unknown {unknown}; hyperparameters: {', '.join(PARAMS)}; "
-                                       f"metrics: {', '.join(sorted(seen))}; columns: {', '.join(run_cols)}")
+                                       f"metrics: {', '.join(sorted(seen))}; columns: {', '.join(run_cols)}; or all")
         header = ["id", *[c for c in chosen if c != "id"]]
         click.echo(fmt.render(header, [[run_cols[c](r) if c in run_cols else r.value(c) for c in header]
                                        for r in rows], kw["fmt"]))
         return
-    leading = [w.split("<")[0].split(">")[0].split("=")[0].split("!")[0].strip() for w in where]
-    if sort:
-        leading.insert(0, sort.lstrip("+-"))
-    param_cols = [k for k in dict.fromkeys(leading) if k in PARAMS]
+    header, data = _default_table(rows, _leading(where, sort))
+    if kw["fmt"] != "table":
+        click.echo(fmt.render(header, data, kw["fmt"]))
+        return
+    text, dropped = fmt.render_within(header, data, LIST_WIDTH)
+    click.echo(text)
+    if dropped:
+        click.echo(f"({len(dropped)} more column(s): {', '.join(dropped)}; --columns all shows every column, "
+                   "--columns KEYS the ones named)", err=True)
+
+
+LIST_WIDTH = 120
+"""`runs list`'s default table fits this many characters; columns past it are named below the table."""
+
+
+def _leading(where: tuple[str, ...], sort: str | None) -> list[str]:
+    """The keys a listing was filtered or sorted on, shown first."""
+    keys = [re.split(r"[<>=!]", w, maxsplit=1)[0].strip() for w in where]
+    return list(dict.fromkeys(([sort.lstrip("+-")] if sort else []) + keys))
+
+
+def _sparsity(r: Any) -> Any:
+    """What sets a run's sparsity: k for the TopK families, the penalty for ReLU (l1_coeff) and JumpReLU (l0_coeff)."""
+    arch = r.params.get("arch")
+    return r.params.get("l1_coeff") if arch == "relu" else r.params.get("l0_coeff") if arch == "jumprelu" else \
+        r.params.get("k")
+
+
+def _default_table(rows: list[Any], leading: list[str]) -> tuple[list[str], list[list[Any]]]:
+    """id, status, what the SAE is (arch, d_sae, k or its penalty, lr), the hyperparameters that vary across the rows,
+    the keys filtered or sorted on, then reconstruction and sparsity (held-out where the runs have them) and fidelity
+    when present. `--columns all` has everything."""
+    from saev_ops.registry.params import PARAMS
+
+    cols: dict[str, Any] = {"id": lambda r: r.run.id, "status": lambda r: r.run.status}
+    for key in ("sweep", "dataset"):
+        if len({getattr(r, key) for r in rows}) > 1:
+            cols[key] = lambda r, key=key: getattr(r, key)
+    cols.update({"arch": lambda r: r.params.get("arch"), "d_sae": lambda r: r.params.get("d_sae"),
+                 "k/coeff": _sparsity, "lr": lambda r: r.params.get("lr")})
+    shown = {"arch", "d_sae", "k", "l1_coeff", "l0_coeff", "lr", "d_model"}
+    for key in PARAMS:
+        if key not in shown and len({r.params.get(key) for r in rows}) > 1:
+            cols[key] = lambda r, key=key: r.params.get(key)
+    summary = {k for r in rows for k in r.summary}
+    for key in leading:
+        if key not in cols and (key in PARAMS or key in summary):
+            cols[key] = lambda r, key=key: r.value(key)
+    for base in ("nmse", "l0", "fidelity"):
+        key = f"val/{base}" if f"val/{base}" in summary else base
+        if key in summary and key not in cols:
+            cols[key] = lambda r, key=key: r.summary.get(key)
+    return list(cols), [[get(r) for get in cols.values()] for r in rows]
+
+
+def _list_all(rows: list[Any], where: tuple[str, ...], sort: str | None, out_format: str) -> None:
+    """Every run column, the hyperparameters filtered or sorted on, and every summary metric."""
+    from saev_ops.registry.params import PARAMS
+
+    leading = _leading(where, sort)
+    param_cols = [k for k in leading if k in PARAMS]
     keys = sorted({k for r in rows for k in r.summary})
-    metric_cols = [k for k in dict.fromkeys(leading) if k in keys and k not in PARAMS] + \
-        [k for k in keys if k not in leading]
+    metric_cols = [k for k in leading if k in keys and k not in PARAMS] + [k for k in keys if k not in leading]
     data: list[list[Any]] = [
         [r.run.id, r.sweep, r.dataset, r.run.status, r.run.attempts, r.run.host]
         + [r.params.get(k) for k in param_cols] + [r.summary.get(k) for k in metric_cols]
         for r in rows
     ]
-    click.echo(fmt.render(list(_RUN_COLUMNS) + param_cols + metric_cols, data, kw["fmt"]))
+    click.echo(fmt.render(list(_RUN_COLUMNS) + param_cols + metric_cols, data, out_format))
 
 
 @group.command("show")
