@@ -10,6 +10,7 @@ is a plain picklable spec plus a callable from :mod:`saev_ops.train` or :mod:`sa
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import pathlib
@@ -124,6 +125,12 @@ class PartialSubmissionError(errors.ClusterError):
 
 
 def _run_all(calls: Sequence[Callable[[], Any]]) -> list[Any]:
+    """A local job's calls, one after another. submitit's local controller makes its folder template literally (an
+    empty ``%j`` folder beside the jobs' own) before it starts this; it goes here, where it surely exists."""
+    import submitit
+
+    with contextlib.suppress(OSError, RuntimeError):  # not empty, gone already, or not under submitit
+        (pathlib.Path(submitit.JobEnvironment().paths.folder).parent / "%j").rmdir()
     return [c() for c in calls]
 
 

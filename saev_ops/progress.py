@@ -13,7 +13,7 @@ MIN_RATE_S = 1.0
 """A rate over less wall time than this says nothing (16 images in a millisecond are not 16,000 images/s)."""
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     seconds = int(max(0, seconds))
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
@@ -72,11 +72,11 @@ class Progress:
         pct = 100.0 * self.done / self.total
         text = f"{self.what}: {self.done}/{self.total} {self.unit} ({pct:.0f}%), "
         if rate is None:
-            text += f"in {_duration(time.monotonic() - self.t0)} (too short for a rate)"
+            text += f"in {duration(time.monotonic() - self.t0)} (too short for a rate)"
         else:
             eta = (self.total - self.done) / rate if rate > 0 else float("nan")
             text += (f"{rate * self.rate_per_item:,.0f} {self.rate_unit}/s, ETA "
-                     f"{_duration(eta) if eta == eta else '?'}")
+                     f"{duration(eta) if eta == eta else '?'}")
         return f"{text} | {detail}" if detail else text
 
     def update(self, done: int, detail: str = "") -> None:

@@ -145,6 +145,8 @@ def test_local_executor_runs_in_the_background(tmp_path: pathlib.Path, env) -> N
     assert "6 completed" in res.output
     res = CliRunner().invoke(cli, ["--db", url, "sweep", "list"])
     assert "bg" in res.output
+    folders = sorted(p.name for p in (tmp_path / "runs" / "submitit").iterdir())
+    assert "%j" not in folders and len(folders) == 1  # the job's own folder; no empty template folder beside it
 
 
 def test_a_dead_window_longer_than_the_run_is_reported_at_submit(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
@@ -166,7 +168,8 @@ def test_watch_refreshes_until_the_sweep_ends(tmp_path: pathlib.Path, env) -> No
                                              "train": {"n_tokens": 640, "batch_size": 64}},
                                             {"sae": {"arch": "relu", "d_sae": 32}, "lr": 0.002}], sweep="w")
     reg.transition_run(b.id, "running")
-    reg.log_metrics(b.id, [("nmse", 5, 0.25), ("l0", 5, 7.0)])
+    reg.set_run_fields(b.id, run_dir=str(tmp_path / "runs" / f"run-{b.id:06d}"), local_pid=4242)
+    reg.log_metrics(b.id, [("nmse", 5, 0.25), ("l0", 5, 7.0), ("val/nmse", 5, 0.3)])
 
     def finish() -> None:
         time.sleep(1.0)
@@ -180,6 +183,34 @@ def test_watch_refreshes_until_the_sweep_ends(tmp_path: pathlib.Path, env) -> No
     assert res.exit_code == 0, res.output
     assert "w: 1 queued, 1 running" in res.output and "w: 1 cancelled, 1 completed" in res.output
     assert "topk 64 k=4 lr=0.001" in res.output and "0/10" in res.output and "0.25" in res.output
+    header = next(line for line in res.output.splitlines() if line.startswith("run "))
+    assert header.split() == ["run", "sae", "status", "step", "elapsed", "patches/s", "eta", "nmse", "l0",
+                              "dead_frac", "val/nmse"]
+    assert f"job log: {tmp_path / 'runs' / 'submitit' / '4242'}" in res.output
+
+
+def test_watch_times_a_running_run(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
+    import datetime as dt
+
+    from saev_ops.registry.models import utcnow
+    from saev_ops.sweeps.watch import snapshot
+
+    reg, _ = env
+    reg.get_or_create_sweep("t")
+    (run, _), = reg.add_runs("tiny", [{"sae": {"arch": "topk", "d_sae": 64, "k": 4}, "lr": 0.001,
+                                       "train": {"n_tokens": 64_000, "batch_size": 64}}], sweep="t")
+    reg.transition_run(run.id, "running")
+    import sqlalchemy as sa
+
+    with reg.engine.begin() as conn:  # started 100 s ago
+        conn.execute(sa.text("UPDATE runs SET started_at = :t WHERE id = :i"),
+                     {"t": utcnow() - dt.timedelta(seconds=100), "i": run.id})
+    reg.log_metrics(run.id, [("nmse", 250, 0.5)])
+    snap = snapshot(reg, "t")
+    row = dict(zip(snap.columns, snap.rows[0], strict=True))
+    assert row["step"] == "250/1000" and row["elapsed"] in ("1m40s", "1m41s")
+    assert 155 <= row["patches/s"] <= 160  # 250 steps x 64 patches in 100 s
+    assert row["eta"] in ("5m00s", "4m59s", "5m01s", "4m58s")
 
 
 def test_resubmitting_on_another_device_finds_the_same_runs(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001

@@ -87,8 +87,9 @@ def status(obj: CliContext, name: str, grace: float) -> None:
               help="Heartbeat age (s) after which a run is lost.")
 @pass_ctx
 def watch(obj: CliContext, name: str, interval: float, grace: float) -> None:
-    """A live table of NAME's runs (status, step, last metrics), refreshed until no run is queued or running. Each
-    refresh also reconciles with Slurm and heartbeats, as `sweep status` does."""
+    """A live table of NAME's runs (status, step, elapsed, patches/s, ETA, last metrics, held-out metrics when there
+    are any) and the log folders of their jobs, refreshed until no run is queued or running. Each refresh also
+    reconciles with Slurm and heartbeats, as `sweep status` does."""
     import sys
     import time
 
@@ -113,7 +114,7 @@ def watch(obj: CliContext, name: str, interval: float, grace: float) -> None:
             table = Table(*snap.columns, title=head)
             for row in snap.rows:
                 table.add_row(*(fmt.cell(v) for v in row))
-            return Group(table), snap.active
+            return Group(table, *(f"job log: {f}" for f in snap.logs)), snap.active
 
         view, active = render()
         with Live(view, refresh_per_second=4) as live:
@@ -126,6 +127,8 @@ def watch(obj: CliContext, name: str, interval: float, grace: float) -> None:
         head, snap = current()
         click.echo(head)
         click.echo(fmt.render(snap.columns, snap.rows, "table"))
+        for folder in snap.logs:
+            click.echo(f"job log: {folder}")
         if not snap.active:
             return
         click.echo()
