@@ -295,3 +295,21 @@ def test_a_disk_that_fills_while_a_shard_is_written_is_one_error(tmp_path: pathl
         w.abort()
     finally:
         subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_lineage_shows_the_model_as_typed_and_the_directory(tmp_path: pathlib.Path, images: pathlib.Path,
+                                                            reg: Registry) -> None:
+    """`lineage` showed `fake-clip:builtin:small` (saev's family name) and `runs show` the dataset by a hash that is
+    not its directory's name."""
+    from click.testing import CliRunner
+
+    from saev_ops.cli import cli
+
+    d = record_dataset(reg, _spec("d", images, "builtin:tiny", tmp_path / "data"))
+    (run, _), = reg.add_runs("d", [{"sae": {"arch": "topk", "d_sae": 8, "k": 2}, "lr": 1e-3}])
+    url = reg.url.render_as_string()
+    for args in (["lineage", "dataset:d"], ["datasets", "list"], ["datasets", "show", "d"]):
+        out = CliRunner().invoke(cli, ["--db", url, *args]).output
+        assert "builtin:tiny" in out and "fake-clip" not in out and d.path in out, out
+    out = CliRunner().invoke(cli, ["--db", url, "runs", "show", str(run.id)]).output
+    assert f"-> dataset d ({d.path}) -> run {run.id}" in out

@@ -25,10 +25,10 @@ def group() -> None:
 def list_(obj: CliContext, **kw: str) -> None:
     """List registered datasets."""
     rows = obj.registry.list_datasets()
-    cols = ("name", "status", "model", "layers", "d_model", "tokens", "examples", "dtype", "hash", "path")
+    cols = ("name", "status", "model", "layers", "d_model", "tokens", "examples", "dtype", "path")
     data = [
-        (d.name, d.status, f"{d.model_family}:{d.model_ckpt}", ",".join(map(str, d.layers)), d.d_model,
-         d.tokens_per_example, d.n_examples, d.dtype, d.content_hash[:12], d.path)
+        (d.name, d.status, d.model, ",".join(map(str, d.layers)), d.d_model, d.tokens_per_example, d.n_examples,
+         d.dtype, d.path)
         for d in rows
     ]
     click.echo(fmt.render(cols, data, kw["fmt"]))
@@ -44,7 +44,7 @@ def show(obj: CliContext, name: str, **kw: str) -> None:
     runs = obj.registry.runs_of_dataset(d.id)
     pairs = [
         ("name", d.name), ("status", d.status), ("content_hash", d.content_hash), ("path", d.path),
-        ("source", d.source_path), ("model", f"{d.model_family}:{d.model_ckpt}"), ("layers", list(d.layers)),
+        ("source", d.source_path), ("model", d.model), ("layers", list(d.layers)),
         ("d_model", d.d_model), ("tokens_per_example", d.tokens_per_example), ("n_examples", d.n_examples),
         ("dtype", d.dtype), ("created_at", d.created_at), ("completed_at", d.completed_at),
         ("runs", len(runs)),

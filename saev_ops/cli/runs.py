@@ -151,7 +151,7 @@ def show(obj: CliContext, run_id: int, **kw: str) -> None:
             "summary": d.row.summary,
             "lineage": {
                 "image_source": d.dataset.source_path, "dataset": d.dataset.name,
-                "dataset_hash": d.dataset.content_hash,
+                "dataset_path": d.dataset.path, "dataset_hash": d.dataset.content_hash,
                 "outputs": [{"id": o.id, "dataset_id": o.dataset_id, "path": o.path, "shape": list(o.shape),
                              "nnz": o.nnz, "metrics": o.metrics} for o in d.outputs],
             },
@@ -175,8 +175,7 @@ def show(obj: CliContext, run_id: int, **kw: str) -> None:
     click.echo("\nsummary:")
     click.echo(fmt.render_mapping(sorted(d.row.summary.items())) if d.row.summary else "  (no metrics yet)")
     click.echo("\nlineage:")
-    click.echo(f"  images {d.dataset.source_path or '?'} -> dataset {d.dataset.name} ({d.dataset.content_hash[:12]}) "
-               f"-> run {r.id}")
+    click.echo(f"  images {d.dataset.source_path or '?'} -> dataset {d.dataset.name} ({d.dataset.path}) -> run {r.id}")
     for o in d.outputs:
         click.echo(f"  run {r.id} -> output {o.id}: {o.path} shape {o.n_rows}x{o.n_cols} nnz {o.nnz}")
         if o.metrics:

@@ -33,7 +33,7 @@ def lineage_lines(registry: Registry, ref: str) -> list[str]:
     for d in datasets:
         images = d.extra.get("provenance", {}).get("images", {})
         lines.append(f"images {d.source_path or '?'}" + (f" ({images.get('n_files')} files)" if images else ""))
-        lines.append(f"└── dataset {d.name} [{d.status}] {d.model_family}:{d.model_ckpt} layers {list(d.layers)} "
+        lines.append(f"└── dataset {d.name} [{d.status}] model {d.model} layers {list(d.layers)} "
                      f"{d.n_examples} examples  {d.path}")
         runs = [r for r in registry.list_runs(RunQuery(dataset=d.name)) if only_runs is None or r.run.id in only_runs]
         for i, r in enumerate(runs):

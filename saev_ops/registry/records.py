@@ -29,6 +29,14 @@ class DatasetRecord:
     created_at: dt.datetime
     completed_at: dt.datetime | None
 
+    @property
+    def model(self) -> str:
+        """The model as the user named it (``--model`` of a recording); for a directory imported from saev, saev's
+        family and checkpoint, said so."""
+        if self.extra.get("provenance"):
+            return self.model_ckpt
+        return f"{self.model_family}:{self.model_ckpt} (saev's name)"
+
     @classmethod
     def from_model(cls, m: models.DatasetModel) -> DatasetRecord:
         return cls(
