@@ -22,7 +22,7 @@ set -x
 "$S" sweep submit examples/grid.yaml --executor debug
 "$S" sweep list
 "$S" runs list --sweep quickstart --where "arch=topk" --where "d_sae>=512" --sort val/nmse --columns arch,d_sae,k,lr,nmse,val/nmse,val/l0
-"$S" sql "SELECT run_id, arch, d_sae, val_nmse, val_l0, val_dead_frac FROM run_table WHERE sweep = 'quickstart' ORDER BY val_nmse LIMIT 3"
+"$S" sql "SELECT run_id, arch, d_sae, val_nmse, val_l0, val_unfired_frac FROM run_table WHERE sweep = 'quickstart' ORDER BY val_nmse LIMIT 3"
 BEST="$("$S" runs list --sweep quickstart --sort val/nmse --limit 2 --format csv | sed -n '2,3p' | cut -d, -f1)"
 "$S" runs show "$(echo "$BEST" | head -1)"
 "$S" runs compare $BEST

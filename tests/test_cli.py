@@ -64,7 +64,7 @@ def test_runs_list_fits_120_columns_with_the_sweeps_hyperparameters(tmp_path) ->
                   "train": {"batch_size": 1024, "n_tokens": 100_000}}
         (run, _), = reg.add_runs("d", [config], sweep="s")
         reg.log_metrics(run.id, [(k, 97, 0.123456789 + i) for k in metrics]
-                        + [(f"val/{k}", 97, 0.2 + i) for k in ("nmse", "l0", "dead_frac", "cosine")])
+                        + [(f"val/{k}", 97, 0.2 + i) for k in ("nmse", "l0", "unfired_frac", "cosine")])
     res = CliRunner().invoke(cli, ["--db", f"sqlite:///{tmp_path / 'r.sqlite'}", "runs", "list", "--sweep", "s"])
     assert res.exit_code == 0, res.output
     table = res.stdout.splitlines()

@@ -31,7 +31,7 @@ def test_identity_sae_scores_perfectly() -> None:
     m = reconstruction_metrics(identity_sae(8), x, batch_size=128)
     assert m["nmse"] == pytest.approx(0, abs=1e-10) and m["explained_variance"] == pytest.approx(1)
     assert m["cosine"] == pytest.approx(1) and m["shrinkage"] == pytest.approx(1)
-    assert m["l0"] == pytest.approx(8) and m["dead_frac"] == 0 and m["dense_frac"] == 1
+    assert m["l0"] == pytest.approx(8) and m["unfired_frac"] == 0 and m["dense_frac"] == 1
 
 
 def test_mean_and_zero_reconstructions() -> None:
@@ -39,7 +39,7 @@ def test_mean_and_zero_reconstructions() -> None:
     mean = constant_sae(6, x.mean(0))
     m = reconstruction_metrics(mean, x, batch_size=64)
     assert m["nmse"] == pytest.approx(1) and m["explained_variance"] == pytest.approx(0, abs=1e-9)
-    assert m["l0"] == 0 and m["dead_frac"] == 1 and m["dense_frac"] == 0
+    assert m["l0"] == 0 and m["unfired_frac"] == 1 and m["dense_frac"] == 0
     zero = reconstruction_metrics(constant_sae(6, torch.zeros(6)), x)
     # predicting 0 is worse than the mean by the mean's energy; the residual's variance is still x's own
     expected = float((x.double() ** 2).sum() / ((x.double() - x.double().mean(0)) ** 2).sum())
@@ -67,7 +67,7 @@ def test_streamed_metrics_equal_direct_formulas() -> None:
     assert m["cosine"] == pytest.approx(cos.mean())
     assert m["shrinkage"] == pytest.approx((np.linalg.norm(xhd, axis=1) / np.linalg.norm(xd, axis=1)).mean())
     fired = (z != 0).numpy()
-    assert m["l0"] == pytest.approx(3) and m["dead_frac"] == pytest.approx((fired.sum(0) == 0).mean())
+    assert m["l0"] == pytest.approx(3) and m["unfired_frac"] == pytest.approx((fired.sum(0) == 0).mean())
     assert m["dense_frac"] == pytest.approx((fired.mean(0) > 0.1).mean())
 
 
@@ -111,7 +111,8 @@ def test_sweep_logs_held_out_metrics_on_a_fixed_sample(tmp_path: pathlib.Path, e
     rows = reg.list_runs(RunQuery(sweep="held", sort="val/nmse"))
     assert len(rows) == 2 and all(r.run.status == "completed" for r in rows)
     for r in rows:
-        assert {f"val/{k}" for k in METRIC_KEYS} <= set(r.summary)
+        assert {f"val/{k}" for k in METRIC_KEYS if k != "unfired_frac"} <= set(r.summary)
+        assert "val/unfired_frac" not in r.summary  # 100 held-out rows for 64 latents: too few to tell
         # 20 steps, every 8 and at the end
         assert [p.step for p in reg.metric_history(r.run.id, "val/nmse")] == [8, 16, 20]
         assert r.summary["val/l0"] == pytest.approx(4)
@@ -155,3 +156,16 @@ def test_held_out_dataset_must_match(tmp_path: pathlib.Path, env, change: dict, 
 def test_val_dataset_given_twice_must_agree() -> None:
     with pytest.raises(errors.ConfigError, match="val_dataset 'a' and train.val_dataset 'b' differ"):
         parse_sweep("name: s\ndataset: d\nval_dataset: a\ntrain: {val_dataset: b}\n")
+
+
+def test_too_few_rows_give_no_unfired_share() -> None:
+    """`val/dead_frac` counted latents that never fired in 1,024 held-out tokens of 16 images (alarming for a healthy
+    SAE); below four rows a latent the sample cannot tell a rare latent from a dead one."""
+    from saev_ops.sae.evaluate import MIN_ROWS_PER_LATENT
+
+    sae = build_sae(SAEConfig(arch="topk", d_model=10, d_sae=40, k=3), seed=2)
+    assert reconstruction_metrics(sae, torch.randn(MIN_ROWS_PER_LATENT * 40 - 1, 10))["unfired_frac"] is None
+    assert reconstruction_metrics(sae, torch.randn(MIN_ROWS_PER_LATENT * 40, 10))["unfired_frac"] is not None
+    from saev_ops.directions import MEANING
+
+    assert {"dead_frac", "unfired_frac"} <= set(MEANING) and "dead_tokens" in MEANING["dead_frac"]

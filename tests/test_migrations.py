@@ -157,3 +157,39 @@ def test_run_params_are_backfilled_and_match_the_code(shared_db_url: str) -> Non
     assert "run_params" not in sa.inspect(engine).get_table_names()
     reg.close()
     engine.dispose()
+
+
+def test_held_out_and_output_dead_fracs_are_renamed_with_their_data(shared_db_url: str) -> None:
+    """Migration 0007: `val/dead_frac` points become `val/unfired_frac`, the output column follows, and the views
+    show the new names; downgrading gives the old ones back."""
+    import sqlalchemy as sa
+
+    engine = create_registry_engine(shared_db_url)
+    migrate.run_upgrade(engine, "0006_ownership")
+    reg = Registry(shared_db_url, check_schema=False)
+    make_dataset(reg, name="d")
+    (run, _), = reg.add_runs("d", [{"k": 1}])
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO metric_points (run_id, key, step, value, time) VALUES "
+                             "(:r, 'val/dead_frac', 5, 0.25, CURRENT_TIMESTAMP), (:r, 'dead_frac', 5, 0.5, "
+                             "CURRENT_TIMESTAMP)"), {"r": run.id})
+        conn.execute(sa.text("INSERT INTO metric_summaries (run_id, key, step, value, updated_at) VALUES "
+                             "(:r, 'val/dead_frac', 5, 0.25, CURRENT_TIMESTAMP), (:r, 'dead_frac', 5, 0.5, CURRENT_TIMESTAMP)"),
+                     {"r": run.id})
+        conn.execute(sa.text("INSERT INTO inference_outputs (run_id, dataset_id, path, n_rows, n_cols, nnz, dead_frac, "
+                             "extra, created_at) VALUES (:r, 1, '/o', 10, 8, 3, 0.125, '{}', CURRENT_TIMESTAMP)"),
+                     {"r": run.id})
+    migrate.run_upgrade(engine)
+    reg = Registry(shared_db_url)
+    assert reg.summary(run.id) == {"val/unfired_frac": 0.25, "dead_frac": 0.5}
+    (out,) = reg.list_outputs()
+    assert out.metrics["unfired_frac"] == 0.125
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT val_unfired_frac, dead_frac FROM run_table")).one() == (0.25, 0.5)
+        assert conn.execute(sa.text("SELECT unfired_frac FROM output_table")).scalar() == 0.125
+    migrate.run_downgrade(engine, "0006_ownership")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT val_dead_frac FROM run_table")).scalar() == 0.25
+        assert conn.execute(sa.text("SELECT dead_frac FROM output_table")).scalar() == 0.125
+    reg.close()
+    engine.dispose()

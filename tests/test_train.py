@@ -152,9 +152,12 @@ def test_dead_window_counts_tokens_and_old_files_still_load() -> None:
     assert cfg.dead_tokens == 10_000_000
 
 
-def test_job_log_shows_progress_lines(setup, tmp_path: pathlib.Path, caplog) -> None:  # noqa: ANN001
+def test_job_log_shows_progress_lines(setup, tmp_path: pathlib.Path, caplog, monkeypatch) -> None:  # noqa: ANN001
     import logging
 
+    from saev_ops import progress
+
+    monkeypatch.setattr(progress, "MIN_RATE_S", 0.0)  # this job may end within the second rates wait for
     reg, url, path = setup
     spec = make_spec(reg, url, path, tmp_path / "runs", n_tokens=1280)
     with caplog.at_level(logging.INFO, logger="saev_ops"):

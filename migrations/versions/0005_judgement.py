@@ -42,12 +42,13 @@ def _metric(key: str, alias: str) -> str:
     return f"(SELECT m.value FROM metric_summaries m WHERE m.run_id = r.id AND m.key = '{key}') AS {alias}"
 
 
-def _run_table(with_params: bool) -> str:
+def _run_table(with_params: bool, val: tuple[str, ...] = RUN_TABLE_VAL) -> str:
+    """The run_table view (``val``: its held-out metrics; migration 0007 renames one)."""
     metrics = [_metric(k, k) for k in RUN_TABLE_METRICS]
     params = ""
     joins = ""
     if with_params:
-        metrics += [_metric(f"val/{k}", f"val_{k}") for k in RUN_TABLE_VAL] + [_metric(k, k) for k in RUN_TABLE_EVAL]
+        metrics += [_metric(f"val/{k}", f"val_{k}") for k in val] + [_metric(k, k) for k in RUN_TABLE_EVAL]
         params = "".join(f"p.{name} AS {name}, " for name in PARAMS)
         joins = "LEFT JOIN run_params p ON p.run_id = r.id"
     cols = ",\n  ".join(metrics)
@@ -102,8 +103,13 @@ def upgrade() -> None:
     )
     op.execute("DROP VIEW run_table")
     op.execute(_run_table(with_params=True))
-    metric_cols = ", ".join(f"o.{m}" for m in OUTPUT_METRICS)
-    op.execute(f"""
+    op.execute(_output_table(OUTPUT_METRICS))
+
+
+def _output_table(metrics: tuple[str, ...]) -> str:
+    """The output_table view over these metric columns of inference_outputs (migration 0007 renames one)."""
+    metric_cols = ", ".join(f"o.{m}" for m in metrics)
+    return f"""
 CREATE VIEW output_table AS
 SELECT
   o.id AS output_id, o.run_id, s.name AS sweep, rd.name AS run_dataset, od.name AS output_dataset, o.n_rows, o.n_cols,
@@ -113,7 +119,7 @@ JOIN runs r ON r.id = o.run_id
 JOIN datasets rd ON rd.id = r.dataset_id
 JOIN datasets od ON od.id = o.dataset_id
 LEFT JOIN sweeps s ON s.id = r.sweep_id
-""")
+"""
 
 
 def downgrade() -> None:

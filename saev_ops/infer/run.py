@@ -239,7 +239,7 @@ def _apply(spec: InferSpec, dataset: DatasetRecord, saes: list[_Sae], folders: d
     return results
 
 
-def _metrics(d_sae: int, parts: list[dict[str, Any]]) -> dict[str, float]:
+def _metrics(d_sae: int, parts: list[dict[str, Any]]) -> dict[str, float | None]:
     """The reconstruction metrics of a whole pass from its parts' segments, folded in order."""
     import torch
 

@@ -242,7 +242,7 @@ class InferenceOutputModel(Base):
     nmse: Mapped[float | None] = mapped_column(sa.Float)
     explained_variance: Mapped[float | None] = mapped_column(sa.Float)
     l0: Mapped[float | None] = mapped_column(sa.Float)
-    dead_frac: Mapped[float | None] = mapped_column(sa.Float)
+    unfired_frac: Mapped[float | None] = mapped_column(sa.Float)
     dense_frac: Mapped[float | None] = mapped_column(sa.Float)
     cosine: Mapped[float | None] = mapped_column(sa.Float)
     shrinkage: Mapped[float | None] = mapped_column(sa.Float)

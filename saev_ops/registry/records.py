@@ -199,7 +199,7 @@ class RunDetail:
     """``saev-ops eval`` results (downstream fidelity), one per (dataset, kind)."""
 
 
-OUTPUT_METRICS = ("nmse", "explained_variance", "l0", "dead_frac", "dense_frac", "cosine", "shrinkage")
+OUTPUT_METRICS = ("nmse", "explained_variance", "l0", "unfired_frac", "dense_frac", "cosine", "shrinkage")
 
 
 @dataclasses.dataclass(frozen=True)

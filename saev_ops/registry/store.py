@@ -699,7 +699,7 @@ class Registry:
         nnz: int,
         extra: dict[str, Any] | None = None,
         replace: bool = False,
-        metrics: dict[str, float] | None = None,
+        metrics: dict[str, float | None] | None = None,
     ) -> OutputRecord:
         """Register an inference output of ``run_id`` over ``dataset``; ``replace`` overwrites an existing one.
         ``metrics``: the SAE's reconstruction metrics over the dataset (keys of ``OUTPUT_METRICS``)."""

@@ -8,7 +8,8 @@ Over rows ``x`` (activations in the SAE's training scale), reconstructions ``x_h
 | ``nmse`` | sum ||x - x_hat||^2 / sum ||x - mean(x)||^2 (against predicting the mean row) |
 | ``explained_variance`` | 1 - sum_d Var(x_d - x_hat_d) / sum_d Var(x_d) (a constant error offset is not counted) |
 | ``l0`` | mean number of non-zero latents per row |
-| ``dead_frac`` | fraction of latents that never fire on the rows |
+| ``unfired_frac`` | fraction of latents that never fire on the rows; None (too few rows to tell) below |
+| | :data:`MIN_ROWS_PER_LATENT` rows a latent |
 | ``dense_frac`` | fraction of latents that fire on more than 10% of the rows |
 | ``cosine`` | mean cos(x, x_hat) |
 | ``shrinkage`` | mean ||x_hat|| / ||x|| (below 1: the SAE shrinks its reconstructions) |
@@ -25,7 +26,9 @@ import numpy as np
 import torch
 
 DENSE_FREQUENCY = 0.1
-METRIC_KEYS = ("nmse", "explained_variance", "l0", "dead_frac", "dense_frac", "cosine", "shrinkage")
+METRIC_KEYS = ("nmse", "explained_variance", "l0", "unfired_frac", "dense_frac", "cosine", "shrinkage")
+MIN_ROWS_PER_LATENT = 4
+"""A latent that never fired on fewer rows than this per latent may just be rare: unfired_frac is not given."""
 
 
 class ReconMetrics:
@@ -68,7 +71,7 @@ class ReconMetrics:
             if k != "n":
                 self._acc(k, torch.as_tensor(np.asarray(v, dtype=np.float64)))
 
-    def result(self) -> dict[str, float]:
+    def result(self) -> dict[str, float | None]:
         if self.n == 0:
             raise ValueError("no rows were added")
         n = self.n
@@ -78,13 +81,15 @@ class ReconMetrics:
         denom = max(total_var, 1e-12)
         freq = self.fired.double().cpu() / n
         return {"nmse": float(s["r2"]) / denom, "explained_variance": 1.0 - resid_var / denom,
-                "l0": float(s["l0"]) / n, "dead_frac": float((self.fired == 0).double().mean()),
+                "l0": float(s["l0"]) / n,
+                "unfired_frac": float((self.fired == 0).double().mean())
+                if n >= MIN_ROWS_PER_LATENT * self.fired.numel() else None,
                 "dense_frac": float((freq > DENSE_FREQUENCY).double().mean()), "cosine": float(s["cos"]) / n,
                 "shrinkage": float(s["shrink"]) / n}
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: Any, x: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
+def reconstruction_metrics(sae: Any, x: torch.Tensor, batch_size: int = 4096) -> dict[str, float | None]:
     """The metrics of ``sae`` over the rows ``x`` (already in its training scale), in batches of ``batch_size``."""
     was_training = sae.training
     sae.eval()

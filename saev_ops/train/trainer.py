@@ -125,7 +125,7 @@ class Trainer:
             if run.run_id in failed:
                 continue
             metrics = reconstruction_metrics(sae, self.val_x, self.spec.settings.batch_size)
-            journal.log(run.run_id, self.step, {f"val/{k}": v for k, v in metrics.items()})
+            journal.log(run.run_id, self.step, {f"val/{k}": v for k, v in metrics.items() if v is not None})
 
     def _init_sample(self, center: torch.Tensor) -> torch.Tensor:
         """Centred activations (training scale) for data-point initialisation: as many as the widest SAE has latents,
