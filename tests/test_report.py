@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 import shutil
@@ -135,6 +136,18 @@ grid: {{k: [4, 8]}}
     for heat in (tmp_path / "report").glob("heat-*.png"):
         ex = heat.stem.rsplit("-", 1)[1]
         assert Image.open(heat).size == Image.open(tmp_path / "report" / f"img-{ex}.png").size
+    # a heat map is the patch grid, one flat block per patch (no blur across patch boundaries): few colours
+    import numpy as np
+
+    some = np.asarray(Image.open(next((tmp_path / "report").glob("heat-*.png"))))
+    assert len({tuple(p) for p in some.reshape(-1, 4)}) <= 16 + 1  # builtin:tiny: a 4x4 grid, and the veil
+    # what each metric means, the frontier and the best run marked, the colour scale, captions that say what they are
+    for needle in ("<b>nmse</b>: squared reconstruction error", "<b>dead_frac</b>: share of latents that have not fired",
+                   "class='best'", "on the Pareto frontier", "scale.png", "top activation"):
+        assert needle in text, needle
+    assert re.search(r"<b>best</b> \(highlighted\): run \d+, the lowest nmse among runs with l0 &le; 32", text)
+    # frontier runs' latents: every frontier run that has an output (here both runs)
+    assert len(re.findall(r"<h2>Latents of run", text)) == len(outs)
     browser = _chromium()
     if browser is None:
         if REQUIRE_SERVICES:
@@ -151,3 +164,28 @@ grid: {{k: [4, 8]}}
     assert int(attrs["images"]) >= 3 and attrs["images-ok"] == attrs["images"], body.group(0)
     assert int(attrs["heatmaps"]) >= 2 and attrs["heatmaps-misfit"] == "0", body.group(0)
     assert attrs["errors"] == "0", body.group(0)
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                    f"--user-data-dir={tmp_path / 'chrome2'}", "--virtual-time-budget=10000", "--window-size=1280,2400",
+                    f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=120)
+    if os.environ.get("SAEV_OPS_KEEP_SCREENSHOT"):  # a person's look at the page
+        shutil.copy(shot, os.environ["SAEV_OPS_KEEP_SCREENSHOT"])
+    assert shot.exists() and shot.stat().st_size > 10_000
+
+
+def test_a_report_without_outputs_says_how_to_get_them(tmp_path: pathlib.Path) -> None:
+    from saev_ops.registry import Registry
+    from tests.helpers import make_dataset
+
+    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    make_dataset(reg, "d")
+    reg.get_or_create_sweep("s")
+    for i, (l0, nmse) in enumerate([(8, 0.5), (16, 0.3), (64, 0.1)]):
+        (run, _), = reg.add_runs("d", [{"sae": {"arch": "topk", "d_sae": 64, "k": 2 ** (i + 3)}, "lr": 1e-3}],
+                                 sweep="s")
+        reg.log_metrics(run.id, [("l0", 1, l0), ("nmse", 1, nmse)])
+    text = build_report(reg, "s", tmp_path / "report").read_text()
+    assert "No inference output of this sweep's runs yet: run <code>saev-ops infer s --dataset d</code>" in text
+    # best: the lowest nmse within the L0 budget (run 2: l0 16), not the densest run (run 3: l0 64)
+    assert "<b>best</b> (highlighted): run 2, the lowest nmse among runs with l0 &le; 32" in text
+    assert "<tr class='best'><td>2</td>" in text and "<tr class='front'><td>3</td>" in text

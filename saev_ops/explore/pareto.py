@@ -21,6 +21,15 @@ def _number(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
+def run_label(r: RunRow) -> str:
+    """A run as a reader tells it apart: id, architecture, width and k or penalty."""
+    sae = r.run.config.get("sae", {})
+    arch = sae.get("arch", "?")
+    knob = f"l1 {sae.get('l1_coeff')}" if arch == "relu" else f"l0c {sae.get('l0_coeff')}" if arch == "jumprelu" \
+        else f"k{sae.get('k')}"
+    return f"#{r.run.id} {arch} {sae.get('d_sae', '?')} {knob}"
+
+
 def frontier(rows: list[RunRow], x: str, y: str) -> tuple[list[Point], list[Point]]:
     """(all points, frontier points) as (x, y, run id); a point is on the frontier if no other is at least as good on
     both keys and better on one, each key judged in its own direction (a key with none: lower is better). Frontier
@@ -42,6 +51,19 @@ def frontier(rows: list[RunRow], x: str, y: str) -> tuple[list[Point], list[Poin
             front.append((px, py, rid))
             best = sy * py
     return pts, front
+
+
+DEFAULT_L0_BUDGET = 32.0
+"""The sparsity budget "best" is chosen under when none is given: at most this many active latents per row."""
+
+
+def best_under(rows: list[RunRow], x: str, y: str, budget: float) -> RunRow | None:
+    """The run a researcher would pick: the best ``y`` (in its direction) among runs whose ``x`` is within ``budget``
+    (an L0 budget: sparse enough to be read); None when no run is within it."""
+    sy = -1.0 if best_first_descending(y) else 1.0
+    within = [(sy * float(r.value(y)), r.run.id, r) for r in rows
+              if _number(r.value(x)) is not None and _number(r.value(y)) is not None and float(r.value(x)) <= budget]
+    return min(within, key=lambda t: (t[0], t[1]))[2] if within else None
 
 
 def frontiers(rows: list[RunRow], x: str, y: str, group_by: str | None = None) -> dict[str, tuple[list[Point],
@@ -89,6 +111,7 @@ def pareto_plot(registry: Registry, sweep: str, x: str | None, y: str | None, ou
         raise errors.QueryError(f"no run of sweep {sweep!r} has both {x!r} and {y!r} (metrics or hyperparameters)")
     colour_key = group_by or "arch"
     label_of = {r.run.id: str(r.value(colour_key)) for r in rows}
+    labels = {r.run.id: run_label(r) for r in rows}
     colors = arch_colors(sorted(set(label_of.values())))
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     for a, color in colors.items():
@@ -101,7 +124,7 @@ def pareto_plot(registry: Registry, sweep: str, x: str | None, y: str | None, ou
         ax.plot([p[0] for p in front], [p[1] for p in front], color=color, ls="--", lw=1,
                 label="Pareto frontier" if group_by is None else f"frontier {g}")
         for px, py, rid in front:
-            ax.annotate(f"run {rid}", (px, py), fontsize=7, xytext=(4, 4), textcoords="offset points")
+            ax.annotate(labels.get(rid, f"#{rid}"), (px, py), fontsize=7, xytext=(4, 4), textcoords="offset points")
     xs = [p[0] for p in pts]
     log_x = min(xs) > 0 and max(xs) / min(xs) > 10
     if log_x:

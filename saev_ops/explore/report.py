@@ -1,11 +1,13 @@
 """``saev-ops report``: one static HTML page per sweep that opens in a browser with no server.
 
-It holds the sweep table, the Pareto plot, each run's metric curves, and, for the best runs' inference outputs (the
-Pareto frontier, unless outputs or runs are named), their most telling latents: those that fire on some patches but not
-on most, by highest activation. Each latent gets one tile per image: the image with the latent's activation over its
-patch grid as a heat map (upsampled, as Overcomplete's ``overlay_top_heatmaps`` draws it), the top value and the label.
-Images sit beside ``index.html``; a script in the page records how many images loaded, whether every heat map has the
-size of its image, and how many errors the page raised (the tests read these in headless Chromium).
+It holds the sweep table (what each metric means; sorted by the plot's y; the Pareto frontier and the best run within
+an L0 budget marked), the Pareto plot, training and held-out curves, and, for the Pareto frontier's inference outputs
+(unless outputs or runs are named), their most telling latents: those that fire on some patches but not on most, by
+highest activation. Each latent gets one tile per image: the image with the latent's activation as a heat map, one
+flat block per patch (a colour scale from weak to strong; patches where it does not fire veiled), and a caption
+naming the image, the top activation and the classes. Without an output the page says how to make one. Images sit
+beside ``index.html``; a script in the page records how many images loaded, whether every heat map has the size of
+its image, and how many errors the page raised (the tests read these in headless Chromium).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from saev_ops import atomic, errors
+from saev_ops.explore.pareto import run_label
 from saev_ops.registry import Registry, RunQuery, RunRow
 
 TILE = 112  # px, base image and heat map alike
@@ -53,26 +56,44 @@ body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img.plot{max-width:100%}
 .strip{display:flex;flex-wrap:wrap;gap:6px}.tile{margin:0;font-size:11px;text-align:center}
 .stack{position:relative;width:%(t)dpx;height:%(t)dpx}.stack img{position:absolute;left:0;top:0}
+.legend{font-size:12px;color:#333}td.why{color:#888;font-style:italic}tr.front td{background:#eef5ff}
+tr.best td{background:#fff3c4;font-weight:bold}.scale{font-size:12px}.scale img{vertical-align:middle;height:10px}
+.veil{display:inline-block;width:14px;height:10px;background:rgba(40,40,40,.4);vertical-align:middle}
+.front-key{background:#eef5ff;padding:0 3px}
 </style>""".replace("%(t)d", str(TILE))
 
 
-def _curves(registry: Registry, run_ids: list[int], keys: tuple[str, ...], out: pathlib.Path) -> None:
+def _curves(registry: Registry, rows: list[RunRow], keys: tuple[str, ...], out: pathlib.Path) -> None:
+    """One panel per key with history, the held-out key beside its training one; L0 on a log axis when it spans
+    more than 10x; the legend names each run's architecture, width and k."""
     from saev_ops.extras import require
 
     require("matplotlib", "plot", "plotting").use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), dpi=90)
-    for ax, key in zip(axes, keys, strict=True):
-        for rid in run_ids:
-            pts = registry.metric_history(rid, key)
+    history = {(r.run.id, k): registry.metric_history(r.run.id, k) for r in rows for k in keys}
+    keys = tuple(k for k in keys if any(history[(r.run.id, k)] for r in rows)) or keys[:1]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.2), dpi=90, squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=True):
+        values = []
+        for r in rows:
+            pts = history[(r.run.id, key)]
             if pts:
-                ax.plot([p.step for p in pts], [p.value for p in pts], lw=1, label=str(rid))
-        ax.set_title(key)
+                ax.plot([p.step for p in pts], [p.value for p in pts], lw=1, label=run_label(r),
+                        marker="o" if key.startswith("val/") else None, ms=2)
+                values += [p.value for p in pts]
+        positive = [v for v in values if v > 0]
+        if key.removeprefix("val/") == "l0" and positive and max(positive) / min(positive) > 10:
+            ax.set_yscale("log")
+            key += " (log)"
+        ax.set_title(key, fontsize=9)
         ax.set_xlabel("step")
-    if len(run_ids) <= 16:
-        axes[-1].legend(fontsize=6, title="run", title_fontsize=6)
-    fig.tight_layout()
+    if len(rows) <= 16:
+        fig.legend(*axes[0][0].get_legend_handles_labels(), fontsize=6, loc="lower center",
+                   ncol=min(4, max(1, len(rows))), bbox_to_anchor=(0.5, -0.02))
+        fig.tight_layout(rect=(0, 0.08 + 0.03 * (len(rows) // 4), 1, 1))
+    else:
+        fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
 
@@ -119,15 +140,44 @@ def best_outputs(registry: Registry, rows: list[RunRow], *, output_ids: tuple[in
     return chosen
 
 
+# The heat map's colour scale, from a weak activation to the strongest (dark violet -> orange -> yellow), so it reads
+# on dark and bright images alike; patches where the latent does not fire are veiled in grey.
+_SCALE = np.array([[80, 20, 140], [200, 50, 110], [250, 140, 30], [255, 240, 60]], dtype=np.float32)
+_VEIL = (40, 40, 40, 100)
+
+
+def _colour(a: np.ndarray) -> np.ndarray:
+    """RGB of activations ``a`` in [0, 1] along :data:`_SCALE`."""
+    pos = a * (len(_SCALE) - 1)
+    lo = np.clip(np.floor(pos).astype(int), 0, len(_SCALE) - 2)
+    t = (pos - lo)[..., None]
+    return _SCALE[lo] * (1 - t) + _SCALE[lo + 1] * t
+
+
 def _heat_rgba(grid: np.ndarray, vmax: float) -> Any:
-    """The patch grid upsampled to the tile: crimson, its opacity rising with the activation (visible on any image)."""
+    """The patch grid at the tile's size, one flat block per patch (no blur across patch boundaries): patches where
+    the latent fires in :data:`_SCALE`'s colours, the others veiled."""
     from PIL import Image
 
     a = np.clip(grid / max(vmax, 1e-12), 0.0, 1.0).astype(np.float32)
-    up = np.asarray(Image.fromarray(a, mode="F").resize((TILE, TILE), Image.Resampling.BILINEAR))
-    up = np.clip(up, 0.0, 1.0)
-    rgba = np.stack([np.full_like(up, 220.0), np.full_like(up, 20.0), np.full_like(up, 60.0), 200.0 * up], axis=-1)
-    return Image.fromarray(rgba.round().astype(np.uint8), mode="RGBA")
+    rgba = np.zeros((*a.shape, 4), dtype=np.float32)
+    rgba[..., :3] = _colour(a)
+    rgba[..., 3] = 150 + 90 * a
+    rgba[a <= 0] = _VEIL
+    img = Image.fromarray(rgba.round().astype(np.uint8), mode="RGBA")
+    return img.resize((TILE, TILE), Image.Resampling.NEAREST)
+
+
+def _scale_bar(out_dir: pathlib.Path) -> str:
+    """The colour scale as an image (written once), and its HTML with its ends labelled."""
+    from PIL import Image
+
+    path = out_dir / "scale.png"
+    if not path.exists():
+        ramp = _colour(np.linspace(0, 1, 160, dtype=np.float32))[None].repeat(10, axis=0)
+        Image.fromarray(ramp.round().astype(np.uint8), mode="RGB").save(path)
+    return ("<p class='scale'>heat map: <span class='veil'></span> does not fire &nbsp; 0 "
+            "<img src='scale.png' alt='colour scale'> the strongest activation among the latent's tiles</p>")
 
 
 def _latent_strip(output: Any, latent: int, n: int, out_dir: pathlib.Path) -> list[str]:
@@ -156,38 +206,73 @@ def _latent_strip(output: Any, latent: int, n: int, out_dir: pathlib.Path) -> li
                 to_rgb(im).resize((TILE, TILE), Image.Resampling.BICUBIC).save(base)
         heat = f"heat-{output.record.id}-{latent}-{ex}.png"
         (_heat_rgba(grid, vmax) if grid is not None else Image.new("RGBA", (TILE, TILE))).save(out_dir / heat)
-        parts = [str(e["label_name"])] if e.get("label_name") is not None else []
+        parts = [f"image {ex}", f"top activation {value:.3g}"]
+        if e.get("label_name") is not None:
+            parts.append(f"class {e['label_name']}")
         if e.get("patch_label") is not None:  # the top patch's class (segmentation mask, or the image's class)
-            parts.append(f"patch class {e['patch_label']}")
-        label = html.escape(" · ".join(parts))
+            parts.append(f"top patch's class {e['patch_label']}")
+        caption = "<br>".join(html.escape(p) for p in parts)
         figures.append(f"<figure class='tile'><div class='stack'><img class='base' src='{base.name}' alt='image {ex}'>"
                        f"<img class='heat' src='{heat}' alt='latent {latent} on image {ex}'></div>"
-                       f"<figcaption>{value:.3g}{' &middot; ' + label if label else ''}</figcaption></figure>")
+                       f"<figcaption>{caption}</figcaption></figure>")
     return figures
 
 
 def build_report(registry: Registry, sweep: str, out_dir: pathlib.Path, *, output_ids: tuple[int, ...] = (),
-                 run_ids: tuple[int, ...] = (), latents: tuple[int, ...] = (), n_top: int = 8) -> pathlib.Path:
-    from saev_ops.explore.pareto import default_key, pareto_plot
+                 run_ids: tuple[int, ...] = (), latents: tuple[int, ...] = (), n_top: int = 8,
+                 l0_budget: float | None = None) -> pathlib.Path:
+    """The page for ``sweep`` under ``out_dir``; ``l0_budget``: the L0 the best run must stay within (default
+    :data:`~saev_ops.explore.pareto.DEFAULT_L0_BUDGET`)."""
+    from saev_ops.directions import MEANING
+    from saev_ops.explore.pareto import DEFAULT_L0_BUDGET, best_under, default_key, frontier, pareto_plot
 
     registry.get_sweep(sweep)
     rows = registry.list_runs(RunQuery(sweep=sweep, sort="nmse"))
     if not rows:
         raise errors.QueryError(f"sweep {sweep!r} has no runs")
-    rows = registry.list_runs(RunQuery(sweep=sweep, sort=default_key(rows, "nmse")))  # held-out first where present
+    x, y = default_key(rows, "l0"), default_key(rows, "nmse")  # held-out where present, as the plot
+    rows = registry.list_runs(RunQuery(sweep=sweep, sort=y))  # the table in the plot's order: best y first
+    budget = DEFAULT_L0_BUDGET if l0_budget is None else l0_budget
+    front = {rid for _, _, rid in frontier(rows, x, y)[1]}
+    best = best_under(rows, x, y, budget)
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>saev-ops: {html.escape(sweep)}</title>",
              _SCRIPT, _STYLE, "</head><body>", f"<h1>Sweep {html.escape(sweep)}</h1>"]
     keys = ["nmse", "l0", "dead_frac", "dense_frac", "explained_variance"]
-    keys += [k for k in ("val/nmse", "val/l0", "val/dead_frac", "fidelity") if any(k in r.summary for r in rows)]
-    parts.append("<h2>Runs</h2><table><tr><th>run</th><th>status</th><th>arch</th><th>d_sae</th><th>k</th><th>lr</th>"
-                 + "".join(f"<th>{k}</th>" for k in keys) + "</tr>")
+    held_out = any("val/nmse" in r.summary for r in rows)
+    keys += [k for k in ("val/nmse", "val/l0") if any(k in r.summary for r in rows)]
+    keys += ["val/unfired_frac"] if held_out else []
+    keys += ["fidelity"] if any("fidelity" in r.summary for r in rows) else []
+    parts.append("<h2>Runs</h2><ul class='legend'>" + "".join(
+        f"<li><b>{html.escape(k)}</b>: {html.escape(MEANING[k.removeprefix('val/')])}"
+        f"{' (on the held-out dataset)' if k.startswith('val/') else ''}</li>" for k in keys) + "</ul>")
+    chosen = (f"<b>best</b> (highlighted): run {best.run.id}, the lowest {html.escape(y)} among runs with "
+              f"{html.escape(x)} &le; {budget:g}" if best is not None else
+              f"no run has {html.escape(x)} &le; {budget:g}, so none is marked best")
+    parts.append(f"<p class='legend'>Sorted by {html.escape(y)}; <span class='front-key'>blue</span> rows are on the "
+                 f"Pareto frontier of {html.escape(x)} against {html.escape(y)}; {chosen}.</p>")
+    parts.append("<table><tr><th>run</th><th>status</th><th>arch</th><th>d_sae</th><th>k</th><th>lr</th>"
+                 + "".join(f"<th>{k}</th>" for k in keys) + "<th>note</th></tr>")
+
+    def cell(r: RunRow, k: str) -> str:
+        if k in r.summary:
+            return f"<td>{r.summary[k]:.4g}</td>"
+        if k == "val/unfired_frac" and "val/nmse" in r.summary:
+            return "<td class='why'>too few rows</td>"
+        return "<td></td>"
+
     for r in rows:
         sae = r.run.config.get("sae", {})
-        cells = "".join(f"<td>{r.summary[k]:.4g}</td>" if k in r.summary else "<td></td>" for k in keys)
-        parts.append(f"<tr><td>{r.run.id}</td><td>{r.run.status}</td><td>{html.escape(str(sae.get('arch')))}</td>"
-                     f"<td>{sae.get('d_sae')}</td><td>{sae.get('k')}</td><td>{r.run.config.get('lr')}</td>{cells}</tr>")
+        cells = "".join(cell(r, k) for k in keys)
+        is_best, on_front = best is not None and r.run.id == best.run.id, r.run.id in front
+        css = " class='best'" if is_best else " class='front'" if on_front else ""
+        note = "best" if is_best else "frontier" if on_front else ""
+        if is_best and on_front:
+            note = "best, frontier"
+        parts.append(f"<tr{css}><td>{r.run.id}</td><td>{r.run.status}</td><td>{html.escape(str(sae.get('arch')))}</td>"
+                     f"<td>{sae.get('d_sae')}</td><td>{sae.get('k')}</td><td>{r.run.config.get('lr')}</td>{cells}"
+                     f"<td>{note}</td></tr>")
     parts.append("</table>")
     try:
         res = pareto_plot(registry, sweep, None, None, out_dir / "pareto.png")  # held-out metrics when present
@@ -195,17 +280,29 @@ def build_report(registry: Registry, sweep: str, out_dir: pathlib.Path, *, outpu
                      "<img class='plot' src='pareto.png' alt='pareto'>")
     except errors.QueryError:
         parts.append("<p>No run has both l0 and nmse yet.</p>")
-    _curves(registry, [r.run.id for r in rows], ("loss", "nmse", "l0", "dead_frac"), out_dir / "curves.png")
-    parts.append("<h2>Metric curves</h2><img class='plot' src='curves.png' alt='curves'>")
+    _curves(registry, rows, ("loss", "nmse", "val/nmse", "l0", "val/l0", "dead_frac"), out_dir / "curves.png")
+    parts.append("<h2>Metric curves</h2><p class='legend'>Training metrics (lines) beside their held-out values "
+                 "(dots), where the sweep has a val_dataset.</p><img class='plot' src='curves.png' alt='curves'>")
     sweep_runs = {r.run.id for r in rows}
-    for output_id in best_outputs(registry, rows, output_ids=output_ids, run_ids=run_ids):
+    shown = best_outputs(registry, rows, output_ids=output_ids, run_ids=run_ids, n=max(2, len(front)))
+    if not shown:
+        dataset = rows[0].dataset
+        parts.append(f"<h2>Latents</h2><p>No inference output of this sweep's runs yet: run <code>saev-ops infer "
+                     f"{html.escape(sweep)} --dataset {html.escape(dataset)}</code>, then this report again, to see "
+                     "what their latents fire on.</p>")
+    else:
+        parts.append(_scale_bar(out_dir))
+    labels = {r.run.id: run_label(r) for r in rows}
+    for output_id in shown:
         from saev_ops.infer import Output
 
         output = Output.open(registry, output_id)
-        chosen = list(latents) or interesting_latents(output.latent_stats())
-        where = "" if output.record.run_id in sweep_runs else " (not of this sweep)"
-        parts.append(f"<h2>Latents of run {output.record.run_id}{where}, output {output_id}</h2>")
-        for lat in chosen:
+        chosen_latents = list(latents) or interesting_latents(output.latent_stats())
+        rid = output.record.run_id
+        where = "" if rid in sweep_runs else " (not of this sweep)"
+        parts.append(f"<h2>Latents of run {rid}{where}, output {output_id}"
+                     f"{' &middot; ' + html.escape(labels[rid]) if rid in labels else ''}</h2>")
+        for lat in chosen_latents:
             figures = _latent_strip(output, lat, n_top, out_dir)
             parts.append(f"<h3>latent {lat}</h3>")
             parts.append(f"<div class='strip'>{''.join(figures)}</div>" if figures else
