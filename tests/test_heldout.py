@@ -169,3 +169,18 @@ def test_too_few_rows_give_no_unfired_share() -> None:
     from saev_ops.directions import MEANING
 
     assert {"dead_frac", "unfired_frac"} <= set(MEANING) and "dead_tokens" in MEANING["dead_frac"]
+
+
+def test_a_val_dataset_added_later_says_how_to_score_the_existing_runs(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001
+    """A sweep resubmitted with a val_dataset trained nothing new and said only `0 new`."""
+    reg, url = env
+    plain = GRID.format(val="tiny-val", root=tmp_path / "runs").replace("val_dataset: tiny-val\n", "")
+    assert "val_dataset:" not in plain
+    submit_sweep(reg, parse_sweep(plain), url)
+    later = parse_sweep(GRID.format(val="tiny-val", root=tmp_path / "runs").replace("name: held", "name: held2"))
+    for dry_run in (True, False):
+        res = submit_sweep(reg, later, url, dry_run=dry_run)
+        assert res.new_runs == ()
+        (warning,) = [w for w in res.warnings if "val_dataset" in w]
+        assert "2 run(s) exist already in sweep held, trained without val_dataset 'tiny-val'" in warning
+        assert "`saev-ops infer held --dataset tiny-val` gives them held-out metrics" in warning

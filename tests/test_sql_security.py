@@ -303,14 +303,18 @@ def test_pg_read_only_queries_change_nothing_that_lasts(pg_schema_url: str) -> N
         "SELECT * FROM (SELECT pg_catalog.pg_logical_emit_message(true, 'p', 'x')) AS s",
         "WITH s AS (SELECT Pg_Logical_Emit_Message(false, 'p', 'x') AS m) SELECT * FROM s",
     ]
+    temp_bytes = "SELECT temp_bytes FROM pg_stat_database WHERE datname = current_database()"
     try:
         wal0 = _scalar(admin, "SELECT pg_current_wal_lsn()")
+        temp0 = _scalar(admin, temp_bytes)
         n_lo = _scalar(admin, "SELECT count(*) FROM pg_largeobject_metadata")
         for statement in statements:
             with pytest.raises(errors.QueryError, match="refused: `saev-ops sql` is read-only and may not call"):
                 run_read_only(reg, statement)
         wal = _scalar(admin, f"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '{wal0}')")
         assert wal < 256 << 10, f"{wal} bytes of WAL"  # background writes only, not the 46 MB asked for
+        time.sleep(1)  # statistics reach pg_stat_database shortly after a transaction
+        assert _scalar(admin, temp_bytes) == temp0  # no server temporary files either
         assert _scalar(admin, f"SELECT last_value FROM {schema}.probe_seq") == 1
         assert _scalar(admin, "SELECT count(*) FROM pg_largeobject_metadata") == n_lo
         assert _scalar(admin, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 424242") == 0

@@ -127,7 +127,8 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
         fresh = [(-(i + 1), cfg) for i, (cfg, h) in enumerate(zip(configs, hashes, strict=True)) if h not in known]
         jobs = group_runs(fresh, dataset.d_model, spec.settings, spec.resources)
         return SubmitResult(spec.name, len(configs), tuple(r for r, _ in fresh), (), tuple(jobs), (), True,
-                            window_warnings(configs) + page_cache_warnings(spec, dataset, configs))
+                            window_warnings(configs) + page_cache_warnings(spec, dataset, configs)
+                            + held_out_warnings(registry, spec, list(known.values())))
 
     registry.get_or_create_sweep(spec.name, spec.text)
     added = registry.add_runs(spec.dataset, configs, sweep=spec.name, identities=[run_identity(c) for c in configs])
@@ -141,7 +142,24 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
     jobs = group_runs(todo, dataset.d_model, spec.settings, spec.resources)
     job_ids = launch(registry, spec, dataset, jobs, db_url, val)
     return SubmitResult(spec.name, len(configs), tuple(r for r, _ in new), tuple(r for r, _ in retried), tuple(jobs),
-                        tuple(job_ids), False, window_warnings(configs) + page_cache_warnings(spec, dataset, configs))
+                        tuple(job_ids), False, window_warnings(configs) + page_cache_warnings(spec, dataset, configs)
+                        + held_out_warnings(registry, spec, [r for r, created in added if not created]))
+
+
+def held_out_warnings(registry: Registry, spec: SweepSpec, existing: list[RunRecord]) -> tuple[str, ...]:
+    """Runs that exist already (a val_dataset is not part of what a run learns, so adding one trains nothing new) but
+    were trained without this val_dataset: where they are, and the command that scores them on it."""
+    val = spec.settings.val_dataset
+    without = [r for r in existing if (r.config.get("train") or {}).get("val_dataset") != val]
+    if val is None or not without:
+        return ()
+    names = {s.id: s.name for s, _ in registry.list_sweeps()}
+    sweeps = sorted({names.get(r.sweep_id, "no sweep") for r in without if r.sweep_id is not None})
+    where = ", ".join(sweeps) or "no sweep"
+    how = "; ".join(f"`saev-ops infer {s} --dataset {val}`" for s in sweeps) or f"`saev-ops infer RUN --dataset {val}`"
+    return (f"{len(without)} run(s) exist already in sweep {where}, trained without val_dataset {val!r} (a held-out "
+            f"dataset is not part of what a run learns, so they are not trained again)\n  {how} gives them held-out "
+            "metrics",)
 
 
 def keep_first_defaults(registry: Registry, spec: SweepSpec) -> SweepSpec:
