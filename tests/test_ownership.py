@@ -194,12 +194,13 @@ def test_an_edited_line_cannot_reach_another_run(tmp_path: pathlib.Path) -> None
     lines = [json.loads(x) for x in f.read_text().splitlines()]
     forged = [{**x, "run_id": other.id} for x in lines]  # the other run's id, this run's identity
     legacy = [{k: v for k, v in x.items() if k not in ("registry", "identity")} for x in lines]
-    f.write_text("".join(json.dumps(x) + "\n" for x in forged + legacy))
+    odd = [{**lines[0], "registry": [reg.registry_id]}]  # not a string: no registry named
+    f.write_text("".join(json.dumps(x) + "\n" for x in forged + legacy + odd))
     res = sync_file(reg, f)
     assert (res.points, res.transitions) == (0, 0)
     assert reg.get_run(other.id).status == "queued" and reg.summary(other.id) == {}
     assert reg.get_run(run.id).status == "queued"
-    assert len(res.problems) == 4
+    assert len(res.problems) == 5 and "metrics.jsonl:5: names no registry" in res.problems[4]
     assert f"metrics.jsonl:1: run {other.id} of this registry is another run" in res.problems[0]
     assert "metrics.jsonl:3: names no registry and run identity" in res.problems[2]
 

@@ -173,7 +173,8 @@ def _refuse_foreign(registry: Any, pending: list[_Pending]) -> None:
     mine = registry.registry_id
     foreign: dict[str, list[pathlib.Path]] = {}
     for p in pending:
-        for other in {ln.record.get("registry") or None for ln in p.lines} - {mine, None}:
+        named = {ln.record.get("registry") for ln in p.lines if isinstance(ln.record.get("registry"), str)}
+        for other in named - {mine, ""}:
             foreign.setdefault(str(other), []).append(p.path)
     if foreign:
         from saev_ops.registry.engine import safe_url
@@ -190,7 +191,7 @@ def _apply(registry: Any, p: _Pending, identities: dict[int, str | None]) -> Syn
     problems = list(p.problems)
     for ln in p.lines:
         rec = ln.record
-        if not rec.get("registry") or not rec.get("identity"):
+        if not isinstance(rec.get("registry"), str) or not rec["registry"] or not rec.get("identity"):
             problems.append(f"{p.where(ln.lineno)}: names no registry and run identity (written by saev-ops before "
                             "journals did, or edited); skipped")
             continue
