@@ -96,6 +96,25 @@ def test_model_positions_skip_dropped_registers() -> None:
         model_positions(TokenLayout(n_cls=1, n_registers=0, n_patches=16), model, "patches")
 
 
+@pytest.mark.parametrize("model", [TokenLayout(n_cls=1, n_registers=2, n_patches=9),   # built-in ViT: registers
+                                   TokenLayout(n_cls=1, n_registers=0, n_patches=9),   # CLIP, DINOv2
+                                   TokenLayout(n_cls=0, n_registers=0, n_patches=9)])  # SigLIP
+def test_every_recorded_token_choice_maps_onto_the_model(model: TokenLayout) -> None:
+    """`eval` refused every `--tokens patches` recording: its rows are the model's patch positions all the same."""
+    from saev_ops.record.recorder import stored_layout
+    from saev_ops.shards.format import TOKEN_CHOICES
+
+    patches = list(range(model.n_cls + model.n_registers, model.n_tokens))
+    for choice, selection in TOKEN_CHOICES.items():
+        if choice == "cls" and not model.n_cls:
+            continue
+        stored = stored_layout(model, choice)
+        if stored.n_patches:
+            assert model_positions(stored, model, "patches") == patches, choice
+        got = model_positions(stored, model, selection)
+        assert got == model.indices(selection), choice  # the rows the recording kept are these model positions
+
+
 def test_select_examples_spreads_over_the_dataset() -> None:
     assert select_examples(10, 4).tolist() == [0, 3, 6, 9]
     assert select_examples(3, 50).tolist() == [0, 1, 2]
@@ -205,3 +224,27 @@ def test_every_family_splices_the_same_shared_or_alone(tmp_path: pathlib.Path, f
     assert not torch.allclose(alone.embed[0], alone.embed[1])  # the edit reaches the final representation
     default = model.run(pixels, 1, pos, [_keep, _edit])
     torch.testing.assert_close(default.embed, alone.embed, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["builtin:small@1", "vit"])
+@pytest.mark.parametrize("tokens", ["patches", "cls", "all"])
+def test_eval_works_for_every_recorded_token_choice(tmp_path: pathlib.Path, model: str, tokens: str) -> None:
+    """A recording of patches only (the common choice: what SAEs train on), of the CLS only, or of every token is
+    judged like saev's CLS + patches: an SAE that reconstructs exactly keeps the model's output (fidelity 1)."""
+    spec_model = tiny_hf(tmp_path, "vit", image_size=64) if model == "vit" else model
+    images = generate_images(tmp_path / "images", 8, size=64, n_classes=2).root
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    reg = Registry(url)
+    d = record_dataset(reg, RecordSpec(name="d", images=str(images), model=spec_model, layers=(1,), tokens=tokens,
+                                       batch_size=8, data_root=str(tmp_path / "data")))
+    reader = ShardReader(d.path)
+    scale = float(reader.stats()["scale"][0])
+    read = "cls" if tokens == "cls" else "patches"
+    ident = _register_sae(reg, "d", identity_sae(d.d_model), layer=1, tokens=read, scale=scale, root=tmp_path,
+                          tag=tokens)
+    (result,) = run_eval(EvalSpec(db_url=url, run_ids=(ident,), dataset="d", n_images=6, batch_size=3))
+    if result.fidelity is not None:  # a CLS-only edit at the last block may not reach the output: said so
+        assert result.fidelity == pytest.approx(1.0, abs=1e-5)
+    else:
+        assert result.extra["missing"]["fidelity"].startswith("undefined")

@@ -37,10 +37,12 @@ class Outputs:
 
 
 def model_positions(stored: TokenLayout, model: TokenLayout, tokens: str) -> list[int]:
-    """The model's token positions behind ``tokens`` of a recording stored with layout ``stored`` (a recording may
-    drop the model's registers: stored position ``i`` is not always model position ``i``)."""
-    if stored.n_patches != model.n_patches or stored.n_cls != model.n_cls or stored.n_registers not in (
-            0, model.n_registers):
+    """The model's token positions behind ``tokens`` of a recording stored with layout ``stored``: every ``--tokens``
+    choice keeps each kind of token (CLS, registers, patches) whole or drops it, so stored position ``i`` is the
+    model's position of the same kind and rank (a recording that dropped the CLS or the registers is not aligned
+    with the model's axis)."""
+    kinds = ((stored.n_cls, model.n_cls), (stored.n_registers, model.n_registers), (stored.n_patches, model.n_patches))
+    if any(n not in (0, m) for n, m in kinds) or stored.n_tokens == 0:
         raise errors.ConfigError(f"the recording's token layout {stored} does not come from this model's {model}")
     out = []
     for i in stored.indices(tokens):
