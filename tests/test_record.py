@@ -357,3 +357,40 @@ def test_missing_mask_is_a_bad_image(tmp_path: pathlib.Path, reg: Registry) -> N
         record_dataset(Registry(f"sqlite:///{tmp_path / 'r2.sqlite'}"),
                        RecordSpec(name="seg", images=str(imgs), masks=str(masks), model="builtin:small", layers=(1,),
                                   data_root=str(tmp_path / "data2"), strict=True))
+
+
+def test_prefer_fg_labels_a_patch_by_its_foreground(tmp_path: pathlib.Path, reg: Registry) -> None:
+    """saev's pixel_agg="prefer-fg": a patch takes its most common class other than the background (0) when it has
+    any; stored in saev's metadata.json, and a recording of its own (another identity than the majority rule's)."""
+    import json
+
+    from PIL import Image
+
+    from saev_ops.record.preprocess import patch_majority
+
+    m = np.array([[0, 0], [0, 5]])
+    assert patch_majority(m, (1, 1)).tolist() == [0]
+    assert patch_majority(m, (1, 1), "prefer-fg").tolist() == [5]
+    assert patch_majority(np.zeros((2, 2), int), (1, 1), "prefer-fg").tolist() == [0]
+    assert patch_majority(np.array([[0, 9], [4, 0]]), (1, 1), "prefer-fg").tolist() == [4]  # ties: smaller id
+    imgs, masks = tmp_path / "images", tmp_path / "annotations"
+    imgs.mkdir()
+    masks.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(imgs / f"i{i}.png")
+        mask = np.zeros((64, 64), np.uint8)
+        mask[:2, :2] = 6  # 4 of a patch's 64 pixels: background wins the majority, not prefer-fg
+        Image.fromarray(mask, mode="L").save(masks / f"i{i}.png")
+    common = dict(images=str(imgs), masks=str(masks), model="builtin:small", layers=(1,),
+                  data_root=str(tmp_path / "data"))
+    fg = record_dataset(reg, RecordSpec(name="fg", pixel_agg="prefer-fg", **common))
+    maj = record_dataset(reg, RecordSpec(name="maj", **common))
+    assert fg.path != maj.path
+    assert json.loads((pathlib.Path(fg.path) / "metadata.json").read_text())["pixel_agg"] == "prefer-fg"
+    grid = {d.name: np.fromfile(pathlib.Path(d.path) / "labels.bin", np.uint8).reshape(3, -1) for d in (fg, maj)}
+    n_reg = grid["fg"].shape[1] - 64  # register columns come first, 255
+    assert grid["fg"][:, n_reg].tolist() == [6, 6, 6] and grid["maj"][:, n_reg].tolist() == [0, 0, 0]
+    assert fg.extra["provenance"]["masks"]["pixel_agg"] == "prefer-fg"
+    with pytest.raises(errors.ConfigError, match="--pixel-agg applies to --masks"):
+        RecordSpec(name="x", images=str(imgs), model="builtin:small", pixel_agg="prefer-fg")

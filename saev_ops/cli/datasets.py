@@ -123,7 +123,10 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
               "dinov3:DIR, siglip2:DIR, timm:DIR, open_clip:DIR "
               "(timm/open_clip also hf-hub:REPO from the local cache, or ARCH@WEIGHTS).")
 @click.option("--masks", type=click.Path(file_okay=False), help="Segmentation masks (a PNG of class ids per image, "
-              "at its path relative to --images): each patch's majority class goes to saev's labels.bin.")
+              "at its path relative to --images): each patch's class goes to saev's labels.bin (--pixel-agg).")
+@click.option("--pixel-agg", type=click.Choice(["majority", "prefer-fg"]), default="majority", show_default=True,
+              help="With --masks, saev's rule for a patch's class: the most common class of its pixels, or "
+              "(prefer-fg) the most common class other than the background, 0, whenever the patch has any.")
 @click.option("--layers", default="-1", show_default=True, callback=_int_list, help="Blocks to record, e.g. 6,11.")
 @click.option("--tokens", type=click.Choice(list(TOKEN_CHOICES)), default="cls+patches", show_default=True,
               help="Tokens kept per image: cls+patches is saev's layout (registers dropped); all keeps registers "

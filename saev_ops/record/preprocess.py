@@ -103,9 +103,15 @@ class Preprocess:
         return d
 
 
-def patch_majority(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-    """Each patch's label: the class id most of its pixels carry (ties to the smaller id), as saev's
-    ``pixel_agg="majority"``. ``mask`` (H, W) of ids 0..255, ``grid`` (rows, cols) of patches -> uint8 (rows*cols,)."""
+PIXEL_AGGS = ("majority", "prefer-fg")
+"""How a patch's pixels' classes become its label, by saev's names: the most common class, or the most common class
+other than the background (0) whenever the patch has any."""
+
+
+def patch_majority(mask: np.ndarray, grid: tuple[int, int], pixel_agg: str = "majority") -> np.ndarray:
+    """Each patch's label (ties to the smaller id): the class id most of its pixels carry (saev's
+    ``pixel_agg="majority"``), or with ``prefer-fg`` the most common class other than the background (0) when the
+    patch has any, else 0. ``mask`` (H, W) of ids 0..255, ``grid`` (rows, cols) of patches -> uint8 (rows*cols,)."""
     gh, gw = grid
     h, w = mask.shape
     if h % gh or w % gw:
@@ -117,6 +123,11 @@ def patch_majority(mask: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     patches = mask.reshape(gh, ph, gw, pw).transpose(0, 2, 1, 3).reshape(gh * gw, ph * pw)
     counts = np.zeros((gh * gw, 256), dtype=np.int64)
     np.add.at(counts, (np.repeat(np.arange(gh * gw), ph * pw), patches.ravel()), 1)
+    if pixel_agg == "prefer-fg":
+        foreground = counts[:, 1:]
+        return np.where(foreground.sum(axis=1) > 0, foreground.argmax(axis=1) + 1, 0).astype(np.uint8)
+    if pixel_agg != "majority":
+        raise ValueError(f"pixel_agg must be one of {', '.join(PIXEL_AGGS)}, got {pixel_agg!r}")
     return counts.argmax(axis=1).astype(np.uint8)  # argmax takes the first maximum: the smaller id
 
 

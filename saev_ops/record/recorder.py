@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from saev_ops import __version__, atomic, datasets, errors
+from saev_ops.record.preprocess import PIXEL_AGGS
 from saev_ops.registry import DatasetRecord, Registry
 from saev_ops.settings import default_data_root
 from saev_ops.shards import dtypes
@@ -57,7 +58,10 @@ class RecordSpec:
     """FAMILY:CHECKPOINT, e.g. builtin:tiny, vit:/models/vit-b16."""
     masks: str | None = None
     """Segmentation masks (ADE20K-style: one class id per pixel, a PNG per image at the image's path relative to
-    ``images``, under this folder): each patch gets its majority class in saev's labels.bin."""
+    ``images``, under this folder): each patch gets its class in saev's labels.bin, by ``pixel_agg``."""
+    pixel_agg: str = "majority"
+    """With ``masks``: how a patch's pixels' classes become its label, by saev's names: ``majority`` (the most common
+    class) or ``prefer-fg`` (the most common class other than the background, 0, whenever the patch has any)."""
     layers: tuple[int, ...] = (-1,)
     """Blocks whose output is recorded (0-based; -1 = last)."""
     tokens: str = "cls+patches"
@@ -92,6 +96,10 @@ class RecordSpec:
             problems.append("--batch-size and --workers must be > 0")
         if not self.layers:
             problems.append("--layers must name at least one layer")
+        if self.pixel_agg not in PIXEL_AGGS:
+            problems.append(f"--pixel-agg must be one of {', '.join(PIXEL_AGGS)}, got {self.pixel_agg!r}")
+        elif self.pixel_agg != "majority" and self.masks is None:
+            problems.append("--pixel-agg applies to --masks; give the masks or leave it out")
         if problems:
             raise errors.ConfigError("; ".join(problems))
 
@@ -203,7 +211,7 @@ def _resolve(registry: Registry, spec: RecordSpec, *, register: bool) -> _Record
                   d_model=adapter.d_model, n_examples=len(images.items),
                   max_tokens_per_shard=max(spec.max_tokens_per_shard, layout.n_tokens * len(layers)),
                   data=encode_data_field({**images.describe(), "recording_hash": spec_hash}), dataset=images.root,
-                  dtype=spec.dtype)
+                  pixel_agg=spec.pixel_agg, dtype=spec.dtype)
     md = _resumed_metadata(partial, md, images.describe())
     provenance = {"images": images.describe(), "model": model_info, "tokens": spec.tokens,
                   "resolution": spec.resolution,  # what `saev-ops eval` loads the model at again
@@ -524,6 +532,7 @@ class MaskSource:
     masks_root: pathlib.Path
     preprocess: Any
     grid: tuple[int, int]
+    pixel_agg: str = "majority"
 
     def path(self, image: str) -> pathlib.Path:
         p = pathlib.Path(image)
@@ -541,12 +550,12 @@ class MaskSource:
         if not mask_path.is_file():
             raise FileNotFoundError(f"no mask {mask_path} for this image")
         try:
-            return pixels, patch_majority(self.preprocess.mask(str(mask_path)), self.grid)
+            return pixels, patch_majority(self.preprocess.mask(str(mask_path)), self.grid, self.pixel_agg)
         except ValueError as exc:
             raise ValueError(f"mask {mask_path}: {exc}") from None
 
     def describe(self) -> dict[str, Any]:
-        return {"path": str(self.masks_root), "pixel_agg": "majority", "grid": list(self.grid)}
+        return {"path": str(self.masks_root), "pixel_agg": self.pixel_agg, "grid": list(self.grid)}
 
 
 def _mask_source(spec: RecordSpec, images: Any, adapter: Any, layout: TokenLayout) -> MaskSource | None:
@@ -559,7 +568,7 @@ def _mask_source(spec: RecordSpec, images: Any, adapter: Any, layout: TokenLayou
         raise errors.ConfigError("--masks: --tokens cls stores no patches to label")
     images_root = pathlib.Path(images.root)
     return MaskSource(images_root if images_root.is_dir() else images_root.parent, root, adapter.preprocess,
-                      adapter.patch_grid)
+                      adapter.patch_grid, spec.pixel_agg)
 
 
 def print_progress(name: str = "recording") -> Callable[[int, int, Timings], None]:
