@@ -151,7 +151,7 @@ def test_saelens_export_and_round_trip(tmp_path: pathlib.Path, arch: str) -> Non
     state = load_file(str(out / "sae_weights.safetensors"))
     assert cfg["architecture"] == {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu",
                                    "batchtopk": "jumprelu"}[arch]
-    assert cfg["d_in"] == D and cfg["normalize_activations"] == "none" and cfg["meta"]["hook_layer"] == 5
+    assert cfg["d_in"] == D and cfg["normalize_activations"] == "none" and cfg["metadata"]["hook_layer"] == 5
     x = torch.randn(300, D, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         np.testing.assert_allclose(saelens_encode(cfg, state, x).numpy(), sae.encode(x * 0.8).numpy(), rtol=1e-5,
@@ -221,3 +221,26 @@ def test_runs_import_then_infer_and_export_through_the_cli(tmp_path: pathlib.Pat
                            str(tmp_path / "out.pt")])
     assert res.exit_code == 0, res.output
     assert all(torch.equal(read_saev_raw(tmp_path / "out.pt")[1][k], v) for k, v in state.items())
+
+
+def _saelens_6_metadata(cfg: dict) -> dict:
+    """What SAELens 6's ``load_from_disk`` ends with as the SAE's metadata (its ``handle_config_defaulting``, read from
+    its source): the config's own ``metadata`` when ``sae_lens_version`` (top level or in ``metadata``) is 6.0 or later,
+    else the model, hook and dataset names taken from top-level keys (the pre-6 layout)."""
+    from packaging.version import Version
+
+    version = cfg.get("sae_lens_version") or (cfg.get("metadata") or {}).get("sae_lens_version")
+    if version and Version(str(version)) >= Version("6.0.0rc0"):
+        return dict(cfg.get("metadata") or {})
+    return {k: cfg.get(k) for k in ("model_name", "hook_name", "hook_head_index", "dataset_path")}
+
+
+def test_saelens_6_reads_the_exported_names(tmp_path: pathlib.Path) -> None:
+    """The export wrote its names under ``meta``, which SAELens 6 does not read: model, hook and dataset came back as
+    None."""
+    sae = build_sae(SAEConfig(arch="topk", d_model=8, d_sae=16, k=2), seed=0)
+    out = export_saelens(sae, {"scale": 1.0, "layer": 5, "model": "clip:/models/b16", "dataset": "inat21"},
+                         tmp_path / "lens")
+    md = _saelens_6_metadata(json.loads((out / "cfg.json").read_text()))
+    assert md["model_name"] == "clip:/models/b16" and md["dataset_path"] == "inat21"
+    assert md["hook_name"] == "blocks.5.hook_resid_post" and md["saev_ops"]["layer"] == 5

@@ -7,8 +7,11 @@ subtraction) and its activations are ReLU, TopK and BatchTopK. saev's loader rea
 header, so the export adds a ``saev_ops`` key there with where the SAE came from.
 
 SAELens (``SAE.save_model``/``load_from_disk``): a directory with ``cfg.json`` (``architecture`` standard, topk or
-jumprelu, ``d_in``, ``d_sae``, ``apply_b_dec_to_input``, ``normalize_activations``, ``k`` for topk, ``meta``) and
-``sae_weights.safetensors`` (the same four tensors, plus ``threshold`` for jumprelu).
+jumprelu, ``d_in``, ``d_sae``, ``apply_b_dec_to_input``, ``normalize_activations``, ``k`` for topk, and the 6.x layout's
+``metadata`` with ``sae_lens_version``, ``model_name``, ``hook_name``, ``dataset_path``) and
+``sae_weights.safetensors`` (the same four tensors, plus ``threshold`` for jumprelu). SAELens 6 reads ``metadata`` only
+when the config says it was written by 6.0 or later (``sae_lens_version`` there or at the top level); otherwise it takes
+the names from top-level keys, so a ``metadata`` without that version loses them.
 
 Both read raw activations, while a saev-ops SAE reads them multiplied by its dataset's ``scale``; the export folds the
 scale into the weights (SAELens' ``fold_activation_norm_scaling_factor``): ``W_enc * s``, ``W_dec / s``, ``b_dec / s``,
@@ -30,6 +33,8 @@ from saev_ops.sae.config import SAEConfig
 from saev_ops.sae.modules import SAE, build_sae
 
 SAEV_SCHEMA = 5
+SAELENS_LAYOUT_VERSION = "6.0.0"
+"""The SAELens config layout the export writes (``metadata`` holds the names), as ``metadata.sae_lens_version``."""
 SAELENS_CFG = "cfg.json"
 SAELENS_WEIGHTS = "sae_weights.safetensors"
 _SAEV_ACT = {"relu": "Relu", "topk": "TopK", "matryoshka": "TopK", "batchtopk": "BatchTopK"}
@@ -144,9 +149,10 @@ def export_saelens(sae: SAE, meta: dict[str, Any], directory: pathlib.Path) -> p
         "architecture": _SAELENS_ARCH[arch], "d_in": sae.cfg.d_model, "d_sae": sae.cfg.d_sae, "dtype": "float32",
         "device": "cpu", "apply_b_dec_to_input": sae.cfg.apply_b_dec_to_input, "normalize_activations": "none",
         "reshape_activations": "none",
-        "meta": {"model_name": meta.get("model"), "hook_name": f"blocks.{meta.get('layer')}.hook_resid_post",
-                 "hook_layer": meta.get("layer"), "dataset_path": meta.get("dataset"),
-                 "saev_ops": _origin(sae, meta)},
+        "metadata": {"sae_lens_version": SAELENS_LAYOUT_VERSION, "model_name": meta.get("model"),
+                     "hook_name": f"blocks.{meta.get('layer')}.hook_resid_post", "hook_head_index": None,
+                     "hook_layer": meta.get("layer"), "dataset_path": meta.get("dataset"),
+                     "saev_ops": _origin(sae, meta)},
     }
     if _SAELENS_ARCH[arch] == "topk":
         cfg["k"] = sae.cfg.k
