@@ -76,11 +76,9 @@ def test_saev_checkpoint_round_trip_bit_for_bit(tmp_path: pathlib.Path, activati
     with torch.no_grad():
         want = saev_encode(state, activation, x)
         got = sae.encode(x)
-    if activation == "TopK":  # saev keeps negative values among the top k; saev-ops clamps them at 0
-        keep = (want > 0)
-        assert torch.equal(got[keep], want[keep]) and torch.all(got[~keep] == 0)
-    else:
-        assert torch.equal(got, want)
+    assert torch.equal(got, want)  # saev's TopK keeps negative values among the top k: so does the import
+    if activation == "TopK":
+        assert not sae.cfg.topk_relu
     out = export_saev(sae, {"scale": 1.0}, tmp_path / "again.pt")
     header2, state2 = read_saev_raw(out)
     assert header2["schema"] == 5 and header2["cfg"]["activation"]["cls"] == activation
@@ -244,3 +242,59 @@ def test_saelens_6_reads_the_exported_names(tmp_path: pathlib.Path) -> None:
     md = _saelens_6_metadata(json.loads((out / "cfg.json").read_text()))
     assert md["model_name"] == "clip:/models/b16" and md["dataset_path"] == "inat21"
     assert md["hook_name"] == "blocks.5.hook_resid_post" and md["saev_ops"]["layer"] == 5
+
+
+def test_a_saev_topk_with_negative_pre_activations_computes_what_saev_computes(tmp_path: pathlib.Path) -> None:
+    """A saev dump() with b_enc = -25: L0 16 in saev, 0.008 in saev-ops (its TopK applied a ReLU), reconstruction
+    100% off. The import keeps saev's TopK, a run's config and identity say so, and it trains the same way."""
+    from saev_ops.registry import Registry
+    from saev_ops.sae.transfer import import_run
+    from tests.helpers import make_dataset
+
+    src = tmp_path / "neg.pt"
+    state = saev_file(src, "TopK")
+    state["b_enc"] = torch.full((W,), -25.0)
+    header, _ = read_saev_raw(src)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    src.write_bytes(json.dumps(header).encode() + b"\n" + buf.getvalue())
+    sae, _ = read_saev(src)
+    x = torch.randn(100, D, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want, got = saev_encode(state, "TopK", x), sae.encode(x)
+    assert torch.equal(got, want) and float((got != 0).sum(-1).float().mean()) == 8
+    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    make_dataset(reg, "d", d_model=D, layers=[3], status="complete")
+    run, _ = import_run(reg, src, dataset="d", runs_root=tmp_path / "runs")
+    assert run.config["sae"]["topk_relu"] is False
+    from saev_ops.train.spec import run_identity
+
+    assert run_identity(run.config)["sae"]["topk_relu"] is False
+    relu_cfg = {**run.config, "sae": {**run.config["sae"], "topk_relu": True}}
+    assert "topk_relu" not in run_identity(relu_cfg)["sae"]  # the default keeps the identities runs had
+    with pytest.raises(errors.ConfigError, match="SAELens' TopK applies a ReLU"):
+        export_saelens(sae, {}, tmp_path / "lens")
+
+
+def test_exporting_a_relu_topk_to_saev_says_how_often_it_differs(tmp_path: pathlib.Path, caplog) -> None:  # noqa: ANN001
+    from saev_ops.registry import Registry
+    from saev_ops.sae.io import save_sae
+    from saev_ops.sae.transfer import export_run
+    from tests.helpers import make_dataset
+    from tests.shard_helpers import write_dataset
+
+    path = write_dataset(tmp_path / "data", n_examples=40, layers=(3,), n_patches=16, d_model=D)
+    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    make_dataset(reg, "d", path=str(path), d_model=D, layers=[3], status="complete")
+    sae = build_sae(SAEConfig(arch="topk", d_model=D, d_sae=W, k=8), seed=1)
+    with torch.no_grad():
+        sae.b_enc.fill_(-0.5)  # some rows' top k include negative pre-activations
+    (run, _), = reg.add_runs("d", [{"sae": sae.cfg.to_dict(), "layer": 3, "tokens": "patches"}])
+    save_sae(sae, tmp_path / "sae", scale=1.0, dataset_hash="h", layer=3)
+    reg.transition_run(run.id, "running")
+    reg.transition_run(run.id, "completed", checkpoint_path=str(tmp_path / "sae"))
+    export_run(reg, run.id, "saev", tmp_path / "out.pt")
+    assert "saev's TopK has no ReLU" in caplog.text and "% of the first rows of 'd'" in caplog.text
+    with pytest.raises(errors.ConfigError, match="--strict refuses it"):
+        export_run(reg, run.id, "saev", tmp_path / "strict.pt", strict=True)
+    assert not (tmp_path / "strict.pt").exists()

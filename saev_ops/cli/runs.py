@@ -294,12 +294,14 @@ def import_(obj: CliContext, source: str, dataset: str, layer: int | None, token
 @click.option("--format", "fmt", type=click.Choice(["saev", "saelens"]), required=True,
               help="saev: one checkpoint file saev's load() reads; saelens: a directory SAE.load_from_disk reads.")
 @click.option("--out", required=True, type=click.Path(path_type=str), help="The file (saev) or directory (saelens).")
+@click.option("--strict", is_flag=True, help="Refuse an export whose latents the other format computes differently "
+              "(a TopK with a ReLU to saev, whose TopK has none) instead of saying how often they differ.")
 @pass_ctx
-def export(obj: CliContext, run_id: int, fmt: str, out: str) -> None:
+def export(obj: CliContext, run_id: int, fmt: str, out: str, strict: bool) -> None:
     """Write a run's SAE in saev's or SAELens' format (the input scale folded into the weights)."""
     import pathlib
 
     from saev_ops.sae.transfer import export_run
 
-    path = export_run(obj.registry, run_id, fmt, pathlib.Path(out))
+    path = export_run(obj.registry, run_id, fmt, pathlib.Path(out), strict=strict)
     click.echo(f"run {run_id} -> {path} ({fmt})")

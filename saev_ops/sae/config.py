@@ -60,6 +60,9 @@ class SAEConfig:
     apply_b_dec_to_input: bool = True
     """Subtract the decoder bias from the input before encoding (saev-ops' and SAELens' default); False for SAEs
     imported from saev, whose encoder reads the input as it is."""
+    topk_relu: bool = True
+    """topk: keep the k largest pre-activations only where positive (saev-ops' and SAELens' TopK); False keeps them
+    as they are, negative ones included, as saev's TopK does (SAEs imported from saev)."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -79,6 +82,9 @@ class SAEConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 out.append((name, f"must be a finite number, got {value!r}"))
+        for name in ("apply_b_dec_to_input", "topk_relu"):
+            if not isinstance(getattr(self, name), bool):
+                out.append((name, f"must be true or false, got {getattr(self, name)!r}"))
         if out:
             return out  # the comparisons below need numbers
         for name in ("d_model", "d_sae", "dead_tokens"):

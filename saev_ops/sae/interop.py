@@ -118,6 +118,8 @@ def read_saev(path: pathlib.Path) -> tuple[SAE, dict[str, Any]]:
                               "apply_b_dec_to_input": False}
     if arch in ("topk", "batchtopk"):
         fields["k"] = int(params.get("top_k", 32))
+    if arch == "topk":
+        fields["topk_relu"] = False  # saev's TopK keeps the k largest pre-activations as they are
     sparsity = params.get("sparsity") or {}
     if arch == "relu" and sparsity.get("cls") == "L1Sparsity":
         fields["l1_coeff"] = float((sparsity.get("params") or {}).get("coeff", 0.0))
@@ -137,6 +139,9 @@ def export_saelens(sae: SAE, meta: dict[str, Any], directory: pathlib.Path) -> p
     arch = sae.cfg.arch
     if arch not in _SAELENS_ARCH:
         raise errors.ConfigError(f"SAELens has no {arch} architecture (standard, topk, jumprelu)")
+    if arch == "topk" and not sae.cfg.topk_relu:
+        raise errors.ConfigError("SAELens' TopK applies a ReLU to the k largest pre-activations and this SAE (saev's "
+                                 "TopK, topk_relu false) keeps negative ones: export it to saev instead")
     state = _folded(sae, float(meta.get("scale", 1.0)), b_dec_into_b_enc=False)
     if arch == "jumprelu":
         state["threshold"] = sae.get_parameter("log_threshold").detach().cpu().exp().contiguous()

@@ -155,14 +155,15 @@ class ReLUSAE(SAE):
         return {"l1": self.cfg.l1_coeff * sparsity_scale * l1}
 
 
-def _topk(pre: torch.Tensor, k: int) -> torch.Tensor:
+def _topk(pre: torch.Tensor, k: int, relu: bool = True) -> torch.Tensor:
+    """The ``k`` largest pre-activations of each row, the others 0; negative ones set to 0 too unless not ``relu``."""
     vals, idx = pre.topk(k, dim=-1)
-    return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+    return torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals) if relu else vals)
 
 
 class TopKSAE(SAE):
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
-        return _topk(pre, self.cfg.k)
+        return _topk(pre, self.cfg.k, self.cfg.topk_relu)
 
     def extra_losses(self, x, x_hat, pre, z, sparsity_scale):
         return {"auxk": self.auxk_loss(x, x_hat, pre)}

@@ -3,6 +3,7 @@ and ``saev-ops runs export`` (a run's SAE in saev's or SAELens' format)."""
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from typing import Any
 
@@ -13,6 +14,7 @@ from saev_ops.sae.io import load_sae, save_sae
 from saev_ops.shards.format import TokenLayout
 
 FORMATS = ("saev", "saelens")
+log = logging.getLogger(__name__)
 
 
 def import_run(reg: Registry, source: pathlib.Path, *, dataset: str, layer: int | None = None,
@@ -55,8 +57,32 @@ def import_run(reg: Registry, source: pathlib.Path, *, dataset: str, layer: int 
     return run, True
 
 
-def export_run(reg: Registry, run_id: int, fmt: str, out: pathlib.Path) -> pathlib.Path:
-    """Write run ``run_id``'s SAE to ``out`` in ``fmt`` (saev: a file; saelens: a directory)."""
+SAMPLE_ROWS = 8192
+"""Rows of a run's dataset the saev export checks its TopK's ReLU on."""
+
+
+def relu_topk_difference(sae: Any, dataset_path: str, layer: int, tokens: str, scale: float) -> float:
+    """The share of the first :data:`SAMPLE_ROWS` rows of the dataset (the run's layer and tokens) whose k largest
+    pre-activations include a negative one: where a TopK with a ReLU and saev's TopK (none) give other latents."""
+    import numpy as np
+    import torch
+
+    from saev_ops.shards import ShardReader
+
+    reader = ShardReader(dataset_path)
+    cols = reader.layout.indices(tokens)
+    n = min(reader.md.n_examples, -(-SAMPLE_ROWS // len(cols)))
+    rows = reader.read(0, n, reader.layer_index(layer))[:, cols].reshape(-1, reader.md.d_model)
+    with torch.no_grad():
+        pre = sae.pre_acts(torch.from_numpy(np.ascontiguousarray(rows)).float() * scale)
+        low = pre.topk(sae.cfg.k, dim=-1).values[:, -1]
+    return float((low < 0).float().mean())
+
+
+def export_run(reg: Registry, run_id: int, fmt: str, out: pathlib.Path, *, strict: bool = False) -> pathlib.Path:
+    """Write run ``run_id``'s SAE to ``out`` in ``fmt`` (saev: a file; saelens: a directory). A TopK with a ReLU goes
+    to saev (whose TopK has none) with a warning saying on what share of the dataset's rows that changes its latents;
+    ``strict`` refuses it instead."""
     if fmt not in FORMATS:
         raise errors.ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     run = reg.get_run(run_id)
@@ -65,6 +91,15 @@ def export_run(reg: Registry, run_id: int, fmt: str, out: pathlib.Path) -> pathl
     sae, meta = load_sae(pathlib.Path(run.checkpoint_path))
     ds = reg.get_dataset_by_id(run.dataset_id)
     meta = {**meta, "model": f"{ds.model_family}:{ds.model_ckpt}", "dataset": ds.name, "run_id": run_id}
+    if fmt == "saev" and sae.cfg.arch == "topk" and sae.cfg.topk_relu:
+        share = relu_topk_difference(sae, ds.path, int(meta["layer"]), str(meta.get("tokens", run.config.get(
+            "tokens", "patches"))), float(meta.get("scale", 1.0)))
+        note = (f"saev's TopK has no ReLU: run {run_id}'s TopK keeps only positive values, so saev computes other "
+                f"latents on {100 * share:.2f}% of the first rows of {ds.name!r} (rows whose k largest pre-activations "
+                "include a negative one)")
+        if strict:
+            raise errors.ConfigError(f"{note}; --strict refuses it (leave --strict out to export it all the same)")
+        log.warning("%s", note)
     if fmt == "saev":
         return interop.export_saev(sae, meta, out)
     return interop.export_saelens(sae, meta, out)

@@ -116,7 +116,8 @@ def run_identity(config: dict[str, Any]) -> dict[str, Any]:
     sae = config.get("sae")
     if isinstance(sae, dict) and sae.get("arch") in ARCH_FIELDS:
         out["sae"] = {k: v for k, v in sae.items() if k in ARCH_FIELDS[sae["arch"]]
-                      or (k == "apply_b_dec_to_input" and v is False)}  # in the identity only where it changes it
+                      or (k == "apply_b_dec_to_input" and v is False)  # in the identity only where it changes it
+                      or (k == "topk_relu" and v is False and sae["arch"] == "topk")}
     train = config.get("train")
     if isinstance(train, dict):
         out["train"] = {k: v for k, v in train.items() if k not in RUN_ONLY_SETTINGS
