@@ -107,8 +107,13 @@ def test_saev_ops_sae_to_saev_computes_the_same_latents(tmp_path: pathlib.Path, 
     activation = {"topk": "TopK", "relu": "Relu", "batchtopk": "BatchTopK"}[arch]
     with torch.no_grad():
         ours = sae.encode(x * scale)  # saev-ops SAEs read scaled activations
-        theirs = saev_encode(state, activation, x)  # saev reads them raw
-        np.testing.assert_allclose(theirs.numpy(), ours.numpy(), rtol=1e-5, atol=1e-5)
+        theirs = saev_encode(state, activation, x)  # saev reads them raw: its latents are ours in raw units
+        np.testing.assert_allclose((theirs * scale).numpy(), ours.numpy(), rtol=1e-5, atol=1e-5)
+        # the format's invariants: saev's config says normalize_w_dec, and its decoder rows are unit norm as ours
+        assert header["cfg"]["normalize_w_dec"]
+        torch.testing.assert_close(state["W_dec"].norm(dim=1), sae.W_dec.detach().norm(dim=1))
+        torch.testing.assert_close(state["W_dec"].norm(dim=1), torch.ones(W), rtol=1e-5, atol=1e-5)
+        assert torch.equal(state["W_enc"], sae.W_enc.detach())
         back, _ = read_saev(out)
         recon = back.decode(back.encode(x))
         np.testing.assert_allclose(recon.numpy(), (sae.decode(ours) / scale).numpy(), rtol=1e-4, atol=1e-5)
@@ -152,8 +157,9 @@ def test_saelens_export_and_round_trip(tmp_path: pathlib.Path, arch: str) -> Non
     assert cfg["d_in"] == D and cfg["normalize_activations"] == "none" and cfg["metadata"]["hook_layer"] == 5
     x = torch.randn(300, D, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        np.testing.assert_allclose(saelens_encode(cfg, state, x).numpy(), sae.encode(x * 0.8).numpy(), rtol=1e-5,
-                                   atol=1e-5)
+        np.testing.assert_allclose((saelens_encode(cfg, state, x) * 0.8).numpy(), sae.encode(x * 0.8).numpy(),
+                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(state["W_dec"].norm(dim=1), sae.W_dec.detach().norm(dim=1))  # unit rows kept
     back, _ = read_saelens(out)
     again = export_saelens(back, {"scale": 1.0}, tmp_path / "again")
     state2 = load_file(str(again / "sae_weights.safetensors"))

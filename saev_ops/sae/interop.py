@@ -13,9 +13,13 @@ jumprelu, ``d_in``, ``d_sae``, ``apply_b_dec_to_input``, ``normalize_activations
 when the config says it was written by 6.0 or later (``sae_lens_version`` there or at the top level); otherwise it takes
 the names from top-level keys, so a ``metadata`` without that version loses them.
 
-Both read raw activations, while a saev-ops SAE reads them multiplied by its dataset's ``scale``; the export folds the
-scale into the weights (SAELens' ``fold_activation_norm_scaling_factor``): ``W_enc * s``, ``W_dec / s``, ``b_dec / s``,
-exact when the scale is 1 (an imported SAE), a rounding of the last bit otherwise. The latents are unchanged.
+Both read raw activations, while a saev-ops SAE reads them multiplied by its dataset's ``scale`` s. Every exported
+activation is positively homogeneous (ReLU, TopK, BatchTopK and JumpReLU with its threshold scaled alike: act(h / s) =
+act(h) / s), so the export moves the scale to the biases and the thresholds and leaves both weight matrices as they
+are: ``b_enc / s``, ``b_dec / s``, thresholds ``/ s``. The decoder keeps its unit-norm rows (saev's
+``normalize_w_dec``, which its fine-tuning keeps; folding s into ``W_dec`` instead would give rows of norm 1/s), the
+reconstruction is the same, and the exported latents are saev-ops' divided by s (the activation in raw units). Exact
+when the scale is 1 (an imported SAE), a rounding of the last bit otherwise.
 """
 
 from __future__ import annotations
@@ -48,13 +52,14 @@ def _payload(cls: str, **params: Any) -> dict[str, Any]:
 
 
 def _folded(sae: SAE, scale: float, *, b_dec_into_b_enc: bool) -> dict[str, torch.Tensor]:
-    """W_enc, b_enc, W_dec, b_dec of ``sae`` for raw activations (see the module docstring)."""
+    """W_enc, b_enc, W_dec, b_dec of ``sae`` for raw activations, the weight matrices unchanged (see the module
+    docstring); thresholds are divided by the same ``scale`` where they are written."""
     w_enc, b_enc = sae.W_enc.detach().cpu(), sae.b_enc.detach().cpu()
     w_dec, b_dec = sae.W_dec.detach().cpu(), sae.b_dec.detach().cpu()
-    if b_dec_into_b_enc and sae.cfg.apply_b_dec_to_input:  # (s x - b_dec) W + b = x (s W) + (b - b_dec W)
+    if b_dec_into_b_enc and sae.cfg.apply_b_dec_to_input:  # (s x - b_dec) W + b = s x W + (b - b_dec W)
         b_enc = b_enc - b_dec @ w_enc
-    if scale != 1.0:
-        w_enc, w_dec, b_dec = w_enc * scale, w_dec / scale, b_dec / scale
+    if scale != 1.0:  # pre / s: x W + b_enc / s; the reconstruction / s: W_dec (z / s) + b_dec / s
+        b_enc, b_dec = b_enc / scale, b_dec / scale
     return {"W_enc": w_enc.contiguous(), "b_enc": b_enc.contiguous(), "W_dec": w_dec.contiguous(),
             "b_dec": b_dec.contiguous()}
 
@@ -79,10 +84,11 @@ def export_saev(sae: SAE, meta: dict[str, Any], path: pathlib.Path) -> pathlib.P
     }[_SAEV_ACT[arch]]()
     cfg = {"d_model": sae.cfg.d_model, "d_sae": sae.cfg.d_sae, "activation": activation, "reinit_blend": 0.0,
            "reinit_enc_dec_tranpose": True, "remove_parallel_grads": True, "normalize_w_dec": True}
-    state = _folded(sae, float(meta.get("scale", 1.0)), b_dec_into_b_enc=True)
+    scale = float(meta.get("scale", 1.0))
+    state = _folded(sae, scale, b_dec_into_b_enc=True)
     if arch == "batchtopk":
         threshold = sae.get_buffer("threshold").detach().cpu()
-        state["activation.threshold"] = threshold.clamp_min(0.0)  # saev: 0 = not estimated (ours: -1)
+        state["activation.threshold"] = threshold.clamp_min(0.0) / scale  # saev: 0 = not estimated (ours: -1)
     header = {"schema": SAEV_SCHEMA, "cfg": cfg, "commit": "unknown", "lib": f"saev-ops {__version__}",
               "saev_ops": _origin(sae, meta)}
     buf = io.BytesIO()
@@ -142,14 +148,15 @@ def export_saelens(sae: SAE, meta: dict[str, Any], directory: pathlib.Path) -> p
     if arch == "topk" and not sae.cfg.topk_relu:
         raise errors.ConfigError("SAELens' TopK applies a ReLU to the k largest pre-activations and this SAE (saev's "
                                  "TopK, topk_relu false) keeps negative ones: export it to saev instead")
-    state = _folded(sae, float(meta.get("scale", 1.0)), b_dec_into_b_enc=False)
+    scale = float(meta.get("scale", 1.0))
+    state = _folded(sae, scale, b_dec_into_b_enc=False)
     if arch == "jumprelu":
-        state["threshold"] = sae.get_parameter("log_threshold").detach().cpu().exp().contiguous()
+        state["threshold"] = (sae.get_parameter("log_threshold").detach().cpu().exp() / scale).contiguous()
     elif arch == "batchtopk":  # SAELens saves BatchTopK SAEs as JumpReLU with the learned threshold
         t = float(sae.get_buffer("threshold"))
         if t < 0:
             raise errors.ConfigError("this BatchTopK SAE has no inference threshold yet (train it first)")
-        state["threshold"] = torch.full((sae.cfg.d_sae,), t)
+        state["threshold"] = torch.full((sae.cfg.d_sae,), t / scale)
     cfg: dict[str, Any] = {
         "architecture": _SAELENS_ARCH[arch], "d_in": sae.cfg.d_model, "d_sae": sae.cfg.d_sae, "dtype": "float32",
         "device": "cpu", "apply_b_dec_to_input": sae.cfg.apply_b_dec_to_input, "normalize_activations": "none",
