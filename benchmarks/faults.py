@@ -191,7 +191,7 @@ def corruptions() -> None:
         ("labels.bin values outside the dataset's classes", "labels.bin", lambda p: flip(p, 17), True),
     ]
     try:
-        base = write_dataset(tmp / "base", n_examples=40, layers=(3, 7), n_patches=16, d_model=32)
+        base = write_dataset(tmp / "base", n_examples=40, layers=(3, 7), n_patches=16, d_model=32, patch_labels=True)
         caught = 0
         print(f"{'corruption':48} {'quick':>6} {'--full':>6}")
         for name, rel, damage, full_only in cases:

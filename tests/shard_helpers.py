@@ -34,14 +34,23 @@ def make_metadata(n_examples: int = 50, layers: tuple[int, ...] = (3, 7), n_patc
     return md, TokenLayout(n_cls=1 if cls else 0, n_registers=n_registers, n_patches=n_patches)
 
 
-def write_dataset(root: pathlib.Path, *, batch: int = 7, labels: bool = True, **kw) -> pathlib.Path:  # noqa: ANN003
+def patch_classes(start: int, n: int, n_patches: int) -> np.ndarray:
+    """Segmentation-style labels: patch ``j`` of example ``i`` has class ``(i + j) % 3``."""
+    return ((np.arange(start, start + n)[:, None] + np.arange(n_patches)[None, :]) % 3).astype(np.uint8)
+
+
+def write_dataset(root: pathlib.Path, *, batch: int = 7, labels: bool = True, patch_labels: bool = False,
+                  **kw) -> pathlib.Path:  # noqa: ANN003
+    """``labels``: image classes in the index; ``patch_labels``: a labels.bin of patch classes (:func:`patch_classes`),
+    as a recording with masks writes it."""
     md, layout = make_metadata(**kw)
     path = dataset_dir(root, md.hash)
     w = ShardWriter(path, md, layout, extra={"test": True})
     for s in range(0, md.n_examples, batch):
         n = min(batch, md.n_examples - s)
         entries = [(f"img/{i:05d}.jpg", i % 3, f"class{i % 3}") for i in range(s, s + n)] if labels else None
-        w.write(synthetic_acts(s, n, md.layers, md.tokens_per_example, md.d_model), entries)
+        w.write(synthetic_acts(s, n, md.layers, md.tokens_per_example, md.d_model), entries,
+                patch_classes(s, n, layout.n_patches) if patch_labels else None)
     w.finalize()
     return path
 

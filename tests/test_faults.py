@@ -37,7 +37,7 @@ UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none?connect_timeout=1"
 
 # -- helpers -------------------------------------------------------------------------------------------------------------
 def _dataset(tmp_path: pathlib.Path, reg: Registry, name: str = "tiny") -> pathlib.Path:
-    path = write_dataset(tmp_path / "data", n_examples=40, layers=(3, 7), n_patches=16, d_model=32)
+    path = write_dataset(tmp_path / "data", n_examples=40, layers=(3, 7), n_patches=16, d_model=32, patch_labels=True)
     sidecar = read_json(path / "saev_ops.json")
     make_dataset(reg, name=name, path=str(path), d_model=32, layers=[3, 7], tokens_per_example=17, n_examples=40,
                  status="complete", content_hash=sidecar["content_hash"])

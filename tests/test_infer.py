@@ -58,7 +58,7 @@ def test_csr_equals_direct_computation_and_lineage(trained, tmp_path: pathlib.Pa
         assert [v for _, v in top] == pytest.approx(sorted(want[:, j], reverse=True)[:5])
         e = out.row_example(top[0][0])
         assert e["example_idx"] == top[0][0] // 16 and e["path"].endswith(".jpg") and e["token_idx"] >= 1
-        assert e["patch_label"] == e["label"]  # labels.bin of image labels: every patch carries its image's class
+        assert e["patch_label"] is None and e["label"] is not None  # image classes in the index; no patch classes
         assert not list(pathlib.Path(o.path).parent.glob("*.tmp"))
         # the output's reconstruction metrics: those of the SAE over the same rows, computed directly
         assert o.metrics == pytest.approx(reconstruction_metrics(sae, x * meta["scale"]), rel=1e-6)

@@ -15,7 +15,7 @@ from saev_ops.shards import ShardReader, ShardWriter
 from saev_ops.shards.format import dataset_dir, read_json
 from saev_ops.shards.importer import import_saev_dir
 from saev_ops.shards.verify import verify
-from tests.shard_helpers import make_metadata, synthetic_acts, write_dataset, write_like_saev
+from tests.shard_helpers import make_metadata, patch_classes, synthetic_acts, write_dataset, write_like_saev
 
 SAEV_FIELDS = ["family", "ckpt", "layers", "content_tokens_per_example", "cls_token", "d_model", "n_examples",
                "max_tokens_per_shard", "data", "dataset", "pixel_agg", "dtype", "protocol"]
@@ -38,8 +38,11 @@ def test_layout_is_saev_protocol_2_1(tmp_path: pathlib.Path) -> None:
         assert (path / f"acts{i:06d}.bin").stat().st_size == S * L * T * D * 4
     acts = np.memmap(path / "acts000002.bin", dtype=np.float32, mode="r", shape=(S, L, T, D))
     np.testing.assert_array_equal(acts[3], synthetic_acts(21, 7, (3, 7), T, D)[6])  # example 27 = shard 2 row 3 (batch from 21)
-    labels = np.fromfile(path / "labels.bin", dtype=np.uint8).reshape(50, 16)
-    assert (labels[:, 0] == np.arange(50) % 3).all() and (labels == labels[:, :1]).all()
+    # labels.bin means what saev means: patch classes, written only for segmentation data (image classes: the index)
+    assert not (path / "labels.bin").exists() and json.loads((path / "saev_ops.json").read_text())["labels_kind"] is None
+    seg = write_dataset(tmp_path / "seg", patch_labels=True)
+    labels = np.fromfile(seg / "labels.bin", dtype=np.uint8).reshape(50, 16)
+    assert (labels == patch_classes(0, 50, 16)).all() and ShardReader(seg).labels_kind == "patch"
 
 
 def test_reader_stats_and_index(tmp_path: pathlib.Path) -> None:
@@ -244,7 +247,7 @@ def test_an_index_entry_edited_in_place_is_named_by_the_full_check(tmp_path: pat
 
 
 def test_labels_outside_the_datasets_classes_are_named_by_the_full_check(tmp_path: pathlib.Path) -> None:
-    path = write_dataset(tmp_path)
+    path = write_dataset(tmp_path, patch_labels=True)
     labels = np.fromfile(path / "labels.bin", dtype=np.uint8)
     assert set(labels.tolist()) == {0, 1, 2}
     labels[17] = 9
@@ -253,3 +256,17 @@ def test_labels_outside_the_datasets_classes_are_named_by_the_full_check(tmp_pat
     assert "labels.bin: expected checksum" in text
     assert "labels.bin: expected labels among the dataset's classes [0, 1, 2], found 1 value(s) outside them " \
            "(first: 9 at byte 17)" in text
+
+
+def test_an_older_datasets_image_class_labels_keep_working(tmp_path: pathlib.Path) -> None:
+    """Before labels.bin meant what saev means, saev-ops wrote each image's class into every patch slot of image
+    folders; such a dataset still verifies and reads, its labels.bin told apart as image classes (not patch ones)."""
+    path = write_dataset(tmp_path, patch_labels=True)
+    side = json.loads((path / "saev_ops.json").read_text())
+    del side["labels_kind"]  # a sidecar written before the field, by a recording without masks
+    (path / "saev_ops.json").write_text(json.dumps(side))
+    assert ShardReader(path).labels_kind == "image" and ShardReader(path).labels() is not None
+    assert _problems(path, full=True) == ""
+    side["extra"] = {"imported_from_saev": True}  # a saev recording's labels.bin: patch classes
+    (path / "saev_ops.json").write_text(json.dumps(side))
+    assert ShardReader(path).labels_kind == "patch"

@@ -82,14 +82,14 @@ class Output:
                 "label": e.label, "label_name": e.label_name, "patch_label": self.patch_label(ex, tok)}
 
     def patch_label(self, example: int, token: int) -> int | None:
-        """The class saev's labels.bin gives this patch token (its mask's majority class, or the image's class), or
-        None for CLS and register tokens and datasets without labels."""
+        """The class saev's labels.bin gives this patch token (its mask's class), or None for CLS and register tokens
+        and datasets without patch labels (an older dataset's labels.bin of image classes is not read as one)."""
         if self._labels is None:
             from saev_ops.shards.reader import ShardReader
 
             reader = ShardReader(self.dataset_path)  # the directory's own layout: what labels.bin's columns are
             try:
-                labels = reader.labels()
+                labels = reader.labels() if reader.labels_kind == "patch" else None
                 arr = np.asarray(labels) if labels is not None else np.zeros((0, 0), np.uint8)
                 self._labels = (arr, reader.layout.n_cls, reader.layout.n_registers)
             finally:

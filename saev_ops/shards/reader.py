@@ -140,6 +140,19 @@ class ShardReader:
                                                                                                          np.uint8)
 
     @property
+    def labels_kind(self) -> str | None:
+        """What ``labels.bin`` holds: ``patch`` (each patch's class: from masks, or a saev recording's), ``image``
+        (each image's class in every patch slot: what saev-ops wrote for image folders before labels.bin meant what
+        saev means, told by a sidecar without ``labels_kind``), or None without the file."""
+        if not self.paths.labels.exists():
+            return None
+        side = self.sidecar or {}
+        if side.get("labels_kind"):
+            return str(side["labels_kind"])
+        extra = side.get("extra") or {}
+        return "patch" if extra.get("imported_from_saev") or (extra.get("provenance") or {}).get("masks") else "image"
+
+    @property
     def index(self) -> Any:
         """The LMDB :class:`~saev_ops.shards.index.IndexReader`, opened on first use."""
         if self._index is None:

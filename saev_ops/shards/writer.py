@@ -301,9 +301,9 @@ class ShardWriter:
         return sidecar
 
     def _write_labels(self) -> bool:
-        """saev's labels.bin: uint8 (n_examples, content tokens): each patch's class from its mask when patch labels
-        were written, else its image's class label (every example labelled, labels 0-255). Returns whether it was
-        written."""
+        """saev's labels.bin: uint8 (n_examples, content tokens), each patch's class from its mask, written only when
+        patch labels were given, as saev writes it only for segmentation data (an image's class stays in the index).
+        Returns whether it was written."""
         if self._completed and all(s.get("patch_labels") for s in self._completed):
             parts = [np.load(self.paths.patch_labels_part(s["shard"])) for s in self._completed]
             patches = np.concatenate(parts)
@@ -313,18 +313,7 @@ class ShardWriter:
             for s in self._completed:
                 self.paths.patch_labels_part(s["shard"]).unlink(missing_ok=True)
             return True
-        reader = IndexReader(self.paths.index)
-        try:
-            labels = [reader.get(i).label for i in range(self.md.n_examples)]
-        finally:
-            reader.close()
-        known = [lab for lab in labels if lab is not None]
-        if not labels or len(known) != len(labels) or max(known) > 255 or min(known) < 0:
-            return False
-        arr = np.repeat(np.asarray(labels, dtype=np.uint8)[:, None], self.md.content_tokens_per_example, axis=1)
-        with atomic.atomic_file(self.paths.labels) as tmp:
-            arr.tofile(tmp)
-        return True
+        return False
 
     def abort(self) -> None:
         """Close files without finalizing; completed shards stay for a later resume."""
@@ -374,6 +363,7 @@ def build_sidecar(md: Metadata, layout: TokenLayout, checksums: list[str], summa
         "checksum_algo": CHECKSUM_ALGO,
         "checksums": checksums,
         "labels_bin": labels_bin,
+        "labels_kind": "patch" if labels_bin else None,
         **integrity(paths, md),
         "stats": {
             "n_tokens": summary["n_tokens"],
