@@ -69,9 +69,10 @@ def test_import_of_a_non_saev_directory_is_a_clear_error(tmp_path: pathlib.Path,
     assert res.exit_code == 1 and "missing fields" in res.output and "ckpt" in res.output
 
 
-def _saev_data_field(root: pathlib.Path) -> str:
+def _saev_data_field(root: pathlib.Path, seg_split: str | None = None) -> str:
     """The data field as saev writes it: base64 of a pickled ``saev.data.datasets.ImgFolder(root=Path(...))`` (a frozen
-    dataclass), made here with a stand-in module of that name so the pickle names saev's real class."""
+    dataclass), or with ``seg_split`` an ``ImgSegFolder(root, split, labels_csv, bg_label)`` (saev's fields), made
+    here with a stand-in module of that name so the pickle names saev's real class."""
     import base64
     import dataclasses
     import pickle
@@ -84,14 +85,23 @@ def _saev_data_field(root: pathlib.Path) -> str:
     class ImgFolder:
         root: pathlib.Path
 
-    ImgFolder.__module__ = "saev.data.datasets"
-    ImgFolder.__qualname__ = "ImgFolder"
-    mod.ImgFolder = ImgFolder  # type: ignore[attr-defined]  # a module built at runtime
+    @dataclasses.dataclass(frozen=True)
+    class ImgSegFolder:
+        root: pathlib.Path
+        split: str = "training"
+        labels_csv: str = "labels.csv"
+        bg_label: int = 0
+
+    for cls in (ImgFolder, ImgSegFolder):
+        cls.__module__ = "saev.data.datasets"
+        cls.__qualname__ = cls.__name__
+        setattr(mod, cls.__name__, cls)
     names = ["saev", "saev.data", "saev.data.datasets"]
     saved = {n: sys.modules.get(n) for n in names}
     sys.modules.update({n: mod for n in names})
     try:
-        return base64.b64encode(pickle.dumps(ImgFolder(root=root), protocol=4)).decode()
+        config = ImgFolder(root=root) if seg_split is None else ImgSegFolder(root=root, split=seg_split)
+        return base64.b64encode(pickle.dumps(config, protocol=4)).decode()
     finally:
         for n, m in saved.items():
             if m is None:
@@ -130,6 +140,41 @@ def test_import_takes_image_paths_and_labels_from_saevs_fields(tmp_path: pathlib
     assert got == want
     assert reader.sidecar["extra"]["image_paths"] is True
     assert reader.index.find_path(want[7][0]) == 7
+
+
+def test_an_img_seg_folder_recording_imports_with_its_images_and_classes(tmp_path: pathlib.Path) -> None:
+    """saev's ImgSegFolder (root/images/<split>, root/annotations/<split>, labels.csv of stem then label columns):
+    imported with no image paths and no classes ("image paths not recovered"). Rebuilt from saev's rules: the split's
+    images in torchvision's order, each image's class its first label column, numbered over the sorted values."""
+    import numpy as np
+    from PIL import Image
+
+    from saev_ops.shards import ShardReader
+
+    root = tmp_path / "ade"
+    scenes = ["street", "kitchen", "bedroom"]
+    rows = ["stem,scene,indoor"]
+    for split, n in (("training", 25), ("validation", 4)):
+        for d in ("images", "annotations"):
+            (root / d / split).mkdir(parents=True)
+        for i in range(n):
+            stem = f"ADE_{split[:3]}_{i:04d}"
+            Image.new("RGB", (16, 16), (i, 0, 0)).save(root / "images" / split / f"{stem}.jpg")
+            Image.new("L", (16, 16), i % 3).save(root / "annotations" / split / f"{stem}.png")
+            rows.append(f"{stem},{scenes[i % 3]},{'yes' if i % 3 else 'no'}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    patch_labels = np.random.default_rng(0).integers(0, 3, size=(25, 9)).astype(np.uint8)
+    path = write_like_saev(tmp_path / "data", data=_saev_data_field(root, seg_split="training"), dataset=str(root),
+                           labels=patch_labels)
+    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    d = import_dataset(reg, path, "ade")
+    reader = ShardReader(d.path)
+    got = [reader.index.get(i) for i in range(25)]
+    want_paths = sorted(str(p) for p in (root / "images" / "training").iterdir())
+    assert [e.path for e in got] == want_paths
+    numbering = {s: i for i, s in enumerate(sorted(scenes))}  # bedroom 0, kitchen 1, street 2
+    assert [(e.label_name, e.label) for e in got] == [(scenes[i % 3], numbering[scenes[i % 3]]) for i in range(25)]
+    assert reader.sidecar["extra"]["image_paths"] is True and reader.labels_kind == "patch"
 
 
 def test_import_reads_the_data_field_without_running_it(tmp_path: pathlib.Path, caplog) -> None:  # noqa: ANN001

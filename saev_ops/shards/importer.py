@@ -137,9 +137,10 @@ def _label_rows(paths: ShardPaths, n_examples: int, n_content: int) -> np.ndarra
 def _entry(example: int, shard: int, row: int, images: ImageList | None, labels: np.ndarray | None) -> ExampleEntry:
     """An index entry: path and class from the image folder; without one, the label is the example's patch label
     when every patch carries the same (an image-level label written as saev writes it)."""
-    if images is not None:
-        return ExampleEntry(example, shard, row, images.paths[example], images.labels[example],
-                            images.label_names[example])
+    if images is not None:  # a class of -1: the image list has no classes (an ImgSegFolder without label columns)
+        known = images.labels[example] >= 0
+        return ExampleEntry(example, shard, row, images.paths[example], images.labels[example] if known else None,
+                            images.label_names[example] if known else None)
     label = None
     if labels is not None and labels.shape[1] and (labels[example] == labels[example, 0]).all():
         label = int(labels[example, 0])

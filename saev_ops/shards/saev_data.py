@@ -4,7 +4,10 @@ saev's ``metadata.json`` stores ``data`` as base64 of a pickled ``saev.data.data
 here without saev and without running anything it names: the unpickler builds plain stand-ins for saev's classes and
 paths and refuses every other global (a pickle can otherwise call any function). From an ``ImgFolder`` config (or the
 ``dataset`` field naming an image folder) the image list is rebuilt in the order saev recorded it: torchvision's
-``ImageFolder`` order (class folders sorted, files sorted within each, walked recursively, its image extensions).
+``ImageFolder`` order (class folders sorted, files sorted within each, walked recursively, its image extensions). From
+an ``ImgSegFolder`` config (``root/images/<split>``, masks in ``root/annotations``, ``root/<labels_csv>`` with a
+``stem`` column then label columns) the images are those of the split in the same order, and an image's class is its
+first label column's value, numbered as saev numbers it (the column's distinct values, sorted).
 """
 
 from __future__ import annotations
@@ -107,17 +110,24 @@ def image_folder(root: pathlib.Path) -> ImageList:
 
 
 def recorded_images(data: str, dataset: str, n_examples: int) -> tuple[ImageList | None, str]:
-    """The images a saev directory was recorded from, in example order, or (None, why not): from an ``ImgFolder``
-    config in ``data``, else from the ``dataset`` field when it names an image folder; the count must equal
-    ``n_examples``."""
+    """The images a saev directory was recorded from, in example order, or (None, why not): from an ``ImgFolder`` or
+    ``ImgSegFolder`` config in ``data``, else from the ``dataset`` field when it names an image folder; the count must
+    equal ``n_examples``."""
     field, why = read_data_field(data)
     reasons = [why] if why else []
     roots: list[str] = []
-    if field is not None and field.kind == "ImgFolder" and field.fields.get("root"):
+    if field is not None and field.kind == "ImgSegFolder" and field.fields.get("root"):
+        seg, seg_why = seg_folder(pathlib.Path(str(field.fields["root"])), str(field.fields.get("split", "training")),
+                                  str(field.fields.get("labels_csv", "labels.csv")))
+        if seg is not None and len(seg.paths) == n_examples:
+            return seg, ""
+        reasons.append(seg_why or f"{field.fields['root']}: {len(seg.paths) if seg else 0} images in ImgSegFolder "
+                       f"order, metadata.json says {n_examples}")
+    elif field is not None and field.kind == "ImgFolder" and field.fields.get("root"):
         roots.append(str(field.fields["root"]))
     elif field is not None:
         reasons.append(f"saev dataset config {field.kind} does not list image files")
-    if dataset:
+    if dataset and not (field is not None and field.kind == "ImgSegFolder"):  # its root is not an image folder
         roots.append(dataset)
     for root in dict.fromkeys(roots):
         p = pathlib.Path(root)
@@ -131,3 +141,36 @@ def recorded_images(data: str, dataset: str, n_examples: int) -> tuple[ImageList
                 return listing, ""
             reasons.append(f"{root}: {len(listing.paths)} images in ImageFolder order, metadata.json says {n_examples}")
     return None, "; ".join(reasons) or "no image folder named"
+
+
+def seg_folder(root: pathlib.Path, split: str, labels_csv: str = "labels.csv") -> tuple[ImageList | None, str]:
+    """saev's ``ImgSegFolder`` listing: the images of ``root/images/<split>`` in torchvision's order, each with its
+    first label column's class from ``root/<labels_csv>`` (None and why, where that cannot be read)."""
+    import csv
+
+    split_dir = root / "images" / split
+    if not split_dir.is_dir():
+        return None, f"{split_dir}: not a directory here"
+    paths = []
+    for dirpath, _, fnames in sorted(os.walk(split_dir, followlinks=True)):
+        paths += [os.path.join(dirpath, f) for f in sorted(fnames) if f.lower().endswith(IMG_EXTENSIONS)]
+    csv_path = root / labels_csv
+    try:
+        with open(csv_path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            columns = list(reader.fieldnames or [])
+            if not columns or columns[0] != "stem":
+                return None, f"{csv_path}: its first column is {columns[:1]}, saev's ImgSegFolder needs 'stem'"
+            rows = {row["stem"]: row for row in reader}
+    except OSError as exc:
+        return None, f"{csv_path}: cannot read ({exc.strerror})"
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    missing = [s for s in stems if s not in rows]
+    if missing:
+        return None, f"{csv_path}: no row for {len(missing)} image(s), e.g. {missing[0]!r}"
+    if len(columns) < 2:
+        return ImageList(tuple(paths), tuple(-1 for _ in paths), tuple("" for _ in paths)), ""
+    col = columns[1]
+    numbering = {v: i for i, v in enumerate(sorted({row[col] for row in rows.values()}))}
+    names = tuple(rows[s][col] for s in stems)
+    return ImageList(tuple(paths), tuple(numbering[n] for n in names), names), ""
