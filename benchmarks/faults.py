@@ -214,23 +214,17 @@ def ownership(pg_url: str | None) -> None:
     import json
 
     import numpy as np
-    from PIL import Image
 
     from saev_ops import datasets, errors
     from saev_ops.record import RecordSpec, record_dataset
     from saev_ops.registry import Registry
     from saev_ops.train.journal import Journal, sync_runs_root
+    from tests.shard_helpers import masked_images
 
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="saev-owners-"))
     rows: list[tuple[str, bool, str]] = []
     try:
-        imgs, masks = tmp / "images", tmp / "masks"
-        imgs.mkdir()
-        masks.mkdir()
-        rng = np.random.default_rng(0)
-        for i in range(4):
-            Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(imgs / f"i{i}.png")
-            Image.fromarray(np.full((64, 64), 5, np.uint8), mode="L").save(masks / f"i{i}.png")
+        imgs, masks = masked_images(tmp, 4, np.full((64, 64), 5))
         reg = Registry(f"sqlite:///{tmp / 'r.sqlite'}")
         spec = {"images": str(imgs), "model": "builtin:tiny", "layers": (1,), "data_root": str(tmp / "data")}
         a = record_dataset(reg, RecordSpec(name="a", masks=str(masks), **spec))

@@ -80,3 +80,18 @@ def write_like_saev(root: pathlib.Path, n_examples: int = 25, *, data: str | Non
     if labels is not None:
         np.ascontiguousarray(labels, dtype=np.uint8).tofile(path / "labels.bin")
     return path
+
+
+def masked_images(root: pathlib.Path, n: int, mask: np.ndarray) -> tuple[pathlib.Path, pathlib.Path]:
+    """``n`` random 64x64 images under ``root/images`` and, at the same relative paths under ``root/annotations``, the
+    class-id ``mask`` (64x64 uint8) for each, ADE20K-style."""
+    from PIL import Image
+
+    imgs, masks = root / "images", root / "annotations"
+    imgs.mkdir(parents=True)
+    masks.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(imgs / f"i{i}.png")
+        Image.fromarray(np.asarray(mask, np.uint8), mode="L").save(masks / f"i{i}.png")
+    return imgs, masks

@@ -61,15 +61,9 @@ def test_new_weights_under_the_same_path_get_a_directory_of_their_own(tmp_path: 
 
 
 def test_masks_then_no_masks_keep_both_label_files(tmp_path: pathlib.Path, reg: Registry) -> None:
-    from PIL import Image
+    from tests.shard_helpers import masked_images
 
-    imgs, masks = tmp_path / "images", tmp_path / "annotations"
-    imgs.mkdir()
-    masks.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(imgs / f"i{i}.png")
-        Image.fromarray(np.full((64, 64), 5, np.uint8), mode="L").save(masks / f"i{i}.png")
+    imgs, masks = masked_images(tmp_path, 3, np.full((64, 64), 5))
     a = record_dataset(reg, _spec("a", imgs, "builtin:small", tmp_path / "data", masks=str(masks)))
     labels = (pathlib.Path(a.path) / "labels.bin").read_bytes()
     b = record_dataset(reg, _spec("b", imgs, "builtin:small", tmp_path / "data"))

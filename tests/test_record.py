@@ -364,24 +364,17 @@ def test_prefer_fg_labels_a_patch_by_its_foreground(tmp_path: pathlib.Path, reg:
     any; stored in saev's metadata.json, and a recording of its own (another identity than the majority rule's)."""
     import json
 
-    from PIL import Image
-
     from saev_ops.record.preprocess import patch_majority
+    from tests.shard_helpers import masked_images
 
     m = np.array([[0, 0], [0, 5]])
     assert patch_majority(m, (1, 1)).tolist() == [0]
     assert patch_majority(m, (1, 1), "prefer-fg").tolist() == [5]
     assert patch_majority(np.zeros((2, 2), int), (1, 1), "prefer-fg").tolist() == [0]
     assert patch_majority(np.array([[0, 9], [4, 0]]), (1, 1), "prefer-fg").tolist() == [4]  # ties: smaller id
-    imgs, masks = tmp_path / "images", tmp_path / "annotations"
-    imgs.mkdir()
-    masks.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray((rng.random((64, 64, 3)) * 255).astype("uint8")).save(imgs / f"i{i}.png")
-        mask = np.zeros((64, 64), np.uint8)
-        mask[:2, :2] = 6  # 4 of a patch's 64 pixels: background wins the majority, not prefer-fg
-        Image.fromarray(mask, mode="L").save(masks / f"i{i}.png")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[:2, :2] = 6  # 4 of a patch's 64 pixels: background wins the majority, not prefer-fg
+    imgs, masks = masked_images(tmp_path, 3, mask)
     common = dict(images=str(imgs), masks=str(masks), model="builtin:small", layers=(1,),
                   data_root=str(tmp_path / "data"))
     fg = record_dataset(reg, RecordSpec(name="fg", pixel_agg="prefer-fg", **common))
