@@ -17,7 +17,7 @@ from saev_ops import errors
 from saev_ops.shards import aligned, dtypes
 from saev_ops.shards.format import Metadata, ShardPaths, read_json, shard_name
 from saev_ops.shards.stats import load_stats
-from saev_ops.shards.writer import new_checksum, shard_fingerprint
+from saev_ops.shards.writer import labels_checksum, new_checksum, shard_fingerprint
 
 _READ = 64 << 20
 T = TypeVar("T")
@@ -232,11 +232,10 @@ def _check_label_values(path: pathlib.Path, sidecar: dict[str, Any]) -> list[Pro
     if not want or not path.exists():
         return []
     labels = np.fromfile(path, dtype=np.uint8)
-    h = new_checksum()
-    h.update(labels.tobytes())
-    if h.hexdigest() == want:
+    got = labels_checksum(labels)
+    if got == want:
         return []
-    out = [Problem(str(path), f"checksum {want} (saev_ops.json)", f"{h.hexdigest()} (contents changed)")]
+    out = [Problem(str(path), f"checksum {want} (saev_ops.json)", f"{got} (contents changed)")]
     if isinstance(values, list):
         allowed = np.zeros(256, dtype=bool)
         allowed[[int(v) for v in values if 0 <= int(v) < 256]] = True

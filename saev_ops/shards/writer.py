@@ -44,6 +44,13 @@ def new_checksum() -> Any:
     return hashlib.blake2b(digest_size=16)
 
 
+def labels_checksum(labels: np.ndarray) -> str:
+    """The checksum of labels.bin's bytes, as the sidecar records it and `datasets verify --full` compares it."""
+    h = new_checksum()
+    h.update(labels.tobytes())
+    return str(h.hexdigest())
+
+
 class ShardWriter:
     """Write a dataset described by ``metadata`` into ``root``.
 
@@ -345,9 +352,7 @@ def integrity(paths: ShardPaths, md: Metadata) -> dict[str, Any]:
         reader.close()
     if paths.labels.exists():
         labels = np.fromfile(paths.labels, dtype=np.uint8)
-        h = new_checksum()
-        h.update(labels.tobytes())
-        out["labels_checksum"] = h.hexdigest()
+        out["labels_checksum"] = labels_checksum(labels)
         out["label_values"] = [int(v) for v in np.flatnonzero(np.bincount(labels, minlength=256))]
     return out
 
