@@ -319,12 +319,15 @@ def _failure_recorded(registry: Registry, name: str, writer: Any, what: str = ""
             writer.abort()
         if isinstance(exc, Exception):
             try:
-                registry.update_dataset(name, status="failed",
-                                        extra={**registry.get_dataset(name).extra,
-                                               "error": f"{what}{type(exc).__name__}: {exc}"[:4000]})
+                _mark_failed(registry, name, f"{what}{type(exc).__name__}: {exc}"[:4000])
             except errors.SaevOpsError as inner:
                 log.warning("dataset %r: could not record its failure in the registry: %s", name, inner)
         raise
+
+
+def _mark_failed(registry: Registry, name: str, error: str) -> None:
+    """Mark the dataset ``failed``, keeping its extra fields, with ``error`` as what went wrong."""
+    registry.update_dataset(name, status="failed", extra={**registry.get_dataset(name).extra, "error": error})
 
 
 def _publish(registry: Registry, rec: _Recording, writer: Any, sidecar: dict[str, Any], bad: list[dict[str, str]],
@@ -335,8 +338,7 @@ def _publish(registry: Registry, rec: _Recording, writer: Any, sidecar: dict[str
     if owners:  # only an 8-character hash collision (or a row pointed here by hand) gets this far
         msg = (f"{final} is the directory of dataset {owners[0].name!r}: a recording never replaces another dataset's "
                f"files; {rec.spec.name!r} stays in {rec.partial} (record it with another --data-root)")
-        registry.update_dataset(rec.spec.name, status="failed", extra={**registry.get_dataset(rec.spec.name).extra,
-                                                                       "error": msg})
+        _mark_failed(registry, rec.spec.name, msg)
         raise errors.DataError(msg)
     atomic.replace_dir(rec.partial, final)  # over a leftover of an earlier, unregistered attempt at the same content
     extra = {"bad_images": bad, "n_bad_images": len(bad), "timings": timings, "provenance": rec.provenance}
