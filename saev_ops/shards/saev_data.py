@@ -100,13 +100,18 @@ def image_folder(root: pathlib.Path) -> ImageList:
     classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
     paths, labels, names = [], [], []
     for target, cls in enumerate(classes):
-        for dirpath, _, fnames in sorted(os.walk(root / cls, followlinks=True)):
-            for fname in sorted(fnames):
-                if fname.lower().endswith(IMG_EXTENSIONS):
-                    paths.append(os.path.join(dirpath, fname))
-                    labels.append(target)
-                    names.append(cls)
+        found = _image_files(root / cls)
+        paths += found
+        labels += [target] * len(found)
+        names += [cls] * len(found)
     return ImageList(tuple(paths), tuple(labels), tuple(names))
+
+
+def _image_files(folder: pathlib.Path) -> list[str]:
+    """The image files under ``folder`` in torchvision's order: directories walked sorted, links followed, each
+    directory's files sorted, kept by ``IMG_EXTENSIONS``."""
+    return [os.path.join(dirpath, f) for dirpath, _, fnames in sorted(os.walk(folder, followlinks=True))
+            for f in sorted(fnames) if f.lower().endswith(IMG_EXTENSIONS)]
 
 
 def recorded_images(data: str, dataset: str, n_examples: int) -> tuple[ImageList | None, str]:
@@ -151,9 +156,7 @@ def seg_folder(root: pathlib.Path, split: str, labels_csv: str = "labels.csv") -
     split_dir = root / "images" / split
     if not split_dir.is_dir():
         return None, f"{split_dir}: not a directory here"
-    paths = []
-    for dirpath, _, fnames in sorted(os.walk(split_dir, followlinks=True)):
-        paths += [os.path.join(dirpath, f) for f in sorted(fnames) if f.lower().endswith(IMG_EXTENSIONS)]
+    paths = _image_files(split_dir)
     csv_path = root / labels_csv
     try:
         with open(csv_path, newline="") as fh:
