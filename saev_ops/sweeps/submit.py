@@ -46,6 +46,18 @@ def estimate_memory_gb(sae: dict[str, Any], d_model: int, batch_size: int) -> fl
     return (params * 4 * 4 + batch_size * d_sae * 4 * 4) / 2**30
 
 
+def run_memory_gb(rid: int, cfg: dict[str, Any], d_model: int, settings: TrainSettings,
+                  resources: ResourcesModel) -> float:
+    """The device memory run ``rid`` (a negative id: one not registered yet) needs, or a ConfigError naming it where
+    that is more than one job's ``device_memory_gb``."""
+    mem = estimate_memory_gb(cfg["sae"], d_model, settings.batch_size)
+    if mem > resources.device_memory_gb:
+        which = f"run {rid}" if rid >= 0 else "a run"
+        raise errors.ConfigError(f"{which} ({cfg['sae']}) needs about {mem:.1f} GB, more than "
+                                 f"resources.device_memory_gb={resources.device_memory_gb}")
+    return mem
+
+
 def group_runs(items: list[tuple[int, dict[str, Any]]], d_model: int, settings: TrainSettings,
                resources: ResourcesModel) -> list[PlannedJob]:
     """Runs that share layer and tokens share a job, split so each job's SAEs fit ``device_memory_gb`` and at most
@@ -53,11 +65,7 @@ def group_runs(items: list[tuple[int, dict[str, Any]]], d_model: int, settings: 
     by_key: dict[tuple[int, str], list[tuple[int, dict[str, Any], float]]] = {}
     cap, room = resources.max_runs_per_job, resources.device_memory_gb
     for rid, cfg in items:
-        mem = estimate_memory_gb(cfg["sae"], d_model, settings.batch_size)
-        if mem > resources.device_memory_gb:
-            which = f"run {rid}" if rid >= 0 else "a run"
-            raise errors.ConfigError(f"{which} ({cfg['sae']}) needs about {mem:.1f} GB, more than "
-                                     f"resources.device_memory_gb={resources.device_memory_gb}")
+        mem = run_memory_gb(rid, cfg, d_model, settings, resources)
         by_key.setdefault((cfg["layer"], cfg["tokens"]), []).append((rid, cfg, mem))
     jobs = []
     for (layer, tokens), members in sorted(by_key.items()):
@@ -120,7 +128,8 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
                                      f"(layers {list(dataset.layers)})")
     val = held_out(registry, spec.settings, dataset, configs)
     # every refusal before the first write: a run too large for one job is refused here, not after it is registered
-    group_runs([(-(i + 1), cfg) for i, cfg in enumerate(configs)], dataset.d_model, spec.settings, spec.resources)
+    for i, cfg in enumerate(configs):
+        run_memory_gb(-(i + 1), cfg, dataset.d_model, spec.settings, spec.resources)
     if dry_run:
         hashes = [config_hash(dataset.content_hash, run_identity(cfg)) for cfg in configs]
         known = registry.runs_by_hash(hashes)
