@@ -52,7 +52,7 @@ _CHUNK = 1000
 
 # SQLite: what user SQL may do. Everything else is refused by the authorizer.
 _SQLITE_ALLOWED = frozenset(
-    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
+    {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, getattr(sqlite3, "SQLITE_RECURSIVE", 33)}
 )
 # The functions user SQL may call on SQLite: SQLite's core scalar, aggregate, window, date, math and JSON functions.
 # Anything else (fts3_tokenizer, load_extension, functions an extension or the application registered) is refused.
@@ -236,7 +236,7 @@ def _postgres(dbapi: Any, statement: str, max_rows: int | None, timeout_s: float
     functions = _parse_pg(query)
     dbapi.rollback()
     try:
-        schema, _ = _check_reader(dbapi)
+        schema = _check_reader(dbapi)
         _check_functions(dbapi, functions)
         columns = _describe(dbapi, query)
         with dbapi.cursor() as cur:
@@ -377,10 +377,10 @@ def _release_advisory_locks(dbapi: Any) -> None:
         dbapi.close()
 
 
-def _check_reader(dbapi: Any) -> tuple[str, str]:
+def _check_reader(dbapi: Any) -> str:
     """Refuse unless this schema's read function is what the migration made: owned by this registry's reader role (a
     role without superuser, login, or server-file rights), SECURITY DEFINER, pinned to this schema, not executable by
-    PUBLIC, with :data:`~saev_ops.registry.reader.READ_BODY` as its body. Returns the schema and the reader role."""
+    PUBLIC, with :data:`~saev_ops.registry.reader.READ_BODY` as its body. Returns the schema."""
     import psycopg
 
     from saev_ops.registry.reader import READ_BODY
@@ -434,7 +434,7 @@ def _check_reader(dbapi: Any) -> tuple[str, str]:
     if wrong:
         raise errors.QueryError(f"refused: {schema}.{READ_FUNCTION}() is not the function this registry's migration "
                                 f"made ({'; '.join(wrong)}); " + how)
-    return str(schema), role
+    return str(schema)
 
 
 def _describe(dbapi: Any, query: str) -> tuple[str, ...]:
