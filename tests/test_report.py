@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from saev_ops.explore.pareto import frontier
+from saev_ops.explore.pareto import frontier, run_label
 from saev_ops.explore.report import build_report
 from saev_ops.infer import InferSpec, run_inference
 from saev_ops.registry import RunQuery
@@ -27,6 +27,18 @@ def test_frontier() -> None:
     rows = [R(1, 8, 0.5), R(2, 16, 0.3), R(3, 16, 0.4), R(4, 32, 0.35), R(5, 64, 0.1), R(6, 4, 0.9)]
     _, front = frontier(rows, "l0", "nmse")  # type: ignore[arg-type]
     assert [rid for _, _, rid in front] == [6, 1, 2, 5]
+
+
+def test_a_run_label_names_the_field_that_sets_its_sparsity() -> None:
+    from types import SimpleNamespace
+
+    def label(sae: dict[str, object]) -> str:
+        row = SimpleNamespace(run=SimpleNamespace(id=7, config={"sae": sae}))  # the RunRow fields a label reads
+        return run_label(row)  # type: ignore[arg-type]  # a stand-in with only those fields
+
+    assert label({"arch": "relu", "d_sae": 64, "l1_coeff": 0.1, "k": 4}) == "#7 relu 64 l1 0.1"
+    assert label({"arch": "jumprelu", "d_sae": 64, "l0_coeff": 2.0, "k": 4}) == "#7 jumprelu 64 l0c 2.0"
+    assert label({"arch": "batchtopk", "d_sae": 64, "k": 4, "l1_coeff": 0.1}) == "#7 batchtopk 64 k4"
 
 
 def test_a_higher_is_better_metric_has_its_frontier_at_the_top() -> None:

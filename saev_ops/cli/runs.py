@@ -85,9 +85,9 @@ def _leading(where: tuple[str, ...], sort: str | None) -> list[str]:
 
 def _sparsity(r: Any) -> Any:
     """What sets a run's sparsity: k for the TopK families, the penalty for ReLU (l1_coeff) and JumpReLU (l0_coeff)."""
-    arch = r.params.get("arch")
-    return r.params.get("l1_coeff") if arch == "relu" else r.params.get("l0_coeff") if arch == "jumprelu" else \
-        r.params.get("k")
+    from saev_ops.sae.config import sparsity_field
+
+    return r.params.get(sparsity_field(r.params.get("arch")))
 
 
 def _default_table(rows: list[Any], leading: list[str]) -> tuple[list[str], list[list[Any]]]:

@@ -13,8 +13,10 @@ from typing import Any
 from saev_ops import atomic, errors
 from saev_ops.directions import best_first_descending, describe
 from saev_ops.registry import Registry, RunQuery, RunRow
+from saev_ops.sae.config import sparsity_field
 
 Point = tuple[float, float, int]
+_KNOB_LABEL = {"l1_coeff": "l1 ", "l0_coeff": "l0c ", "k": "k"}  # how a label writes the sparsity field
 
 
 def _number(v: Any) -> float | None:
@@ -25,8 +27,8 @@ def run_label(r: RunRow) -> str:
     """A run as a reader tells it apart: id, architecture, width and k or penalty."""
     sae = r.run.config.get("sae", {})
     arch = sae.get("arch", "?")
-    knob = f"l1 {sae.get('l1_coeff')}" if arch == "relu" else f"l0c {sae.get('l0_coeff')}" if arch == "jumprelu" \
-        else f"k{sae.get('k')}"
+    field = sparsity_field(arch)
+    knob = f"{_KNOB_LABEL[field]}{sae.get(field)}"
     return f"#{r.run.id} {arch} {sae.get('d_sae', '?')} {knob}"
 
 

@@ -20,6 +20,14 @@ ARCH_FIELDS: dict[str, tuple[str, ...]] = {
     "signed-topk": (*_COMMON, "k"),
     "jumprelu": (*_COMMON, "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth"),
 }
+
+
+def sparsity_field(arch: str) -> str:
+    """The field that sets an architecture's sparsity: the penalty for ReLU (l1_coeff) and JumpReLU (l0_coeff), k for
+    the TopK families."""
+    return {"relu": "l1_coeff", "jumprelu": "l0_coeff"}.get(arch, "k")
+
+
 _INTS = ("d_model", "d_sae", "k", "aux_k", "dead_tokens")
 _FLOATS = ("l1_coeff", "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth", "aux_coeff")
 # Keys of stored configs that no longer exist; read (registry rows, SAE files) and ignored. grid.yaml refuses them.
