@@ -262,3 +262,16 @@ def test_slurm_option_help_names_the_schema_and_parsing_reports_every_problem() 
     for part in ("cpus: Input should be a valid integer", "gpus: Input should be greater than or equal to 0",
                  "bogus: Extra inputs are not permitted", "'noequals': expected KEY=VALUE"):
         assert part in text, text
+
+
+def test_an_evaluations_missing_figures_show_their_reason() -> None:
+    from types import SimpleNamespace
+
+    from saev_ops.cli import fmt
+
+    e = SimpleNamespace(fidelity=None, kl=None, probe_clean=0.75, probe_spliced=None,
+                        extra={"missing": {"fidelity": "undefined: spliced = ablated", "probe": "no labels"}})
+    assert fmt.eval_figures(e) == {"fidelity": "(undefined: spliced = ablated)", "kl": None, "probe_clean": 0.75,
+                                   "probe_spliced": "(no labels)"}
+    assert fmt.metrics_line(fmt.eval_figures(e)) == \
+        "fidelity (undefined: spliced = ablated), probe_clean 0.75, probe_spliced (no labels)"

@@ -183,11 +183,7 @@ def show(obj: CliContext, run_id: int, **kw: str) -> None:
     if d.evaluations:
         click.echo("\nevaluations (the SAE spliced into its model):")
         for e in d.evaluations:
-            why = e.extra.get("missing") or {}
-            click.echo(f"  dataset {e.dataset_id}, {e.n_images} images: " + fmt.metrics_line(
-                {"fidelity": fmt.or_why(e.fidelity, why, "fidelity"), "kl": fmt.or_why(e.kl, why, "kl"),
-                 "probe_clean": fmt.or_why(e.probe_clean, why, "probe"),
-                 "probe_spliced": fmt.or_why(e.probe_spliced, why, "probe")}))
+            click.echo(f"  dataset {e.dataset_id}, {e.n_images} images: " + fmt.metrics_line(fmt.eval_figures(e)))
     if r.error:
         click.echo("\nerror:")
         click.echo("  " + r.error.rstrip().replace("\n", "\n  "))
