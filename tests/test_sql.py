@@ -62,3 +62,11 @@ def test_bad_sql_is_a_query_error(registry: Registry) -> None:
         run_read_only(registry, "SELEC nonsense")
     with pytest.raises(errors.QueryError, match="empty"):
         run_read_only(registry, "  ")
+
+
+def test_the_max_bytes_flag_defaults_to_the_library_limit() -> None:
+    from saev_ops.cli.sql import group
+    from saev_ops.registry.sql import DEFAULT_MAX_BYTES
+
+    (opt,) = [p for p in group.params if p.name == "max_bytes"]
+    assert opt.default == DEFAULT_MAX_BYTES

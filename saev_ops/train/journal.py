@@ -129,7 +129,7 @@ class _Pending:
 
     @property
     def offset_path(self) -> pathlib.Path:
-        return self.path.with_name(self.path.name + OFFSET_SUFFIX)
+        return _offset_path(self.path)
 
     def where(self, lineno: int) -> str:
         """``FILE:LINE``; the lines before the offset are counted only when a line is named."""
@@ -138,8 +138,13 @@ class _Pending:
         return f"{self.path}:{self._base + lineno}"
 
 
+def _offset_path(journal: pathlib.Path) -> pathlib.Path:
+    """Where the byte offset of ``journal``'s lines already stored is kept, beside it."""
+    return journal.with_name(journal.name + OFFSET_SUFFIX)
+
+
 def _read_new(path: pathlib.Path) -> _Pending:
-    offset_path = path.with_name(path.name + OFFSET_SUFFIX)
+    offset_path = _offset_path(path)
     try:
         start = int(offset_path.read_text().strip()) if offset_path.exists() else 0
     except ValueError:
