@@ -256,3 +256,33 @@ def test_new_settings_at_their_old_behaviour_keep_run_identities() -> None:
     assert config_hash("d", run_identity(now)) == config_hash("d", run_identity(before))
     clipped = run_config(sae, 1e-3, 0, 7, "patches", TrainSettings(grad_clip=1.0))
     assert config_hash("d", run_identity(clipped)) != config_hash("d", run_identity(now))
+
+
+@pytest.mark.timeout(60)
+def test_preemption_handler_does_not_wait_on_a_lock_its_own_thread_holds(setup, tmp_path, caplog) -> None:  # noqa: ANN001
+    """USR2 can land while the main thread is inside a registry write. The handler's own write then waits for a lock
+    only the interrupted code can release: it used to wait out the busy timeout six times (about 6 minutes), past a
+    cluster's grace period, so the job was killed without being requeued."""
+    import sqlite3
+
+    import submitit
+
+    from saev_ops.train.trainer import TrainJob
+
+    reg, url, path = setup
+    spec = make_spec(reg, url, path, tmp_path / "runs")
+    ids = [r.run_id for r in spec.runs]
+    for rid in ids:
+        reg.transition_run(rid, "running")
+    holder = sqlite3.connect(tmp_path / "r.sqlite", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the interrupted write transaction
+    try:
+        with caplog.at_level("WARNING"):
+            assert isinstance(TrainJob(spec).checkpoint(), submitit.helpers.DelayedSubmission)
+        assert "did not answer within" in caplog.text and "stay `running`" in caplog.text
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    delayed = TrainJob(spec).checkpoint()  # no lock held: the runs are marked queued for the next attempt
+    assert isinstance(delayed, submitit.helpers.DelayedSubmission)
+    assert {reg.get_run(rid).status for rid in ids} == {"queued"}

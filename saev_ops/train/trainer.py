@@ -13,6 +13,7 @@ import math
 import os
 import pathlib
 import socket
+import threading
 import time
 import traceback
 from typing import Any
@@ -25,6 +26,10 @@ from saev_ops.train.spec import TrainJobSpec
 
 CKPT_SCHEMA = 1
 VAL_SEED = 0  # the held-out sample's rows: the same for every job and attempt
+# How long the preemption handler waits for the registry. The signal may land while this very thread holds a write
+# transaction (SQLite's write lock, a PostgreSQL row lock): a write from the handler then waits for a lock only the
+# interrupted code can release, so it must not wait long. Slurm's grace period after USR2 is commonly 60-120 s.
+REQUEUE_MARK_WAIT_S = 5.0
 log = logging.getLogger(__name__)
 
 
@@ -378,11 +383,42 @@ class TrainJob:
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         import submitit
 
-        registry = _open_registry(self.spec.db_url)
-        if registry is not None:
-            for r in self.spec.runs:
-                try:
-                    registry.transition_run(r.run_id, "queued")
-                except errors.SaevOpsError as exc:
-                    log.warning("run %d: could not mark it queued for the requeued attempt: %s", r.run_id, exc)
+        mark_queued_bounded(self.spec.db_url, [r.run_id for r in self.spec.runs], REQUEUE_MARK_WAIT_S)
         return submitit.helpers.DelayedSubmission(TrainJob(self.spec))
+
+
+def mark_queued_bounded(db_url: str, run_ids: list[int], wait_s: float) -> bool:
+    """Mark ``run_ids`` queued for a requeued attempt, waiting at most ``wait_s`` for the registry; True if done.
+
+    Runs in the preemption handler, which interrupts the main thread wherever it is, possibly inside a registry write.
+    The mark is made from a helper thread and the handler stops waiting after ``wait_s``: the requeue must happen
+    within the cluster's grace period. Runs left ``running`` are taken over by the requeued attempt all the same
+    (``running`` to ``running`` is allowed); what is lost is the attempt count, and the warning says so.
+    """
+    problems: list[str] = []
+
+    def mark() -> None:
+        registry = _open_registry(db_url)
+        if registry is None:
+            problems.append("registry unreachable")
+            return
+        try:
+            for rid in run_ids:
+                try:
+                    registry.transition_run(rid, "queued")
+                except errors.SaevOpsError as exc:
+                    problems.append(f"run {rid}: {exc}")
+        finally:
+            registry.close()
+
+    worker = threading.Thread(target=mark, name="saev-ops-requeue-mark", daemon=True)
+    worker.start()
+    worker.join(wait_s)
+    if worker.is_alive():
+        log.warning("runs %s: the registry did not answer within %.0f s of the preemption signal (the signal may have "
+                    "interrupted a registry write of this process); they stay `running`, the requeued attempt takes "
+                    "them over, and this attempt is not counted", run_ids, wait_s)
+        return False
+    for problem in problems:
+        log.warning("could not mark a run queued for the requeued attempt: %s", problem)
+    return not problems
