@@ -8,7 +8,7 @@ VENV="${VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 # the built-in ViT needs no transformers: only the plot extra (matplotlib) for the Pareto plot and the report
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile -e '.[plot]' 'torch==2.13.0'
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile -e '.[plot,serve]' 'torch==2.13.0'
 export SAEV_OPS_HOME="${SAEV_OPS_HOME:-$PWD/.quickstart}"
 unset SAEV_OPS_DB_URL
 S="$VENV/bin/saev-ops"
@@ -49,4 +49,5 @@ To go on with the quickstart's registry ($SAEV_OPS_HOME/registry.sqlite) in this
   source $PWD/$VENV/bin/activate
   export SAEV_OPS_HOME=$SAEV_OPS_HOME
   saev-ops runs list --sweep quickstart --sort nmse
+  saev-ops serve          # then open http://127.0.0.1:8000/ : sweeps, runs, latents and images in a browser
 EOF

@@ -53,6 +53,20 @@ def output_dir(out_root: str | pathlib.Path, run_id: int, dataset_hash: str) -> 
     return pathlib.Path(out_root) / f"run-{run_id:06d}" / f"infer-{dataset_hash[:12]}"
 
 
+def latent_index_dir(output_path: str | pathlib.Path) -> pathlib.Path:
+    """An output's index from each latent to its rows (``serve`` builds it once, beside the output it derives from)."""
+    return pathlib.Path(output_path) / "by_latent"
+
+
+def latent_index_cache_dir(output_path: str | pathlib.Path) -> pathlib.Path:
+    """Where that index goes when the output's own directory is read-only: ``<home>/cache/by_latent/<digest>``, the
+    digest of the output's resolved path."""
+    import hashlib
+
+    digest = hashlib.blake2b(str(pathlib.Path(output_path).resolve()).encode(), digest_size=10).hexdigest()
+    return home_dir() / "cache" / "by_latent" / digest
+
+
 def infer_parts_dir(out_root: str | pathlib.Path, key: str) -> pathlib.Path:
     """The parts of an inference pass split across jobs (``infer --jobs N``), while they are written."""
     return pathlib.Path(out_root) / ".parts" / key[:16]

@@ -13,7 +13,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 # torch==2.13.0 is pinned here (a CPU build is on this machine); pyproject accepts a range so clusters keep CUDA torch.
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile -e '.[test,hf,plot]' 'torch==2.13.0'
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile -e '.[test,hf,plot,serve]' 'torch==2.13.0'
 if [ "${SAEV_OPS_LINT:-0}" = 1 ]; then
   "$VENV/bin/python" -m ruff check saev_ops
   "$VENV/bin/python" -m mypy saev_ops

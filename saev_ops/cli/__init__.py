@@ -67,11 +67,11 @@ def cli(ctx: click.Context, db: str | None, debug: bool, verbose: bool, quiet: b
 
 
 def _register() -> None:
-    from saev_ops.cli import datasets, db, evaluate, images, infer, runs, sql, sweep, train
+    from saev_ops.cli import datasets, db, evaluate, images, infer, runs, serve, sql, sweep, train
 
     for module in (db, datasets, images, runs, sql, sweep, train):
         cli.add_command(module.group)
-    for command in (infer.infer, evaluate.evaluate, infer.latents, infer.lineage, infer.report):
+    for command in (infer.infer, evaluate.evaluate, infer.latents, infer.lineage, infer.report, serve.serve):
         cli.add_command(command)
 
 

@@ -143,10 +143,10 @@ def best_outputs(registry: Registry, rows: list[RunRow], *, output_ids: tuple[in
 # The heat map's colour scale, from a weak activation to the strongest (dark violet -> orange -> yellow), so it reads
 # on dark and bright images alike; patches where the latent does not fire are veiled in grey.
 _SCALE = np.array([[80, 20, 140], [200, 50, 110], [250, 140, 30], [255, 240, 60]], dtype=np.float32)
-_VEIL = (40, 40, 40, 100)
+VEIL = (40, 40, 40, 100)
 
 
-def _colour(a: np.ndarray) -> np.ndarray:
+def heat_colour(a: np.ndarray) -> np.ndarray:
     """RGB of activations ``a`` in [0, 1] along :data:`_SCALE`."""
     pos = a * (len(_SCALE) - 1)
     lo = np.clip(np.floor(pos).astype(int), 0, len(_SCALE) - 2)
@@ -161,9 +161,9 @@ def _heat_rgba(grid: np.ndarray, vmax: float) -> Any:
 
     a = np.clip(grid / max(vmax, 1e-12), 0.0, 1.0).astype(np.float32)
     rgba = np.zeros((*a.shape, 4), dtype=np.float32)
-    rgba[..., :3] = _colour(a)
+    rgba[..., :3] = heat_colour(a)
     rgba[..., 3] = 150 + 90 * a
-    rgba[a <= 0] = _VEIL
+    rgba[a <= 0] = VEIL
     img = Image.fromarray(rgba.round().astype(np.uint8), mode="RGBA")
     return img.resize((TILE, TILE), Image.Resampling.NEAREST)
 
@@ -174,7 +174,7 @@ def _scale_bar(out_dir: pathlib.Path) -> str:
 
     path = out_dir / "scale.png"
     if not path.exists():
-        ramp = _colour(np.linspace(0, 1, 160, dtype=np.float32))[None].repeat(10, axis=0)
+        ramp = heat_colour(np.linspace(0, 1, 160, dtype=np.float32))[None].repeat(10, axis=0)
         Image.fromarray(ramp.round().astype(np.uint8), mode="RGB").save(path)
     return ("<p class='scale'>heat map: <span class='veil'></span> does not fire &nbsp; 0 "
             "<img src='scale.png' alt='colour scale'> the strongest activation among the latent's tiles</p>")
