@@ -302,12 +302,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def server(loop: dict[str, Any]) -> Iterator[str]:
+def _serving(url: str) -> Iterator[str]:
     import uvicorn
 
     port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(create_app(loop["url"]), host="127.0.0.1", port=port, log_level="warning"))
+    srv = uvicorn.Server(uvicorn.Config(create_app(url), host="127.0.0.1", port=port, log_level="warning"))
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
     deadline = time.monotonic() + 30
@@ -317,6 +316,11 @@ def server(loop: dict[str, Any]) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     srv.should_exit = True
     t.join(10)
+
+
+@pytest.fixture(scope="module")
+def server(loop: dict[str, Any]) -> Iterator[str]:
+    yield from _serving(loop["url"])
 
 
 @pytest.fixture(scope="module")
@@ -443,3 +447,47 @@ def test_a_browser_clicks_through_every_page_kind(server: str, browser: Any, loo
                           ("image", f"{server}/output/{out}/image/{example}")):
             _open(browser, url)
             browser.save_screenshot(str(keep / f"serve-{name}.png"))
+
+
+@pytest.mark.slow
+def test_the_quickstart_ends_with_an_explorer_over_its_registry(browser: Any, tmp_path: pathlib.Path) -> None:
+    """The README's first command, then each page kind of its registry in the browser."""
+    import os
+    import subprocess
+    import sys
+
+    from selenium.webdriver.common.by import By
+
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "VENV": sys.prefix, "SAEV_OPS_HOME": str(tmp_path / "qs")}
+    env.pop("SAEV_OPS_DB_URL", None)
+    res = subprocess.run(["bash", "examples/quickstart.sh"], cwd=repo, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "saev-ops serve" in res.stdout.splitlines()[-1]  # its last line: how to open the explorer
+    url = f"sqlite:///{tmp_path / 'qs' / 'registry.sqlite'}"
+    reg = Registry(url, create=False)
+    runs = [r.run.id for r in reg.list_runs(RunQuery(sweep="quickstart", sort="val/nmse"))]
+    out = reg.list_outputs(run_id=runs[0])[0].id
+    reg.close()
+    gen = _serving(url)
+    server = next(gen)
+    try:
+        pages = {"/": "#sweeps", "/sweep/quickstart": "#pareto .main-svg", f"/run/{runs[0]}": "#curves .main-svg",
+                 f"/run/{runs[0]}/compare?other={runs[1]}": "#comparison", f"/output/{out}": "#freq-hist .main-svg",
+                 f"/output/{out}?sort=purity": "#latents"}
+        for path, selector in pages.items():
+            _open(browser, server + path)
+            assert browser.find_elements(By.CSS_SELECTOR, selector), path
+            _clean(browser)
+        browser.find_element(By.CSS_SELECTOR, "#latents tr:nth-child(2) td a").click()
+        _open(browser, browser.current_url)
+        tiles = browser.find_elements(By.CSS_SELECTOR, "#tiles .tile .grid span")
+        assert len(tiles) % 64 == 0 and tiles  # builtin:small: an 8x8 patch grid on every tile
+        _clean(browser)
+        browser.find_element(By.CSS_SELECTOR, "#tiles a.stack").click()
+        _open(browser, browser.current_url)
+        assert "/image/" in browser.current_url and len(browser.find_elements(By.CSS_SELECTOR, ".patch")) == 64
+        _clean(browser)
+    finally:
+        next(gen, None)

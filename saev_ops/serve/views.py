@@ -65,8 +65,8 @@ def sweep(registry: Registry, name: str, where: tuple[str, ...], sort: str | Non
               "params": [r.params.get(k) for k in shown_params],
               "metrics": [_finite(r.summary.get(k)) for k in shown_metrics]} for r in rows]
     return {"sweep": record, "rows": table, "params": shown_params, "metrics": shown_metrics,
-            "all_keys": params + metrics, "counts": snap.counts, "active": snap.active, "where": where,
-            "sort": sort or "", "n_all": len(every),
+            "all_keys": params + metrics, "metric_keys": metrics, "counts": snap.counts, "active": snap.active,
+            "where": where, "sort": sort or "", "n_all": len(every),
             "meaning": {k: MEANING.get(k.removeprefix("val/"), "") for k in shown_metrics}}
 
 
@@ -101,12 +101,15 @@ def points(registry: Registry, name: str, x: str, y: str, group_by: str | None,
 
 
 def curves(registry: Registry, run_ids: list[int], key: str) -> dict[str, Any]:
-    """Each run's history of ``key`` (its training and, beside it, held-out values)."""
+    """Each run's history of ``key`` and, for a training metric, of its held-out twin ``val/<key>`` beside it."""
+    keys = [key] if key.startswith("val/") else [key, f"val/{key}"]
     out = []
     for rid in run_ids:
-        pts = registry.metric_history(rid, key)
-        if pts:
-            out.append({"run": rid, "step": [p.step for p in pts], "value": [_finite(p.value) for p in pts]})
+        for k in keys:
+            pts = registry.metric_history(rid, k)
+            if pts:
+                out.append({"run": rid, "key": k, "held_out": k.startswith("val/"), "step": [p.step for p in pts],
+                            "value": [_finite(p.value) for p in pts]})
     return {"key": key, "series": out}
 
 

@@ -89,9 +89,9 @@ function curves() {
     plotStarted();
     fetchJson(form.dataset.src + '?' + query(form)).then(function (d) {
       if (!d.series.length) { say(el, 'no history of ' + d.key + ' yet'); return null; }
-      var traces = d.series.map(function (s) {
-        return { type: 'scatter', mode: d.key.indexOf('val/') === 0 ? 'lines+markers' : 'lines', name: 'run ' + s.run,
-          x: s.step, y: s.value };
+      var traces = d.series.map(function (s) { // held-out values as dots beside the training line
+        return { type: 'scatter', mode: s.held_out ? 'lines+markers' : 'lines', name: 'run ' + s.run + (s.held_out ? ' (held out)' : ''),
+          x: s.step, y: s.value, line: s.held_out ? { dash: 'dot' } : {} };
       });
       el.classList.remove('legend');
       return Plotly.newPlot(el, traces, Object.assign({}, LAYOUT, { xaxis: { title: { text: 'step' } },
