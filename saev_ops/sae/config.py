@@ -28,6 +28,13 @@ def sparsity_field(arch: str) -> str:
     return {"relu": "l1_coeff", "jumprelu": "l0_coeff"}.get(arch, "k")
 
 
+BATCHTOPK_RANKS = ("value", "row-share")
+# Fields whose default for new sweeps differs from what earlier runs did: (for new sweeps, what runs before it did).
+# The dataclass default is the earlier behaviour, so every stored config without the field reads as it was trained;
+# `sweep submit` gives a new sweep the new value where its grid leaves the field unset (and a sweep that already has
+# runs the old one: a resubmission finds its runs).
+NEW_SWEEP_DEFAULTS: dict[str, tuple[Any, Any]] = {"batchtopk_rank": ("row-share", "value")}
+
 _INTS = ("d_model", "d_sae", "k", "aux_k", "dead_tokens")
 _FLOATS = ("l1_coeff", "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth", "aux_coeff")
 # Keys of stored configs that no longer exist; read (registry rows, SAE files) and ignored. grid.yaml refuses them.
@@ -68,6 +75,12 @@ class SAEConfig:
     apply_b_dec_to_input: bool = True
     """Subtract the decoder bias from the input before encoding (saev-ops' and SAELens' default); False for SAEs
     imported from saev, whose encoder reads the input as it is."""
+    batchtopk_rank: str = "value"
+    """batchtopk: how the batch's k x batch activations are chosen. ``row-share`` (new sweeps' default): by each
+    activation's share of its row's activation norm, ``relu(pre) / ||relu(pre)||``, and at inference a latent fires
+    where that share passes the learned threshold; rows of large norm no longer take the batch's budget first, which
+    on data of uneven norms trained worse dictionaries than TopK (docs/performance.md). ``value``: by the activations
+    themselves, one threshold for every row (Bussmann et al. 2024; runs trained before ``row-share`` existed)."""
     topk_relu: bool = True
     """topk: keep the k largest pre-activations only where positive (saev-ops' and SAELens' TopK); False keeps them
     as they are, negative ones included, as saev's TopK does (SAEs imported from saev)."""
@@ -93,6 +106,8 @@ class SAEConfig:
         for name in ("apply_b_dec_to_input", "topk_relu"):
             if not isinstance(getattr(self, name), bool):
                 out.append((name, f"must be true or false, got {getattr(self, name)!r}"))
+        if self.batchtopk_rank not in BATCHTOPK_RANKS:
+            out.append(("batchtopk_rank", f"must be one of {', '.join(BATCHTOPK_RANKS)}, got {self.batchtopk_rank!r}"))
         if out:
             return out  # the comparisons below need numbers
         for name in ("d_model", "d_sae", "dead_tokens"):

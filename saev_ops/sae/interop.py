@@ -46,6 +46,11 @@ _SAELENS_ARCH = {"relu": "standard", "topk": "topk", "matryoshka": "topk", "jump
                  "batchtopk": "jumprelu"}
 
 
+_ROW_SHARE = ("this BatchTopK SAE ranks each activation by its share of its row's activation norm (batchtopk_rank "
+              "row-share): its threshold is relative to each row, and {fmt}'s BatchTopK fires on one threshold for "
+              "every row, so it would compute other latents")
+
+
 def _payload(cls: str, **params: Any) -> dict[str, Any]:
     """saev's serialised dataclass: ``{"cls": name, "params": fields}``."""
     return {"cls": cls, "params": params}
@@ -72,6 +77,8 @@ def export_saev(sae: SAE, meta: dict[str, Any], path: pathlib.Path) -> pathlib.P
         raise errors.ConfigError(f"saev has no {arch} activation (it has ReLU, TopK and BatchTopK); export this SAE "
                                  "to SAELens instead" if arch == "jumprelu" else
                                  f"saev has no {arch} activation (it has ReLU, TopK and BatchTopK)")
+    if arch == "batchtopk" and sae.cfg.batchtopk_rank != "value":
+        raise errors.ConfigError(_ROW_SHARE.format(fmt="saev"))
     no_sparsity = _payload("NoSparsity", key="no-sparsity")
     auxk = _payload("AuxK", key="auxk", k_aux=sae.cfg.aux_k, alpha=sae.cfg.aux_coeff)
     activation = {
@@ -148,6 +155,8 @@ def export_saelens(sae: SAE, meta: dict[str, Any], directory: pathlib.Path) -> p
     if arch == "topk" and not sae.cfg.topk_relu:
         raise errors.ConfigError("SAELens' TopK applies a ReLU to the k largest pre-activations and this SAE (saev's "
                                  "TopK, topk_relu false) keeps negative ones: export it to saev instead")
+    if arch == "batchtopk" and sae.cfg.batchtopk_rank != "value":
+        raise errors.ConfigError(_ROW_SHARE.format(fmt="SAELens (as a JumpReLU)"))
     scale = float(meta.get("scale", 1.0))
     state = _folded(sae, scale, b_dec_into_b_enc=False)
     if arch == "jumprelu":

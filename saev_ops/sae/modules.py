@@ -178,7 +178,9 @@ class SignedTopKSAE(SAE):
 
 
 class BatchTopKSAE(SAE):
-    """TopK over the whole batch (k x batch activations); at inference a learned threshold replaces the batch."""
+    """TopK over the whole batch (k x batch activations); at inference a learned threshold replaces the batch. What is
+    ranked (``batchtopk_rank``): the activations (``value``) or their share of their row's activation norm
+    (``row-share``), so that the threshold is relative to each row's own scale."""
 
     threshold: torch.Tensor  # buffer: the running threshold used at inference (-1 until trained)
 
@@ -186,16 +188,22 @@ class BatchTopKSAE(SAE):
         super().__init__(cfg, generator)
         self.register_buffer("threshold", torch.tensor(-1.0))
 
+    def rank_keys(self, acts: torch.Tensor) -> torch.Tensor:
+        """What the batch's top k x batch and the threshold are taken over."""
+        if self.cfg.batchtopk_rank == "row-share":
+            return acts / acts.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return acts
+
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         acts = torch.relu(pre)
+        keys = self.rank_keys(acts)
         if not self.training:
             if float(self.threshold) < 0:
                 return _topk(pre, self.cfg.k)
-            return torch.where(acts > self.threshold, acts, torch.zeros_like(acts))
-        flat = acts.flatten()
-        n_keep = min(self.cfg.k * pre.shape[0], flat.numel())
-        vals, idx = flat.topk(n_keep)
-        z = torch.zeros_like(flat).scatter(0, idx, vals).view_as(acts)
+            return torch.where(keys > self.threshold, acts, torch.zeros_like(acts))
+        n_keep = min(self.cfg.k * pre.shape[0], keys.numel())
+        vals, idx = keys.flatten().topk(n_keep)
+        z = torch.zeros_like(acts).flatten().scatter(0, idx, acts.flatten()[idx]).view_as(acts)
         with torch.no_grad():
             positive = vals[vals > 0]
             if positive.numel():

@@ -172,19 +172,28 @@ def held_out_warnings(registry: Registry, spec: SweepSpec, existing: list[RunRec
 
 
 def keep_first_defaults(registry: Registry, spec: SweepSpec) -> SweepSpec:
-    """``spec`` with the train settings its grid leaves unset taken from the sweep's registered runs, when the sweep
-    exists: a resubmitted sweep keeps the defaults of its first submission, so a default that changed since (such as
-    ``buffer_mb``, part of a run's identity) does not turn its runs into new ones. Settings the grid names win."""
+    """``spec`` with the defaults its first submission had, where its grid leaves them unset: a resubmitted sweep keeps
+    what it was first given, so a default that changed since (such as ``buffer_mb``, part of a run's identity) does
+    not turn its runs into new ones. Settings the grid names win. The SAE fields of
+    :data:`~saev_ops.sae.config.NEW_SWEEP_DEFAULTS` and the settings of
+    :data:`~saev_ops.train.spec.NEW_SWEEP_SETTINGS` get their new value in a new sweep and their earlier one in a
+    sweep that has runs."""
     from saev_ops.registry import RunQuery
-    from saev_ops.train.spec import RUN_ONLY_SETTINGS
+    from saev_ops.sae.config import NEW_SWEEP_DEFAULTS
+    from saev_ops.train.spec import NEW_SWEEP_SETTINGS, RUN_ONLY_SETTINGS
 
     try:
         registry.get_sweep(spec.name)
+        first = registry.list_runs(RunQuery(sweep=spec.name, limit=1))
     except errors.NotFoundError:
-        return spec
-    first = registry.list_runs(RunQuery(sweep=spec.name, limit=1))
+        first = []
+    stored_sae = first[0].run.config.get("sae", {}) if first else {}
+    fill = {k: stored_sae.get(k, old) if first else new for k, (new, old) in NEW_SWEEP_DEFAULTS.items()}
+    configs = tuple({**{k: v for k, v in fill.items() if k not in cfg}, **cfg} for cfg in spec.configs)
+    spec = dataclasses.replace(spec, configs=configs)
     if not first:
-        return spec
+        new = {k: v for k, v in NEW_SWEEP_SETTINGS.items() if k not in spec.settings.model_fields_set}
+        return dataclasses.replace(spec, settings=spec.settings.model_copy(update=new)) if new else spec
     stored = first[0].run.config.get("train", {})
     given = spec.settings.model_fields_set
     kept = {k: v for k, v in stored.items() if k in TrainSettings.model_fields and k not in given

@@ -54,6 +54,14 @@ class TrainSettings(Schema):
     saev's reservoir (docs/performance.md). Part of a run's
     identity: it sets the data order (it was 1,024 before; a resubmitted sweep keeps what it was first given). The
     loader library's own default, ``ShuffledConfig.buffer_mb``, is the same (a test keeps them equal)."""
+    scale_by: Literal["norm", "centred-norm"] = "norm"
+    """What the activations are scaled by before the SAEs see them (the scale is saved with each SAE, so inference
+    and export use it): ``centred-norm`` (new sweeps' default) makes the mean norm of the activations minus their mean
+    sqrt(d_model), measured on a fixed sample of the training rows; ``norm`` makes the mean norm of the activations
+    themselves sqrt(d_model) (runs trained before ``centred-norm`` existed). A ViT's activations are mostly their
+    mean, which the decoder bias takes; what the latents reconstruct is the rest, so with ``norm`` the penalties and
+    thresholds of ReLU and JumpReLU (``l1_coeff``, ``l0_coeff``, ``jumprelu_init_threshold``, bandwidth) meant
+    something else on every dataset."""
     heartbeat_s: float = Field(30.0, ge=0)
     """Seconds between heartbeats to the registry (0: every step)."""
 
@@ -103,7 +111,10 @@ RUN_ONLY_SETTINGS = frozenset({"device", "log_every", "ckpt_every", "heartbeat_s
                                "val_tokens"})
 # Settings added after runs were registered, with the value that reproduces what came before: left out of the identity
 # at that value, so a resubmitted sweep finds its earlier runs.
-ADDED_SETTINGS: dict[str, Any] = {"grad_clip": 0.0, "data_init_blend": 0.0}
+ADDED_SETTINGS: dict[str, Any] = {"grad_clip": 0.0, "data_init_blend": 0.0, "scale_by": "norm"}
+# Settings whose default for new sweeps differs from what earlier runs did (their field default, kept for stored
+# configs): `sweep submit` gives a new sweep this value where its grid leaves the setting unset.
+NEW_SWEEP_SETTINGS: dict[str, Any] = {"scale_by": "centred-norm"}
 
 
 def run_identity(config: dict[str, Any]) -> dict[str, Any]:
@@ -117,7 +128,8 @@ def run_identity(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(sae, dict) and sae.get("arch") in ARCH_FIELDS:
         out["sae"] = {k: v for k, v in sae.items() if k in ARCH_FIELDS[sae["arch"]]
                       or (k == "apply_b_dec_to_input" and v is False)  # in the identity only where it changes it
-                      or (k == "topk_relu" and v is False and sae["arch"] == "topk")}
+                      or (k == "topk_relu" and v is False and sae["arch"] == "topk")
+                      or (k == "batchtopk_rank" and v != "value" and sae["arch"] == "batchtopk")}
     train = config.get("train")
     if isinstance(train, dict):
         out["train"] = {k: v for k, v in train.items() if k not in RUN_ONLY_SETTINGS

@@ -26,6 +26,7 @@ from saev_ops.train.spec import TrainJobSpec
 
 CKPT_SCHEMA = 1
 VAL_SEED = 0  # the held-out sample's rows: the same for every job and attempt
+SCALE_SEED, SCALE_SAMPLE = 1, 65_536  # the rows whose centred norm sets the scale (scale_by: centred-norm)
 # How long the preemption handler waits for the registry. The signal may land while this very thread holds a write
 # transaction (SQLite's write lock, a PostgreSQL row lock): a write from the handler then waits for a lock only the
 # interrupted code can release, so it must not wait long. Slurm's grace period after USR2 is commonly 60-120 s.
@@ -75,9 +76,10 @@ class Trainer:
         self.reader = ShardReader(spec.dataset_path)
         layer_idx = self.reader.layer_index(spec.layer)
         stats = self.reader.stats()
-        self.scale = float(stats["scale"][layer_idx])
-        center = torch.from_numpy(stats["mean"][layer_idx]).float() * self.scale
         s = spec.settings
+        mean = torch.from_numpy(stats["mean"][layer_idx]).float()
+        self.scale = float(stats["scale"][layer_idx]) if s.scale_by == "norm" else self._centred_scale(mean)
+        center = mean * self.scale
         self.feed = DeviceFeed(self.device)
         self.loader = ShuffledDataLoader(self.reader, ShuffledConfig(
             selection=ShardSelection(layers=(spec.layer,), tokens=spec.tokens), batch_size=s.batch_size, seed=s.seed,
@@ -131,6 +133,20 @@ class Trainer:
                 continue
             metrics = reconstruction_metrics(sae, self.val_x, self.spec.settings.batch_size)
             journal.log(run.run_id, self.step, {f"val/{k}": v for k, v in metrics.items() if v is not None})
+
+    def _centred_scale(self, mean: torch.Tensor) -> float:
+        """sqrt(d_model) over the mean norm of the selected rows minus ``mean``, on a fixed sample of at most
+        :data:`SCALE_SAMPLE` rows (the same in every attempt: a resumed job scales as the first did)."""
+        from saev_ops.loaders import IndexedDataset, ShardSelection
+
+        ds = IndexedDataset(self.reader, ShardSelection(layers=(self.spec.layer,), tokens=self.spec.tokens))
+        n = min(len(ds), SCALE_SAMPLE)
+        idx = np.sort(np.random.default_rng(SCALE_SEED).choice(len(ds), size=n, replace=False))
+        norm = float((ds.get_batch(idx)["act"].float() - mean).norm(dim=1).mean())
+        if not math.isfinite(norm) or norm <= 0:
+            raise errors.DataError(f"{self.spec.dataset_path}: layer {self.spec.layer}'s activations have no spread "
+                                   f"about their mean (centred norm {norm}); use scale_by: norm")
+        return math.sqrt(self.reader.d_model) / norm
 
     def _init_sample(self, center: torch.Tensor) -> torch.Tensor:
         """Centred activations (training scale) for data-point initialisation: as many as the widest SAE has latents,
