@@ -210,3 +210,131 @@ def test_a_new_sweep_scales_by_the_centred_norm_and_an_old_one_keeps_the_norm(tm
     reg.add_runs("d", [old], sweep="old")
     assert keep_first_defaults(reg, parse_sweep(grid.format(name="old", train=""))).settings.scale_by == "norm"
     assert run_identity({**old, "train": {**old["train"], "scale_by": "norm"}}) == run_identity(old)
+
+
+# -- matching pursuit ------------------------------------------------------------------------------------------------
+def _pursuit(x: np.ndarray, atoms: np.ndarray, b_dec: np.ndarray, k: int) -> np.ndarray:
+    """Matching pursuit row by row, from its equations: r = x - b; k times j = argmax <r, d_j>, z_j += c, r -= c d_j."""
+    z = np.zeros((len(x), len(atoms)))
+    for i, row in enumerate(x):
+        r = row - b_dec
+        for _ in range(k):
+            corr = atoms @ r
+            j = int(np.argmax(corr))
+            z[i, j] += corr[j]
+            r = r - corr[j] * atoms[j]
+    return z
+
+
+def test_matching_pursuit_is_the_greedy_pursuit_of_its_equations() -> None:
+    torch.manual_seed(0)
+    sae = build_sae(SAEConfig(arch="mp", d_model=12, d_sae=40, k=5), seed=3)
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.randn(12))
+    x = torch.randn(30, 12, dtype=torch.float64)
+    sae = sae.double()
+    z = sae.encode(x)
+    expect = _pursuit(x.numpy(), sae.W_dec.detach().numpy(), sae.b_dec.detach().numpy(), 5)
+    np.testing.assert_allclose(z.detach().numpy(), expect, rtol=1e-10, atol=1e-12)
+    assert int((z != 0).sum(-1).max()) <= 5 and not hasattr(sae, "W_enc")  # the dictionary is the encoder
+    # the residual after k steps is what the decoder leaves: x - decode(z)
+    with torch.no_grad():
+        residual = x - sae.decode(z)
+        assert float(residual.norm(dim=1).mean()) < float((x - sae.b_dec).norm(dim=1).mean())
+
+
+def test_matching_pursuits_gradient_equals_the_full_graphs() -> None:
+    """The argmax is taken without a graph; the gradient must equal the one through the full correlation products."""
+    torch.manual_seed(1)
+    sae = build_sae(SAEConfig(arch="mp", d_model=10, d_sae=32, k=4), seed=0).double()
+    x = torch.randn(16, 10, dtype=torch.float64)
+    _, _, terms = sae(x)
+    terms["loss"].backward()
+    fast = (sae.W_dec.grad.clone(), sae.b_dec.grad.clone())
+    sae.zero_grad()
+    r = x - sae.b_dec
+    z = torch.zeros(16, 32, dtype=torch.float64)
+    for _ in range(4):
+        corr = r @ sae.W_dec.t()  # kept in the graph
+        val, idx = corr.max(dim=-1)
+        z = z + torch.nn.functional.one_hot(idx, 32).double() * val.unsqueeze(-1)
+        r = r - val.unsqueeze(-1) * sae.W_dec[idx]
+    (z @ sae.W_dec + sae.b_dec - x).pow(2).sum(-1).mean().backward()
+    assert torch.allclose(fast[0], sae.W_dec.grad) and torch.allclose(fast[1], sae.b_dec.grad)
+
+
+def test_matching_pursuit_learns_the_planted_dictionary() -> None:
+    x, atoms = planted(24000)
+    train, held = x[:20000], x[20000:]
+    mp = _fit(SAEConfig(arch="mp", d_model=32, d_sae=256, k=4), train, 500)
+    nmse, l0 = _nmse_l0(mp, held)
+    topk = _nmse_l0(_fit(SAEConfig(arch="topk", d_model=32, d_sae=256, k=4, dead_tokens=50000), train, 500), held)
+    w = mp.W_dec.detach() / mp.W_dec.detach().norm(dim=1, keepdim=True)
+    found = float(((atoms @ w.T).max(dim=1).values > 0.9).float().mean())
+    assert l0 <= 4 and nmse < 0.2 and found > 0.3, (nmse, l0, found, topk)
+
+
+def test_matching_pursuit_in_the_loop_trains_resumes_infers_and_refuses_export(tmp_path: pathlib.Path) -> None:
+    """One pass with a TopK beside it, a kill after a checkpoint, the resumed weights bit-equal to an uninterrupted
+    run's; inference writes its CSR; `runs compare` reads its decoder; saev and SAELens cannot express it."""
+    import dataclasses
+
+    from saev_ops.datasets import import_dataset
+    from saev_ops.infer import InferSpec, run_inference
+    from saev_ops.registry import Registry
+    from saev_ops.sae.compare import compare_runs
+    from saev_ops.sae.interop import export_saelens, export_saev
+    from saev_ops.train import RunSpec, TrainJobSpec, run_train_job
+    from saev_ops.train.spec import TrainSettings
+    from saev_ops.train.trainer import Trainer
+    from tests.shard_helpers import write_dataset
+
+    path = write_dataset(tmp_path / "data", n_examples=40, layers=(7,), n_patches=16, d_model=32)
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    reg = Registry(url)
+    import_dataset(reg, path, "tiny")
+    saes = [SAEConfig(arch="mp", d_model=32, d_sae=64, k=4), SAEConfig(arch="topk", d_model=32, d_sae=64, k=4)]
+    runs = reg.add_runs("tiny", [{"sae": s.to_dict(), "lr": 1e-3, "seed": 0, "layer": 7, "tokens": "patches"}
+                                 for s in saes])
+    settings = TrainSettings(batch_size=64, n_tokens=64 * 23, log_every=5, ckpt_every=5, lr_warmup_steps=3,
+                             buffer_mb=0.2, heartbeat_s=0.0, data_init_blend=0.5)
+    spec = TrainJobSpec(db_url=url, dataset="tiny", dataset_path=str(path), dataset_hash="h", layer=7, tokens="patches",
+                        settings=settings, runs_root=str(tmp_path / "a"), registry_id=reg.registry_id,
+                        runs=tuple(RunSpec(run_id=r.id, sae=s, lr=1e-3, identity=r.config_hash)
+                                   for (r, _), s in zip(runs, saes, strict=True)))
+    ref = Trainer(spec, None)
+    ref.train()
+    other = dataclasses.replace(spec, runs_root=str(tmp_path / "b"))
+    interrupted = Trainer(other, None)
+    save = interrupted.save_checkpoint
+    calls = []
+
+    def save_then_die() -> pathlib.Path:
+        calls.append(save())
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return calls[-1]
+
+    interrupted.save_checkpoint = save_then_die  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    resumed = Trainer(other, None)
+    assert resumed.load_checkpoint() and resumed.step == 10
+    resumed.train()
+    for a, b in zip(ref.saes, resumed.saes, strict=True):
+        for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+            assert torch.equal(p, q), name
+    out = run_train_job(dataclasses.replace(spec, runs_root=str(tmp_path / "c")))  # with the registry this time
+    mp_id, topk_id = (r.id for r, _ in runs)
+    (o,) = run_inference(InferSpec(db_url=url, run_ids=(mp_id,), dataset="tiny", out_root=str(tmp_path / "o")))
+    assert o.nnz > 0 and o.nnz <= 4 * o.n_rows and o.n_cols == 64
+    assert reg.get_run(mp_id).status == "completed", reg.get_run(mp_id)
+    assert reg.summary(mp_id)["l0"] <= 4
+    (c,) = compare_runs(reg, (mp_id, topk_id))
+    assert 0 < c.trained.best_match_ab <= 1
+    from saev_ops.sae.io import load_sae
+
+    sae, meta = load_sae(pathlib.Path(out[mp_id]))
+    for export in (export_saev, export_saelens):
+        with pytest.raises(errors.ConfigError, match="matching-pursuit SAE .* cannot express"):
+            export(sae, meta, tmp_path / "x")

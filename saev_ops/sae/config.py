@@ -8,7 +8,7 @@ from typing import Any
 
 from saev_ops import errors
 
-ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka", "signed-topk")
+ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka", "signed-topk", "mp")
 # The SAE fields each architecture reads; the others cannot change its weights and stay out of a run's identity.
 _COMMON = ("arch", "d_model", "d_sae")
 _AUXK = ("aux_k", "aux_coeff", "dead_tokens")  # the AuxK loss revives dead latents
@@ -19,6 +19,7 @@ ARCH_FIELDS: dict[str, tuple[str, ...]] = {
     "matryoshka": (*_COMMON, "k", "matryoshka_prefixes", *_AUXK),
     "signed-topk": (*_COMMON, "k"),
     "jumprelu": (*_COMMON, "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth"),
+    "mp": (*_COMMON, "k"),  # k pursuit steps; no encoder weights
 }
 
 
@@ -44,13 +45,15 @@ LEGACY_KEYS = {"dead_steps": "dead_steps was replaced by dead_tokens (the dead w
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SAEConfig:
     arch: str = "topk"
-    """relu (L1), topk (+AuxK), batchtopk, jumprelu, matryoshka (nested TopK prefixes), signed-topk."""
+    """relu (L1), topk (+AuxK), batchtopk, jumprelu, matryoshka (nested TopK prefixes), signed-topk, mp (matching
+    pursuit: k greedy steps over the decoder's atoms, no encoder weights)."""
     d_model: int
     """Input width (set from the dataset)."""
     d_sae: int = 16384
     """Number of latents."""
     k: int = 32
-    """Active latents per token (topk, batchtopk, matryoshka, signed-topk)."""
+    """Active latents per token (topk, batchtopk, matryoshka, signed-topk); pursuit steps (mp: at most k active, an
+    atom chosen twice counts once)."""
     l1_coeff: float = 1e-3
     """L1 weight (relu), scaled by decoder norms."""
     l0_coeff: float = 1.0
@@ -113,7 +116,7 @@ class SAEConfig:
         for name in ("d_model", "d_sae", "dead_tokens"):
             if getattr(self, name) <= 0:
                 out.append((name, f"must be > 0, got {getattr(self, name)}"))
-        if self.arch in ("topk", "batchtopk", "matryoshka", "signed-topk") and not 0 < self.k <= self.d_sae:
+        if self.arch in ("topk", "batchtopk", "matryoshka", "signed-topk", "mp") and not 0 < self.k <= self.d_sae:
             out.append(("k", f"must be in 1..d_sae ({self.d_sae}), got {self.k}"))
         if self.arch == "matryoshka":
             p = list(self.matryoshka_prefixes)

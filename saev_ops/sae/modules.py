@@ -64,7 +64,8 @@ class SAE(nn.Module):
         mixed = blend * rows + (1 - blend) * random
         mixed = mixed / mixed.norm(dim=1, keepdim=True).clamp_min(1e-8)
         self.W_dec.copy_(mixed.to(self.W_dec.device))
-        self.W_enc.copy_(self.W_dec.t())
+        if "W_enc" in self._parameters:  # matching pursuit has none
+            self.W_enc.copy_(self.W_dec.t())
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
@@ -283,8 +284,37 @@ class MatryoshkaSAE(SAE):
         return terms
 
 
+class MatchingPursuitSAE(SAE):
+    """Matching pursuit (Costa et al. 2025, "From Flat to Hierarchical"): the code is built in ``k`` greedy steps over
+    the decoder's unit atoms, each taking the atom most correlated with what is left of the input and its correlation
+    as the coefficient (an atom may be taken again), then subtracting it: ``r0 = x - b_dec``; ``j = argmax_i <r, d_i>``,
+    ``c = <r, d_j>``, ``z_j += c``, ``r -= c d_j``. The encoder is the dictionary itself: no W_enc, no b_enc.
+
+    The argmax is taken without a graph (``k`` products of B x d_sae are not kept for backward); the coefficients
+    are recomputed from the chosen atoms with gradients, so backward holds ``k`` B x d_model residuals."""
+
+    def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg, generator)
+        del self.W_enc, self.b_enc
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.b_dec  # the first residual
+
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        residual = pre
+        z = torch.zeros(pre.shape[0], self.cfg.d_sae, dtype=pre.dtype, device=pre.device)
+        for _ in range(self.cfg.k):
+            with torch.no_grad():
+                idx = (residual @ self.W_dec.t()).argmax(dim=-1)
+            atoms = self.W_dec[idx]
+            coeff = (residual * atoms).sum(-1)
+            z = z.index_put((torch.arange(len(idx), device=idx.device), idx), coeff, accumulate=True)
+            residual = residual - coeff.unsqueeze(-1) * atoms
+        return z
+
+
 _CLASSES = {"relu": ReLUSAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE, "jumprelu": JumpReLUSAE,
-            "matryoshka": MatryoshkaSAE, "signed-topk": SignedTopKSAE}
+            "matryoshka": MatryoshkaSAE, "signed-topk": SignedTopKSAE, "mp": MatchingPursuitSAE}
 
 
 def build_sae(cfg: SAEConfig, seed: int = 0) -> SAE:

@@ -40,8 +40,14 @@ class SubmitResult:
 
 
 def estimate_memory_gb(sae: dict[str, Any], d_model: int, batch_size: int) -> float:
-    """Parameters with grads and two Adam moments, plus the batch's latent activations (pre, z and their grads)."""
+    """Parameters with grads and two Adam moments, plus the batch's latent activations (pre, z and their grads); for
+    matching pursuit (no encoder weights), the decoder, z and a correlation product, and the ``k`` residuals and
+    chosen atoms its backward keeps."""
     d_sae = int(sae.get("d_sae", 16384))
+    if sae.get("arch") == "mp":
+        params = d_model * d_sae + d_model
+        steps = int(sae.get("k", 32))
+        return (params * 4 * 4 + batch_size * d_sae * 4 * 3 + steps * batch_size * d_model * 4 * 3) / 2**30
     params = 2 * d_model * d_sae + d_sae + d_model
     return (params * 4 * 4 + batch_size * d_sae * 4 * 4) / 2**30
 

@@ -38,7 +38,7 @@ class Snapshot:
 
 def _sae(config: dict[str, Any]) -> str:
     sae = config.get("sae", {})
-    k = f" k={sae['k']}" if sae.get("arch") in ("topk", "batchtopk", "matryoshka", "signed-topk") else ""
+    k = f" k={sae['k']}" if sae.get("arch") in ("topk", "batchtopk", "matryoshka", "signed-topk", "mp") else ""
     return f"{sae.get('arch', '?')} {sae.get('d_sae', '?')}{k} lr={config.get('lr', '?')}"
 
 
