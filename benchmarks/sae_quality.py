@@ -17,7 +17,6 @@ and for the seed pairs the mean best-match cosine between the two seeds' decoder
 from __future__ import annotations
 
 import argparse
-import math
 import pathlib
 import shutil
 import sys
@@ -29,26 +28,6 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 D, ATOMS, K, PATCHES = 128, 512, 8, 16
-
-
-def planted(n: int, seed: int, atoms_seed: int = 123) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, atoms): see the module docstring."""
-    g = np.random.default_rng(atoms_seed)
-    atoms = g.normal(size=(ATOMS, D))
-    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
-    scales = np.exp(g.uniform(np.log(0.5), np.log(4.0), ATOMS))
-    p = 1.0 / np.arange(1, ATOMS + 1)
-    p /= p.sum()
-    mean = g.normal(size=D)
-    mean *= 12 * math.sqrt(K) / np.linalg.norm(mean)
-    rng = np.random.default_rng(seed)
-    x = np.empty((n, D), dtype=np.float32)
-    counts = np.clip(rng.poisson(K, n), 1, 3 * K)
-    for i, m in enumerate(counts):
-        idx = rng.choice(ATOMS, size=m, replace=False, p=p)
-        x[i] = (scales[idx] * rng.exponential(1.0, m)) @ atoms[idx]
-    x += mean + 0.05 * rng.normal(size=(n, D)).astype(np.float32)
-    return x, atoms.astype(np.float32)
 
 
 def write_dataset(root: pathlib.Path, rows: np.ndarray, name: str) -> pathlib.Path:
@@ -97,6 +76,7 @@ def main() -> None:
     from saev_ops.sae.compare import compare_runs
     from saev_ops.sae.io import load_sae
     from saev_ops.sweeps import parse_sweep, submit_sweep
+    from tests.helpers import planted
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=131072)
@@ -112,7 +92,7 @@ def main() -> None:
     tmp = args.keep or pathlib.Path(tempfile.mkdtemp(prefix="saev-quality-"))
     try:
         t0 = time.perf_counter()
-        x, atoms = planted(args.rows + 8192, seed=0)
+        x, atoms = planted(args.rows + 8192, d=D, n_atoms=ATOMS, k=K, atoms_seed=123)
         url = f"sqlite:///{tmp / 'r.sqlite'}"
         reg = Registry(url)
         import_dataset(reg, write_dataset(tmp / "data", x[: args.rows], "planted"), "planted")

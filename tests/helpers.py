@@ -99,3 +99,56 @@ def constant_sae(d: int, row):  # noqa: ANN001, ANN201 - a tensor in, an SAE mod
         sae.b_enc.fill_(-1e9)
         sae.b_dec.copy_(row)
     return sae
+
+
+def mini_loop(url: str, root: pathlib.Path, *, n_classes: int = 2) -> dict:
+    """The loop in miniature on a real registry: 12 generated images recorded with the built-in tiny ViT (dataset
+    ``tiny``), a sweep ``rep`` of two TopK SAEs (k 4 and 8) trained in one pass, and both runs' inference outputs.
+    Returns the url, the run ids, the output ids and ``root``."""
+    from saev_ops.infer import InferSpec, run_inference
+    from saev_ops.record import RecordSpec, record_dataset
+    from saev_ops.record.images import generate_images
+    from saev_ops.registry import RunQuery
+    from saev_ops.sweeps import parse_sweep, submit_sweep
+
+    reg = Registry(url)
+    generate_images(root / "imgs", 12, size=32, n_classes=n_classes)
+    record_dataset(reg, RecordSpec(name="tiny", images=str(root / "imgs"), model="builtin:tiny",
+                                   data_root=str(root / "data")))
+    grid = f"""name: rep
+dataset: tiny
+executor: debug
+runs_root: {root / 'runs'}
+train: {{batch_size: 64, n_tokens: 1280, log_every: 5, ckpt_every: 10, lr_warmup_steps: 2, buffer_mb: 0.2}}
+base: {{arch: topk, d_sae: 64, dead_tokens: 640}}
+grid: {{k: [4, 8]}}
+"""
+    submit_sweep(reg, parse_sweep(grid), url)
+    ids = tuple(r.run.id for r in reg.list_runs(RunQuery(sweep="rep")))
+    outs = run_inference(InferSpec(db_url=url, run_ids=ids, dataset="tiny", out_root=str(root / "o")))
+    reg.close()
+    return {"url": url, "runs": ids, "outputs": [o.id for o in outs], "root": root}
+
+
+def planted(n: int, *, d: int = 32, n_atoms: int = 128, k: int = 4, seed: int = 0, atoms_seed: int = 5):  # noqa: ANN201
+    """A planted dictionary: rows = sparse positive codes (about ``k`` atoms a row, Poisson; Zipf frequencies; atom
+    scales from 0.5 to 4, log-uniform) times unit atoms, plus a mean offset of norm 12 sqrt(k), larger than the rest
+    of the row (as a ViT's activations), plus noise of 0.05. The atoms depend on ``atoms_seed`` only, the rows on
+    ``seed``. Returns (rows, atoms) as float32 numpy arrays."""
+    import numpy as np
+
+    g = np.random.default_rng(atoms_seed)
+    atoms = g.normal(size=(n_atoms, d))
+    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
+    scales = np.exp(g.uniform(np.log(0.5), np.log(4.0), n_atoms))
+    p = 1.0 / np.arange(1, n_atoms + 1)
+    p /= p.sum()
+    mean = g.normal(size=d)
+    mean *= 12 * np.sqrt(k) / np.linalg.norm(mean)
+    rng = np.random.default_rng(seed)
+    x = np.empty((n, d), dtype=np.float64)
+    for i, m in enumerate(np.clip(rng.poisson(k, n), 1, 3 * k)):
+        idx = rng.choice(n_atoms, size=m, replace=False, p=p)
+        x[i] = (scales[idx] * rng.exponential(1.0, m)) @ atoms[idx]
+    x += mean + 0.05 * rng.normal(size=(n, d))
+    return x.astype(np.float32), atoms.astype(np.float32)

@@ -12,7 +12,6 @@ import pytest
 
 from saev_ops.explore.pareto import frontier, run_label
 from saev_ops.explore.report import build_report
-from saev_ops.infer import InferSpec, run_inference
 from saev_ops.registry import RunQuery
 from tests.helpers import REQUIRE_SERVICES
 
@@ -113,27 +112,12 @@ def _chromium() -> str | None:
 
 @pytest.mark.slow
 def test_report_renders_with_its_images(tmp_path: pathlib.Path) -> None:
-    from saev_ops.record import RecordSpec, record_dataset
-    from saev_ops.record.images import generate_images
     from saev_ops.registry import Registry
-    from saev_ops.sweeps import parse_sweep, submit_sweep
+    from tests.helpers import mini_loop
 
-    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
-    reg = Registry(url)
-    generate_images(tmp_path / "imgs", 12, size=32, n_classes=2)
-    record_dataset(reg, RecordSpec(name="tiny", images=str(tmp_path / "imgs"), model="builtin:tiny",
-                                   data_root=str(tmp_path / "data")))
-    grid = f"""name: rep
-dataset: tiny
-executor: debug
-runs_root: {tmp_path / 'runs'}
-train: {{batch_size: 64, n_tokens: 1280, log_every: 5, ckpt_every: 10, lr_warmup_steps: 2, buffer_mb: 0.2}}
-base: {{arch: topk, d_sae: 64, dead_tokens: 640}}
-grid: {{k: [4, 8]}}
-"""
-    submit_sweep(reg, parse_sweep(grid), url)
-    ids = tuple(r.run.id for r in reg.list_runs(RunQuery(sweep="rep")))
-    outs = run_inference(InferSpec(db_url=url, run_ids=ids, dataset="tiny", out_root=str(tmp_path / "o")))
+    loop = mini_loop(f"sqlite:///{tmp_path / 'r.sqlite'}", tmp_path)
+    reg = Registry(loop["url"])
+    outs = [reg.get_output(o) for o in loop["outputs"]]
     best = reg.list_runs(RunQuery(sweep="rep", sort="nmse", limit=1))[0].run.id
     page = build_report(reg, "rep", tmp_path / "report", n_top=4)
     text = page.read_text()

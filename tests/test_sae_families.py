@@ -13,27 +13,12 @@ import torch
 
 from saev_ops import errors
 from saev_ops.sae import SAEConfig, build_sae
+from tests.helpers import planted as planted_arrays
 
 
-def planted(n: int, *, d: int = 32, n_atoms: int = 128, k: int = 4, offset: float = 6.0, seed: int = 0,
-            atoms_seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows = sparse positive codes (about ``k`` atoms a row, Zipf frequencies, atom scales from 0.5 to 4) times unit
-    atoms, plus a mean offset much larger than the rest of the row, plus noise. Returns (rows, atoms)."""
-    g = np.random.default_rng(atoms_seed)
-    atoms = g.normal(size=(n_atoms, d))
-    atoms /= np.linalg.norm(atoms, axis=1, keepdims=True)
-    scales = np.exp(g.uniform(np.log(0.5), np.log(4.0), n_atoms))
-    p = 1 / np.arange(1, n_atoms + 1)
-    p /= p.sum()
-    mean = g.normal(size=d)
-    mean *= offset * 2 * math.sqrt(k) / np.linalg.norm(mean)
-    rng = np.random.default_rng(seed)
-    codes = np.zeros((n, n_atoms))
-    for i, m in enumerate(np.clip(rng.poisson(k, n), 1, 3 * k)):
-        idx = rng.choice(n_atoms, size=m, replace=False, p=p)
-        codes[i, idx] = scales[idx] * rng.exponential(1.0, m)
-    x = codes @ atoms + mean + 0.05 * rng.normal(size=(n, d))
-    return torch.from_numpy(x).float(), torch.from_numpy(atoms).float()
+def planted(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rows, atoms = planted_arrays(n)
+    return torch.from_numpy(rows), torch.from_numpy(atoms)
 
 
 def _fit(cfg: SAEConfig, x: torch.Tensor, steps: int, lr: float = 3e-3, batch: int = 512) -> torch.nn.Module:

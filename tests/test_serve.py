@@ -23,39 +23,13 @@ from starlette.testclient import TestClient  # noqa: E402 - after the skip for a
 from saev_ops import errors  # noqa: E402
 from saev_ops.registry import Registry, RunQuery  # noqa: E402
 from saev_ops.serve.app import create_app  # noqa: E402
-from tests.helpers import REQUIRE_SERVICES  # noqa: E402
-
-
-def build_loop(url: str, root: pathlib.Path) -> dict[str, Any]:
-    """The loop in miniature: 12 generated images recorded with the built-in tiny ViT, two TopK SAEs, their outputs."""
-    from saev_ops.infer import InferSpec, run_inference
-    from saev_ops.record import RecordSpec, record_dataset
-    from saev_ops.record.images import generate_images
-    from saev_ops.sweeps import parse_sweep, submit_sweep
-
-    reg = Registry(url)
-    generate_images(root / "imgs", 12, size=32, n_classes=3)
-    record_dataset(reg, RecordSpec(name="tiny", images=str(root / "imgs"), model="builtin:tiny",
-                                   data_root=str(root / "data")))
-    grid = f"""name: rep
-dataset: tiny
-executor: debug
-runs_root: {root / 'runs'}
-train: {{batch_size: 64, n_tokens: 1280, log_every: 5, ckpt_every: 10, lr_warmup_steps: 2, buffer_mb: 0.2}}
-base: {{arch: topk, d_sae: 64, dead_tokens: 640}}
-grid: {{k: [4, 8]}}
-"""
-    submit_sweep(reg, parse_sweep(grid), url)
-    ids = tuple(r.run.id for r in reg.list_runs(RunQuery(sweep="rep")))
-    outs = run_inference(InferSpec(db_url=url, run_ids=ids, dataset="tiny", out_root=str(root / "o")))
-    reg.close()
-    return {"url": url, "runs": ids, "outputs": [o.id for o in outs], "root": root}
+from tests.helpers import REQUIRE_SERVICES, mini_loop  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("serve")
-    return build_loop(f"sqlite:///{root / 'r.sqlite'}", root)
+    return mini_loop(f"sqlite:///{root / 'r.sqlite'}", root, n_classes=3)
 
 
 @pytest.fixture(scope="module")
@@ -289,7 +263,7 @@ def test_pages_answer_while_jobs_write_the_registry(loop: dict[str, Any]) -> Non
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_every_page_kind_answers_on_postgres(pg_schema_url: str, tmp_path: pathlib.Path) -> None:
-    loop = build_loop(pg_schema_url, tmp_path)
+    loop = mini_loop(pg_schema_url, tmp_path)
     with TestClient(create_app(pg_schema_url)) as c:
         for url in _pages(loop):
             assert c.get(url).status_code == 200, url
