@@ -116,7 +116,7 @@ class SAEConfig:
         for name in ("d_model", "d_sae", "dead_tokens"):
             if getattr(self, name) <= 0:
                 out.append((name, f"must be > 0, got {getattr(self, name)}"))
-        if self.arch in ("topk", "batchtopk", "matryoshka", "signed-topk", "mp") and not 0 < self.k <= self.d_sae:
+        if sparsity_field(self.arch) == "k" and not 0 < self.k <= self.d_sae:
             out.append(("k", f"must be in 1..d_sae ({self.d_sae}), got {self.k}"))
         if self.arch == "matryoshka":
             p = list(self.matryoshka_prefixes)

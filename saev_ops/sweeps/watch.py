@@ -12,6 +12,7 @@ from saev_ops import paths
 from saev_ops.progress import MIN_RATE_S, duration
 from saev_ops.registry import Registry, RunQuery, RunRow
 from saev_ops.registry.models import utcnow
+from saev_ops.sae.config import ARCHS, sparsity_field
 
 ACTIVE = ("queued", "running")
 COLUMNS = ("run", "sae", "status", "step", "elapsed", "patches/s", "eta")
@@ -38,7 +39,7 @@ class Snapshot:
 
 def _sae(config: dict[str, Any]) -> str:
     sae = config.get("sae", {})
-    k = f" k={sae['k']}" if sae.get("arch") in ("topk", "batchtopk", "matryoshka", "signed-topk", "mp") else ""
+    k = f" k={sae['k']}" if sae.get("arch") in ARCHS and sparsity_field(sae["arch"]) == "k" else ""
     return f"{sae.get('arch', '?')} {sae.get('d_sae', '?')}{k} lr={config.get('lr', '?')}"
 
 
