@@ -195,47 +195,25 @@ def _submit_slurm(folder: pathlib.Path, name: str, calls: Sequence[Callable[[], 
     return out
 
 
-class RecordJob:
-    """A recording as a submitit job: opens the registry by URL inside the job."""
+class Job:
+    """A job that runs its work in the job's process (``run``, with logging configured) and, preempted or timed out
+    on Slurm, is submitted again as it is (submitit's ``checkpoint`` protocol): every job kind resumes from what it
+    left on disk, so the same job object is the whole state. Each kind lives beside its work
+    (:mod:`saev_ops.record.jobs`, :mod:`saev_ops.infer.jobs`, :class:`saev_ops.train.TrainJob`)."""
 
-    def __init__(self, db_url: str, spec: Any) -> None:
-        self.db_url, self.spec = db_url, spec
-
-    def __call__(self) -> str:
+    def __call__(self) -> Any:
         from saev_ops.logs import configure
-        from saev_ops.record import record_dataset
-        from saev_ops.registry import Registry
 
         configure()
-        return record_dataset(Registry(self.db_url), self.spec).path
+        return self.run()
+
+    def run(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         import submitit
 
-        return submitit.helpers.DelayedSubmission(RecordJob(self.db_url, self.spec))  # rerun resumes the recording
-
-
-class RecordPartJob:
-    """One part of a recording split across jobs (``datasets record --jobs N``); the job that finishes the last part
-    joins them. Returns the dataset path once complete, else None."""
-
-    def __init__(self, db_url: str, spec: Any, task: int, n_jobs: int) -> None:
-        self.db_url, self.spec, self.task, self.n_jobs = db_url, spec, task, n_jobs
-
-    def __call__(self) -> str | None:
-        from saev_ops.logs import configure
-        from saev_ops.record import record_part
-        from saev_ops.registry import Registry
-
-        configure()
-        d = record_part(Registry(self.db_url, hold_connections=False), self.spec, self.task, self.n_jobs)
-        return None if d is None else d.path
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        import submitit
-
-        # the part resumes after its last finished shard
-        return submitit.helpers.DelayedSubmission(RecordPartJob(self.db_url, self.spec, self.task, self.n_jobs))
+        return submitit.helpers.DelayedSubmission(self)
 
 
 def _share_cores(n_processes: int) -> None:
@@ -264,47 +242,6 @@ def run_in_processes(name: str, calls: Sequence[Callable[[], Any]]) -> list[Any]
         raise errors.JobFailedError(f"{len(failed)} of {len(calls)} jobs of {name} failed: "
                                     + "; ".join(f"job {i}: {type(e).__name__}: {e}" for i, e in failed))
     return [f.result() for f in futures]
-
-
-class InferJob:
-    """An inference pass (:class:`saev_ops.infer.InferSpec`) as a submitit job; returns the output ids."""
-
-    def __init__(self, spec: Any) -> None:
-        self.spec = spec
-
-    def __call__(self) -> list[int]:
-        from saev_ops.infer import run_inference
-        from saev_ops.logs import configure
-
-        configure()
-        return [o.id for o in run_inference(self.spec)]
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        import submitit
-
-        # outputs already registered are kept (a rerun is a no-op for them); the rest are computed again
-        return submitit.helpers.DelayedSubmission(InferJob(self.spec))
-
-
-class InferPartJob:
-    """One part of an inference pass split across jobs (``infer --jobs N``); the job that finishes the last part
-    joins them. Returns the output ids once joined, else None."""
-
-    def __init__(self, spec: Any, task: int) -> None:
-        self.spec, self.task = spec, task
-
-    def __call__(self) -> list[int] | None:
-        from saev_ops.infer.run import infer_part
-        from saev_ops.logs import configure
-
-        configure()
-        out = infer_part(self.spec, self.task)
-        return None if out is None else [o.id for o in out]
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        import submitit
-
-        return submitit.helpers.DelayedSubmission(InferPartJob(self.spec, self.task))  # the part starts again
 
 
 def submit_slurm_job(kind: str, name: str, call: Callable[[], Any], slurm: SlurmSpec,

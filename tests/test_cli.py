@@ -265,13 +265,15 @@ def test_slurm_option_help_names_the_schema_and_parsing_reports_every_problem() 
 
 
 def test_an_evaluations_missing_figures_show_their_reason() -> None:
-    from types import SimpleNamespace
+    import datetime as dt
 
     from saev_ops.cli import fmt
+    from saev_ops.registry.records import EvaluationRecord
 
-    e = SimpleNamespace(fidelity=None, kl=None, probe_clean=0.75, probe_spliced=None,
-                        extra={"missing": {"fidelity": "undefined: spliced = ablated", "probe": "no labels"}})
-    assert fmt.eval_figures(e) == {"fidelity": "(undefined: spliced = ablated)", "kl": None, "probe_clean": 0.75,
+    e = EvaluationRecord(id=1, run_id=1, dataset_id=1, kind="splice", n_images=4, fidelity=None, kl=None,
+                         probe_clean=0.75, probe_spliced=None, created_at=dt.datetime(2026, 12, 7),
+                         extra={"missing": {"fidelity": "undefined: spliced = ablated", "probe": "no labels"}})
+    assert e.figures() == {"fidelity": "(undefined: spliced = ablated)", "kl": None, "probe_clean": 0.75,
                                    "probe_spliced": "(no labels)"}
-    assert fmt.metrics_line(fmt.eval_figures(e)) == \
+    assert fmt.metrics_line(e.figures()) == \
         "fidelity (undefined: spliced = ablated), probe_clean 0.75, probe_spliced (no labels)"

@@ -159,8 +159,9 @@ def record(obj: CliContext, executor: str, slurm_opts: tuple[str, ...], n_jobs: 
         _record_split(obj, spec, n_jobs, task, executor, slurm_opts)
         return
     if executor == "slurm":
-        from saev_ops.jobs import RecordJob, SlurmSpec, submit_slurm_job
+        from saev_ops.jobs import SlurmSpec, submit_slurm_job
         from saev_ops.record.images import open_images
+        from saev_ops.record.jobs import RecordJob
 
         open_images(spec.images)  # a wrong image path fails here, not in the queue
         job_id, logs = submit_slurm_job("record", spec.name, RecordJob(obj.db_url, spec),

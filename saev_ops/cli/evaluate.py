@@ -31,7 +31,7 @@ def evaluate(obj: CliContext, targets: tuple[str, ...], dataset: str, n_images: 
     ids = resolve_runs(obj.registry, targets)
     results = run_eval(EvalSpec(db_url=obj.db_url, run_ids=ids, dataset=dataset, n_images=n_images,
                                 batch_size=batch_size, device=device, allow_model_mismatch=allow_model_mismatch))
-    rows = [(e.run_id, e.extra.get("layer"), e.extra.get("tokens"), e.n_images, *fmt.eval_figures(e).values())
+    rows = [(e.run_id, e.extra.get("layer"), e.extra.get("tokens"), e.n_images, *e.figures().values())
             for e in results]
     click.echo(fmt.render(("run", "layer", "tokens", "images", "fidelity", "kl", "probe_clean", "probe_spliced"),
                           rows, kw["fmt"]))

@@ -84,15 +84,3 @@ def render_mapping(pairs: Sequence[tuple[str, Any]]) -> str:
 def metrics_line(metrics: dict[str, Any]) -> str:
     """``key value`` pairs on one line, missing values left out."""
     return ", ".join(f"{k} {cell(v)}" for k, v in metrics.items() if v is not None)
-
-
-def or_why(value: Any, missing: dict[str, str], key: str) -> Any:
-    """``value``, or where it is missing the reason in a word or two, in parentheses (an empty cell says nothing)."""
-    return value if value is not None else f"({missing[key]})" if key in missing else None
-
-
-def eval_figures(e: Any) -> dict[str, Any]:
-    """An evaluation's fidelity, KL and probe accuracies, each with the reason where it is missing."""
-    why = e.extra.get("missing") or {}
-    return {"fidelity": or_why(e.fidelity, why, "fidelity"), "kl": or_why(e.kl, why, "kl"),
-            "probe_clean": or_why(e.probe_clean, why, "probe"), "probe_spliced": or_why(e.probe_spliced, why, "probe")}

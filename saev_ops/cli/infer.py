@@ -50,7 +50,8 @@ def infer(obj: CliContext, target: str, dataset: str, out_root: str | None, batc
         _infer_split(spec, n_jobs, task, executor, slurm_opts)
         return
     if executor == "slurm":
-        from saev_ops.jobs import InferJob, SlurmSpec, submit_slurm_job
+        from saev_ops.infer.jobs import InferJob
+        from saev_ops.jobs import SlurmSpec, submit_slurm_job
 
         slurm = SlurmSpec.from_pairs(slurm_opts)
         check_inference(reg, spec)  # missing data or unfinished runs fail here, not in the queue

@@ -183,7 +183,7 @@ def show(obj: CliContext, run_id: int, **kw: str) -> None:
     if d.evaluations:
         click.echo("\nevaluations (the SAE spliced into its model):")
         for e in d.evaluations:
-            click.echo(f"  dataset {e.dataset_id}, {e.n_images} images: " + fmt.metrics_line(fmt.eval_figures(e)))
+            click.echo(f"  dataset {e.dataset_id}, {e.n_images} images: " + fmt.metrics_line(e.figures()))
     if r.error:
         click.echo("\nerror:")
         click.echo("  " + r.error.rstrip().replace("\n", "\n  "))

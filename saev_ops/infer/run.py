@@ -395,7 +395,8 @@ def _refuse_nonfinite(batch: Any, x: Any, dataset: DatasetRecord) -> None:
 def infer_split(spec: InferSpec, n_jobs: int) -> list[OutputRecord]:
     """The pass as ``n_jobs`` parts at once, one process each on this machine, joined into the outputs one job
     writes (byte for byte). A rerun computes only the parts that did not finish."""
-    from saev_ops.jobs import InferPartJob, run_in_processes
+    from saev_ops.infer.jobs import InferPartJob
+    from saev_ops.jobs import run_in_processes
 
     job_spec, n_parts, todo = plan_split(spec, n_jobs)
     if todo:
@@ -417,7 +418,8 @@ class SplitSubmission:
 def submit_split(spec: InferSpec, n_jobs: int, slurm: Any) -> SplitSubmission | list[OutputRecord]:
     """Submit the unfinished parts of the pass split into ``n_jobs`` as a Slurm array (the last part to finish joins
     them), or return the outputs when nothing is left to compute (joining finished parts here if they were not)."""
-    from saev_ops.jobs import InferPartJob, submit
+    from saev_ops.infer.jobs import InferPartJob
+    from saev_ops.jobs import submit
     from saev_ops.paths import job_logs_root
 
     job_spec, n_parts, todo = plan_split(spec, n_jobs)

@@ -362,7 +362,8 @@ def plan_split(registry: Registry, spec: RecordSpec, n_jobs: int) -> tuple[_Reco
 def record_split(registry: Registry, db_url: str, spec: RecordSpec, n_jobs: int) -> DatasetRecord:
     """Record ``spec`` as ``n_jobs`` parts at once, one process each on this machine, and join them: the same dataset,
     byte for byte, as :func:`record_dataset`. Rerun after a failure: only unfinished parts are recorded again."""
-    from saev_ops.jobs import RecordPartJob, run_in_processes
+    from saev_ops.jobs import run_in_processes
+    from saev_ops.record.jobs import RecordPartJob
 
     rec, todo = plan_split(registry, spec, n_jobs)
     if isinstance(rec, DatasetRecord):
@@ -381,8 +382,9 @@ def submit_split(registry: Registry, db_url: str, spec: RecordSpec, n_jobs: int,
                  slurm: Any) -> list[tuple[str | None, int | None]] | DatasetRecord:
     """Submit the unfinished parts of ``spec`` split into ``n_jobs`` as a Slurm array (the last part to finish joins
     them); returns (job id, array index) per part submitted, or the dataset when nothing is left to do."""
-    from saev_ops.jobs import RecordPartJob, submit
+    from saev_ops.jobs import submit
     from saev_ops.paths import job_logs_root
+    from saev_ops.record.jobs import RecordPartJob
 
     rec, todo = plan_split(registry, spec, n_jobs)
     if isinstance(rec, DatasetRecord):

@@ -221,3 +221,14 @@ class EvaluationRecord:
         return cls(id=m.id, run_id=m.run_id, dataset_id=m.dataset_id, kind=m.kind, n_images=m.n_images,
                    fidelity=m.fidelity, kl=m.kl, probe_clean=m.probe_clean, probe_spliced=m.probe_spliced,
                    extra=dict(m.extra or {}), created_at=m.created_at)
+
+    def figures(self) -> dict[str, Any]:
+        """Fidelity, KL and probe accuracies, each replaced where it is missing by the reason in a word or two, in
+        parentheses (an empty cell would say nothing): what `eval`, `runs show` and the explorer show."""
+        why = self.extra.get("missing") or {}
+
+        def or_why(value: float | None, key: str) -> float | str | None:
+            return value if value is not None else f"({why[key]})" if key in why else None
+
+        return {"fidelity": or_why(self.fidelity, "fidelity"), "kl": or_why(self.kl, "kl"),
+                "probe_clean": or_why(self.probe_clean, "probe"), "probe_spliced": or_why(self.probe_spliced, "probe")}

@@ -114,7 +114,6 @@ def curves(registry: Registry, run_ids: list[int], key: str) -> dict[str, Any]:
 
 
 def run(registry: Registry, run_id: int) -> dict[str, Any]:
-    from saev_ops.cli.fmt import eval_figures
     from saev_ops.explore.lineage import lineage_lines
 
     detail = registry.run_detail(run_id)
@@ -128,7 +127,7 @@ def run(registry: Registry, run_id: int) -> dict[str, Any]:
         "params": [(k, v) for k, v in row.params.items() if v is not None],
         "lineage": lineage_lines(registry, f"run:{run_id}"),
         "outputs": [{"o": o, "dataset": datasets.get(o.dataset_id, "?")} for o in detail.outputs],
-        "evaluations": [{"e": e, "dataset": datasets.get(e.dataset_id, "?"), **eval_figures(e)}
+        "evaluations": [{"e": e, "dataset": datasets.get(e.dataset_id, "?"), **e.figures()}
                         for e in detail.evaluations],
         "curve_keys": keys,
         "peers": [r.run.id for r in peers if r.run.id != run_id and r.run.status == "completed"],

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from saev_ops import atomic, errors, paths
+from saev_ops.jobs import Job
 from saev_ops.train.spec import TrainJobSpec
 
 CKPT_SCHEMA = 1
@@ -383,24 +384,19 @@ def run_train_job(spec: TrainJobSpec) -> dict[int, str]:
     return out
 
 
-class TrainJob:
-    """The callable submitit runs. Checkpointable: on preemption or time-out it requeues itself, and the new attempt
-    resumes from the last checkpoint."""
+class TrainJob(Job):
+    """The callable submitit runs. Preempted or timed out, it marks its runs queued (without waiting on the registry
+    past :data:`REQUEUE_MARK_WAIT_S`) and is submitted again; the new attempt resumes from the last checkpoint."""
 
     def __init__(self, spec: TrainJobSpec) -> None:
         self.spec = spec
 
-    def __call__(self) -> dict[int, str]:
-        from saev_ops.logs import configure
-
-        configure()
+    def run(self) -> dict[int, str]:
         return run_train_job(self.spec)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
-        import submitit
-
         mark_queued_bounded(self.spec.db_url, [r.run_id for r in self.spec.runs], REQUEUE_MARK_WAIT_S)
-        return submitit.helpers.DelayedSubmission(TrainJob(self.spec))
+        return super().checkpoint(*args, **kwargs)
 
 
 def mark_queued_bounded(db_url: str, run_ids: list[int], wait_s: float) -> bool:
