@@ -72,8 +72,8 @@ def main() -> None:
     import torch
 
     from saev_ops.datasets import import_dataset
+    from saev_ops.explore.compare import compare_runs
     from saev_ops.registry import Registry, RunQuery
-    from saev_ops.sae.compare import compare_runs
     from saev_ops.sae.io import load_sae
     from saev_ops.sweeps import parse_sweep, submit_sweep
     from tests.helpers import planted
@@ -127,8 +127,9 @@ def main() -> None:
             w = w / w.norm(dim=1, keepdim=True)
             found = float(((truth @ w.T).max(dim=1).values > 0.9).float().mean())
             s = r.summary
-            print(f"{r.run.id:>4} {label:<34}{s.get('val/nmse', float('nan')):>9.3f}{s.get('val/l0', float('nan')):>8.1f}"
-                  f"{s.get('dead_frac', float('nan')):>7.3f}{found:>13.1%}")
+            nan = float("nan")
+            print(f"{r.run.id:>4} {label:<34}{s.get('val/nmse', nan):>9.3f}{s.get('val/l0', nan):>8.1f}"
+                  f"{s.get('dead_frac', nan):>7.3f}{found:>13.1%}")
         seeds = [r.run.id for r in rows if r.run.config["sae"]["arch"] == "topk"]
         if len(seeds) == 2:
             (c,) = compare_runs(reg, tuple(seeds))

@@ -12,9 +12,10 @@ from click.testing import CliRunner
 
 from saev_ops import errors
 from saev_ops.cli import cli
+from saev_ops.explore.compare import compare_runs
 from saev_ops.registry import Registry
 from saev_ops.sae import SAEConfig, build_sae
-from saev_ops.sae.compare import compare_runs, dictionary_similarity
+from saev_ops.sae.compare import dictionary_similarity
 from saev_ops.sae.io import save_sae
 from tests.helpers import make_dataset
 

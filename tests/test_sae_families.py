@@ -267,7 +267,7 @@ def test_matching_pursuit_in_the_loop_trains_resumes_infers_and_refuses_export(t
     from saev_ops.datasets import import_dataset
     from saev_ops.infer import InferSpec, run_inference
     from saev_ops.registry import Registry
-    from saev_ops.sae.compare import compare_runs
+    from saev_ops.explore.compare import compare_runs
     from saev_ops.sae.interop import export_saelens, export_saev
     from saev_ops.train import RunSpec, TrainJobSpec, run_train_job
     from saev_ops.train.spec import TrainSettings

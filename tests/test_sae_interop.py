@@ -254,7 +254,7 @@ def test_a_saev_topk_with_negative_pre_activations_computes_what_saev_computes(t
     """A saev dump() with b_enc = -25: L0 16 in saev, 0.008 in saev-ops (its TopK applied a ReLU), reconstruction
     100% off. The import keeps saev's TopK, a run's config and identity say so, and it trains the same way."""
     from saev_ops.registry import Registry
-    from saev_ops.sae.transfer import import_run
+    from saev_ops.transfer import import_run
     from tests.helpers import make_dataset
 
     src = tmp_path / "neg.pt"
@@ -282,10 +282,10 @@ def test_a_saev_topk_with_negative_pre_activations_computes_what_saev_computes(t
         export_saelens(sae, {}, tmp_path / "lens")
 
 
-def test_exporting_a_relu_topk_to_saev_says_how_often_it_differs(tmp_path: pathlib.Path, caplog) -> None:  # noqa: ANN001
+def test_exporting_a_relu_topk_to_saev_says_how_often_it_differs(tmp_path: pathlib.Path, caplog) -> None:
     from saev_ops.registry import Registry
     from saev_ops.sae.io import save_sae
-    from saev_ops.sae.transfer import export_run
+    from saev_ops.transfer import export_run
     from tests.helpers import make_dataset
     from tests.shard_helpers import write_dataset
 

@@ -231,7 +231,8 @@ def compare(obj: CliContext, run_ids: tuple[int, ...], threshold: float, **kw: s
     """Dictionary similarity of SAEs of one layer, pair by pair: mean best-match cosine between decoder atoms (A to B
     and B to A) and a one-to-one (Hungarian) matching's mean cosine and share of pairs above --threshold. Seed
     stability, or whether two SAEs learned the same dictionary."""
-    from saev_ops.sae.compare import SHARED_INIT, compare_runs
+    from saev_ops.explore.compare import compare_runs
+    from saev_ops.sae.compare import SHARED_INIT
 
     def pct(share: float | None) -> str | None:
         return None if share is None else f"{100 * share:.1f}%"
@@ -276,7 +277,7 @@ def import_(obj: CliContext, source: str, dataset: str, layer: int | None, token
     (cfg.json + sae_weights.safetensors). Then `infer`, `latents` and the report work on it."""
     import pathlib
 
-    from saev_ops.sae.transfer import import_run
+    from saev_ops.transfer import import_run
 
     run, created = import_run(obj.open_registry(create=True), pathlib.Path(source), dataset=dataset, layer=layer,
                               tokens=tokens, runs_root=pathlib.Path(runs_root) if runs_root else None)
@@ -297,7 +298,7 @@ def export(obj: CliContext, run_id: int, fmt: str, out: str, strict: bool) -> No
     """Write a run's SAE in saev's or SAELens' format (the input scale folded into the weights)."""
     import pathlib
 
-    from saev_ops.sae.transfer import export_run
+    from saev_ops.transfer import export_run
 
     path = export_run(obj.registry, run_id, fmt, pathlib.Path(out), strict=strict)
     click.echo(f"run {run_id} -> {path} ({fmt})")

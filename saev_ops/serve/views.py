@@ -135,7 +135,7 @@ def run(registry: Registry, run_id: int) -> dict[str, Any]:
 
 
 def compare(registry: Registry, a: int, b: int) -> dict[str, Any]:
-    from saev_ops.sae.compare import compare_runs
+    from saev_ops.explore.compare import compare_runs
 
     (c,) = compare_runs(registry, (a, b))
     def figures(s: Any) -> list[tuple[str, Any]]:
