@@ -37,9 +37,10 @@ class NullJournal:
 
 
 def job_spec(path: pathlib.Path, n_saes: int, args: argparse.Namespace, root: pathlib.Path) -> Any:
+    from saev_ops.runconfig import TrainSettings
     from saev_ops.sae import SAEConfig
     from saev_ops.shards import ShardReader
-    from saev_ops.train.spec import RunSpec, TrainJobSpec, TrainSettings
+    from saev_ops.train.spec import RunSpec, TrainJobSpec
 
     reader = ShardReader(path)
     layer = reader.md.layers[-1]

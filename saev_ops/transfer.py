@@ -22,7 +22,7 @@ def import_run(reg: Registry, source: pathlib.Path, *, dataset: str, layer: int 
     """Register the SAE at ``source`` (a saev checkpoint file or a SAELens directory) as a completed run on
     ``dataset``, reading ``layer`` (default: the dataset's only layer) and ``tokens``. The same file imported twice
     is one run. Returns (run, created)."""
-    from saev_ops.train.spec import run_identity
+    from saev_ops.runconfig import run_identity
 
     source = pathlib.Path(source).resolve()
     fmt, sae, _info = interop.read_foreign(source)

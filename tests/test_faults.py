@@ -22,12 +22,12 @@ from saev_ops import errors
 from saev_ops.cli import cli
 from saev_ops.registry import Registry, RunQuery
 from saev_ops.registry.engine import create_registry_engine
+from saev_ops.runconfig import run_config
 from saev_ops.shards import ShardReader
 from saev_ops.shards.format import Metadata, read_json
 from saev_ops.shards.verify import verify
 from saev_ops.train import RunSpec, TrainJobSpec, TrainSettings, run_train_job
 from saev_ops.train.journal import Journal, sync_file
-from saev_ops.train.spec import run_config
 from saev_ops.train.trainer import Trainer
 from tests.helpers import make_dataset
 from tests.shard_helpers import write_dataset

@@ -12,11 +12,11 @@ import torch
 from saev_ops import errors
 from saev_ops.registry import Registry, RunQuery
 from saev_ops.registry.records import OUTPUT_METRICS
+from saev_ops.runconfig import run_identity
 from saev_ops.sae import SAEConfig, build_sae
 from saev_ops.sae.evaluate import METRIC_KEYS, ReconMetrics, reconstruction_metrics
 from saev_ops.sweeps import parse_sweep, submit_sweep
 from saev_ops.sweeps.submit import bind_configs, job_for_runs
-from saev_ops.train.spec import run_identity
 from saev_ops.train.trainer import Trainer
 from tests.helpers import constant_sae, identity_sae, make_dataset
 from tests.shard_helpers import write_dataset

@@ -495,6 +495,6 @@ def test_indexed_works_with_a_default_dataloader(ds: pathlib.Path, workers: int)
 
 
 def test_training_and_the_loader_library_share_the_buffer_default() -> None:
-    from saev_ops.train.spec import TrainSettings
+    from saev_ops.runconfig import TrainSettings
 
     assert TrainSettings().buffer_mb == ShuffledConfig().buffer_mb

@@ -83,9 +83,9 @@ def test_batchtopk_trains_as_well_as_topk_on_rows_of_uneven_norm() -> None:
 
 def test_a_new_sweep_ranks_by_row_share_and_an_old_one_keeps_value(tmp_path: pathlib.Path) -> None:
     from saev_ops.registry import Registry
+    from saev_ops.runconfig import run_identity
     from saev_ops.sweeps import parse_sweep
     from saev_ops.sweeps.submit import keep_first_defaults
-    from saev_ops.train.spec import run_identity
     from tests.helpers import make_dataset
 
     reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
@@ -177,9 +177,9 @@ def test_the_trainer_scales_by_the_centred_norm_and_saves_that_scale(tmp_path: p
 
 def test_a_new_sweep_scales_by_the_centred_norm_and_an_old_one_keeps_the_norm(tmp_path: pathlib.Path) -> None:
     from saev_ops.registry import Registry
+    from saev_ops.runconfig import TrainSettings, run_config, run_identity
     from saev_ops.sweeps import parse_sweep
     from saev_ops.sweeps.submit import keep_first_defaults
-    from saev_ops.train.spec import TrainSettings, run_config, run_identity
     from tests.helpers import make_dataset
 
     reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
@@ -265,12 +265,12 @@ def test_matching_pursuit_in_the_loop_trains_resumes_infers_and_refuses_export(t
     import dataclasses
 
     from saev_ops.datasets import import_dataset
+    from saev_ops.explore.compare import compare_runs
     from saev_ops.infer import InferSpec, run_inference
     from saev_ops.registry import Registry
-    from saev_ops.explore.compare import compare_runs
+    from saev_ops.runconfig import TrainSettings
     from saev_ops.sae.interop import export_saelens, export_saev
     from saev_ops.train import RunSpec, TrainJobSpec, run_train_job
-    from saev_ops.train.spec import TrainSettings
     from saev_ops.train.trainer import Trainer
     from tests.shard_helpers import write_dataset
 

@@ -273,7 +273,7 @@ def test_a_saev_topk_with_negative_pre_activations_computes_what_saev_computes(t
     make_dataset(reg, "d", d_model=D, layers=[3], status="complete")
     run, _ = import_run(reg, src, dataset="d", runs_root=tmp_path / "runs")
     assert run.config["sae"]["topk_relu"] is False
-    from saev_ops.train.spec import run_identity
+    from saev_ops.runconfig import run_identity
 
     assert run_identity(run.config)["sae"]["topk_relu"] is False
     relu_cfg = {**run.config, "sae": {**run.config["sae"], "topk_relu": True}}

@@ -107,8 +107,8 @@ exec {sys.executable} -m saev_ops train {run_id} --runs-root {tmp / 'runs'}
 
 
 def _register(reg: Registry, sweep: str, n_tokens: int) -> int:
+    from saev_ops.runconfig import TrainSettings, run_config
     from saev_ops.sae import SAEConfig
-    from saev_ops.train.spec import TrainSettings, run_config
 
     reg.get_or_create_sweep(sweep)
     settings = TrainSettings(batch_size=960, n_tokens=n_tokens, log_every=20, ckpt_every=1000, buffer_mb=0.2,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pathlib
-from typing import Any
 import time
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -88,8 +88,8 @@ def test_unknown_dataset_writes_nothing(tmp_path: pathlib.Path, env) -> None:  #
 
 
 def test_grouping_fits_device_memory() -> None:
+    from saev_ops.runconfig import TrainSettings
     from saev_ops.sweeps.spec import ResourcesModel
-    from saev_ops.train.spec import TrainSettings
 
     items = [(i, {"sae": {"d_sae": 16384}, "layer": 11, "tokens": "patches"}) for i in range(6)]
     items += [(10, {"sae": {"d_sae": 1024}, "layer": 6, "tokens": "patches"})]
@@ -246,7 +246,7 @@ def insert_old_runs(engine: Any, dataset: Any, configs: list[dict]) -> list[Any]
 def test_migration_rehashes_runs_by_identity(tmp_path: pathlib.Path) -> None:
     from saev_ops.registry import config_hash, migrate
     from saev_ops.registry.engine import create_registry_engine
-    from saev_ops.train.spec import run_identity
+    from saev_ops.runconfig import run_identity
 
     url = f"sqlite:///{tmp_path / 'old.sqlite'}"
     engine = create_registry_engine(url)
@@ -310,8 +310,8 @@ def test_a_resubmitted_sweep_keeps_the_defaults_of_its_first_submission(tmp_path
     ones; a new sweep gets the new default; a grid that sets it explicitly gets what it says."""
     import dataclasses
 
+    from saev_ops.runconfig import TrainSettings, run_identity
     from saev_ops.sweeps.submit import bind_configs
-    from saev_ops.train.spec import TrainSettings, run_identity
 
     reg, url = env
     text = grid(tmp_path).replace(", buffer_mb: 0.2", "")

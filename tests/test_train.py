@@ -248,7 +248,7 @@ def test_data_init_blend_puts_decoder_rows_on_data(setup, tmp_path: pathlib.Path
 
 def test_new_settings_at_their_old_behaviour_keep_run_identities() -> None:
     from saev_ops.registry.store import config_hash
-    from saev_ops.train.spec import TrainSettings, run_config, run_identity
+    from saev_ops.runconfig import TrainSettings, run_config, run_identity
 
     sae = SAEConfig(arch="topk", d_model=8, d_sae=16, k=2).to_dict()
     now = run_config(sae, 1e-3, 0, 7, "patches", TrainSettings())

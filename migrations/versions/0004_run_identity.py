@@ -6,7 +6,7 @@ Create Date: 2026-12-02
 
 Before, the hash covered the whole config: `device`, `log_every`, `ckpt_every`, `heartbeat_s` and SAE fields an
 architecture does not read (a ReLU's `k`) made new runs of the same sweep resubmitted on another device. Every stored
-hash is recomputed from :func:`saev_ops.train.spec.run_identity` (imported: the identity rule is the code's, and a
+hash is recomputed from :func:`saev_ops.runconfig.run_identity` (imported: the identity rule is the code's, and a
 later change to it comes with a migration of its own). When two existing runs now have one identity, the earliest
 takes the new hash and the others keep their old one (they stay, and a new submission finds the earliest).
 Downgrade recomputes the full-config hashes, which are the ones written before.
@@ -56,7 +56,7 @@ def _rehash(identity: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
 
 
 def upgrade() -> None:
-    from saev_ops.train.spec import run_identity
+    from saev_ops.runconfig import run_identity
 
     _rehash(run_identity)
 

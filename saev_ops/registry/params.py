@@ -21,8 +21,8 @@ _TRAIN = ("batch_size", "n_tokens", "grad_clip", "data_init_blend")
 
 def params_of(config: dict[str, Any]) -> dict[str, Any]:
     """The typed parameters of a stored run config (None where absent, not read by the architecture, or mistyped)."""
+    from saev_ops.runconfig import ADDED_SETTINGS
     from saev_ops.sae.config import ARCH_FIELDS
-    from saev_ops.train.spec import ADDED_SETTINGS
 
     sae_value, train_value = config.get("sae"), config.get("train")
     sae: dict[str, Any] = sae_value if isinstance(sae_value, dict) else {}

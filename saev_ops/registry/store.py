@@ -375,7 +375,7 @@ class Registry:
         """Register runs by config; one whose identity is registered already (same hash) is returned as is.
 
         ``identities`` (one per config, default the configs themselves) is what is hashed: the part of a config that
-        determines the run's result (:func:`saev_ops.train.spec.run_identity`). Returns (record, created) per config.
+        determines the run's result (:func:`saev_ops.runconfig.run_identity`). Returns (record, created) per config.
         """
         idents = list(configs) if identities is None else list(identities)
         if len(idents) != len(configs):

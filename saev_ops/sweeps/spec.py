@@ -31,9 +31,9 @@ from pydantic import Field, ValidationError, model_validator
 from saev_ops import errors
 from saev_ops.jobs import SlurmSpec
 from saev_ops.registry.names import MAX_NAME_LENGTH, NAME_PATTERN
+from saev_ops.runconfig import TrainSettings
 from saev_ops.sae.config import LEGACY_KEYS, SAEConfig
 from saev_ops.schema import Schema
-from saev_ops.train.spec import TrainSettings
 
 MAX_RUNS = 100_000
 """Default of ``sweep submit --max-runs``: a larger grid is refused before anything is expanded."""

@@ -10,8 +10,9 @@ from typing import Any
 
 from saev_ops import errors, paths
 from saev_ops.registry import Registry, RunRecord
+from saev_ops.runconfig import TrainSettings, run_config, run_identity
 from saev_ops.sweeps.spec import ResourcesModel, SweepSpec, validate_run
-from saev_ops.train.spec import RunSpec, TrainJobSpec, TrainSettings, run_config, run_identity
+from saev_ops.train.spec import RunSpec, TrainJobSpec
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +183,11 @@ def keep_first_defaults(registry: Registry, spec: SweepSpec) -> SweepSpec:
     what it was first given, so a default that changed since (such as ``buffer_mb``, part of a run's identity) does
     not turn its runs into new ones. Settings the grid names win. The SAE fields of
     :data:`~saev_ops.sae.config.NEW_SWEEP_DEFAULTS` and the settings of
-    :data:`~saev_ops.train.spec.NEW_SWEEP_SETTINGS` get their new value in a new sweep and their earlier one in a
+    :data:`~saev_ops.runconfig.NEW_SWEEP_SETTINGS` get their new value in a new sweep and their earlier one in a
     sweep that has runs."""
     from saev_ops.registry import RunQuery
+    from saev_ops.runconfig import NEW_SWEEP_SETTINGS, RUN_ONLY_SETTINGS
     from saev_ops.sae.config import NEW_SWEEP_DEFAULTS
-    from saev_ops.train.spec import NEW_SWEEP_SETTINGS, RUN_ONLY_SETTINGS
 
     try:
         registry.get_sweep(spec.name)

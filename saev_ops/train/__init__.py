@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from saev_ops.runconfig import TrainSettings as TrainSettings
 from saev_ops.train.spec import RunSpec as RunSpec
 from saev_ops.train.spec import TrainJobSpec as TrainJobSpec
-from saev_ops.train.spec import TrainSettings as TrainSettings
 
 if TYPE_CHECKING:
     from saev_ops.train.trainer import TrainJob as TrainJob

@@ -1,73 +1,13 @@
-"""Plain, picklable job specs for training: what a job trains, never ORM rows or sessions."""
+"""Plain, picklable job specs for training: what a job trains, never ORM rows or sessions. The run config they are
+built from (train settings, identity) is :mod:`saev_ops.runconfig`."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Any, Literal
 
-from pydantic import Field
-
+from saev_ops.runconfig import TrainSettings
 from saev_ops.sae.config import SAEConfig
-from saev_ops.schema import Schema
-
-
-class TrainSettings(Schema):
-    """Settings shared by every run of a job (they share one pass over the data): the ``train:`` section of grid.yaml
-    and the ``train`` part of a stored run config."""
-
-    batch_size: int = Field(4096, gt=0)
-    """Patches per step."""
-    n_tokens: int = Field(1_000_000, gt=0)
-    """Patches each SAE trains on (steps = n_tokens // batch_size)."""
-    seed: int = 0
-    """Data order seed."""
-    lr_warmup_steps: int = Field(100, ge=0)
-    """Steps of linear learning-rate warm-up."""
-    lr_decay: Literal["cosine", "linear", "none"] = "cosine"
-    """cosine or linear decay to 0 after warm-up, or none."""
-    sparsity_warmup_steps: int = Field(100, ge=0)
-    """Steps over which the sparsity penalty ramps up."""
-    grad_clip: float = Field(0.0, ge=0)
-    """Largest gradient norm over each SAE's parameters, clipped before every step (0: no clipping; saev uses 1)."""
-    data_init_blend: float = Field(0.0, ge=0, le=1)
-    """Initialise each SAE's decoder rows (and the encoder as their transpose) as this blend of centred activations
-    drawn from the dataset and random directions, then normalised (saev's ``reinit_blend``, 0.8 there; 0: random
-    unit rows)."""
-    log_every: int = Field(50, gt=0)
-    """Steps between metric reports."""
-    val_dataset: str | None = None
-    """Registry name of a held-out dataset (other images, same model, layers, preprocessing and token layout; set by
-    grid.yaml's top-level ``val_dataset:``). Every SAE is evaluated on a fixed sample of it every ``eval_every`` steps
-    and at the end; the results are the ``val/...`` metric keys (:mod:`saev_ops.sae.evaluate`)."""
-    eval_every: int = Field(1000, gt=0)
-    """Steps between held-out evaluations (with a ``val_dataset``)."""
-    val_tokens: int = Field(16384, gt=0)
-    """Rows of the held-out sample: the same rows at every evaluation, drawn with a fixed seed."""
-    ckpt_every: int = Field(500, gt=0)
-    """Steps between checkpoints."""
-    device: str = "cpu"
-    """Where the SAEs train (cpu, cuda, cuda:1)."""
-    buffer_mb: float = Field(6144.0, gt=0)
-    """Shuffled loader groups, in MiB of page cache (only as much as the dataset needs; the loader's own memory is
-    the batches in flight); sets how well batches mix: the default gives more distinct examples per batch than
-    saev's reservoir (docs/performance.md). Part of a run's
-    identity: it sets the data order (it was 1,024 before; a resubmitted sweep keeps what it was first given). The
-    loader library's own default, ``ShuffledConfig.buffer_mb``, is the same (a test keeps them equal)."""
-    scale_by: Literal["norm", "centred-norm"] = "norm"
-    """What the activations are scaled by before the SAEs see them (the scale is saved with each SAE, so inference
-    and export use it): ``centred-norm`` (new sweeps' default) makes the mean norm of the activations minus their mean
-    sqrt(d_model), measured on a fixed sample of the training rows; ``norm`` makes the mean norm of the activations
-    themselves sqrt(d_model) (runs trained before ``centred-norm`` existed). A ViT's activations are mostly their
-    mean, which the decoder bias takes; what the latents reconstruct is the rest, so with ``norm`` the penalties and
-    thresholds of ReLU and JumpReLU (``l1_coeff``, ``l0_coeff``, ``jumprelu_init_threshold``, bandwidth) meant
-    something else on every dataset."""
-    heartbeat_s: float = Field(30.0, ge=0)
-    """Seconds between heartbeats to the registry (0: every step)."""
-
-    @property
-    def n_steps(self) -> int:
-        return max(1, self.n_tokens // self.batch_size)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -104,41 +44,3 @@ class TrainJobSpec:
     def key(self) -> str:
         ids = ",".join(str(r.run_id) for r in self.runs)
         return hashlib.sha256(ids.encode()).hexdigest()[:12]
-
-
-# Train settings that change how a run is carried out or reported, not what it learns: out of its identity.
-RUN_ONLY_SETTINGS = frozenset({"device", "log_every", "ckpt_every", "heartbeat_s", "val_dataset", "eval_every",
-                               "val_tokens"})
-# Settings added after runs were registered, with the value that reproduces what came before: left out of the identity
-# at that value, so a resubmitted sweep finds its earlier runs.
-ADDED_SETTINGS: dict[str, Any] = {"grad_clip": 0.0, "data_init_blend": 0.0, "scale_by": "norm"}
-# Settings whose default for new sweeps differs from what earlier runs did (their field default, kept for stored
-# configs): `sweep submit` gives a new sweep this value where its grid leaves the setting unset.
-NEW_SWEEP_SETTINGS: dict[str, Any] = {"scale_by": "centred-norm"}
-
-
-def run_identity(config: dict[str, Any]) -> dict[str, Any]:
-    """What determines a run's result, hashed into its identity (:func:`saev_ops.registry.config_hash`): the config
-    without the settings of :data:`RUN_ONLY_SETTINGS` and without SAE fields its architecture does not read. So the
-    same sweep resubmitted on ``device: cuda`` finds its runs, and a ReLU entry needs no ``k``."""
-    from saev_ops.sae.config import ARCH_FIELDS
-
-    out = dict(config)
-    sae = config.get("sae")
-    if isinstance(sae, dict) and sae.get("arch") in ARCH_FIELDS:
-        out["sae"] = {k: v for k, v in sae.items() if k in ARCH_FIELDS[sae["arch"]]
-                      or (k == "apply_b_dec_to_input" and v is False)  # in the identity only where it changes it
-                      or (k == "topk_relu" and v is False and sae["arch"] == "topk")
-                      or (k == "batchtopk_rank" and v != "value" and sae["arch"] == "batchtopk")}
-    train = config.get("train")
-    if isinstance(train, dict):
-        out["train"] = {k: v for k, v in train.items() if k not in RUN_ONLY_SETTINGS
-                        and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
-    return out
-
-
-def run_config(sae: dict[str, Any], lr: float, seed: int, layer: int, tokens: str,
-               settings: TrainSettings) -> dict[str, Any]:
-    """The full config of a run as stored in the registry (and hashed into its identity)."""
-    return {"sae": sae, "lr": lr, "seed": seed, "layer": layer, "tokens": tokens,
-            "train": settings.model_dump()}
