@@ -178,7 +178,7 @@ def pg_schema(url: str = PG_URL) -> Iterator[str]:
     try:
         yield f"{url}?options=-csearch_path%3D{schema}"
     finally:
-        from saev_ops.registry.schema import reader_role
+        from saev_ops.registry.schema_version import reader_role
 
         with admin.begin() as conn:
             has_id = conn.execute(sa.text("SELECT to_regclass(:t) IS NOT NULL"),

@@ -12,7 +12,7 @@ from alembic import context
 
 from saev_ops.registry import engine as engine_mod
 from saev_ops.registry.models import Base
-from saev_ops.registry.schema import VERSION_TABLE
+from saev_ops.registry.schema_version import VERSION_TABLE
 from saev_ops.settings import resolve_db_url
 
 config = context.config

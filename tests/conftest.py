@@ -63,7 +63,7 @@ def drop_registry_schema(admin, schema: str) -> None:  # noqa: ANN001 - an SQLAl
     """Drop a test registry's schema and its own reader role (roles are server-wide: they would pile up)."""
     import sqlalchemy as sa
 
-    from saev_ops.registry.schema import reader_role
+    from saev_ops.registry.schema_version import reader_role
 
     with admin.connect() as conn:
         try:

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from saev_ops.cli import cli
 from saev_ops.registry import Registry
-from saev_ops.registry.schema import HEAD_REVISION
+from saev_ops.registry.schema_version import HEAD_REVISION
 from tests.helpers import make_dataset
 
 

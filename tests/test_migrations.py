@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from saev_ops import errors
 from saev_ops.registry import Registry, migrate
 from saev_ops.registry.engine import create_registry_engine
-from saev_ops.registry.schema import HEAD_REVISION, KNOWN_REVISIONS, VERSION_TABLE
+from saev_ops.registry.schema_version import HEAD_REVISION, KNOWN_REVISIONS, VERSION_TABLE
 from tests.helpers import make_dataset
 
 TABLES = {"datasets", "sweeps", "runs", "metric_points", "metric_summaries", "inference_outputs", "run_params",

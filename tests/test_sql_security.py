@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from saev_ops import errors
 from saev_ops.cli import cli
 from saev_ops.registry import Registry
-from saev_ops.registry.schema import READ_FUNCTION, reader_role
+from saev_ops.registry.schema_version import READ_FUNCTION, reader_role
 from saev_ops.registry.sql import run_read_only
 from tests.helpers import make_dataset
 
@@ -432,7 +432,7 @@ def test_pg_registries_on_one_server_cannot_read_or_redirect_each_other() -> Non
     import subprocess
     import sys
 
-    from saev_ops.registry.schema import LEGACY_READER_ROLE
+    from saev_ops.registry.schema_version import LEGACY_READER_ROLE
     from tests.conftest import drop_registry_schema, require_postgres
     from tests.helpers import PG_URL
 

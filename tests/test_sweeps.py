@@ -89,15 +89,15 @@ def test_unknown_dataset_writes_nothing(tmp_path: pathlib.Path, env) -> None:  #
 
 def test_grouping_fits_device_memory() -> None:
     from saev_ops.runconfig import TrainSettings
-    from saev_ops.sweeps.spec import ResourcesModel
+    from saev_ops.sweeps.spec import Resources
 
     items = [(i, {"sae": {"d_sae": 16384}, "layer": 11, "tokens": "patches"}) for i in range(6)]
     items += [(10, {"sae": {"d_sae": 1024}, "layer": 6, "tokens": "patches"})]
-    jobs = group_runs(items, 768, TrainSettings(batch_size=4096), ResourcesModel(device_memory_gb=3.0))  # ~1.45 GB each
+    jobs = group_runs(items, 768, TrainSettings(batch_size=4096), Resources(device_memory_gb=3.0))  # ~1.45 GB each
     assert [j.layer for j in jobs] == [6, 11, 11, 11]
     assert all(j.memory_gb <= 3.0 for j in jobs) and sum(len(j.run_ids) for j in jobs) == 7
     with pytest.raises(errors.ConfigError, match="more than resources.device_memory_gb"):
-        group_runs(items, 768, TrainSettings(batch_size=4096), ResourcesModel(device_memory_gb=0.5))
+        group_runs(items, 768, TrainSettings(batch_size=4096), Resources(device_memory_gb=0.5))
 
 
 def test_debug_sweep_dry_run_resubmit_and_retry(tmp_path: pathlib.Path, env) -> None:  # noqa: ANN001

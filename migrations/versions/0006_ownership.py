@@ -9,7 +9,7 @@ Create Date: 2026-12-07
   copied runs folder, or one synced with ``SAEV_OPS_DB_URL`` forgotten, never writes into the wrong runs.
 - PostgreSQL only: this registry's own reader role ``saev_ops_reader_<id>`` (granted to the migrating role alone) and
   the function ``saev_ops_read(query, max_rows, max_bytes)`` owned by it, pinned to this schema
-  (:mod:`saev_ops.registry.reader`). The server-wide ``saev_ops_reader`` that earlier versions shared between every
+  (:mod:`saev_ops.registry.reader_setup`). The server-wide ``saev_ops_reader`` that earlier versions shared between every
   registry loses its grants on this schema, so one registry's owner can no longer read another's. A migrating role
   that may not create roles gets a warning and no reader; `saev-ops sql` then refuses and names the fix. Downgrading
   removes the function and the role's grants (and the role where the current role may drop it); the earlier
@@ -39,14 +39,14 @@ def upgrade() -> None:
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
     op.bulk_insert(table, [{"id": uuid.uuid4().hex, "created_at": now}])
     if op.get_bind().dialect.name == "postgresql":
-        from saev_ops.registry.reader import setup_sql
+        from saev_ops.registry.reader_setup import setup_sql
 
         op.execute(setup_sql(strict=False))
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        from saev_ops.registry.reader import teardown_sql
+        from saev_ops.registry.reader_setup import teardown_sql
 
         op.execute(teardown_sql())
     op.drop_table("registry_identity")

@@ -36,7 +36,7 @@ def upgrade(obj: CliContext, revision: str) -> None:
 @pass_ctx
 def current(obj: CliContext) -> None:
     """Print the schema revision of the registry and whether it is the one this saev-ops needs."""
-    from saev_ops.registry.schema import HEAD_REVISION
+    from saev_ops.registry.schema_version import HEAD_REVISION
 
     rev = _current(_engine(obj))
     if rev is None:
@@ -65,7 +65,7 @@ def downgrade(obj: CliContext, revision: str) -> None:
 def reader_setup(obj: CliContext) -> None:
     """PostgreSQL: create or repair the read-only role saev_ops_reader and the function `saev-ops sql` runs user SQL
     through, in this registry's schema (the schema migration does it when its role may create roles)."""
-    from saev_ops.registry.reader import setup_reader
+    from saev_ops.registry.reader_setup import setup_reader
 
     role = setup_reader(_engine(obj))
     click.echo(f"`saev-ops sql` runs as {role} in this registry")

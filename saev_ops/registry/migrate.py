@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from saev_ops import errors
 from saev_ops.registry.engine import BEGIN_MODE_OPTION, is_memory_sqlite, safe_url
-from saev_ops.registry.schema import HEAD_REVISION, KNOWN_REVISIONS, VERSION_TABLE
+from saev_ops.registry.schema_version import HEAD_REVISION, KNOWN_REVISIONS, VERSION_TABLE
 
 _PG_LOCK_KEY = zlib.crc32(b"saev-ops schema migration")
 
@@ -163,7 +163,7 @@ def _run(engine: sa.Engine, fn_name: str, revision: str) -> None:
         conn = conn.execution_options(**{BEGIN_MODE_OPTION: "IMMEDIATE"})
         notices: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
         if engine.dialect.name == "postgresql":
-            from saev_ops.registry.reader import forward_warnings
+            from saev_ops.registry.reader_setup import forward_warnings
 
             notices = forward_warnings(conn.connection.driver_connection)
         with notices:

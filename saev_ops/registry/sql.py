@@ -37,7 +37,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from saev_ops import errors
-from saev_ops.registry.schema import READ_FUNCTION, reader_role
+from saev_ops.registry.schema_version import READ_FUNCTION, reader_role
 from saev_ops.registry.store import Registry
 
 log = logging.getLogger(__name__)
@@ -380,10 +380,10 @@ def _release_advisory_locks(dbapi: Any) -> None:
 def _check_reader(dbapi: Any) -> str:
     """Refuse unless this schema's read function is what the migration made: owned by this registry's reader role (a
     role without superuser, login, or server-file rights), SECURITY DEFINER, pinned to this schema, not executable by
-    PUBLIC, with :data:`~saev_ops.registry.reader.READ_BODY` as its body. Returns the schema."""
+    PUBLIC, with :data:`~saev_ops.registry.reader_setup.READ_BODY` as its body. Returns the schema."""
     import psycopg
 
-    from saev_ops.registry.reader import READ_BODY
+    from saev_ops.registry.reader_setup import READ_BODY
 
     dangerous = " OR ".join(f"pg_has_role(p.proowner, '{r}', 'USAGE')" for r in _PG_DANGEROUS_ROLES)
     how = "run `saev-ops db reader-setup` (README, 'SQL on PostgreSQL')"

@@ -43,7 +43,7 @@ RUN_KEYS = {f.name for f in dataclasses.fields(SAEConfig)} - {"d_model"} | {"lr"
 TOKENS = ("all", "patches", "cls", "special", "no-registers")
 
 
-class ResourcesModel(SlurmSpec):
+class Resources(SlurmSpec):
     """``resources:``: the Slurm resources of each job, and how runs are grouped into jobs."""
 
     max_runs_per_job: int = Field(16, gt=0)
@@ -66,7 +66,10 @@ class RunsSections(Schema):
     """Explicit entries; each is combined with the grid and zip."""
 
 
-class SweepModel(RunsSections):
+class GridFile(RunsSections):
+    """A grid.yaml file: the sweep's name, dataset, executor, train settings, resources and the sections that define
+    its runs (the registry's sweep row is :class:`saev_ops.registry.models.SweepModel`)."""
+
     name: str = Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
     """The sweep's name in the registry."""
     dataset: str = Field(min_length=1)
@@ -76,7 +79,7 @@ class SweepModel(RunsSections):
     runs_root: str | None = None
     """Where run directories go (default $SAEV_OPS_HOME/runs/<sweep>)."""
     train: TrainSettings = TrainSettings()
-    resources: ResourcesModel = ResourcesModel()
+    resources: Resources = Resources()
 
     @model_validator(mode="before")
     @classmethod
@@ -104,7 +107,7 @@ class SweepSpec:
     executor: str
     runs_root: str | None
     settings: TrainSettings
-    resources: ResourcesModel
+    resources: Resources
     configs: tuple[dict[str, Any], ...]
     """Expanded per-run configs (base + entry + grid + zip), not yet bound to the dataset's d_model."""
     text: str
@@ -250,20 +253,20 @@ def unknown_key(key: Any, valid: Any) -> str:
 
 def _fields_at(loc: tuple[Any, ...]) -> list[str]:
     """The keys the schema allows in the section at ``loc`` (the top level, ``train``, ``resources``)."""
-    model: Any = SweepModel
+    model: Any = GridFile
     for part in loc:
         field = model.model_fields.get(part) if isinstance(part, str) else None
         model = field.annotation if field is not None else None
         if not (isinstance(model, type) and hasattr(model, "model_fields")):
             return []
     fields = list(model.model_fields)
-    return fields + (["val_dataset"] if model is SweepModel else [])
+    return fields + (["val_dataset"] if model is GridFile else [])
 
 
-def _schema(data: dict[str, Any], root: yaml.Node | None, source: str) -> tuple[SweepModel | None, list[str]]:
+def _schema(data: dict[str, Any], root: yaml.Node | None, source: str) -> tuple[GridFile | None, list[str]]:
     """The file against the schema: the model, or every problem with its key and line."""
     try:
-        return SweepModel.model_validate(data), []
+        return GridFile.model_validate(data), []
     except ValidationError as exc:
         out = []
         for e in exc.errors():

@@ -11,7 +11,7 @@ from typing import Any
 from saev_ops import errors, paths
 from saev_ops.registry import Registry, RunRecord
 from saev_ops.runconfig import TrainSettings, run_config, run_identity
-from saev_ops.sweeps.spec import ResourcesModel, SweepSpec, validate_run
+from saev_ops.sweeps.spec import Resources, SweepSpec, validate_run
 from saev_ops.train.spec import RunSpec, TrainJobSpec
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def estimate_memory_gb(sae: dict[str, Any], d_model: int, batch_size: int) -> fl
 
 
 def run_memory_gb(rid: int, cfg: dict[str, Any], d_model: int, settings: TrainSettings,
-                  resources: ResourcesModel) -> float:
+                  resources: Resources) -> float:
     """The device memory run ``rid`` (a negative id: one not registered yet) needs, or a ConfigError naming it where
     that is more than one job's ``device_memory_gb``."""
     mem = estimate_memory_gb(cfg["sae"], d_model, settings.batch_size)
@@ -66,7 +66,7 @@ def run_memory_gb(rid: int, cfg: dict[str, Any], d_model: int, settings: TrainSe
 
 
 def group_runs(items: list[tuple[int, dict[str, Any]]], d_model: int, settings: TrainSettings,
-               resources: ResourcesModel) -> list[PlannedJob]:
+               resources: Resources) -> list[PlannedJob]:
     """Runs that share layer and tokens share a job, split so each job's SAEs fit ``device_memory_gb`` and at most
     ``max_runs_per_job`` runs. Greedy, largest first."""
     by_key: dict[tuple[int, str], list[tuple[int, dict[str, Any], float]]] = {}

@@ -1,17 +1,18 @@
-"""The reader role behind `saev-ops sql` on PostgreSQL: one per registry, set up by migration 0006 and by
-`saev-ops db reader-setup`.
+"""The reader role behind `saev-ops sql` on PostgreSQL: one per registry, set up by migration 0006 and by `saev-ops db
+reader-setup`.
 
 One DO block creates (if needed) this registry's own NOLOGIN role ``saev_ops_reader_<registry id>``
-(:func:`~saev_ops.registry.schema.reader_role`), makes the current role (the registry's owner) its only member, grants
-it USAGE and SELECT on this schema (and on tables created later), and creates ``saev_ops_read(query, max_rows,
-max_bytes)``: a SECURITY DEFINER function owned by the reader, pinned to this schema (``SET search_path`` in its
-definition), that runs the query as a subquery and returns each row as JSON text, stopping after ``max_rows`` rows and
-refusing a result past ``max_bytes``. A registry made by an earlier saev-ops loses the server-wide role
+(:func:`~saev_ops.registry.schema_version.reader_role`), makes the current role (the registry's owner) its only
+member, grants it USAGE and SELECT on this schema (and on tables created later), and creates ``saev_ops_read(query,
+max_rows, max_bytes)``: a SECURITY DEFINER function owned by the reader, pinned to this schema (``SET search_path``
+in its definition), that runs the query as a subquery and returns each row as JSON text, stopping after ``max_rows``
+rows and refusing a result past ``max_bytes``. A registry made by an earlier saev-ops loses the server-wide role
 ``saev_ops_reader`` that every registry shared (its grants on this schema are revoked, its function dropped), so one
-registry's owner cannot read another's. Being one block, a missing privilege rolls all of it back, so there is never a
-function owned by a privileged role; the migration then warns (:func:`forward_warnings`) and `sql` refuses.
+registry's owner cannot read another's. Being one block, a missing privilege rolls all of it back, so there is never
+a function owned by a privileged role; the migration then warns (:func:`forward_warnings`) and `sql` refuses.
 
-:data:`READ_BODY` is the function's body, compared with the stored one before every query (``saev_ops.registry.sql``).
+:data:`READ_BODY` is the function's body, compared with the stored one before every query
+(``saev_ops.registry.sql``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import sqlalchemy as sa
 
 from saev_ops import errors
 from saev_ops.registry.engine import safe_url
-from saev_ops.registry.schema import LEGACY_READER_ROLE, READ_FUNCTION, READER_PREFIX, reader_role
+from saev_ops.registry.schema_version import LEGACY_READER_ROLE, READ_FUNCTION, READER_PREFIX, reader_role
 
 log = logging.getLogger(__name__)
 

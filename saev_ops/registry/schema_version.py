@@ -15,7 +15,7 @@ KNOWN_REVISIONS = ("0001_initial", "0002_query_views", "0003_integrity", "0004_r
 # Columns of the run_table view that come from metric summaries (see migrations/versions/0002_query_views.py).
 RUN_TABLE_METRICS = ("loss", "mse", "nmse", "explained_variance", "l0", "dead_frac", "dense_frac")
 
-# PostgreSQL: the role and function `saev-ops sql` runs user SQL through (saev_ops/registry/reader.py, migration 0006).
+# PostgreSQL: the role and function `saev-ops sql` runs user SQL through (registry/reader_setup.py, migration 0006).
 READER_PREFIX = "saev_ops_reader_"
 READ_FUNCTION = "saev_ops_read"
 LEGACY_READER_ROLE = "saev_ops_reader"
