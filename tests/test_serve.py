@@ -150,6 +150,24 @@ def test_every_page_kind_answers(client: TestClient, loop: dict[str, Any]) -> No
 
 
 @pytest.mark.slow
+def test_an_images_patches_count_every_latent_not_only_those_listed(client: TestClient, loop: dict[str, Any]) -> None:
+    """The image page lists a patch's strongest latents; its count and title must say how many fire there in all
+    (they said the listed number: at most 12, here 2)."""
+    from saev_ops.serve import views
+    from saev_ops.serve.outputs import OutputView
+
+    reg = Registry(loop["url"], create=False)
+    view = OutputView.open(reg, loop["outputs"][1])  # k 8: up to 8 latents a patch
+    page = views.image(view, 0, n_per_patch=2)
+    tokens, _, _ = view.example_rows(0)
+    first, n_patches, side = view.layout()
+    expect = np.bincount(tokens - first, minlength=n_patches)[:n_patches]
+    assert expect.max() > 2 and np.asarray(page["count_grid"]).ravel().tolist() == expect.tolist()
+    assert all(len(page["patches"][str(p)]) <= 2 and page["totals"][str(p)] == n for p, n in enumerate(expect) if n)
+    reg.close()
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("url", "status", "says"), [
     ("/output/1/latent/100000", 404, "latent 100000 is not in output 1"),
     ("/output/999", 404, "no inference output with id 999"),

@@ -56,7 +56,7 @@ def sweep(registry: Registry, name: str, where: tuple[str, ...], sort: str | Non
     rows = registry.list_runs(RunQuery(sweep=name, where=where, sort=sort))
     every = registry.list_runs(RunQuery(sweep=name))
     params, metrics = _keys(every)
-    snap = snapshot(registry, name)
+    snap = snapshot(registry, name, every)
     at = {c: i for i, c in enumerate(snap.columns)}
     live = {line[0]: {c: line[at[c]] for c in ("step", "elapsed", "patches/s", "eta")} for line in snap.rows}
     shown_params = [k for k in SHOWN_PARAMS if k in params]
@@ -171,14 +171,21 @@ def output(view: OutputView, sort: str, descending: bool, page: int, show: str) 
     shown = ids[page * LATENTS_PER_PAGE : (page + 1) * LATENTS_PER_PAGE]
     rows = [{"id": int(j), "frequency": float(freq[j]), "mean": float(mean[j]), "max": float(top[j]),
              "purity": None if np.isnan(purity[j]) else float(purity[j]),
-             "label": view.labels.names.get(int(top_label[j]), str(int(top_label[j]))) if top_label[j] >= 0 else None,
-             "kind": "dead" if freq[j] == 0 else "dense" if freq[j] > DENSE else ""} for j in shown]
-    alive = freq[freq > 0]
-    counts, edges = np.histogram(np.log10(alive), bins=40) if len(alive) else (np.zeros(0), np.zeros(0))
+             "label": view.labels.name(top_label[j]), "kind": _kind(freq[j])} for j in shown]
     return {"view": view, "o": view.record, "rows": rows, "page": page, "n_pages": n_pages, "n": len(ids), "sort": sort,
             "descending": descending, "show": show, "n_dead": int((freq == 0).sum()),
             "n_dense": int((freq > DENSE).sum()), "n_latents": len(freq),
-            "hist": {"counts": counts.tolist(), "edges": edges.tolist()}}
+            "hist": _histogram(np.log10(freq[freq > 0]), 40)}
+
+
+def _kind(frequency: float) -> str:
+    return "dead" if frequency == 0 else "dense" if frequency > DENSE else ""
+
+
+def _histogram(values: np.ndarray, bins: int) -> dict[str, list[float]]:
+    """Counts and bin edges of ``values`` (both empty without values), for the page's plot."""
+    counts, edges = np.histogram(values, bins=bins) if len(values) else (np.zeros(0), np.zeros(0))
+    return {"counts": counts.tolist(), "edges": edges.tolist()}
 
 
 def _heat(view: OutputView, example: int, latent: int) -> list[list[float]] | None:
@@ -214,46 +221,44 @@ def latent(view: OutputView, j: int, page: int) -> dict[str, Any]:
     vmax = float(values[0]) if len(values) else 1.0
     for i in first[page * IMAGES_PER_PAGE : (page + 1) * IMAGES_PER_PAGE]:
         ex = int(examples[i])
-        lab = int(view.labels.labels[ex]) if ex < len(view.labels.labels) else -1
         tiles.append({"example": ex, "value": float(values[i]), "grid": _heat(view, ex, j),
-                      "label": view.labels.names.get(lab, str(lab)) if lab >= 0 else None})
+                      "label": view.labels.of(ex)})
     image_labels = view.labels.labels[examples[first]] if len(view.labels.labels) else np.zeros(0, np.int32)
     patch = view.patch_label_of(rows)
-    counts, edges = np.histogram(values, bins=30) if len(values) else (np.zeros(0), np.zeros(0))
     freq = float(view.stats["frequency"][j])
     purity = float(view.index.purity[j])
     return {"view": view, "o": view.record, "latent": j, "page": page, "n_pages": n_pages, "n_images": n_images,
             "n_rows": len(rows),
             "tiles": tiles, "vmax": vmax, "frequency": freq, "mean": float(view.stats["mean"][j]),
             "max": float(view.stats["max"][j]), "purity": None if math.isnan(purity) else purity,
-            "kind": "dead" if freq == 0 else "dense" if freq > DENSE else "",
+            "kind": _kind(freq),
             "image_labels": _distribution(image_labels.astype(np.int64), view.labels.names, -1),
             "patch_labels": _distribution(patch, {}, 255) if patch is not None else None,
-            "hist": {"counts": counts.tolist(), "edges": edges.tolist()}}
+            "hist": _histogram(values, 30)}
 
 
 def image(view: OutputView, example: int, n_per_patch: int = 12) -> dict[str, Any]:
-    """An image with, for each patch, the latents that fire there (strongest first), and the image's top latents."""
+    """An image with, for each patch, how many latents fire there and the ``n_per_patch`` strongest, and the image's
+    top latents."""
     view.check_example(example)
     tokens, cols, vals = view.example_rows(example)
     first, n_patches, side = view.layout()
-    patches: dict[int, list[tuple[int, float]]] = {}
-    for t in np.unique(tokens):
+    patches: dict[str, list[tuple[int, float]]] = {}
+    totals: dict[str, int] = {}
+    counts = np.zeros(n_patches, dtype=np.int64)
+    for t, n in zip(*np.unique(tokens, return_counts=True), strict=True):
         hit = tokens == t
         order = np.argsort(-vals[hit], kind="stable")[:n_per_patch]
-        patches[int(t) - first] = [(int(c), float(v)) for c, v in zip(cols[hit][order], vals[hit][order],
-                                                                         strict=True)]
+        p = int(t) - first
+        patches[str(p)] = [(int(c), float(v)) for c, v in zip(cols[hit][order], vals[hit][order], strict=True)]
+        totals[str(p)] = int(n)  # every latent that fires there, not only those listed
+        if 0 <= p < n_patches:
+            counts[p] = n
     best: dict[int, float] = {}
     for c, v in zip(cols.tolist(), vals.tolist(), strict=True):
         best[c] = max(v, best.get(c, 0.0))
     top = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:24]
-    counts = np.zeros(n_patches, dtype=np.int64)
-    for p, lats in patches.items():
-        if 0 <= p < n_patches:
-            counts[p] = len(lats)
-    lab = int(view.labels.labels[example]) if example < len(view.labels.labels) else -1
-    return {"view": view, "o": view.record, "example": example, "side": side,
-            "patches": {str(k): v for k, v in patches.items()},
-            "other_tokens": {str(k): v for k, v in patches.items() if not 0 <= k < n_patches},
+    return {"view": view, "o": view.record, "example": example, "side": side, "patches": patches, "totals": totals,
+            "other_tokens": {k: v for k, v in patches.items() if not 0 <= int(k) < n_patches},
             "count_grid": counts.reshape(side, side).tolist() if side else None, "top": top,
-            "label": view.labels.names.get(lab, str(lab)) if lab >= 0 else None}
+            "label": view.labels.of(example)}

@@ -128,8 +128,9 @@ function patches() {
     if (!cell) { return; }
     grid.querySelectorAll('.patch.selected').forEach(function (c) { c.classList.remove('selected'); });
     cell.classList.add('selected');
-    var p = cell.dataset.patch, lats = data.patches[p] || [];
-    title.textContent = 'Patch ' + p + ': ' + lats.length + (lats.length === 1 ? ' latent' : ' latents');
+    var p = cell.dataset.patch, lats = data.patches[p] || [], n = data.totals[p] || 0;
+    title.textContent = 'Patch ' + p + ': ' + n + (n === 1 ? ' latent' : ' latents') +
+      (n > lats.length ? ' (the ' + lats.length + ' strongest listed)' : '');
     list.replaceChildren();
     lats.forEach(function (pair) {
       var li = document.createElement('li'), a = document.createElement('a');
