@@ -152,3 +152,13 @@ def planted(n: int, *, d: int = 32, n_atoms: int = 128, k: int = 4, seed: int = 
         x[i] = (scales[idx] * rng.exponential(1.0, m)) @ atoms[idx]
     x += mean + 0.05 * rng.normal(size=(n, d))
     return x.astype(np.float32), atoms.astype(np.float32)
+
+
+def assert_same_weights(a: list, b: list) -> None:
+    """Every tensor of every SAE in ``a`` equals (bit for bit) its twin in ``b``: a resumed run is the uninterrupted
+    one."""
+    import torch
+
+    for x, y in zip(a, b, strict=True):
+        for (name, p), (_, q) in zip(x.state_dict().items(), y.state_dict().items(), strict=True):
+            assert torch.equal(p, q), name

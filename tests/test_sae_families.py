@@ -13,6 +13,7 @@ import torch
 
 from saev_ops import errors
 from saev_ops.sae import SAEConfig, build_sae
+from tests.helpers import assert_same_weights
 from tests.helpers import planted as planted_arrays
 
 
@@ -306,9 +307,7 @@ def test_matching_pursuit_in_the_loop_trains_resumes_infers_and_refuses_export(t
     resumed = Trainer(other, None)
     assert resumed.load_checkpoint() and resumed.step == 10
     resumed.train()
-    for a, b in zip(ref.saes, resumed.saes, strict=True):
-        for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
-            assert torch.equal(p, q), name
+    assert_same_weights(ref.saes, resumed.saes)
     out = run_train_job(dataclasses.replace(spec, runs_root=str(tmp_path / "c")))  # with the registry this time
     mp_id, topk_id = (r.id for r, _ in runs)
     (o,) = run_inference(InferSpec(db_url=url, run_ids=(mp_id,), dataset="tiny", out_root=str(tmp_path / "o")))

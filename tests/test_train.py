@@ -14,7 +14,7 @@ from saev_ops.sae.io import load_sae
 from saev_ops.train import TrainJobSpec, run_train_job
 from saev_ops.train.journal import sync_file
 from saev_ops.train.trainer import Trainer
-from tests.helpers import make_dataset, make_spec
+from tests.helpers import assert_same_weights, make_dataset, make_spec
 from tests.shard_helpers import write_dataset
 
 ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "matryoshka", "signed-topk"]
@@ -105,9 +105,7 @@ def test_resume_equals_uninterrupted(setup, tmp_path: pathlib.Path) -> None:  # 
     resumed = Trainer(spec, None)
     assert resumed.load_checkpoint() and resumed.step == 15
     resumed.train()
-    for a, b in zip(ref.saes, resumed.saes):
-        for (name, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
-            assert torch.equal(p, q), name
+    assert_same_weights(ref.saes, resumed.saes)
 
 
 def test_failing_run_records_its_error(setup, tmp_path: pathlib.Path) -> None:  # noqa: ANN001

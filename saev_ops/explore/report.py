@@ -17,6 +17,7 @@ import pathlib
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from saev_ops import atomic, errors
 from saev_ops.explore.pareto import run_label
@@ -154,17 +155,22 @@ def heat_colour(a: np.ndarray) -> np.ndarray:
     return _SCALE[lo] * (1 - t) + _SCALE[lo + 1] * t
 
 
-def _heat_rgba(grid: np.ndarray, vmax: float) -> Any:
-    """The patch grid at the tile's size, one flat block per patch (no blur across patch boundaries): patches where
-    the latent fires in :data:`_SCALE`'s colours, the others veiled."""
-    from PIL import Image
-
-    a = np.clip(grid / max(vmax, 1e-12), 0.0, 1.0).astype(np.float32)
+def heat_rgba(grid: ArrayLike, vmax: float) -> np.ndarray:
+    """RGBA (0-255) of each patch of ``grid``: where the latent fires, :data:`_SCALE`'s colour of its activation over
+    ``vmax``, more opaque the stronger; the others veiled (:data:`VEIL`). The report's tiles and the explorer's."""
+    a = np.clip(np.asarray(grid, dtype=np.float32) / max(vmax, 1e-12), 0.0, 1.0)
     rgba = np.zeros((*a.shape, 4), dtype=np.float32)
     rgba[..., :3] = heat_colour(a)
     rgba[..., 3] = 150 + 90 * a
     rgba[a <= 0] = VEIL
-    img = Image.fromarray(rgba.round().astype(np.uint8), mode="RGBA")
+    return rgba
+
+
+def _heat_rgba(grid: np.ndarray, vmax: float) -> Any:
+    """The patch grid at the tile's size, one flat block per patch (no blur across patch boundaries)."""
+    from PIL import Image
+
+    img = Image.fromarray(heat_rgba(grid, vmax).round().astype(np.uint8), mode="RGBA")
     return img.resize((TILE, TILE), Image.Resampling.NEAREST)
 
 

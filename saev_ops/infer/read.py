@@ -14,6 +14,15 @@ from saev_ops import errors
 from saev_ops.registry import OutputRecord, Registry
 
 
+def patch_layout(token_layout: dict[str, int]) -> tuple[int, int, int]:
+    """(first patch token, number of patches, side of the square patch grid; 0 when the patches form none) of a
+    dataset's stored token layout."""
+    n_patches = int(token_layout.get("n_patches", 0))
+    first = int(token_layout.get("n_cls", 0)) + int(token_layout.get("n_registers", 0))
+    side = int(np.sqrt(n_patches))
+    return first, n_patches, side if n_patches and side * side == n_patches else 0
+
+
 @dataclasses.dataclass
 class Output:
     record: OutputRecord
@@ -46,10 +55,8 @@ class Output:
     def patch_grid(self, example: int, latent: int) -> np.ndarray | None:
         """``latent``'s activation on each patch of ``example`` as a (side, side) array in the image's layout, or None
         when the output holds no patch rows or the patches do not form a square grid."""
-        layout = self.token_layout
-        n_patches, first_patch = layout.get("n_patches", 0), layout.get("n_cls", 0) + layout.get("n_registers", 0)
-        side = int(np.sqrt(n_patches))
-        if not n_patches or side * side != n_patches:
+        first_patch, n_patches, side = patch_layout(self.token_layout)
+        if not side:
             return None
         token_idx = np.asarray(self.info["token_idx"])
         per = self.info["tokens_per_example"]

@@ -110,19 +110,10 @@ def _heat_styles(grid: list[list[float]] | None, vmax: float) -> list[str] | Non
     """One CSS background per patch, row-major, in the report's colours (patches where it does not fire veiled)."""
     if grid is None:
         return None
-    import numpy as np
+    from saev_ops.explore.report import heat_rgba
 
-    from saev_ops.explore.report import VEIL, heat_colour
-
-    a = np.clip(np.asarray(grid, dtype=np.float32) / max(vmax, 1e-12), 0.0, 1.0).ravel()
-    rgb = heat_colour(a)
-    out = []
-    for v, (r, g, b) in zip(a.tolist(), rgb.round().astype(int).tolist(), strict=True):
-        if v <= 0:
-            out.append(f"background:rgba({VEIL[0]},{VEIL[1]},{VEIL[2]},{VEIL[3] / 255:.2f})")
-        else:
-            out.append(f"background:rgba({r},{g},{b},{(150 + 90 * v) / 255:.2f})")
-    return out
+    return [f"background:rgba({r:.0f},{g:.0f},{b:.0f},{a / 255:.2f})"
+            for r, g, b, a in heat_rgba(grid, vmax).reshape(-1, 4).tolist()]
 
 
 def _templates() -> Any:

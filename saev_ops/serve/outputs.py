@@ -27,6 +27,14 @@ class ExampleLabels:
     labels: np.ndarray
     names: dict[int, str]
 
+    def name(self, label: int) -> str | None:
+        """A label's name (its number where the index records none); None for -1, no label."""
+        return self.names.get(int(label), str(int(label))) if label >= 0 else None
+
+    def of(self, example: int) -> str | None:
+        """The name of ``example``'s image label, or None."""
+        return self.name(int(self.labels[example])) if 0 <= example < len(self.labels) else None
+
 
 def example_labels(dataset: DatasetRecord) -> ExampleLabels:
     """The image labels of the dataset's examples, read from its LMDB index once."""
@@ -101,10 +109,9 @@ class OutputView:
 
     def layout(self) -> tuple[int, int, int]:
         """(first patch token, patches, side of the patch grid; 0 when the patches form no square grid)."""
-        tl = self.dataset.extra.get("token_layout") or {}
-        n_patches, first = int(tl.get("n_patches", 0)), int(tl.get("n_cls", 0)) + int(tl.get("n_registers", 0))
-        side = int(np.sqrt(n_patches))
-        return first, n_patches, side if n_patches and side * side == n_patches else 0
+        from saev_ops.infer.read import patch_layout
+
+        return patch_layout(self.dataset.extra.get("token_layout") or {})
 
     def check_latent(self, latent: int) -> None:
         if not 0 <= latent < self.csr.n_cols:

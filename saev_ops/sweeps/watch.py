@@ -70,8 +70,9 @@ def _log_folder(r: RunRow) -> str | None:
     return str(paths.submitit_dir(pathlib.Path(r.run.run_dir).parent) / job)
 
 
-def snapshot(registry: Registry, sweep: str) -> Snapshot:
-    rows = registry.list_runs(RunQuery(sweep=sweep))
+def snapshot(registry: Registry, sweep: str, rows: list[RunRow] | None = None) -> Snapshot:
+    """The sweep's table; ``rows``: its runs when the caller has read them already (every run of the sweep)."""
+    rows = registry.list_runs(RunQuery(sweep=sweep)) if rows is None else rows
     steps = registry.last_steps([r.run.id for r in rows])
     held_out = tuple(k for k in HELD_OUT if any(k in r.summary for r in rows))
     now = utcnow()
