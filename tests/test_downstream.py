@@ -102,10 +102,11 @@ def test_model_positions_skip_dropped_registers() -> None:
 def test_every_recorded_token_choice_maps_onto_the_model(model: TokenLayout) -> None:
     """`eval` refused every `--tokens patches` recording: its rows are the model's patch positions all the same."""
     from saev_ops.record.recorder import stored_layout
-    from saev_ops.shards.format import TOKEN_CHOICES
+    from saev_ops.tokens import RECORDABLE
 
     patches = list(range(model.n_cls + model.n_registers, model.n_tokens))
-    for choice, selection in TOKEN_CHOICES.items():
+    for choice in RECORDABLE:
+        selection = choice  # what a recording stores is what the same name selects
         if choice == "cls" and not model.n_cls:
             continue
         stored = stored_layout(model, choice)

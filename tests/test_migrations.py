@@ -193,3 +193,27 @@ def test_held_out_and_output_dead_fracs_are_renamed_with_their_data(shared_db_ur
         assert conn.execute(sa.text("SELECT dead_frac FROM output_table")).scalar() == 0.125
     reg.close()
     engine.dispose()
+
+
+def test_token_names_become_one_vocabulary_in_run_params(shared_db_url: str) -> None:
+    """Migration 0008: runs registered with `no-registers` are found by `tokens=cls+patches`; downgrading gives the
+    old name back."""
+    from saev_ops.registry import RunQuery
+    from tests.test_sweeps import insert_old_runs
+
+    engine = create_registry_engine(shared_db_url)
+    migrate.run_upgrade(engine, "0007_unfired")
+    reg = Registry(shared_db_url, check_schema=False)
+    ds = make_dataset(reg, name="old")
+    with engine.begin() as conn:
+        (run,) = insert_old_runs(engine, ds, [{"sae": {"arch": "topk", "d_model": 8, "d_sae": 64, "k": 4},
+                                               "lr": 0.01, "seed": 3, "layer": 1, "tokens": "no-registers"}])
+        conn.execute(sa.text("INSERT INTO run_params (run_id, arch, tokens) VALUES (:r, 'topk', 'no-registers')"),
+                     {"r": run.id})
+    migrate.run_upgrade(engine)
+    assert [r.run.id for r in reg.list_runs(RunQuery(where=("tokens=cls+patches",)))] == [run.id]
+    migrate.run_downgrade(engine, "0007_unfired")
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT tokens FROM run_params")).scalar() == "no-registers"
+    reg.close()
+    engine.dispose()

@@ -387,3 +387,20 @@ def test_prefer_fg_labels_a_patch_by_its_foreground(tmp_path: pathlib.Path, reg:
     assert fg.extra["provenance"]["masks"]["pixel_agg"] == "prefer-fg"
     with pytest.raises(errors.ConfigError, match="--pixel-agg applies to --masks"):
         RecordSpec(name="x", images=str(imgs), model="builtin:small", pixel_agg="prefer-fg")
+
+
+def test_recording_and_training_name_token_selections_alike() -> None:
+    """One vocabulary: what `datasets record --tokens NAME` stores is what `tokens: NAME` selects of the model's
+    tokens, and the command offers exactly the recordable names."""
+    from saev_ops import tokens
+    from saev_ops.cli import cli
+    from saev_ops.record.recorder import stored_layout
+    from saev_ops.shards.format import TokenLayout
+
+    option = next(p for p in cli.commands["datasets"].commands["record"].params if p.name == "tokens")
+    assert tuple(option.type.choices) == tokens.RECORDABLE and set(tokens.RECORDABLE) <= set(tokens.SELECTIONS)
+    model = TokenLayout(n_cls=1, n_registers=4, n_patches=16)
+    for name in tokens.RECORDABLE:
+        assert stored_layout(model, name).n_tokens == len(model.indices(name)), name
+        assert stored_layout(model, name).name == name
+    assert model.indices("no-registers") == model.indices("cls+patches") == [0, *range(5, 21)]

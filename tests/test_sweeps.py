@@ -470,3 +470,29 @@ def test_the_example_grid_fits_its_slurm_jobs_memory(tmp_path: pathlib.Path) -> 
     root = pathlib.Path(__file__).resolve().parents[1]
     spec = dataclasses.replace(parse_sweep((root / "examples" / "grid.yaml").read_text()), executor="slurm")
     assert page_cache_warnings(spec, quickstart, list(spec.configs)) == ()
+
+
+def test_one_token_vocabulary_old_name_warns_and_keeps_identity(tmp_path: pathlib.Path, env, caplog) -> None:  # noqa: ANN001
+    """Recording's `cls+patches` is a grid's name for the same selection (it was refused: grids said `no-registers`).
+    A grid that still says `no-registers` gets a warning at its line, its runs store the new name, and runs
+    registered under the old name are found again (one identity for both names)."""
+    import logging
+
+    from saev_ops.runconfig import run_identity
+    from saev_ops.sweeps.submit import bind_configs
+
+    reg, url = env
+    new = grid(tmp_path).replace("layer: 7,", "layer: 7, tokens: cls+patches,")
+    assert {c["tokens"] for c in parse_sweep(new).configs} == {"cls+patches"}
+    old_text = grid(tmp_path).replace("layer: 7,", "layer: 7, tokens: no-registers,")
+    with caplog.at_level(logging.WARNING, logger="saev_ops.sweeps.spec"):
+        old = parse_sweep(old_text)
+    assert "grid.yaml:6: base.tokens: tokens 'no-registers' is now called 'cls+patches'" in caplog.text
+    assert {c["tokens"] for c in old.configs} == {"cls+patches"}
+    # runs an older saev-ops registered from that grid: stored with the old name
+    stored = [{**c, "tokens": "no-registers"} for c in bind_configs(old, 32)]
+    reg.get_or_create_sweep("s1", old_text)
+    reg.add_runs("tiny", stored, sweep="s1", identities=[run_identity(c) for c in stored])
+    assert submit_sweep(reg, parse_sweep(new), url, dry_run=True).new_runs == ()
+    assert submit_sweep(reg, old, url, dry_run=True).new_runs == ()
+    assert len(reg.list_runs(RunQuery(where=("tokens=cls+patches",)))) == 6

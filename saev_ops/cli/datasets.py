@@ -8,7 +8,7 @@ import click
 
 from saev_ops.cli import fmt
 from saev_ops.cli.context import CliContext, executor_options, format_option, pass_ctx
-from saev_ops.shards.format import TOKEN_CHOICES
+from saev_ops.tokens import RECORDABLE
 
 if TYPE_CHECKING:
     from saev_ops.record import RecordSpec
@@ -128,7 +128,7 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
               help="With --masks, saev's rule for a patch's class: the most common class of its pixels, or "
               "(prefer-fg) the most common class other than the background, 0, whenever the patch has any.")
 @click.option("--layers", default="-1", show_default=True, callback=_int_list, help="Blocks to record, e.g. 6,11.")
-@click.option("--tokens", type=click.Choice(list(TOKEN_CHOICES)), default="cls+patches", show_default=True,
+@click.option("--tokens", type=click.Choice(list(RECORDABLE)), default="cls+patches", show_default=True,
               help="Tokens kept per image: cls+patches is saev's layout (registers dropped); all keeps registers "
               "(saev reads them as patches).")
 @click.option("--resolution", type=int, help="Image side in pixels for transformers models that take variable sizes "

@@ -28,7 +28,8 @@ class ShardSelection:
     """Model layer numbers as recorded (``-1``: the last recorded layer). Several layers give one row per
     (example, layer, token), layers in the order they were recorded."""
     tokens: str = "patches"
-    """``all``, ``patches`` (no CLS, no registers), ``cls``, ``special`` (CLS + registers) or ``no-registers``."""
+    """A selection of :data:`saev_ops.tokens.SELECTIONS`: ``patches``, ``cls+patches`` (no registers), ``cls``,
+    ``special`` (CLS + registers) or ``all``."""
 
 
 @dataclasses.dataclass(frozen=True)

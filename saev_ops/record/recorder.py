@@ -30,7 +30,6 @@ from saev_ops.settings import default_data_root
 from saev_ops.shards import dtypes
 from saev_ops.shards.format import (
     DEFAULT_MAX_TOKENS_PER_SHARD,
-    TOKEN_CHOICES,
     Metadata,
     ShardPaths,
     TokenLayout,
@@ -39,6 +38,7 @@ from saev_ops.shards.format import (
     read_json,
 )
 from saev_ops.split import Parts, split_ranges
+from saev_ops.tokens import RECORDABLE
 
 log = logging.getLogger(__name__)
 # saev's metadata.json names one of its own families (it reloads the model by it); the nearest one for each of ours.
@@ -86,8 +86,8 @@ class RecordSpec:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.tokens not in TOKEN_CHOICES:
-            problems.append(f"--tokens must be one of {', '.join(TOKEN_CHOICES)}, got {self.tokens!r}")
+        if self.tokens not in RECORDABLE:
+            problems.append(f"--tokens must be one of {', '.join(RECORDABLE)}, got {self.tokens!r}")
         if self.dtype not in ("float32", "float16", "bfloat16"):
             problems.append(f"--dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
         if self.resolution is not None and self.resolution <= 0:
@@ -277,7 +277,7 @@ def _record_range(rec: _Recording, writer: Any, lo: int, hi: int,
     bad: list[dict[str, str]] = [{"path": it.path, "error": "skipped in an earlier attempt"}
                                  for it in items[:start] if it.path not in done_paths]
     timings = Timings()
-    token_idx = np.asarray(rec.adapter.layout.indices(TOKEN_CHOICES[spec.tokens]))
+    token_idx = np.asarray(rec.adapter.layout.indices(spec.tokens))
     use_cuda = torch.device(spec.device).type == "cuda"
     masks, adapter = rec.masks, rec.adapter
     load = masks.load if masks is not None else (lambda path: (adapter.preprocess(path), None))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from saev_ops import tokens
+
 PARAMS: dict[str, type] = {
     "arch": str, "d_model": int, "d_sae": int, "k": int, "l1_coeff": float, "l0_coeff": float, "aux_k": int,
     "aux_coeff": float, "dead_tokens": int, "lr": float, "seed": int, "layer": int, "tokens": str,
@@ -31,6 +33,7 @@ def params_of(config: dict[str, Any]) -> dict[str, Any]:
     reads = set(ARCH_FIELDS.get(arch, ())) | {"arch", "d_model", "d_sae"} if arch in ARCH_FIELDS else set(sae)
     raw: dict[str, Any] = {k: sae.get(k) for k in PARAMS if k in reads}
     raw.update({k: config.get(k) for k in _TOP})
+    raw["tokens"] = tokens.OLD_NAMES.get(raw["tokens"], raw["tokens"])  # one name per selection (migration 0008)
     if train is not None:  # imported SAEs have no training settings
         raw.update({k: train.get(k, ADDED_SETTINGS.get(k)) for k in _TRAIN})
     return {k: _coerce(raw.get(k), PARAMS[k]) for k in PARAMS}

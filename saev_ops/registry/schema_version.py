@@ -8,9 +8,9 @@ importing Alembic (which costs start-up time on every CLI call).
 from __future__ import annotations
 
 VERSION_TABLE = "saev_ops_alembic_version"
-HEAD_REVISION = "0007_unfired"
+HEAD_REVISION = "0008_token_names"
 KNOWN_REVISIONS = ("0001_initial", "0002_query_views", "0003_integrity", "0004_run_identity", "0005_judgement",
-                   "0006_ownership", "0007_unfired")
+                   "0006_ownership", "0007_unfired", "0008_token_names")
 
 # Columns of the run_table view that come from metric summaries (see migrations/versions/0002_query_views.py).
 RUN_TABLE_METRICS = ("loss", "mse", "nmse", "explained_variance", "l0", "dead_frac", "dense_frac")

@@ -21,15 +21,12 @@ import pathlib
 import pickle
 from typing import Any
 
-from saev_ops import errors
+from saev_ops import errors, tokens
 
 PROTOCOL = "2.1"
 SIDECAR_SCHEMA = 1
 SAEV_FAMILIES = ("bird-mae", "clip", "dinov2", "dinov3", "fake-clip", "pe-core", "pe-spatial", "siglip")
 DEFAULT_MAX_TOKENS_PER_SHARD = 2_000_000
-# What each ``datasets record --tokens`` choice keeps of the model's token axis (a TokenLayout.indices selection).
-# saev's own layout is CLS + patches (it drops registers); "all" keeps registers, which saev then reads as patches.
-TOKEN_CHOICES = {"cls+patches": "no-registers", "patches": "patches", "cls": "cls", "all": "all"}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -239,7 +236,7 @@ class TokenLayout:
                 "saev_compatible": self.n_registers == 0}
 
     def indices(self, which: str) -> list[int]:
-        """Token indices for ``all``, ``patches``, ``cls``, ``special`` (CLS + registers) or ``no-registers``."""
+        """Token indices of a selection of :data:`saev_ops.tokens.SELECTIONS` (an old name too)."""
         cls_ids = list(range(self.n_cls))
         reg_ids = list(range(self.n_cls, self.n_cls + self.n_registers))
         patch_ids = list(range(self.n_cls + self.n_registers, self.n_tokens))
@@ -248,10 +245,9 @@ class TokenLayout:
             "patches": patch_ids,
             "cls": cls_ids,
             "special": cls_ids + reg_ids,
-            "no-registers": cls_ids + patch_ids,
+            "cls+patches": cls_ids + patch_ids,
         }
-        if which not in table:
-            raise errors.ConfigError(f"tokens must be one of {sorted(table)}, got {which!r}")
+        which = tokens.canonical(which)
         if not table[which]:
             raise errors.ConfigError(f"tokens={which!r} selects nothing: this dataset's layout is {self}")
         return table[which]
