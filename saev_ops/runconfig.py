@@ -9,7 +9,27 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from saev_ops import tokens
 from saev_ops.schema import Schema
+
+
+class RunKeys(Schema):
+    """The keys of a run that are not its SAE's config: its learning rate, seed, and which activations it trains on.
+    Their defaults and descriptions (grid.yaml's per-run keys beside the SAE's fields); the sweep's validation checks
+    each value with its key and line."""
+
+    lr: float = 4e-4
+    """Adam's learning rate (peak, after warm-up)."""
+    seed: int = 0
+    """Seed of the SAE's initialisation (the data order is ``train.seed``)."""
+    layer: int = -1
+    """Recorded layer the SAE reads (``-1``: the last recorded)."""
+    tokens: str = "patches"
+    """Tokens the SAE reads, a selection of :data:`saev_ops.tokens.SELECTIONS` (``cls+patches``, ``patches``, ``cls``,
+    ``special``, ``all``; ``no-registers`` is read as ``cls+patches``)."""
+
+
+RUN_KEY_DEFAULTS: dict[str, Any] = RunKeys().model_dump()
 
 
 class TrainSettings(Schema):
@@ -94,6 +114,8 @@ def run_identity(config: dict[str, Any]) -> dict[str, Any]:
                       or (k == "apply_b_dec_to_input" and v is False)  # in the identity only where it changes it
                       or (k == "topk_relu" and v is False and sae["arch"] == "topk")
                       or (k == "batchtopk_rank" and v != "value" and sae["arch"] == "batchtopk")}
+    if isinstance(config.get("tokens"), str) and config["tokens"] in {*tokens.SELECTIONS, *tokens.OLD_NAMES}:
+        out["tokens"] = tokens.identity_name(config["tokens"])  # one identity whichever name the grid used
     train = config.get("train")
     if isinstance(train, dict):
         out["train"] = {k: v for k, v in train.items() if k not in RUN_ONLY_SETTINGS

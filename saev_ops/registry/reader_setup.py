@@ -95,7 +95,7 @@ $do$
 """
 _WARN = (
     "RAISE WARNING 'saev-ops: could not set up this registry''s reader role (%); `saev-ops sql` will refuse until "
-    "`saev-ops db reader-setup` succeeds (README, SQL on PostgreSQL)', SQLERRM;"
+    "`saev-ops db reader-setup` succeeds (docs/sql.md)', SQLERRM;"
 )
 _FAIL = (
     "RAISE EXCEPTION 'could not set up this registry''s reader role: %', SQLERRM "
@@ -169,6 +169,6 @@ def setup_reader(engine: sa.Engine) -> str:
         first = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
         raise errors.RegistryError(
             f"{first} (at {safe_url(engine.url)}); an administrator first runs `CREATE ROLE {role} NOLOGIN "
-            f"NOINHERIT; GRANT {role} TO <this registry's role>;` (README, SQL on PostgreSQL)"
+            f"NOINHERIT; GRANT {role} TO <this registry's role>;` (docs/sql.md)"
         ) from None
     return role

@@ -386,7 +386,7 @@ def _check_reader(dbapi: Any) -> str:
     from saev_ops.registry.reader_setup import READ_BODY
 
     dangerous = " OR ".join(f"pg_has_role(p.proowner, '{r}', 'USAGE')" for r in _PG_DANGEROUS_ROLES)
-    how = "run `saev-ops db reader-setup` (README, 'SQL on PostgreSQL')"
+    how = "run `saev-ops db reader-setup` (docs/sql.md)"
     with dbapi.cursor() as cur:
         cur.execute("SELECT current_schema()")
         (schema,) = cur.fetchone()

@@ -69,6 +69,7 @@ class SAEConfig:
     aux_k: int = 256
     """Dead latents used by the AuxK loss (topk, batchtopk, matryoshka)."""
     aux_coeff: float = 1.0 / 32
+    """Weight of the AuxK loss (topk, batchtopk, matryoshka)."""
     dead_tokens: int = 10_000_000
     """A latent that has not fired on any of the last this-many training tokens counts as dead (``dead_frac``, AuxK).
     In tokens, not steps, so the window means the same at any batch size; `sweep submit` warns when it is longer than

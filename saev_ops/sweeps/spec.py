@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import math
 import pathlib
 from typing import Any, Literal
@@ -28,19 +29,20 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from saev_ops import errors
+from saev_ops import errors, tokens
 from saev_ops.jobs import SlurmSpec
 from saev_ops.registry.names import MAX_NAME_LENGTH, NAME_PATTERN
-from saev_ops.runconfig import TrainSettings
+from saev_ops.runconfig import RUN_KEY_DEFAULTS, TrainSettings
 from saev_ops.sae.config import LEGACY_KEYS, SAEConfig
 from saev_ops.schema import Schema
+
+log = logging.getLogger(__name__)
 
 MAX_RUNS = 100_000
 """Default of ``sweep submit --max-runs``: a larger grid is refused before anything is expanded."""
 MAX_YAML_NODES = 1_000_000
 """A grid file whose YAML, aliases expanded, has more nodes than this is refused before it is built."""
-RUN_KEYS = {f.name for f in dataclasses.fields(SAEConfig)} - {"d_model"} | {"lr", "seed", "layer", "tokens"}
-TOKENS = ("all", "patches", "cls", "special", "no-registers")
+RUN_KEYS = {f.name for f in dataclasses.fields(SAEConfig)} - {"d_model"} | set(RUN_KEY_DEFAULTS)
 
 
 class Resources(SlurmSpec):
@@ -79,7 +81,9 @@ class GridFile(RunsSections):
     runs_root: str | None = None
     """Where run directories go (default $SAEV_OPS_HOME/runs/<sweep>)."""
     train: TrainSettings = TrainSettings()
+    """Settings shared by every run of a job (below)."""
     resources: Resources = Resources()
+    """Each job's Slurm resources, and how runs are grouped into jobs (below)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -233,8 +237,10 @@ def parse_sweep(text: str, source: str = "grid.yaml", *, max_runs: int = MAX_RUN
         problems += [p for p in _runs(sections, root, source) if p not in problems]
     if problems or model is None:
         raise errors.ConfigError("invalid sweep file:\n  " + "\n  ".join(_by_line(problems, source)))
+    _warn_old_token_names(sections, root, source)
+    configs = tuple({**c, "tokens": tokens.canonical(c["tokens"])} for c in expand(model)[0])
     return SweepSpec(model.name, model.dataset, model.executor, model.runs_root,
-                     model.train, model.resources, tuple(expand(model)[0]), text)
+                     model.train, model.resources, configs, text)
 
 
 def _where(source: str, root: yaml.Node | None, loc: tuple[Any, ...] | None, key: str) -> str:
@@ -312,6 +318,20 @@ def _runs(sections: RunsSections, root: yaml.Node | None, source: str) -> list[s
     return out
 
 
+def _warn_old_token_names(sections: RunsSections | None, root: yaml.Node | None, source: str) -> None:
+    """A warning at each ``tokens:`` that uses a name from before the vocabulary was one (read as its new name)."""
+    if sections is None:
+        return
+    found: list[tuple[tuple[Any, ...], Any]] = [(("base", "tokens"), sections.base.get("tokens"))]
+    found += [(("grid", "tokens", i), v) for i, v in enumerate(sections.grid.get("tokens", []))]
+    found += [(("zip", "tokens", i), v) for i, v in enumerate(sections.zip.get("tokens", []))]
+    found += [(("runs", i, "tokens"), e.get("tokens")) for i, e in enumerate(sections.runs)]
+    for loc, value in found:
+        if isinstance(value, str) and value in tokens.OLD_NAMES:
+            log.warning("%s: tokens %r is now called %r (read as that; the runs keep their identity)",
+                        _where(source, root, loc, "tokens"), value, tokens.OLD_NAMES[value])
+
+
 def _by_line(problems: list[str], source: str) -> list[str]:
     def line(p: str) -> int:
         rest = p[len(source) + 1 :].split(":", 1)[0] if p.startswith(source + ":") else ""
@@ -332,7 +352,7 @@ def expand(model: RunsSections) -> tuple[list[dict[str, Any]], list[dict[str, tu
     for i, entry in enumerate(model.runs or [{}]):
         for combo in combos:
             for z in zipped:
-                cfg = {"layer": -1, "tokens": "patches", "lr": 4e-4, "seed": 0, **model.base,
+                cfg = {**RUN_KEY_DEFAULTS, **model.base,
                        **dict(zip(grid_keys, combo, strict=True)), **z, **entry}
                 key = repr(sorted(cfg.items()))
                 if key in seen:
@@ -355,11 +375,11 @@ def run_problems(cfg: dict[str, Any]) -> list[tuple[str, str]]:
         out.append(("lr", f"must be a finite number > 0, got {lr!r}"))
     if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
         out.append(("seed", f"must be an integer, got {cfg.get('seed')!r}"))
-    if cfg.get("tokens") not in TOKENS:
-        out.append(("tokens", f"must be one of {', '.join(TOKENS)}, got {cfg.get('tokens')!r}"))
+    if cfg.get("tokens") not in {*tokens.SELECTIONS, *tokens.OLD_NAMES}:
+        out.append(("tokens", f"must be one of {', '.join(tokens.SELECTIONS)}, got {cfg.get('tokens')!r}"))
     if not isinstance(cfg.get("layer"), int):
         out.append(("layer", f"must be an integer, got {cfg.get('layer')!r}"))
-    sae_keys = {k: v for k, v in cfg.items() if k not in ("lr", "seed", "layer", "tokens")}
+    sae_keys = {k: v for k, v in cfg.items() if k not in RUN_KEY_DEFAULTS}
     return out + [(k, m) for k, m in SAEConfig.problems_of({**sae_keys, "d_model": 1}) if k != "d_model"]
 
 
@@ -368,5 +388,5 @@ def validate_run(cfg: dict[str, Any], d_model: int) -> SAEConfig:
     problems = run_problems(cfg)
     if problems:
         raise errors.ConfigError("; ".join(f"{k}: {m}" for k, m in problems))
-    sae_keys = {k: v for k, v in cfg.items() if k not in ("lr", "seed", "layer", "tokens")}
+    sae_keys = {k: v for k, v in cfg.items() if k not in RUN_KEY_DEFAULTS}
     return SAEConfig.from_dict({**sae_keys, "d_model": d_model})
