@@ -343,7 +343,7 @@ def test_masks_give_each_patch_its_majority_class(tmp_path: pathlib.Path, reg: R
     assert d.extra["provenance"]["masks"]["pixel_agg"] == "majority"
     # ties go to the smaller id; ids past 255 do not fit saev's uint8 labels
     assert patch_majority(np.array([[1, 2], [2, 1]]), (1, 1)).tolist() == [1]
-    with pytest.raises(ValueError, match="0..255"):
+    with pytest.raises(errors.DataError, match="0..255"):
         patch_majority(np.array([[1, 300], [2, 1]]), (1, 1))
 
 
@@ -404,3 +404,18 @@ def test_recording_and_training_name_token_selections_alike() -> None:
         assert stored_layout(model, name).n_tokens == len(model.indices(name)), name
         assert stored_layout(model, name).name == name
     assert model.indices("no-registers") == model.indices("cls+patches") == [0, *range(5, 21)]
+
+
+def test_preprocessing_refusals_are_saev_ops_errors() -> None:
+    """Every deliberate refusal of preprocess.py is a SaevOpsError (the CLI prints it as one line), not a ValueError:
+    configurations a ConfigError, masks a DataError."""
+    from saev_ops.record.preprocess import Preprocess, from_hf_config, patch_majority
+
+    with pytest.raises(errors.ConfigError, match="needs a resize or a crop"):
+        Preprocess(resize=None, crop=None)
+    with pytest.raises(errors.ConfigError, match="rescale_factor"):
+        from_hf_config({"rescale_factor": 0.5}, default_size=32, mean=(0, 0, 0), std=(1, 1, 1))
+    with pytest.raises(errors.ConfigError, match="pixel_agg"):
+        patch_majority(np.zeros((4, 4), dtype=np.int64), (2, 2), "mode")
+    with pytest.raises(errors.DataError, match="does not divide"):
+        patch_majority(np.zeros((5, 4), dtype=np.int64), (2, 2))

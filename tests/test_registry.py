@@ -311,3 +311,23 @@ def test_too_many_connections_is_retried() -> None:
         sqlstate = "53300"  # too_many_connections
 
     assert _is_transient(sa.exc.OperationalError("connect", {}, Refused("sorry, too many clients already")))
+
+
+def test_each_record_has_a_field_for_each_column_of_its_table() -> None:
+    """Records are built from their rows by field name (records.from_columns): a column without a field, or a field
+    without a column, is caught here rather than by a reader missing a value."""
+    import dataclasses
+
+    import sqlalchemy as sa
+
+    from saev_ops.registry import models, records
+
+    pairs = [(records.DatasetRecord, models.DatasetModel), (records.SweepRecord, models.SweepModel),
+             (records.RunRecord, models.RunModel), (records.OutputRecord, models.InferenceOutputModel),
+             (records.EvaluationRecord, models.EvaluationModel)]
+    for record, model in pairs:
+        columns = {c.key for c in sa.inspect(model).column_attrs}
+        fields = {f.name for f in dataclasses.fields(record)}
+        if record is records.OutputRecord:  # its metric columns are one field
+            columns = columns - set(records.OUTPUT_METRICS) | {"metrics"}
+        assert columns == fields, record.__name__

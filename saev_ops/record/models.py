@@ -250,7 +250,7 @@ class HFAdapter(ModelAdapter):
                 resolution = native  # its processor picks a size per image; a recording needs one
             self.preprocess = from_hf_config({**_hf_defaults(family, native), **given}, default_size=native,
                                              mean=IMAGENET_MEAN, std=IMAGENET_STD, resolution=resolution)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (errors.ConfigError, ValueError, TypeError, KeyError) as exc:  # ValueError: a number that is not one
             raise errors.ConfigError(f"{source or family}: cannot use this image-processor config ({exc})") from None
         h, w = self.preprocess.out_hw
         if h % self.patch_size or w % self.patch_size:

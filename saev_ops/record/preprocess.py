@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from saev_ops import errors
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -33,11 +35,12 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if self.resample not in RESAMPLE:
-            raise ValueError(f"resample must be one of {sorted(RESAMPLE)}, got {self.resample!r}")
+            raise errors.ConfigError(f"resample must be one of {sorted(RESAMPLE)}, got {self.resample!r}")
         if self.rounding not in ("round", "floor"):
-            raise ValueError(f"rounding must be round or floor, got {self.rounding!r}")
+            raise errors.ConfigError(f"rounding must be round or floor, got {self.rounding!r}")
         if self.resize is None and self.crop is None:
-            raise ValueError("a preprocessing needs a resize or a crop, or its output size varies with the image")
+            raise errors.ConfigError("a preprocessing needs a resize or a crop, or its output size varies with the "
+                                     "image")
 
     @property
     def out_hw(self) -> tuple[int, int]:
@@ -70,8 +73,8 @@ class Preprocess:
 
         with Image.open(path) as im:
             if im.mode not in ("L", "P", "I", "I;16", "I;16L", "I;16B", "1"):
-                raise ValueError(f"a mask must hold one class id per pixel (greyscale, palette or 16-bit), got "
-                                 f"mode {im.mode}")
+                raise errors.DataError(f"a mask must hold one class id per pixel (greyscale, palette or 16-bit), got "
+                                       f"mode {im.mode}")
             im = dataclasses.replace(self, resample="nearest").resize_image(im)
             if self.crop is not None:
                 ch, cw = _hw(self.crop)
@@ -115,10 +118,10 @@ def patch_majority(mask: np.ndarray, grid: tuple[int, int], pixel_agg: str = "ma
     gh, gw = grid
     h, w = mask.shape
     if h % gh or w % gw:
-        raise ValueError(f"a {h}x{w} mask does not divide into a {gh}x{gw} patch grid")
+        raise errors.DataError(f"a {h}x{w} mask does not divide into a {gh}x{gw} patch grid")
     if mask.size and (mask.min() < 0 or mask.max() > 255):
-        raise ValueError(f"class ids must be 0..255 to fit saev's labels.bin, found {int(mask.min())}.."
-                         f"{int(mask.max())}")
+        raise errors.DataError(f"class ids must be 0..255 to fit saev's labels.bin, found {int(mask.min())}.."
+                               f"{int(mask.max())}")
     ph, pw = h // gh, w // gw
     patches = mask.reshape(gh, ph, gw, pw).transpose(0, 2, 1, 3).reshape(gh * gw, ph * pw)
     counts = np.zeros((gh * gw, 256), dtype=np.int64)
@@ -127,7 +130,7 @@ def patch_majority(mask: np.ndarray, grid: tuple[int, int], pixel_agg: str = "ma
         foreground = counts[:, 1:]
         return np.where(foreground.sum(axis=1) > 0, foreground.argmax(axis=1) + 1, 0).astype(np.uint8)
     if pixel_agg != "majority":
-        raise ValueError(f"pixel_agg must be one of {', '.join(PIXEL_AGGS)}, got {pixel_agg!r}")
+        raise errors.ConfigError(f"pixel_agg must be one of {', '.join(PIXEL_AGGS)}, got {pixel_agg!r}")
     return counts.argmax(axis=1).astype(np.uint8)  # argmax takes the first maximum: the smaller id
 
 
@@ -145,7 +148,7 @@ def from_hf_config(cfg: dict[str, Any], *, default_size: int, mean: tuple[float,
     the short side is resized to it and a square of it cropped (or the image resized to that square when the
     processor does not crop)."""
     if cfg.get("do_rescale", True) and abs(float(cfg.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-12:
-        raise ValueError(f"rescale_factor {cfg['rescale_factor']} is not 1/255")
+        raise errors.ConfigError(f"rescale_factor {cfg['rescale_factor']} is not 1/255")
     size = cfg.get("size", {"height": default_size, "width": default_size})
     if isinstance(size, int):
         size = {"shortest_edge": size}
@@ -155,7 +158,7 @@ def from_hf_config(cfg: dict[str, Any], *, default_size: int, mean: tuple[float,
     elif "height" in size and "width" in size:
         resize = (int(size["height"]), int(size["width"]))
     else:
-        raise ValueError(f"size {size}: expected shortest_edge or height and width")
+        raise errors.ConfigError(f"size {size}: expected shortest_edge or height and width")
     if not cfg.get("do_resize", True):
         resize = None
     crop: int | tuple[int, int] | None = None
@@ -173,11 +176,11 @@ def from_hf_config(cfg: dict[str, Any], *, default_size: int, mean: tuple[float,
     if code is not None:
         names = {v: k for k, v in RESAMPLE.items()}
         if int(code) not in names:
-            raise ValueError(f"resample {code}: not a Pillow resampling filter")
+            raise errors.ConfigError(f"resample {code}: not a Pillow resampling filter")
         resample = names[int(code)]
     if resize is not None and crop is None and isinstance(resize, int):
-        raise ValueError(f"size {size} without a centre crop gives each image its own shape; recording needs one "
-                         "shape (give --resolution)")
+        raise errors.ConfigError(f"size {size} without a centre crop gives each image its own shape; recording needs "
+                                 "one shape (give --resolution)")
     return Preprocess(resize=resize, crop=crop, mean=mean, std=std, resample=resample, rounding="floor")
 
 
@@ -186,7 +189,7 @@ def _triple(v: Any) -> tuple[float, float, float]:
     if len(vals) == 1:
         vals = vals * 3
     if len(vals) != 3:
-        raise ValueError(f"expected 3 channel values, got {v!r}")
+        raise errors.ConfigError(f"expected 3 channel values, got {v!r}")
     return (vals[0], vals[1], vals[2])
 
 

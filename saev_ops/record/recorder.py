@@ -555,8 +555,8 @@ class MaskSource:
             raise FileNotFoundError(f"no mask {mask_path} for this image")
         try:
             return pixels, patch_majority(self.preprocess.mask(str(mask_path)), self.grid, self.pixel_agg)
-        except ValueError as exc:
-            raise ValueError(f"mask {mask_path}: {exc}") from None
+        except errors.DataError as exc:
+            raise errors.DataError(f"mask {mask_path}: {exc}") from None
 
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.masks_root), "pixel_agg": self.pixel_agg, "grid": list(self.grid)}

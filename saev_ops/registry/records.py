@@ -10,6 +10,14 @@ from saev_ops.registry import models
 from saev_ops.registry.models import DatasetStatus, RunStatus
 
 
+def from_columns(cls: type[Any], row: models.Base, **converted: Any) -> Any:
+    """A record of ``cls`` from an ORM row: each field is the row's column of that name, or ``converted``'s value for
+    the fields that need one (a tuple for a list, a copy of a JSON bag, a status checked against its choices). A new
+    column is one field on the record (``tests/test_registry.py`` checks that the two agree)."""
+    return cls(**{f.name: converted[f.name] if f.name in converted else getattr(row, f.name)
+                  for f in dataclasses.fields(cls)})
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetRecord:
     id: int
@@ -39,24 +47,9 @@ class DatasetRecord:
 
     @classmethod
     def from_model(cls, m: models.DatasetModel) -> DatasetRecord:
-        return cls(
-            id=m.id,
-            name=m.name,
-            content_hash=m.content_hash,
-            path=m.path,
-            status=models.as_dataset_status(m.status),
-            source_path=m.source_path,
-            model_family=m.model_family,
-            model_ckpt=m.model_ckpt,
-            layers=tuple(m.layers),
-            d_model=m.d_model,
-            tokens_per_example=m.tokens_per_example,
-            n_examples=m.n_examples,
-            dtype=m.dtype,
-            extra=dict(m.extra or {}),
-            created_at=m.created_at,
-            completed_at=m.completed_at,
-        )
+        record: DatasetRecord = from_columns(cls, m, status=models.as_dataset_status(m.status), layers=tuple(m.layers),
+                                             extra=dict(m.extra or {}))
+        return record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +61,8 @@ class SweepRecord:
 
     @classmethod
     def from_model(cls, m: models.SweepModel) -> SweepRecord:
-        return cls(id=m.id, name=m.name, grid_yaml=m.grid_yaml, created_at=m.created_at)
+        record: SweepRecord = from_columns(cls, m)
+        return record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,27 +91,8 @@ class RunRecord:
 
     @classmethod
     def from_model(cls, m: models.RunModel) -> RunRecord:
-        return cls(
-            id=m.id,
-            sweep_id=m.sweep_id,
-            dataset_id=m.dataset_id,
-            config=dict(m.config),
-            config_hash=m.config_hash,
-            status=models.as_run_status(m.status),
-            executor=m.executor,
-            slurm_job_id=m.slurm_job_id,
-            slurm_array_index=m.slurm_array_index,
-            attempts=m.attempts,
-            host=m.host,
-            created_at=m.created_at,
-            started_at=m.started_at,
-            ended_at=m.ended_at,
-            heartbeat_at=m.heartbeat_at,
-            checkpoint_path=m.checkpoint_path,
-            error=m.error,
-            run_dir=m.run_dir,
-            local_pid=m.local_pid,
-        )
+        record: RunRecord = from_columns(cls, m, config=dict(m.config), status=models.as_run_status(m.status))
+        return record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,18 +148,9 @@ class OutputRecord:
 
     @classmethod
     def from_model(cls, m: models.InferenceOutputModel) -> OutputRecord:
-        return cls(
-            id=m.id,
-            run_id=m.run_id,
-            dataset_id=m.dataset_id,
-            path=m.path,
-            n_rows=m.n_rows,
-            n_cols=m.n_cols,
-            nnz=m.nnz,
-            extra=dict(m.extra or {}),
-            created_at=m.created_at,
-            metrics={k: getattr(m, k) for k in OUTPUT_METRICS if getattr(m, k) is not None},
-        )
+        record: OutputRecord = from_columns(cls, m, extra=dict(m.extra or {}), metrics={
+            k: getattr(m, k) for k in OUTPUT_METRICS if getattr(m, k) is not None})
+        return record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,9 +184,8 @@ class EvaluationRecord:
 
     @classmethod
     def from_model(cls, m: models.EvaluationModel) -> EvaluationRecord:
-        return cls(id=m.id, run_id=m.run_id, dataset_id=m.dataset_id, kind=m.kind, n_images=m.n_images,
-                   fidelity=m.fidelity, kl=m.kl, probe_clean=m.probe_clean, probe_spliced=m.probe_spliced,
-                   extra=dict(m.extra or {}), created_at=m.created_at)
+        record: EvaluationRecord = from_columns(cls, m, extra=dict(m.extra or {}))
+        return record
 
     def figures(self) -> dict[str, Any]:
         """Fidelity, KL and probe accuracies, each replaced where it is missing by the reason in a word or two, in

@@ -744,15 +744,19 @@ class Registry:
         return self._read(fn)
 
     def list_outputs(self, *, run_id: int | None = None, dataset_id: int | None = None) -> list[OutputRecord]:
-        o = models.InferenceOutputModel
+        """Inference outputs, oldest first: all, or those of a run and/or a dataset."""
+        return self._of_run_and_dataset(models.InferenceOutputModel, OutputRecord, run_id, dataset_id)
 
-        def fn(s: Session) -> list[OutputRecord]:
-            stmt = sa.select(o).order_by(o.id)
+    def _of_run_and_dataset(self, model: Any, record: Any, run_id: int | None, dataset_id: int | None) -> list[Any]:
+        """The rows of a table keyed by run and dataset (outputs, evaluations) as records, oldest first."""
+
+        def fn(s: Session) -> list[Any]:
+            stmt = sa.select(model).order_by(model.id)
             if run_id is not None:
-                stmt = stmt.where(o.run_id == run_id)
+                stmt = stmt.where(model.run_id == run_id)
             if dataset_id is not None:
-                stmt = stmt.where(o.dataset_id == dataset_id)
-            return [OutputRecord.from_model(r) for r in s.scalars(stmt)]
+                stmt = stmt.where(model.dataset_id == dataset_id)
+            return [record.from_model(r) for r in s.scalars(stmt)]
 
         return self._read(fn)
 
@@ -781,17 +785,8 @@ class Registry:
         return self._write(fn)
 
     def list_evaluations(self, *, run_id: int | None = None, dataset_id: int | None = None) -> list[EvaluationRecord]:
-        e = models.EvaluationModel
-
-        def fn(s: Session) -> list[EvaluationRecord]:
-            stmt = sa.select(e).order_by(e.id)
-            if run_id is not None:
-                stmt = stmt.where(e.run_id == run_id)
-            if dataset_id is not None:
-                stmt = stmt.where(e.dataset_id == dataset_id)
-            return [EvaluationRecord.from_model(r) for r in s.scalars(stmt)]
-
-        return self._read(fn)
+        """Downstream evaluations, oldest first: all, or those of a run and/or a dataset."""
+        return self._of_run_and_dataset(models.EvaluationModel, EvaluationRecord, run_id, dataset_id)
 
     def runs_of_dataset(self, dataset_id: int) -> list[RunRecord]:
         r = models.RunModel

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from saev_ops import errors
+
 MAX_MATCHING = 8192
 CHUNK = 4096
 
@@ -43,7 +45,7 @@ def dictionary_similarity(a: Any, b: Any, *, threshold: float = 0.9, max_matchin
     """Compare the decoders of SAEs ``a`` and ``b`` (same d_model)."""
     da, db = _directions(a), _directions(b)
     if da.shape[1] != db.shape[1]:
-        raise ValueError(f"the SAEs read different widths ({da.shape[1]} and {db.shape[1]})")
+        raise errors.ConfigError(f"the SAEs read different widths ({da.shape[1]} and {db.shape[1]})")
     best_b = torch.full((db.shape[0],), -1.0)
     best_a = []
     for start in range(0, da.shape[0], CHUNK):  # never the whole matrix at once for wide SAEs
