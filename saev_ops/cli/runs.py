@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import click
@@ -42,14 +41,13 @@ def list_(obj: CliContext, dataset: str | None, sweep: str | None, statuses: tup
     from saev_ops.registry import RunQuery
     from saev_ops.registry.params import PARAMS
 
-    rows = obj.registry.list_runs(
-        RunQuery(dataset=dataset, sweep=sweep, statuses=statuses, where=where, sort=sort, limit=limit)
-    )
+    query = RunQuery(dataset=dataset, sweep=sweep, statuses=statuses, where=where, sort=sort, limit=limit)
+    rows = obj.registry.list_runs(query)
     run_cols: dict[str, Any] = {"id": lambda r: r.run.id, "sweep": lambda r: r.sweep, "dataset": lambda r: r.dataset,
                                 "status": lambda r: r.run.status, "attempts": lambda r: r.run.attempts,
                                 "host": lambda r: r.run.host}
     if columns == "all":
-        _list_all(rows, where, sort, kw["fmt"])
+        _list_all(rows, query.keys(), kw["fmt"])
         return
     if columns:
         chosen = [c.strip() for c in columns.split(",") if c.strip()]
@@ -62,7 +60,7 @@ def list_(obj: CliContext, dataset: str | None, sweep: str | None, statuses: tup
         click.echo(fmt.render(header, [[run_cols[c](r) if c in run_cols else r.value(c) for c in header]
                                        for r in rows], kw["fmt"]))
         return
-    header, data = _default_table(rows, _leading(where, sort))
+    header, data = _default_table(rows, query.keys())
     if kw["fmt"] != "table":
         click.echo(fmt.render(header, data, kw["fmt"]))
         return
@@ -75,12 +73,6 @@ def list_(obj: CliContext, dataset: str | None, sweep: str | None, statuses: tup
 
 LIST_WIDTH = 120
 """`runs list`'s default table fits this many characters; columns past it are named below the table."""
-
-
-def _leading(where: tuple[str, ...], sort: str | None) -> list[str]:
-    """The keys a listing was filtered or sorted on, shown first."""
-    keys = [re.split(r"[<>=!]", w, maxsplit=1)[0].strip() for w in where]
-    return list(dict.fromkeys(([sort.lstrip("+-")] if sort else []) + keys))
 
 
 def _sparsity(r: Any) -> Any:
@@ -117,11 +109,10 @@ def _default_table(rows: list[Any], leading: list[str]) -> tuple[list[str], list
     return list(cols), [[get(r) for get in cols.values()] for r in rows]
 
 
-def _list_all(rows: list[Any], where: tuple[str, ...], sort: str | None, out_format: str) -> None:
-    """Every run column, the hyperparameters filtered or sorted on, and every summary metric."""
+def _list_all(rows: list[Any], leading: list[str], out_format: str) -> None:
+    """Every run column, the hyperparameters filtered or sorted on (``leading``), and every summary metric."""
     from saev_ops.registry.params import PARAMS
 
-    leading = _leading(where, sort)
     param_cols = [k for k in leading if k in PARAMS]
     keys = sorted({k for r in rows for k in r.summary})
     metric_cols = [k for k in leading if k in keys and k not in PARAMS] + [k for k in keys if k not in leading]

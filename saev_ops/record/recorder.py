@@ -164,7 +164,6 @@ def _resolve(registry: Registry, spec: RecordSpec, *, register: bool) -> _Record
     """Load the model, compute the recording's identity and find it in the registry: the finished dataset when there
     is one (and not ``force``), else the recording to do. ``register``: register it (status ``writing``; a failed
     one starts a new attempt) when it is not registered; a job of a split recording registers only a missing row."""
-    from saev_ops import datasets
     from saev_ops.record.images import open_images
     from saev_ops.record.models import describe, load_model
 

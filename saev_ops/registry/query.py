@@ -89,6 +89,12 @@ class RunQuery:
     limit: int | None = None
     """At most this many rows."""
 
+    def keys(self) -> list[str]:
+        """The keys it sorts and filters on, each once, the sort key first (what a listing shows first); parsed as
+        the query is, so a bad expression is the same QueryError."""
+        keys = ([parse_sort(self.sort).key] if self.sort else []) + [parse_condition(w).key for w in self.where]
+        return list(dict.fromkeys(keys))
+
 
 # A metric logged under a hyperparameter's name (the trainer's scheduled learning rate, ``lr``) is shown and queried
 # under another, so each name means one thing: ``lr`` is the configured learning rate, ``lr_final`` the last step's.

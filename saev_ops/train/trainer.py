@@ -204,7 +204,6 @@ class Trainer:
 
         if journal is None:
             journal = _journal(self.spec, self.registry)
-
         s = self.spec.settings
         windows = [Window(sae.cfg.d_sae, self.device) for sae in self.saes]
         failed: dict[int, str] = {}
@@ -224,38 +223,14 @@ class Trainer:
             if held is not None:
                 self._check_batch(*held)
             held = (self.step + 1, batch, finite)
-            sparsity = min(1.0, (self.step + 1) / max(1, s.sparsity_warmup_steps))
             factor = lr_factor(self.step, s)
-            for run, sae, opt, win in zip(self.spec.runs, self.saes, self.opts, windows, strict=True):
-                if run.run_id in failed:
-                    continue
-                for group in opt.param_groups:
-                    group["lr"] = run.lr * factor
-                x_hat, z, terms = sae.train_step(x, opt, sparsity, s.grad_clip)
-                win.add(x, x_hat.detach(), z.detach(), {k: v.detach() for k, v in terms.items()})
+            self._step(x, factor, windows, failed)
             self.step += 1
             if self.step % s.log_every == 0 or self.step == s.n_steps:
                 self._check_batch(*held)
                 held = None
-                detail_parts: list[str] = []
-                for run, sae, win in zip(self.spec.runs, self.saes, windows, strict=True):
-                    if run.run_id in failed:
-                        continue
-                    report = win.report(float(sae.dead_mask().float().mean()))
-                    report["lr"] = run.lr * factor
-                    journal.log(run.run_id, self.step, report)
-                    win.reset()
-                    detail_parts.append(f"run {run.run_id}: loss {report.get('loss', float('nan')):.4g}, "
-                                        f"L0 {report['l0']:.1f}")
-                    problem = _nonfinite(report, sae)
-                    if problem:
-                        failed[run.run_id] = (f"run {run.run_id}: non-finite {problem} in steps {window_start + 1}-"
-                                              f"{self.step} (finite inputs; lower the learning rate, now "
-                                              f"{run.lr * factor:.3g})")
-                        log.error("%s; the job's other runs go on", failed[run.run_id])
+                detail = self._report(journal, windows, failed, factor, window_start)
                 window_start = self.step
-                detail = "; ".join(detail_parts[:4]) + (f"; +{len(detail_parts) - 4} runs" if len(detail_parts) > 4
-                                                        else "")
             if self.val_x is not None and (self.step % s.eval_every == 0 or self.step == s.n_steps):
                 self.evaluate(journal, failed)
             progress.update(self.step, detail)
@@ -263,10 +238,7 @@ class Trainer:
                 self.save_checkpoint()
             if self.registry is not None and time.monotonic() - last_beat > s.heartbeat_s:
                 last_beat = time.monotonic()
-                try:
-                    self.registry.heartbeat([r.run_id for r in self.spec.runs])
-                except errors.RegistryError as exc:
-                    log.warning("heartbeat of runs %s missed: %s", [r.run_id for r in self.spec.runs], exc)
+                self._heartbeat()
         batches.close()
         self.feed.close()
         progress.close()
@@ -277,6 +249,46 @@ class Trainer:
                 failed[run.run_id] = f"run {run.run_id}: non-finite weights at step {self.step}"
         self.save_checkpoint()
         return failed
+
+    def _step(self, x: torch.Tensor, factor: float, windows: list[Any], failed: dict[int, str]) -> None:
+        """One optimiser step of every SAE still training, on the same batch ``x``; each adds to its window."""
+        sparsity = min(1.0, (self.step + 1) / max(1, self.spec.settings.sparsity_warmup_steps))
+        for run, sae, opt, win in zip(self.spec.runs, self.saes, self.opts, windows, strict=True):
+            if run.run_id in failed:
+                continue
+            for group in opt.param_groups:
+                group["lr"] = run.lr * factor
+            x_hat, z, terms = sae.train_step(x, opt, sparsity, self.spec.settings.grad_clip)
+            win.add(x, x_hat.detach(), z.detach(), {k: v.detach() for k, v in terms.items()})
+
+    def _report(self, journal: Any, windows: list[Any], failed: dict[int, str], factor: float,
+                window_start: int) -> str:
+        """Log each training run's window of metrics and start a new one; a run whose loss or weights became
+        non-finite joins ``failed`` (the others go on). Returns the progress line's detail."""
+        parts: list[str] = []
+        for run, sae, win in zip(self.spec.runs, self.saes, windows, strict=True):
+            if run.run_id in failed:
+                continue
+            report = win.report(float(sae.dead_mask().float().mean()))
+            report["lr"] = run.lr * factor
+            journal.log(run.run_id, self.step, report)
+            win.reset()
+            parts.append(f"run {run.run_id}: loss {report.get('loss', float('nan')):.4g}, L0 {report['l0']:.1f}")
+            problem = _nonfinite(report, sae)
+            if problem:
+                failed[run.run_id] = (f"run {run.run_id}: non-finite {problem} in steps {window_start + 1}-"
+                                      f"{self.step} (finite inputs; lower the learning rate, now "
+                                      f"{run.lr * factor:.3g})")
+                log.error("%s; the job's other runs go on", failed[run.run_id])
+        return "; ".join(parts[:4]) + (f"; +{len(parts) - 4} runs" if len(parts) > 4 else "")
+
+    def _heartbeat(self) -> None:
+        """Tell the registry the job's runs are alive; a miss is logged and survived (the next beat may land)."""
+        assert self.registry is not None
+        try:
+            self.registry.heartbeat([r.run_id for r in self.spec.runs])
+        except errors.RegistryError as exc:
+            log.warning("heartbeat of runs %s missed: %s", [r.run_id for r in self.spec.runs], exc)
 
     def _check_batch(self, step: int, batch: Any, finite: torch.Tensor) -> None:
         if bool(finite):
