@@ -7,7 +7,8 @@ rows, the same atoms) are written once as saev shard directories and registered 
 (`datasets import`); every family then trains in one multi-SAE pass over the same batches (`sweep submit`, executor
 debug), ReLU and JumpReLU over a range of penalties so they can be compared with TopK at a matching L0. Printed per
 run: held-out NMSE and L0, training dead fraction, the share of true atoms recovered (a decoder row with cosine > 0.9),
-and for the seed pairs the mean best-match cosine between the two seeds' decoders (`runs compare`).
+and the stability of TopK and the archetypal SAE: the mean best-match cosine between the decoders (`runs compare`) of two
+init seeds, and of two data orders (a second sweep of the two with train seed 1).
 
     python benchmarks/sae_quality.py                       # new sweeps' defaults (scale_by centred-norm)
     python benchmarks/sae_quality.py --scale-by norm       # as runs before centred-norm were trained
@@ -63,6 +64,8 @@ runs:
   - {{arch: batchtopk, k: {k}, batchtopk_rank: row-share}}
   - {{arch: matryoshka, k: {k}, matryoshka_prefixes: [64, 256]}}
   - {{arch: mp, k: {k}}}
+  - {{arch: archetypal, k: {k}}}
+  - {{arch: archetypal, k: {k}, seed: 1}}
   - {{arch: relu, l1_coeff: {l1}}}
   - {{arch: jumprelu, l0_coeff: {l0}}}
 """
@@ -130,11 +133,21 @@ def main() -> None:
             nan = float("nan")
             print(f"{r.run.id:>4} {label:<34}{s.get('val/nmse', nan):>9.3f}{s.get('val/l0', nan):>8.1f}"
                   f"{s.get('dead_frac', nan):>7.3f}{found:>13.1%}")
-        seeds = [r.run.id for r in rows if r.run.config["sae"]["arch"] == "topk"]
-        if len(seeds) == 2:
-            (c,) = compare_runs(reg, tuple(seeds))
-            print(f"seed stability, TopK (runs {seeds[0]} and {seeds[1]}): mean best-match cosine "
-                  f"{(c.trained.best_match_ab + c.trained.best_match_ba) / 2:.3f}")
+        # a second data order: the same TopK and archetypal entries in a sweep of train seed 1 (other batches)
+        other = grid.replace("name: planted", "name: planted-order").replace("scale_by:", "seed: 1, scale_by:")
+        other = "\n".join(line for line in other.splitlines()
+                          if not line.startswith("  - ") or ("seed" not in line and (
+                              "{arch: topk," in line or "{arch: archetypal," in line))) + "\n"
+        submit_sweep(reg, parse_sweep(other), url)
+        reordered = {r.run.config["sae"]["arch"]: r.run.id for r in reg.list_runs(RunQuery(sweep="planted-order"))}
+        for arch in ("topk", "archetypal"):
+            seeds = [r.run.id for r in rows if r.run.config["sae"]["arch"] == arch]
+            pairs = [("init seeds 0 and 1", tuple(seeds))] if len(seeds) == 2 else []
+            pairs += [("data orders 0 and 1", (seeds[0], reordered[arch]))] if seeds and arch in reordered else []
+            for what, pair in pairs:
+                (c,) = compare_runs(reg, pair)
+                print(f"stability, {arch}, {what} (runs {pair[0]} and {pair[1]}): mean best-match cosine "
+                      f"{(c.trained.best_match_ab + c.trained.best_match_ba) / 2:.3f}")
         reg.close()
     finally:
         if args.keep is None:

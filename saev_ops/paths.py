@@ -39,6 +39,13 @@ def job_dir(runs_root: str | pathlib.Path, job_key: str) -> pathlib.Path:
     return pathlib.Path(runs_root) / "jobs" / job_key
 
 
+def candidates_file(runs_root: str | pathlib.Path, dataset_hash: str, layer: int, tokens: str,
+                    n: int) -> pathlib.Path:
+    """The candidate points of the archetypal SAEs of a sweep's layer (``n`` k-means centroids of its dataset's
+    ``layer``/``tokens`` activations): computed once, read by every job of the sweep that trains one."""
+    return pathlib.Path(runs_root) / "candidates" / f"{dataset_hash}-layer{layer}-{tokens}-{n}.safetensors"
+
+
 def submitit_dir(runs_root: str | pathlib.Path) -> pathlib.Path:
     """submitit's pickles and the job logs of a sweep (one sub-folder per job id)."""
     return pathlib.Path(runs_root) / "submitit"

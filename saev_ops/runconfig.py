@@ -105,12 +105,12 @@ def run_identity(config: dict[str, Any]) -> dict[str, Any]:
     """What determines a run's result, hashed into its identity (:func:`saev_ops.registry.config_hash`): the config
     without the settings of :data:`RUN_ONLY_SETTINGS` and without SAE fields its architecture does not read. So the
     same sweep resubmitted on ``device: cuda`` finds its runs, and a ReLU entry needs no ``k``."""
-    from saev_ops.sae.config import ARCH_FIELDS
+    from saev_ops.sae.config import ARCH_FIELDS, fields_read
 
     out = dict(config)
     sae = config.get("sae")
     if isinstance(sae, dict) and sae.get("arch") in ARCH_FIELDS:
-        out["sae"] = {k: v for k, v in sae.items() if k in ARCH_FIELDS[sae["arch"]]
+        out["sae"] = {k: v for k, v in sae.items() if k in fields_read(sae)
                       or (k == "apply_b_dec_to_input" and v is False)  # in the identity only where it changes it
                       or (k == "topk_relu" and v is False and sae["arch"] == "topk")
                       or (k == "batchtopk_rank" and v != "value" and sae["arch"] == "batchtopk")}

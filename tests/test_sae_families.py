@@ -322,3 +322,187 @@ def test_matching_pursuit_in_the_loop_trains_resumes_infers_and_refuses_export(t
     for export in (export_saev, export_saelens):
         with pytest.raises(errors.ConfigError, match="matching-pursuit SAE .* cannot express"):
             export(sae, meta, tmp_path / "x")
+
+
+# -- Archetypal (RA-SAE) -----------------------------------------------------------------------------------------------
+def test_archetypal_is_its_papers_equations() -> None:
+    """D = (W C + Lambda) exp(s) with W row-stochastic and ||Lambda_i|| <= delta (Fel et al. 2025, eq. 4), a TopK code
+    over it, written out by hand; after a step the projection restores the constraints; the fused plain TopK SAE
+    computes the same function."""
+    cfg = SAEConfig(arch="archetypal", d_model=6, d_sae=12, k=3, archetypal_candidates=5, archetypal_delta=0.25)
+    sae = build_sae(cfg, seed=3)
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(5, 6, generator=g)
+    sae.set_candidates(c)
+    w = torch.rand(12, 5, generator=g)
+    w = w / w.sum(1, keepdim=True)
+    lam = torch.randn(12, 6, generator=g) * 0.1
+    with torch.no_grad():
+        sae.arch_weights.copy_(w)
+        sae.relax.copy_(lam)
+        sae.log_scale.fill_(0.3)
+        sae.b_dec.copy_(torch.randn(6, generator=g))
+    x = torch.randn(20, 6, generator=g)
+    d = (w @ c + lam) * math.exp(0.3)
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    vals, idx = pre.topk(3, dim=-1)
+    z = torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals))
+    x_hat, z_got, _ = sae(x)
+    assert torch.allclose(z_got, z) and torch.allclose(x_hat, z @ d + sae.b_dec, atol=1e-5)
+    fused = sae.fused().eval()
+    assert type(fused).__name__ == "TopKSAE" and torch.allclose(fused.W_dec, d, atol=1e-6)
+    assert torch.allclose(fused(x)[0], x_hat, atol=1e-5)
+    with torch.no_grad():  # off the constraints, as a large step leaves them: a row all negative, a long relaxation
+        sae.arch_weights[0] = -1.0
+        sae.arch_weights[1, 0] = -0.5
+        sae.relax[2] = 10.0
+    sae.normalize_decoder()
+    a = sae.arch_weights.detach()
+    assert float(a.min()) >= 0 and torch.allclose(a.sum(1), torch.ones(12))
+    assert torch.equal(a[0], torch.nn.functional.one_hot(sae.first_candidate[0], 5).float())  # back to its start
+    assert float(sae.relax.norm(dim=1).max()) <= 0.25 + 1e-6
+    assert [n for n, _ in sae.named_parameters()] == ["W_enc", "b_enc", "b_dec", "arch_weights", "relax", "log_scale"]
+
+
+def test_kmeans_finds_planted_centroids_the_same_way_twice() -> None:
+    from saev_ops.train.candidates import kmeans
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(6, 16, generator=g) * 10
+    x = centres.repeat(200, 1) + torch.randn(1200, 16, generator=g) * 0.1
+    got = kmeans(x, 6)
+    assert torch.equal(got, kmeans(x, 6))
+    err = torch.cdist(centres, got).min(dim=1).values
+    assert float(err.max()) < 0.1, err
+    with pytest.raises(errors.ConfigError, match="need 1..1200"):
+        kmeans(x, 2000)
+
+
+def test_archetypal_grid_fields_are_checked_and_only_its_encoders_count() -> None:
+    from saev_ops.runconfig import run_identity
+    from saev_ops.sweeps import parse_sweep
+
+    with pytest.raises(errors.ConfigError, match=r"grid.yaml:3: base.archetypal_encoder: must be one of topk, jumprelu"):
+        parse_sweep("name: s\ndataset: d\nbase: {arch: archetypal, archetypal_encoder: relu}\n")
+    with pytest.raises(errors.ConfigError, match=r"archetypal_candidates: must be >= 0"):
+        parse_sweep("name: s\ndataset: d\nbase: {arch: archetypal, archetypal_candidates: -1}\n")
+    cfg = {"sae": {**SAEConfig(arch="archetypal", d_model=8, d_sae=16, k=2).to_dict()}, "lr": 1e-3}
+    other = {"sae": {**cfg["sae"], "l0_coeff": 5.0}, "lr": 1e-3}  # a JumpReLU field: not read by a TopK encoder
+    assert run_identity(cfg) == run_identity(other)
+    jump = {"sae": {**other["sae"], "archetypal_encoder": "jumprelu"}, "lr": 1e-3}
+    assert run_identity(jump) != run_identity({"sae": {**jump["sae"], "l0_coeff": 1.0}, "lr": 1e-3})
+    assert run_identity(jump) == run_identity({"sae": {**jump["sae"], "k": 7}, "lr": 1e-3})
+
+
+def test_archetypal_in_the_loop_trains_resumes_infers_compares_and_exports(tmp_path: pathlib.Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """TopK- and JumpReLU-encoded archetypal SAEs beside a TopK in one pass: their candidates computed once and stored
+    with the sweep (reused by the next job, recomputed when the file holds another layer's), a kill after a checkpoint
+    and the resumed weights bit-equal to an uninterrupted run's, the SAE file a plain TopK computing the same, inference,
+    `runs compare` and the SAELens export reading it as any other; the memory estimate counting the candidates."""
+    import dataclasses
+    import logging
+
+    from saev_ops import paths
+    from saev_ops.datasets import import_dataset
+    from saev_ops.explore.compare import compare_runs
+    from saev_ops.infer import InferSpec, run_inference
+    from saev_ops.registry import Registry
+    from saev_ops.runconfig import TrainSettings
+    from saev_ops.sae.interop import export_saelens
+    from saev_ops.sae.io import load_sae
+    from saev_ops.sweeps.submit import estimate_memory_gb
+    from saev_ops.train import RunSpec, TrainJobSpec, candidates, run_train_job
+    from saev_ops.train.trainer import Trainer
+    from tests.shard_helpers import write_dataset
+
+    path = write_dataset(tmp_path / "data", n_examples=40, layers=(7,), n_patches=16, d_model=32)
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    reg = Registry(url)
+    ds = import_dataset(reg, path, "tiny")
+    saes = [SAEConfig(arch="archetypal", d_model=32, d_sae=64, k=4, archetypal_candidates=48),
+            SAEConfig(arch="archetypal", archetypal_encoder="jumprelu", d_model=32, d_sae=64, archetypal_candidates=48),
+            SAEConfig(arch="topk", d_model=32, d_sae=64, k=4)]
+    runs = reg.add_runs("tiny", [{"sae": s.to_dict(), "lr": 1e-3, "seed": 0, "layer": 7, "tokens": "patches"}
+                                 for s in saes])
+    settings = TrainSettings(batch_size=64, n_tokens=64 * 23, log_every=5, ckpt_every=5, lr_warmup_steps=3,
+                             buffer_mb=0.2, heartbeat_s=0.0, scale_by="centred-norm")
+    spec = TrainJobSpec(db_url=url, dataset="tiny", dataset_path=str(path), dataset_hash=ds.content_hash, layer=7,
+                        tokens="patches", settings=settings, runs_root=str(tmp_path / "a"), registry_id=reg.registry_id,
+                        runs=tuple(RunSpec(run_id=r.id, sae=s, lr=1e-3, identity=r.config_hash)
+                                   for (r, _), s in zip(runs, saes, strict=True)))
+    with caplog.at_level(logging.INFO, logger="saev_ops.train.candidates"):
+        ref = Trainer(spec, None)
+    assert caplog.text.count("k-means centroids") == 1  # one pass for both archetypal SAEs
+    assert ref.saes[0].candidates is ref.saes[1].candidates  # one tensor on the device
+    stored = paths.candidates_file(spec.runs_root, ds.content_hash, 7, "patches", 48)
+    assert stored.exists()
+    ref.train()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="saev_ops.train.candidates"):
+        again = Trainer(spec, None)  # the next job of the sweep reads them
+    assert "k-means" not in caplog.text and torch.equal(again.saes[0].candidates, ref.saes[0].candidates)
+    other = dataclasses.replace(spec, runs_root=str(tmp_path / "b"))
+    foreign = paths.candidates_file(other.runs_root, ds.content_hash, 7, "patches", 48)
+    foreign.parent.mkdir(parents=True)
+    from safetensors.torch import save_file
+
+    save_file({"candidates": torch.zeros(48, 32)}, str(foreign), metadata={"dataset": "another", "layer": "3"})
+    interrupted = Trainer(other, None)
+    assert "holds other candidates" in caplog.text and not torch.equal(interrupted.saes[0].candidates,
+                                                                        torch.zeros(48, 32))
+    save = interrupted.save_checkpoint
+    calls = []
+
+    def save_then_die() -> pathlib.Path:
+        calls.append(save())
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return calls[-1]
+
+    interrupted.save_checkpoint = save_then_die  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    resumed = Trainer(other, None)
+    assert resumed.load_checkpoint() and resumed.step == 10
+    resumed.train()
+    assert_same_weights(ref.saes, resumed.saes)
+    for sae in ref.saes[:2]:
+        a = sae.arch_weights.detach()
+        assert float(a.min()) >= 0 and torch.allclose(a.sum(1), torch.ones(64))
+    out = run_train_job(dataclasses.replace(spec, runs_root=str(tmp_path / "c")))  # with the registry
+    ra_id, ra_jump_id, topk_id = (r.id for r, _ in runs)
+    assert reg.get_run(ra_id).status == "completed" and reg.get_run(ra_jump_id).status == "completed"
+    plain, meta = load_sae(pathlib.Path(out[ra_id]))
+    assert type(plain).__name__ == "TopKSAE" and meta["trained_as"]["arch"] == "archetypal"
+    x = torch.randn(50, 32)
+    trained = ref.saes[0].eval()
+    assert torch.allclose(load_sae(pathlib.Path(ref_dir := paths.sae_dir(spec.runs_root, ra_id)))[0](x)[0],
+                          trained(x)[0], atol=1e-5), ref_dir
+    (o,) = run_inference(InferSpec(db_url=url, run_ids=(ra_id,), dataset="tiny", out_root=str(tmp_path / "o")))
+    assert 0 < o.nnz <= 4 * o.n_rows and o.n_cols == 64
+    (c,) = compare_runs(reg, (ra_id, topk_id))
+    assert 0 < c.trained.best_match_ab <= 1
+    export_saelens(plain, meta, tmp_path / "saelens")
+    assert (tmp_path / "saelens").exists()
+    topk_gb = estimate_memory_gb(saes[2].to_dict(), 32, 64)
+    ra_gb = estimate_memory_gb(saes[0].to_dict(), 32, 64)
+    assert ra_gb - topk_gb == pytest.approx((64 * 48 * 4 * 4 + 2 * 64 * 32 * 4 + 48 * 32 * 4 + 4 * 4) / 2**30)
+    assert candidates.sample_rows(640, 48).tolist() == list(range(640))
+
+
+def test_an_exported_archetypal_sae_does_not_promise_unit_decoder_rows(tmp_path: pathlib.Path) -> None:
+    """saev renormalises decoder rows where `normalize_w_dec` says so: a fused archetypal SAE's rows are not unit."""
+    import json
+
+    from saev_ops.sae.interop import export_saev
+
+    sae = build_sae(SAEConfig(arch="archetypal", d_model=8, d_sae=16, k=2, archetypal_candidates=4), seed=0)
+    sae.set_candidates(torch.randn(4, 8) * 3)
+    plain = sae.fused()
+    assert not torch.allclose(plain.W_dec.norm(dim=1), torch.ones(16))
+    for trained_as, promise in ((sae.cfg.to_dict(), False), (None, True)):
+        meta = {"scale": 1.0, **({"trained_as": trained_as} if trained_as else {})}
+        out = export_saev(plain, meta, tmp_path / f"{promise}.pt")
+        header = json.loads(out.read_bytes().split(b"\n", 1)[0])
+        assert header["cfg"]["normalize_w_dec"] is promise

@@ -24,13 +24,13 @@ _TRAIN = ("batch_size", "n_tokens", "grad_clip", "data_init_blend")
 def params_of(config: dict[str, Any]) -> dict[str, Any]:
     """The typed parameters of a stored run config (None where absent, not read by the architecture, or mistyped)."""
     from saev_ops.runconfig import ADDED_SETTINGS
-    from saev_ops.sae.config import ARCH_FIELDS
+    from saev_ops.sae.config import ARCH_FIELDS, fields_read
 
     sae_value, train_value = config.get("sae"), config.get("train")
     sae: dict[str, Any] = sae_value if isinstance(sae_value, dict) else {}
     train: dict[str, Any] | None = train_value if isinstance(train_value, dict) else None
     arch = sae.get("arch")
-    reads = set(ARCH_FIELDS.get(arch, ())) | {"arch", "d_model", "d_sae"} if arch in ARCH_FIELDS else set(sae)
+    reads = set(fields_read(sae)) | {"arch", "d_model", "d_sae"} if arch in ARCH_FIELDS else set(sae)
     raw: dict[str, Any] = {k: sae.get(k) for k in PARAMS if k in reads}
     raw.update({k: config.get(k) for k in _TOP})
     raw["tokens"] = tokens.OLD_NAMES.get(raw["tokens"], raw["tokens"])  # one name per selection (migration 0008)

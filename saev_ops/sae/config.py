@@ -8,7 +8,7 @@ from typing import Any
 
 from saev_ops import errors
 
-ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka", "signed-topk", "mp")
+ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka", "signed-topk", "mp", "archetypal")
 # The SAE fields each architecture reads; the others cannot change its weights and stay out of a run's identity.
 _COMMON = ("arch", "d_model", "d_sae")
 _AUXK = ("aux_k", "aux_coeff", "dead_tokens")  # the AuxK loss revives dead latents
@@ -20,7 +20,21 @@ ARCH_FIELDS: dict[str, tuple[str, ...]] = {
     "signed-topk": (*_COMMON, "k"),
     "jumprelu": (*_COMMON, "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth"),
     "mp": (*_COMMON, "k"),  # k pursuit steps; no encoder weights
+    "archetypal": (*_COMMON, "archetypal_encoder", "archetypal_candidates", "archetypal_delta", "k", *_AUXK,
+                   "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth"),  # read as its encoder does
 }
+ARCHETYPAL_ENCODERS = ("topk", "jumprelu")
+
+
+def fields_read(sae: dict[str, Any]) -> tuple[str, ...]:
+    """The SAE fields a config's architecture reads (an archetypal SAE: those of its encoder); the others cannot
+    change its weights and stay out of a run's identity and typed parameters."""
+    arch = sae.get("arch")
+    if arch == "archetypal":
+        encoder = sae.get("archetypal_encoder", "topk")
+        own = ("archetypal_encoder", "archetypal_candidates", "archetypal_delta")
+        return (*_COMMON, *own, *(f for f in ARCH_FIELDS.get(encoder, ()) if f not in _COMMON))
+    return ARCH_FIELDS.get(arch, ()) if isinstance(arch, str) else ()
 
 
 def sparsity_field(arch: str) -> str:
@@ -36,8 +50,8 @@ BATCHTOPK_RANKS = ("value", "row-share")
 # runs the old one: a resubmission finds its runs).
 NEW_SWEEP_DEFAULTS: dict[str, tuple[Any, Any]] = {"batchtopk_rank": ("row-share", "value")}
 
-_INTS = ("d_model", "d_sae", "k", "aux_k", "dead_tokens")
-_FLOATS = ("l1_coeff", "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth", "aux_coeff")
+_INTS = ("d_model", "d_sae", "k", "aux_k", "dead_tokens", "archetypal_candidates")
+_FLOATS = ("l1_coeff", "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth", "aux_coeff", "archetypal_delta")
 # Keys of stored configs that no longer exist; read (registry rows, SAE files) and ignored. grid.yaml refuses them.
 LEGACY_KEYS = {"dead_steps": "dead_steps was replaced by dead_tokens (the dead window in training tokens)"}
 
@@ -46,7 +60,8 @@ LEGACY_KEYS = {"dead_steps": "dead_steps was replaced by dead_tokens (the dead w
 class SAEConfig:
     arch: str = "topk"
     """relu (L1), topk (+AuxK), batchtopk, jumprelu, matryoshka (nested TopK prefixes), signed-topk, mp (matching
-    pursuit: k greedy steps over the decoder's atoms, no encoder weights)."""
+    pursuit: k greedy steps over the decoder's atoms, no encoder weights), archetypal (RA-SAE: atoms are convex
+    combinations of k-means centroids of the data plus a bounded relaxation; a TopK or JumpReLU encoder)."""
     d_model: int
     """Input width (set from the dataset)."""
     d_sae: int = 16384
@@ -66,6 +81,16 @@ class SAEConfig:
     jumprelu_bandwidth: float = 0.1
     """Width of the rectangle kernel of the straight-through estimator, in the same units: pre-activations within
     bandwidth/2 of the threshold carry the L0 gradient to the threshold and to the encoder."""
+    archetypal_encoder: str = "topk"
+    """archetypal: the encoder, ``topk`` (with ``k``, AuxK) or ``jumprelu`` (with ``l0_coeff``, threshold and
+    bandwidth)."""
+    archetypal_candidates: int = 0
+    """archetypal: how many candidate points (k-means centroids of the layer's centred activations, computed once per
+    layer and stored with the sweep) the atoms are convex combinations of; 0: as many as ``d_sae``."""
+    archetypal_delta: float = 1.0
+    """archetypal: the largest norm of an atom's relaxation away from the candidates' convex hull, in units of the
+    scaled activations (whose centred mean norm is sqrt(d_model) with ``scale_by: centred-norm``); 0: atoms stay in
+    the hull."""
     aux_k: int = 256
     """Dead latents used by the AuxK loss (topk, batchtopk, matryoshka)."""
     aux_coeff: float = 1.0 / 32
@@ -117,19 +142,41 @@ class SAEConfig:
         for name in ("d_model", "d_sae", "dead_tokens"):
             if getattr(self, name) <= 0:
                 out.append((name, f"must be > 0, got {getattr(self, name)}"))
-        if sparsity_field(self.arch) == "k" and not 0 < self.k <= self.d_sae:
+        if sparsity_field(self.encoder_arch) == "k" and not 0 < self.k <= self.d_sae:
             out.append(("k", f"must be in 1..d_sae ({self.d_sae}), got {self.k}"))
         if self.arch == "matryoshka":
             p = list(self.matryoshka_prefixes)
             if p != sorted(set(p)) or any(x <= 0 or x >= self.d_sae for x in p):
                 out.append(("matryoshka_prefixes", f"must be ascending, unique and in 1..d_sae-1, got {p}"))
-        for name in ("l1_coeff", "l0_coeff", "aux_coeff"):
+        if self.arch == "archetypal":
+            out += self._archetypal_problems()
+        for name in ("l1_coeff", "l0_coeff", "aux_coeff", "archetypal_delta"):
             if getattr(self, name) < 0:
                 out.append((name, f"must be >= 0, got {getattr(self, name)}"))
         for name in ("jumprelu_init_threshold", "jumprelu_bandwidth"):
-            if self.arch == "jumprelu" and not getattr(self, name) > 0:
+            if self.encoder_arch == "jumprelu" and not getattr(self, name) > 0:
                 out.append((name, f"must be > 0, got {getattr(self, name)}"))
         return out
+
+    def _archetypal_problems(self) -> list[tuple[str, str]]:
+        out = []
+        if self.archetypal_encoder not in ARCHETYPAL_ENCODERS:
+            out.append(("archetypal_encoder", f"must be one of {', '.join(ARCHETYPAL_ENCODERS)}, got "
+                        f"{self.archetypal_encoder!r}"))
+        if self.archetypal_candidates < 0:
+            out.append(("archetypal_candidates", f"must be >= 0 (0: as many as d_sae), got "
+                        f"{self.archetypal_candidates}"))
+        return out
+
+    @property
+    def encoder_arch(self) -> str:
+        """The architecture whose encoder and losses it trains with: its own, or an archetypal SAE's encoder."""
+        return self.archetypal_encoder if self.arch == "archetypal" else self.arch
+
+    @property
+    def n_candidates(self) -> int:
+        """archetypal: the number of candidate points."""
+        return self.archetypal_candidates or self.d_sae
 
     @classmethod
     def problems_of(cls, d: dict[str, Any]) -> list[tuple[str, str]]:

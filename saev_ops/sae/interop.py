@@ -96,7 +96,9 @@ def export_saev(sae: SAE, meta: dict[str, Any], path: pathlib.Path) -> pathlib.P
                                       momentum=0.01, aux=auxk),
     }[_SAEV_ACT[arch]]()
     cfg = {"d_model": sae.cfg.d_model, "d_sae": sae.cfg.d_sae, "activation": activation, "reinit_blend": 0.0,
-           "reinit_enc_dec_tranpose": True, "remove_parallel_grads": True, "normalize_w_dec": True}
+           "reinit_enc_dec_tranpose": True, "remove_parallel_grads": True,
+           # an archetypal SAE's fused atoms have the norms its simplex and scale gave them: not unit rows
+           "normalize_w_dec": (meta.get("trained_as") or {}).get("arch") != "archetypal"}
     scale = float(meta.get("scale", 1.0))
     state = _folded(sae, scale, b_dec_into_b_enc=True)
     if arch == "batchtopk":

@@ -15,10 +15,14 @@ SCHEMA = 1
 
 def save_sae(sae: SAE, directory: pathlib.Path, *, scale: float, dataset_hash: str, layer: int,
              extra: dict[str, Any] | None = None) -> None:
-    """Write atomically: files go to ``directory.tmp``, which then replaces ``directory``."""
+    """Write atomically: files go to ``directory.tmp``, which then replaces ``directory``. An archetypal SAE is written
+    fused (a plain SAE of its encoder's family, the same function), with its own config as ``trained_as``."""
     from safetensors.torch import save_file
 
     directory = pathlib.Path(directory)
+    if sae.cfg.arch == "archetypal":
+        extra = {**(extra or {}), "trained_as": sae.cfg.to_dict()}
+        sae = sae.fused()  # type: ignore[operator]  # an archetypal SAE has it
     tmp = atomic.fresh_dir(directory.with_name(directory.name + ".tmp"))
     save_file({k: v.detach().cpu().contiguous() for k, v in sae.state_dict().items()}, str(tmp / "weights.safetensors"))
     cfg = {"schema": SCHEMA, "sae": sae.cfg.to_dict(), "scale": scale, "dataset": dataset_hash, "layer": layer,

@@ -7,6 +7,7 @@ All share: ``pre = (x - b_dec) @ W_enc + b_enc``, ``x_hat = z @ W_dec + b_dec``,
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -313,10 +314,104 @@ class MatchingPursuitSAE(SAE):
         return z
 
 
-_CLASSES = {"relu": ReLUSAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE, "jumprelu": JumpReLUSAE,
-            "matryoshka": MatryoshkaSAE, "signed-topk": SignedTopKSAE, "mp": MatchingPursuitSAE}
+class _Archetypal:
+    """Relaxed archetypal dictionary (Fel et al. 2025, "Archetypal SAE", eq. 4): atom i is a convex combination of
+    candidate points C (n_candidates x d_model, k-means centroids of the layer's centred activations) plus a bounded
+    relaxation, times a learned scale: ``D = (W @ C + Lambda) * exp(s)``, W row-stochastic (non-negative, rows summing
+    to 1), ``||Lambda_i|| <= archetypal_delta``. After each optimiser step W is projected back (negative weights to 0,
+    rows renormalised; a row left empty goes back to its initial candidate) and Lambda's rows clipped, in place of the
+    unit-norm renormalisation of the other families. The encoder is its encoder family's (TopK or JumpReLU).
+
+    The candidates are a buffer set by :meth:`set_candidates` (one tensor, shared by every archetypal SAE of a job, not
+    saved in its state: the job loads them from the sweep's candidates file). :meth:`fused` is the same SAE as a plain
+    one of the encoder's family with ``W_dec = D``: what its SAE file holds, so inference, export and `runs compare`
+    read it as they read any other."""
+
+    cfg: SAEConfig
+    candidates: torch.Tensor
+    first_candidate: torch.Tensor  # buffer: the candidate each atom starts as (and returns to if its row empties)
+
+    def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg, generator)  # type: ignore[call-arg]  # the SAE class it is mixed into
+        module: Any = self
+        del module.W_dec
+        n, w, d = cfg.n_candidates, cfg.d_sae, cfg.d_model
+        first = torch.randperm(max(n, w), generator=generator)[:w] % n
+        module.register_buffer("first_candidate", first)
+        module.arch_weights = nn.Parameter(torch.nn.functional.one_hot(first, n).float())
+        module.relax = nn.Parameter(torch.zeros(w, d))
+        module.log_scale = nn.Parameter(torch.zeros(()))
+        module.register_buffer("candidates", torch.zeros(n, d), persistent=False)
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        module: Any = self
+        return (module.arch_weights @ self.candidates + module.relax) * module.log_scale.exp()
+
+    @torch.no_grad()
+    def set_candidates(self, candidates: torch.Tensor, init_encoder: bool = True) -> None:
+        """Use ``candidates`` (kept as they are, not copied: SAEs given one tensor share it); ``init_encoder`` (before
+        training; a resumed job's checkpoint replaces these): the scale so the initial atoms have mean norm 1, as the
+        other families' unit rows (candidates have the data's norm: a code over them would start far too large), and
+        the encoder the transpose of the atoms, each normalised."""
+        if candidates.shape != self.candidates.shape:
+            raise ValueError(f"candidates of shape {tuple(candidates.shape)}, expected {tuple(self.candidates.shape)}")
+        module: Any = self
+        module._buffers["candidates"] = candidates
+        if init_encoder:
+            module.log_scale.zero_()
+            module.log_scale.fill_(-float(self.W_dec.norm(dim=1).mean().clamp_min(1e-8).log()))
+            atoms = self.W_dec
+            module.W_enc.copy_((atoms / atoms.norm(dim=1, keepdim=True).clamp_min(1e-8)).t())
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        module: Any = self
+        w = module.arch_weights.clamp_(min=0)
+        sums = w.sum(dim=1, keepdim=True)
+        empty = sums.squeeze(1) <= 0
+        w.div_(sums.clamp_min(1e-12))
+        if bool(empty.any()):
+            w[empty] = torch.nn.functional.one_hot(self.first_candidate[empty], w.shape[1]).to(w.dtype)
+        norms = module.relax.norm(dim=1, keepdim=True)
+        module.relax.mul_((self.cfg.archetypal_delta / norms.clamp_min(1e-12)).clamp(max=1.0))
+
+    def remove_parallel_grad(self) -> None:
+        """Nothing to remove: the atoms' norms are free (the scale and the simplex set them)."""
+
+    def init_from_data(self, centred: torch.Tensor, blend: float, generator: torch.Generator | None = None) -> None:
+        """Nothing to do: its atoms start as data (the candidates) already."""
+
+    @torch.no_grad()
+    def fused(self) -> SAE:
+        """The same SAE as a plain one of its encoder's family, the dictionary fused into ``W_dec``."""
+        module: Any = self
+        cfg = dataclasses.replace(self.cfg, arch=self.cfg.archetypal_encoder)
+        plain = _CLASSES[cfg.arch](cfg)
+        state = {k: v for k, v in module.state_dict().items()
+                 if k not in ("arch_weights", "relax", "log_scale", "first_candidate")}
+        plain.load_state_dict({**state, "W_dec": self.W_dec.detach().clone()})
+        return plain.to(self.candidates.device).train(module.training)
+
+
+# W_dec is a parameter in the other SAEs and computed here: every reader of it (decode, AuxK, the L1 weighting) is
+# the same for both
+class ArchetypalTopKSAE(_Archetypal, TopKSAE):  # type: ignore[misc]
+    pass
+
+
+class ArchetypalJumpReLUSAE(_Archetypal, JumpReLUSAE):  # type: ignore[misc]
+    pass
+
+
+_CLASSES: dict[str, type[SAE]] = {
+    "relu": ReLUSAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE, "jumprelu": JumpReLUSAE, "matryoshka": MatryoshkaSAE,
+    "signed-topk": SignedTopKSAE, "mp": MatchingPursuitSAE}
+_ARCHETYPAL: dict[str, type[SAE]] = {"topk": ArchetypalTopKSAE, "jumprelu": ArchetypalJumpReLUSAE}
 
 
 def build_sae(cfg: SAEConfig, seed: int = 0) -> SAE:
     g = torch.Generator().manual_seed(seed)
+    if cfg.arch == "archetypal":
+        return _ARCHETYPAL[cfg.archetypal_encoder](cfg, g)
     return _CLASSES[cfg.arch](cfg, g)

@@ -43,8 +43,14 @@ class SubmitResult:
 def estimate_memory_gb(sae: dict[str, Any], d_model: int, batch_size: int) -> float:
     """Parameters with grads and two Adam moments, plus the batch's latent activations (pre, z and their grads); for
     matching pursuit (no encoder weights), the decoder, z and a correlation product, and the ``k`` residuals and
-    chosen atoms its backward keeps."""
+    chosen atoms its backward keeps; for an archetypal SAE, its archetype weights (d_sae x candidates) and relaxation
+    in place of the decoder, with their grads and Adam moments, the dictionary they make and its grad, and the
+    candidates themselves (counted for each such run, though the runs of a job that share them hold one copy)."""
     d_sae = int(sae.get("d_sae", 16384))
+    if sae.get("arch") == "archetypal":
+        n = int(sae.get("archetypal_candidates") or d_sae)
+        params = d_model * d_sae + d_sae * n + d_sae * d_model + d_sae + d_model + 1
+        return (params * 4 * 4 + 2 * d_sae * d_model * 4 + n * d_model * 4 + batch_size * d_sae * 4 * 4) / 2**30
     if sae.get("arch") == "mp":
         params = d_model * d_sae + d_model
         steps = int(sae.get("k", 32))

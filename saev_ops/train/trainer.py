@@ -102,8 +102,22 @@ class Trainer:
             sae.to(self.device)
             self.saes.append(sae)
             self.opts.append(torch.optim.Adam(sae.parameters(), lr=r.lr, betas=(0.9, 0.999)))
+        self._set_candidates(mean)
         self.val_x = self._val_sample() if s.val_dataset is not None else None
         self.step = 0
+
+    def _set_candidates(self, mean: torch.Tensor) -> None:
+        """Give the archetypal SAEs their candidates: one tensor on the device per number of candidates, shared."""
+        from saev_ops.train import candidates
+
+        wanted = sorted({sae.cfg.n_candidates for sae in self.saes if sae.cfg.arch == "archetypal"})
+        for n in wanted:
+            points = candidates.load_or_compute(
+                self.reader, runs_root=self.spec.runs_root, dataset_hash=self.spec.dataset_hash, layer=self.spec.layer,
+                tokens=self.spec.tokens, n=n, mean=mean, device=self.device) * self.scale
+            for sae in self.saes:
+                if sae.cfg.arch == "archetypal" and sae.cfg.n_candidates == n:
+                    sae.set_candidates(points)  # type: ignore[operator]  # an archetypal SAE has it
 
     def _val_sample(self) -> torch.Tensor:
         """The held-out rows every evaluation of this job reads (training scale, on the device): ``val_tokens`` rows
