@@ -12,8 +12,10 @@ from typing import Any
 
 from saev_ops import errors
 from saev_ops.registry import DatasetRecord, Registry
-from saev_ops.shards.format import Metadata, TokenLayout, read_json
+from saev_ops.shards.format import Metadata, ShardPaths, TokenLayout, read_json
+from saev_ops.shards.importer import import_saev_dir
 from saev_ops.shards.verify import Problem, verify
+from saev_ops.split import Parts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +90,6 @@ def mark_complete(registry: Registry, name: str, sidecar: dict[str, Any], *, pat
 
 def split_progress(record: DatasetRecord) -> str | None:
     """For a recording split across jobs and still being written: which parts are done (None otherwise)."""
-    from saev_ops.shards.format import ShardPaths
-    from saev_ops.split import Parts
 
     if record.status == "complete":
         return None
@@ -108,7 +108,6 @@ def import_dataset(registry: Registry, path: pathlib.Path, name: str, *, registe
     them), checksums and statistics, then mark it complete. A copy of a saev-ops dataset is verified against its own
     checksums instead, and keeps its index and provenance. ``registers``: register tokens at the start of each
     example's content tokens."""
-    from saev_ops.shards.importer import import_saev_dir
 
     path = pathlib.Path(path).resolve()
     owners = datasets_at(registry, path)

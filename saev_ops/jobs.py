@@ -10,9 +10,11 @@ is a plain picklable spec plus a callable from :mod:`saev_ops.train` or :mod:`sa
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import dataclasses
 import logging
+import multiprocessing
 import pathlib
 import re
 import subprocess
@@ -21,7 +23,9 @@ from typing import Any
 
 from pydantic import Field
 
-from saev_ops import errors
+from saev_ops import errors, host
+from saev_ops.logs import configure
+from saev_ops.paths import job_logs_root
 from saev_ops.schema import Schema, parse_pairs
 
 log = logging.getLogger(__name__)
@@ -202,7 +206,6 @@ class Job:
     (:mod:`saev_ops.record.jobs`, :mod:`saev_ops.infer.jobs`, :class:`saev_ops.train.TrainJob`)."""
 
     def __call__(self) -> Any:
-        from saev_ops.logs import configure
 
         configure()
         return self.run()
@@ -220,7 +223,6 @@ def _share_cores(n_processes: int) -> None:
     """Each of ``n_processes`` torch processes takes its share of the cores (not all of them each)."""
     import torch
 
-    from saev_ops import host
 
     torch.set_num_threads(max(1, host.usable_cpus() // n_processes))
 
@@ -229,8 +231,6 @@ def run_in_processes(name: str, calls: Sequence[Callable[[], Any]]) -> list[Any]
     """Run ``calls`` at once, one process each on this machine (spawned: no state shared with this one), and wait
     for all of them. Every call runs to its end even when another fails; then a failure raises JobFailedError
     naming each failed call."""
-    import concurrent.futures as cf
-    import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
     n = max(1, len(calls))
@@ -248,7 +248,6 @@ def submit_slurm_job(kind: str, name: str, call: Callable[[], Any], slurm: Slurm
                      folder: pathlib.Path | None = None) -> tuple[str, pathlib.Path]:
     """Submit one job of ``kind`` (record, infer) to Slurm; returns its job id and its log folder
     (default ``$SAEV_OPS_HOME/jobs/KIND/JOB_ID``)."""
-    from saev_ops.paths import job_logs_root
 
     folder = pathlib.Path(folder) if folder else job_logs_root(kind)
     ((job_id, _),) = submit("slurm", folder, f"{kind}-{name}", [call], slurm)

@@ -7,6 +7,7 @@ run's files are.
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 
 from saev_ops.settings import home_dir
@@ -68,7 +69,6 @@ def latent_index_dir(output_path: str | pathlib.Path) -> pathlib.Path:
 def latent_index_cache_dir(output_path: str | pathlib.Path) -> pathlib.Path:
     """Where that index goes when the output's own directory is read-only: ``<home>/cache/by_latent/<digest>``, the
     digest of the output's resolved path."""
-    import hashlib
 
     digest = hashlib.blake2b(str(pathlib.Path(output_path).resolve()).encode(), digest_size=10).hexdigest()
     return home_dir() / "cache" / "by_latent" / digest

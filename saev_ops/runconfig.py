@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from saev_ops import tokens
+from saev_ops.sae.config import ARCH_FIELDS, fields_read
 from saev_ops.schema import Schema
 
 
@@ -105,7 +106,6 @@ def run_identity(config: dict[str, Any]) -> dict[str, Any]:
     """What determines a run's result, hashed into its identity (:func:`saev_ops.registry.config_hash`): the config
     without the settings of :data:`RUN_ONLY_SETTINGS` and without SAE fields its architecture does not read. So the
     same sweep resubmitted on ``device: cuda`` finds its runs, and a ReLU entry needs no ``k``."""
-    from saev_ops.sae.config import ARCH_FIELDS, fields_read
 
     out = dict(config)
     sae = config.get("sae")

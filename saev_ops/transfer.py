@@ -7,10 +7,13 @@ import logging
 import pathlib
 from typing import Any
 
+import numpy as np
+
 from saev_ops import errors, paths
 from saev_ops.registry import Registry, RunRecord
 from saev_ops.sae import interop
 from saev_ops.sae.io import load_sae, save_sae
+from saev_ops.shards import ShardReader
 from saev_ops.shards.format import TokenLayout
 
 FORMATS = ("saev", "saelens")
@@ -64,10 +67,8 @@ SAMPLE_ROWS = 8192
 def relu_topk_difference(sae: Any, dataset_path: str, layer: int, tokens: str, scale: float) -> float:
     """The share of the first :data:`SAMPLE_ROWS` rows of the dataset (the run's layer and tokens) whose k largest
     pre-activations include a negative one: where a TopK with a ReLU and saev's TopK (none) give other latents."""
-    import numpy as np
     import torch
 
-    from saev_ops.shards import ShardReader
 
     reader = ShardReader(dataset_path)
     cols = reader.layout.indices(tokens)

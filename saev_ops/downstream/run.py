@@ -32,6 +32,9 @@ from saev_ops import errors
 from saev_ops.infer import provenance
 from saev_ops.progress import Progress
 from saev_ops.registry import DatasetRecord, EvaluationRecord, Registry, RunRecord
+from saev_ops.shards import ShardReader
+from saev_ops.shards.format import TokenLayout
+from saev_ops.shards.index import IndexReader
 
 log = logging.getLogger(__name__)
 KIND = "splice"
@@ -165,9 +168,6 @@ def run_eval(spec: EvalSpec) -> list[EvaluationRecord]:
 
     from saev_ops.downstream.splice import SpliceModel, model_positions
     from saev_ops.sae.io import load_sae
-    from saev_ops.shards import ShardReader
-    from saev_ops.shards.format import TokenLayout
-    from saev_ops.shards.index import IndexReader
 
     reg = Registry(spec.db_url)
     dataset, runs = provenance.usable_runs(reg, spec.run_ids, spec.dataset, allow=spec.allow_model_mismatch,

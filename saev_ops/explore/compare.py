@@ -10,12 +10,12 @@ from typing import Any
 from saev_ops import errors
 from saev_ops.infer import provenance
 from saev_ops.sae.compare import Comparison, dictionary_similarity, initial_sae
+from saev_ops.sae.io import load_sae
 
 
 def compare_runs(reg: Any, run_ids: tuple[int, ...], *, threshold: float = 0.9) -> list[Comparison]:
     """Every pair of the runs' SAEs, which must read the same layer of activations of one kind (same model,
     preprocessing and token layout; :func:`saev_ops.infer.provenance.mismatches`)."""
-    from saev_ops.sae.io import load_sae
 
     if len(run_ids) < 2:
         raise errors.ConfigError("compare needs at least two runs")

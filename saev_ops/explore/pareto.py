@@ -12,8 +12,9 @@ from typing import Any
 
 from saev_ops import atomic, errors
 from saev_ops.directions import best_first_descending, describe
+from saev_ops.extras import require
 from saev_ops.registry import Registry, RunQuery, RunRow
-from saev_ops.sae.config import sparsity_field
+from saev_ops.sae.config import ARCHS, sparsity_field
 
 Point = tuple[float, float, int]
 _KNOB_LABEL = {"l1_coeff": "l1 ", "l0_coeff": "l0c ", "k": "k"}  # how a label writes the sparsity field
@@ -85,7 +86,6 @@ def default_key(rows: list[RunRow], key: str) -> str:
 
 def arch_colors(archs: list[str]) -> dict[str, str]:
     """One fixed colour per architecture (the same arch has the same colour in every plot)."""
-    from saev_ops.sae.config import ARCHS
 
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f"]
     known = {a: palette[i % len(palette)] for i, a in enumerate(ARCHS)}
@@ -99,7 +99,6 @@ def pareto_plot(registry: Registry, sweep: str, x: str | None, y: str | None, ou
     """Scatter of the sweep's runs coloured by ``group_by`` (default: architecture), one frontier per group when
     ``group_by`` is given (else one over all runs), frontier runs labelled; a log x axis when ``x`` spans more than
     10x. ``x``/``y`` default to L0 and NMSE, held-out when the runs have them."""
-    from saev_ops.extras import require
 
     require("matplotlib", "plot", "plotting").use("Agg")
     import matplotlib.pyplot as plt

@@ -20,7 +20,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from saev_ops import atomic, errors
-from saev_ops.explore.pareto import run_label
+from saev_ops.directions import MEANING
+from saev_ops.explore.pareto import DEFAULT_L0_BUDGET, best_under, default_key, frontier, pareto_plot, run_label
+from saev_ops.extras import require
+from saev_ops.record.preprocess import to_rgb
 from saev_ops.registry import Registry, RunQuery, RunRow
 
 TILE = 112  # px, base image and heat map alike
@@ -67,7 +70,6 @@ tr.best td{background:#fff3c4;font-weight:bold}.scale{font-size:12px}.scale img{
 def _curves(registry: Registry, rows: list[RunRow], keys: tuple[str, ...], out: pathlib.Path) -> None:
     """One panel per key with history, the held-out key beside its training one; L0 on a log axis when it spans
     more than 10x; the legend names each run's architecture, width and k."""
-    from saev_ops.extras import require
 
     require("matplotlib", "plot", "plotting").use("Agg")
     import matplotlib.pyplot as plt
@@ -114,7 +116,6 @@ def best_outputs(registry: Registry, rows: list[RunRow], *, output_ids: tuple[in
                  run_ids: tuple[int, ...] = (), n: int = 2) -> list[int]:
     """Outputs to show: the named ones; else the outputs of the named runs; else those of the sweep's Pareto frontier
     (L0 vs NMSE), lowest NMSE first; else the lowest-NMSE run that has one."""
-    from saev_ops.explore.pareto import frontier
 
     if output_ids:
         return list(output_ids)
@@ -126,7 +127,6 @@ def best_outputs(registry: Registry, rows: list[RunRow], *, output_ids: tuple[in
         if missing:
             raise errors.NotFoundError(f"runs {missing} have no inference output yet (run `saev-ops infer`)")
         return [by_run[r] for r in run_ids]
-    from saev_ops.explore.pareto import default_key
 
     x, y = default_key(rows, "l0"), default_key(rows, "nmse")  # held-out metrics when the runs have them
     _, front = frontier(rows, x, y)
@@ -190,7 +190,6 @@ def _latent_strip(output: Any, latent: int, n: int, out_dir: pathlib.Path) -> li
     """Figures (HTML) for ``latent``: one per image, its top patch value, heat map over the image, and label."""
     from PIL import Image
 
-    from saev_ops.record.preprocess import to_rgb
 
     tiles: list[tuple[int, float, dict[str, Any]]] = []
     seen: set[int] = set()
@@ -229,8 +228,6 @@ def build_report(registry: Registry, sweep: str, out_dir: pathlib.Path, *, outpu
                  l0_budget: float | None = None) -> pathlib.Path:
     """The page for ``sweep`` under ``out_dir``; ``l0_budget``: the L0 the best run must stay within (default
     :data:`~saev_ops.explore.pareto.DEFAULT_L0_BUDGET`)."""
-    from saev_ops.directions import MEANING
-    from saev_ops.explore.pareto import DEFAULT_L0_BUDGET, best_under, default_key, frontier, pareto_plot
 
     registry.get_sweep(sweep)
     rows = registry.list_runs(RunQuery(sweep=sweep, sort="nmse"))

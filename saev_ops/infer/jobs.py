@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from saev_ops.infer.run import infer_part, run_inference
 from saev_ops.jobs import Job
 
 
@@ -15,7 +16,6 @@ class InferJob(Job):
         self.spec = spec
 
     def run(self) -> list[int]:
-        from saev_ops.infer.run import run_inference
 
         return [o.id for o in run_inference(self.spec)]
 
@@ -28,7 +28,6 @@ class InferPartJob(Job):
         self.spec, self.task = spec, task
 
     def run(self) -> list[int] | None:
-        from saev_ops.infer.run import infer_part
 
         out = infer_part(self.spec, self.task)
         return None if out is None else [o.id for o in out]

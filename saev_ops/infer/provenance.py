@@ -10,7 +10,9 @@ import logging
 from typing import Any
 
 from saev_ops import errors
+from saev_ops.datasets import require_complete
 from saev_ops.registry import DatasetRecord, Registry, RunRecord
+from saev_ops.registry.query import RunQuery
 from saev_ops.shards.format import TokenLayout
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,6 @@ def usable_runs(reg: Registry, run_ids: tuple[int, ...], dataset: str, *, allow:
     """What inference and evaluation check before any work: the dataset is present and complete, and every run is
     completed with weights and was trained on activations of the same kind (:func:`check`). Returns the dataset and
     the runs (in ``run_ids`` order)."""
-    from saev_ops.datasets import require_complete
 
     target = require_complete(reg, dataset)
     runs = [reg.get_run(rid) for rid in run_ids]
@@ -89,7 +90,6 @@ def usable_runs(reg: Registry, run_ids: tuple[int, ...], dataset: str, *, allow:
 
 def resolve_runs(reg: Registry, refs: tuple[str, ...]) -> tuple[int, ...]:
     """Run ids and sweep names (``NAME`` or ``sweep:NAME``: its completed runs) -> run ids, each once, in order."""
-    from saev_ops.registry.query import RunQuery
 
     out: list[int] = []
     for ref in refs:

@@ -12,6 +12,7 @@ import numpy as np
 
 from saev_ops import errors
 from saev_ops.registry import OutputRecord, Registry
+from saev_ops.shards.index import IndexReader
 
 
 def patch_layout(token_layout: dict[str, int]) -> tuple[int, int, int]:
@@ -74,7 +75,6 @@ class Output:
 
     def row_example(self, row: int) -> dict[str, Any]:
         """The example (image path, label) and token behind a row."""
-        from saev_ops.shards.index import IndexReader
 
         per = self.info["tokens_per_example"]
         ex, pos = divmod(int(row), per)

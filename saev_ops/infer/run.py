@@ -10,6 +10,7 @@ temporary directory that is renamed into place, and only then registered. An exi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import pathlib
@@ -20,8 +21,10 @@ import numpy as np
 
 from saev_ops import atomic, errors, paths
 from saev_ops.infer import provenance
+from saev_ops.paths import job_logs_root
 from saev_ops.progress import Progress
 from saev_ops.registry import DatasetRecord, OutputRecord, Registry, RunRecord
+from saev_ops.shards.reader import ShardReader
 from saev_ops.split import Parts, split_ranges
 
 log = logging.getLogger(__name__)
@@ -171,7 +174,6 @@ def examples_per_batch(spec: InferSpec, dataset: DatasetRecord, saes: list[_Sae]
     """Every batch holds whole examples, the same number for every SAE: ``batch_size`` rows of the widest token
     selection (at least one example)."""
     from saev_ops.loaders.selection import ShardSelection, plan
-    from saev_ops.shards.reader import ShardReader
 
     reader = ShardReader(dataset.path)
     try:
@@ -192,7 +194,6 @@ def _apply(spec: InferSpec, dataset: DatasetRecord, saes: list[_Sae], folders: d
     from saev_ops.loaders.feed import DeviceFeed
     from saev_ops.loaders.selection import plan
     from saev_ops.sae.evaluate import ReconMetrics
-    from saev_ops.shards.reader import ShardReader
 
     segment = per_batch * SEGMENT_BATCHES
     results: dict[int, dict[str, Any]] = {}
@@ -307,7 +308,6 @@ def _tmp_of(spec: InferSpec, run_id: int, dataset: DatasetRecord) -> pathlib.Pat
 
 # -- a pass split across jobs -----------------------------------------------------------------------------------------
 def _split_key(spec: InferSpec, dataset: DatasetRecord, run_ids: list[int]) -> str:
-    import hashlib
 
     return hashlib.sha256(json.dumps({"dataset": dataset.content_hash, "runs": sorted(run_ids),
                                       "batch_size": spec.batch_size}).encode()).hexdigest()
@@ -420,7 +420,6 @@ def submit_split(spec: InferSpec, n_jobs: int, slurm: Any) -> SplitSubmission | 
     them), or return the outputs when nothing is left to compute (joining finished parts here if they were not)."""
     from saev_ops.infer.jobs import InferPartJob
     from saev_ops.jobs import submit
-    from saev_ops.paths import job_logs_root
 
     job_spec, n_parts, todo = plan_split(spec, n_jobs)
     if not todo:

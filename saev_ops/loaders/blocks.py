@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from saev_ops import errors
 from saev_ops.loaders import iovec
 from saev_ops.loaders.selection import Plan
 from saev_ops.shards import aligned, dtypes
@@ -144,7 +145,6 @@ def require_pinnable(who: str) -> None:
     """Raise ``ConfigError`` naming ``who`` unless pinned memory can be allocated (it needs CUDA)."""
     import torch
 
-    from saev_ops import errors
 
     if not torch.cuda.is_available():
         raise errors.ConfigError(f"{who}: pin_memory needs CUDA, and torch.cuda.is_available() is False here "

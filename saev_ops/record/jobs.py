@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from saev_ops.jobs import Job
+from saev_ops.record.recorder import record_dataset, record_part
+from saev_ops.registry import Registry
 
 
 class RecordJob(Job):
@@ -15,8 +17,6 @@ class RecordJob(Job):
         self.db_url, self.spec = db_url, spec
 
     def run(self) -> str:
-        from saev_ops.record.recorder import record_dataset
-        from saev_ops.registry import Registry
 
         return record_dataset(Registry(self.db_url), self.spec).path
 
@@ -30,8 +30,6 @@ class RecordPartJob(Job):
         self.db_url, self.spec, self.task, self.n_jobs = db_url, spec, task, n_jobs
 
     def run(self) -> str | None:
-        from saev_ops.record.recorder import record_part
-        from saev_ops.registry import Registry
 
         d = record_part(Registry(self.db_url, hold_connections=False), self.spec, self.task, self.n_jobs)
         return None if d is None else d.path

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from saev_ops import errors
-from saev_ops.record.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from saev_ops.extras import require
+from saev_ops.record.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, from_hf_config
 from saev_ops.shards.format import TokenLayout
 
 
@@ -215,8 +216,6 @@ class HFAdapter(ModelAdapter):
     (NaFlex) gets a fixed square of ``resolution`` (default: its ``num_patches`` as a square grid)."""
 
     def __init__(self, family: str, ckpt: str, device: torch.device, resolution: int | None = None) -> None:
-        from saev_ops.extras import require
-        from saev_ops.record.preprocess import from_hf_config
 
         transformers = require("transformers", "hf", f"--model {family}:")
 

@@ -15,6 +15,7 @@ a forward hook, and the forward pass stops after the deepest requested block.
 from __future__ import annotations
 
 import functools
+import importlib
 import pathlib
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -60,7 +61,6 @@ def blocks_output(blocks: Sequence[nn.Module], layers: list[int], run: Callable[
 
 
 def import_optional(family: str, module: str, extra: str) -> Any:
-    import importlib
 
     try:
         return importlib.import_module(module)

@@ -24,10 +24,13 @@ from typing import Any
 import numpy as np
 
 from saev_ops import __version__, atomic, datasets, errors
-from saev_ops.record.preprocess import PIXEL_AGGS
+from saev_ops.paths import job_logs_root
+from saev_ops.progress import Progress
+from saev_ops.record.images import open_images
+from saev_ops.record.preprocess import PIXEL_AGGS, patch_majority
 from saev_ops.registry import DatasetRecord, Registry
 from saev_ops.settings import default_data_root
-from saev_ops.shards import dtypes
+from saev_ops.shards import ShardWriter, dtypes
 from saev_ops.shards.format import (
     DEFAULT_MAX_TOKENS_PER_SHARD,
     Metadata,
@@ -37,6 +40,7 @@ from saev_ops.shards.format import (
     encode_data_field,
     read_json,
 )
+from saev_ops.shards.index import IndexReader
 from saev_ops.split import Parts, split_ranges
 from saev_ops.tokens import RECORDABLE
 
@@ -164,7 +168,6 @@ def _resolve(registry: Registry, spec: RecordSpec, *, register: bool) -> _Record
     """Load the model, compute the recording's identity and find it in the registry: the finished dataset when there
     is one (and not ``force``), else the recording to do. ``register``: register it (status ``writing``; a failed
     one starts a new attempt) when it is not registered; a job of a split recording registers only a missing row."""
-    from saev_ops.record.images import open_images
     from saev_ops.record.models import describe, load_model
 
     images = open_images(spec.images)
@@ -242,7 +245,6 @@ def _resumed_metadata(partial: pathlib.Path, md: Metadata, source: dict[str, Any
 def record_dataset(registry: Registry, spec: RecordSpec, *,
                    progress: Callable[[int, int, Timings], None] | None = None) -> DatasetRecord:
     """Record ``spec`` into a registered dataset and return it (an existing identical one, unless ``force``)."""
-    from saev_ops.shards import ShardWriter
 
     rec = _resolve(registry, spec, register=True)
     if isinstance(rec, DatasetRecord):
@@ -382,7 +384,6 @@ def submit_split(registry: Registry, db_url: str, spec: RecordSpec, n_jobs: int,
     """Submit the unfinished parts of ``spec`` split into ``n_jobs`` as a Slurm array (the last part to finish joins
     them); returns (job id, array index) per part submitted, or the dataset when nothing is left to do."""
     from saev_ops.jobs import submit
-    from saev_ops.paths import job_logs_root
     from saev_ops.record.jobs import RecordPartJob
 
     rec, todo = plan_split(registry, spec, n_jobs)
@@ -414,7 +415,6 @@ def record_part(registry: Registry, spec: RecordSpec, task: int, n_jobs: int, *,
     """Record part ``task`` of the recording split into ``n_jobs`` (the split of the first submission is kept) into
     its own folder; the job that finishes the last part joins them (:func:`_join_parts`) and returns the complete
     dataset, the others return None. A finished part is not recorded again; an interrupted one resumes."""
-    from saev_ops.shards import ShardWriter
 
     rec = _resolve(registry, spec, register=False)
     if isinstance(rec, DatasetRecord):
@@ -444,8 +444,6 @@ def _join_parts(registry: Registry, rec: _Recording, n_tasks: int) -> DatasetRec
     """The final step: the parts' shards become the dataset's (hard links; once a part skipped images, the shards
     after it are re-packed so examples stay contiguous, as one job lays them out), then the index, saev's files,
     statistics and checksums are written and the dataset is marked complete."""
-    from saev_ops.shards import ShardWriter
-    from saev_ops.shards.index import IndexReader
 
     parts = rec.parts
     with _failure_recorded(registry, rec.spec.name, None, "joining the parts: "):
@@ -546,7 +544,6 @@ class MaskSource:
         return self.masks_root / rel.with_suffix(".png")
 
     def load(self, image: str) -> tuple[np.ndarray, np.ndarray]:
-        from saev_ops.record.preprocess import patch_majority
 
         pixels = self.preprocess(image)
         mask_path = self.path(image)
@@ -576,7 +573,6 @@ def _mask_source(spec: RecordSpec, images: Any, adapter: Any, layout: TokenLayou
 
 def print_progress(name: str = "recording") -> Callable[[int, int, Timings], None]:
     """A ``progress`` callback for :func:`record_dataset`: a bar on a terminal, else a log line every few seconds."""
-    from saev_ops.progress import Progress
 
     state: dict[str, Progress] = {}
     started = time.monotonic()  # the first call comes after the first batch: rates count from here

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pathlib
 import random
 import re
+import sqlite3
 import time
 from typing import Any
 
@@ -65,7 +66,6 @@ def _set_wal(cur: Any) -> None:
     """``PRAGMA journal_mode=WAL``, retried within the busy timeout: SQLite answers it "database is locked" at once,
     without its busy handler, while another process holds a write lock (many jobs opening a brand-new registry while
     the first one creates the schema)."""
-    import sqlite3
 
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
     while True:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from saev_ops import tokens
+from saev_ops.sae.config import ARCH_FIELDS, fields_read
 
 PARAMS: dict[str, type] = {
     "arch": str, "d_model": int, "d_sae": int, "k": int, "l1_coeff": float, "l0_coeff": float, "aux_k": int,
@@ -24,7 +25,6 @@ _TRAIN = ("batch_size", "n_tokens", "grad_clip", "data_init_blend")
 def params_of(config: dict[str, Any]) -> dict[str, Any]:
     """The typed parameters of a stored run config (None where absent, not read by the architecture, or mistyped)."""
     from saev_ops.runconfig import ADDED_SETTINGS
-    from saev_ops.sae.config import ARCH_FIELDS, fields_read
 
     sae_value, train_value = config.get("sae"), config.get("train")
     sae: dict[str, Any] = sae_value if isinstance(sae_value, dict) else {}

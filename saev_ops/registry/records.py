@@ -8,6 +8,7 @@ from typing import Any
 
 from saev_ops.registry import models
 from saev_ops.registry.models import DatasetStatus, RunStatus
+from saev_ops.registry.params import params_of
 
 
 def from_columns(cls: type[Any], row: models.Base, **converted: Any) -> Any:
@@ -107,7 +108,6 @@ class RunRow:
     @property
     def params(self) -> dict[str, Any]:
         """Its hyperparameters, typed (:mod:`saev_ops.registry.params`)."""
-        from saev_ops.registry.params import params_of
 
         return params_of(self.run.config)
 

@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from saev_ops import errors
+from saev_ops.registry.reader_setup import READ_BODY
 from saev_ops.registry.schema_version import READ_FUNCTION, reader_role
 from saev_ops.registry.store import Registry
 
@@ -383,7 +384,6 @@ def _check_reader(dbapi: Any) -> str:
     PUBLIC, with :data:`~saev_ops.registry.reader_setup.READ_BODY` as its body. Returns the schema."""
     import psycopg
 
-    from saev_ops.registry.reader_setup import READ_BODY
 
     dangerous = " OR ".join(f"pg_has_role(p.proowner, '{r}', 'USAGE')" for r in _PG_DANGEROUS_ROLES)
     how = "run `saev-ops db reader-setup` (docs/sql.md)"

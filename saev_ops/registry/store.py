@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from saev_ops import errors
@@ -644,7 +645,6 @@ class Registry:
     def _build_upserts(self) -> tuple[Any, Any]:
         """INSERT .. ON CONFLICT DO UPDATE for points and summaries, for executemany (no inline VALUES, so SQLAlchemy
         caches their compilation)."""
-        from sqlalchemy.dialects import postgresql, sqlite
 
         insert: Any = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
         points = models.MetricPointModel.__table__

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from saev_ops import errors
+from saev_ops.sae import build_sae
+from saev_ops.sae.config import SAEConfig
 
 MAX_MATCHING = 8192
 CHUNK = 4096
@@ -86,8 +88,6 @@ class Comparison:
 def initial_sae(config: dict[str, Any], d_model: int) -> Any:
     """The SAE a run of ``config`` started from (its seed and SAE config), or None where that needs its data
     (``data_init_blend`` > 0) or the run was not trained here (no seed or train settings)."""
-    from saev_ops.sae import build_sae
-    from saev_ops.sae.config import SAEConfig
 
     train = config.get("train")
     if not isinstance(train, dict) or "seed" not in config or float(train.get("data_init_blend", 0.0) or 0.0) > 0:

@@ -12,6 +12,7 @@ when they change (``infer --force``).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -115,7 +116,6 @@ class LatentIndex:
 
 
 def _source(csr: MappedCsr, labels: np.ndarray, per: int) -> dict[str, Any]:
-    import hashlib
 
     return {"format": INDEX_FORMAT, "npz_bytes": csr.path.stat().st_size, "nnz": csr.nnz,
             "shape": [csr.n_rows, csr.n_cols], "rows_per_example": per,

@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 
 from saev_ops import errors
+from saev_ops.infer.read import patch_layout
 from saev_ops.registry import DatasetRecord, OutputRecord, Registry
 from saev_ops.serve.mapped import LatentIndex, MappedCsr, latent_index
+from saev_ops.shards.index import IndexReader
 
 DENSE = 0.1  # as the report: a latent firing on more than this share of rows marks background, not a feature
 
@@ -38,7 +40,6 @@ class ExampleLabels:
 
 def example_labels(dataset: DatasetRecord) -> ExampleLabels:
     """The image labels of the dataset's examples, read from its LMDB index once."""
-    from saev_ops.shards.index import IndexReader
 
     idx = IndexReader(pathlib.Path(dataset.path) / "index.lmdb")
     labels = np.full(dataset.n_examples, -1, dtype=np.int32)
@@ -109,7 +110,6 @@ class OutputView:
 
     def layout(self) -> tuple[int, int, int]:
         """(first patch token, patches, side of the patch grid; 0 when the patches form no square grid)."""
-        from saev_ops.infer.read import patch_layout
 
         return patch_layout(self.dataset.extra.get("token_layout") or {})
 

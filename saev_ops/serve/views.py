@@ -14,6 +14,8 @@ import numpy as np
 
 from saev_ops import errors
 from saev_ops.directions import MEANING, better
+from saev_ops.explore.lineage import lineage_lines
+from saev_ops.explore.pareto import frontiers, run_label
 from saev_ops.registry import Registry, RunQuery, RunRow
 from saev_ops.registry.params import PARAMS
 from saev_ops.serve.outputs import DENSE, OutputView
@@ -81,7 +83,6 @@ def check_key(rows: list[RunRow], key: str, what: str) -> str:
 def points(registry: Registry, name: str, x: str, y: str, group_by: str | None,
            where: tuple[str, ...] = ()) -> dict[str, Any]:
     """Scatter points and per-group Pareto frontiers of ``x`` against ``y``, each judged in its own direction."""
-    from saev_ops.explore.pareto import frontiers, run_label
 
     registry.get_sweep(name)
     rows = registry.list_runs(RunQuery(sweep=name, where=where))
@@ -114,7 +115,6 @@ def curves(registry: Registry, run_ids: list[int], key: str) -> dict[str, Any]:
 
 
 def run(registry: Registry, run_id: int) -> dict[str, Any]:
-    from saev_ops.explore.lineage import lineage_lines
 
     detail = registry.run_detail(run_id)
     row = detail.row

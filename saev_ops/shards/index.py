@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import pathlib
 import struct
@@ -166,7 +167,6 @@ class IndexReader:
     def digest(self) -> str:
         """blake2b-128 of every entry (key and value, in key order, the meta record included): what the sidecar
         records, so `datasets verify --full` sees an entry edited in place."""
-        import hashlib
 
         h = hashlib.blake2b(digest_size=16)
         with _damaged_as_data_error(self.path), self.env.begin() as txn:

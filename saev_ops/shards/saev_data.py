@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import csv
 import dataclasses
 import io
 import os
@@ -151,7 +152,6 @@ def recorded_images(data: str, dataset: str, n_examples: int) -> tuple[ImageList
 def seg_folder(root: pathlib.Path, split: str, labels_csv: str = "labels.csv") -> tuple[ImageList | None, str]:
     """saev's ``ImgSegFolder`` listing: the images of ``root/images/<split>`` in torchvision's order, each with its
     first label column's class from ``root/<labels_csv>`` (None and why, where that cannot be read)."""
-    import csv
 
     split_dir = root / "images" / split
     if not split_dir.is_dir():

@@ -16,6 +16,7 @@ import numpy as np
 from saev_ops import errors
 from saev_ops.shards import aligned, dtypes
 from saev_ops.shards.format import Metadata, ShardPaths, read_json, shard_name
+from saev_ops.shards.index import IndexReader
 from saev_ops.shards.stats import load_stats
 from saev_ops.shards.writer import labels_checksum, new_checksum, shard_fingerprint
 
@@ -142,7 +143,6 @@ def _check_listing(path: pathlib.Path, listing: Any, md: Metadata) -> list[Probl
 
 def _read_index(path: pathlib.Path, read: Callable[[Any], T]) -> T | Problem:
     """``read(reader)`` over the LMDB index at ``path``, or the problem that it cannot be read."""
-    from saev_ops.shards.index import IndexReader
 
     try:
         reader = IndexReader(path)

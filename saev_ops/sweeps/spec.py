@@ -20,6 +20,7 @@ Per-run keys: every :class:`~saev_ops.sae.SAEConfig` field (but ``d_model``, tak
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import itertools
 import logging
 import math
@@ -250,7 +251,6 @@ def _where(source: str, root: yaml.Node | None, loc: tuple[Any, ...] | None, key
 
 def unknown_key(key: Any, valid: Any) -> str:
     """The one message for a key the file may not have: the valid keys, and the closest one when it is close."""
-    import difflib
 
     names = sorted(str(v) for v in valid)
     close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.75)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import pathlib
 from typing import Any
 
 from saev_ops import errors, paths
-from saev_ops.registry import Registry, RunRecord
-from saev_ops.runconfig import TrainSettings, run_config, run_identity
+from saev_ops.host import Room
+from saev_ops.jobs import PartialSubmissionError, SlurmSpec, submit
+from saev_ops.registry import Registry, RunQuery, RunRecord, config_hash
+from saev_ops.runconfig import NEW_SWEEP_SETTINGS, RUN_ONLY_SETTINGS, TrainSettings, run_config, run_identity
+from saev_ops.sae.config import NEW_SWEEP_DEFAULTS, SAEConfig
 from saev_ops.sweeps.spec import Resources, SweepSpec, validate_run
 from saev_ops.train.spec import RunSpec, TrainJobSpec
 
@@ -111,7 +115,6 @@ def runs_root_for(spec: SweepSpec) -> pathlib.Path:
 def bind_configs(spec: SweepSpec, d_model: int) -> list[dict[str, Any]]:
     """The sweep's full run configs, one per identity: entries that differ only in what their architecture does not
     read (a ReLU entry picking up a zipped ``k``) are one run."""
-    import json
 
     out, seen = [], set()
     for cfg in spec.configs:
@@ -129,7 +132,6 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
     """Register the sweep's runs (existing configs are not duplicated) and launch the new ones (and, with
     ``retry_failed``, failed, lost and cancelled ones). Nothing is written when validation fails or with ``dry_run``."""
     from saev_ops.datasets import require_complete
-    from saev_ops.registry import config_hash
 
     dataset = require_complete(registry, spec.dataset)
     spec = keep_first_defaults(registry, spec)
@@ -191,9 +193,6 @@ def keep_first_defaults(registry: Registry, spec: SweepSpec) -> SweepSpec:
     :data:`~saev_ops.sae.config.NEW_SWEEP_DEFAULTS` and the settings of
     :data:`~saev_ops.runconfig.NEW_SWEEP_SETTINGS` get their new value in a new sweep and their earlier one in a
     sweep that has runs."""
-    from saev_ops.registry import RunQuery
-    from saev_ops.runconfig import NEW_SWEEP_SETTINGS, RUN_ONLY_SETTINGS
-    from saev_ops.sae.config import NEW_SWEEP_DEFAULTS
 
     try:
         registry.get_sweep(spec.name)
@@ -286,7 +285,6 @@ def page_cache_warnings(spec: SweepSpec, dataset: Any, configs: list[dict[str, A
     """Slurm jobs whose Shuffled loader groups will not fit in ``resources.mem_gb`` where the cluster counts page
     cache in a job's memory (cgroup memory limits, the usual set-up): the numbers the loader warns with when it
     starts, said before anything is queued. Needs the dataset's recorded token layout; without one the job warns."""
-    from saev_ops.host import Room
     from saev_ops.loaders import sizing
     from saev_ops.shards import dtypes
     from saev_ops.shards.format import TokenLayout
@@ -327,8 +325,6 @@ def _job_spec(registry: Registry, db_url: str, dataset: Any, layer: int, tokens:
               settings: TrainSettings | None = None, val: Any = None) -> TrainJobSpec:
     """One job: runs (id, stored config) that share dataset, layer, tokens and train settings; ``val``: the
     held-out dataset (:func:`held_out`)."""
-    from saev_ops.registry import config_hash
-    from saev_ops.sae.config import SAEConfig
 
     runs = tuple(RunSpec(run_id=rid, sae=SAEConfig.from_dict(cfg["sae"]), lr=cfg["lr"], seed=cfg["seed"],
                          identity=config_hash(dataset.content_hash, run_identity(cfg)))
@@ -389,7 +385,6 @@ def launch(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[Planned
     When sbatch refuses a chunk of a large sweep, the runs submitted before it are recorded as such and the rest stay
     queued with no executor (pending): the error names the chunks that went in, and submitting the sweep again submits
     the pending runs."""
-    from saev_ops.jobs import PartialSubmissionError, SlurmSpec, submit
     from saev_ops.train import TrainJob
 
     if not jobs:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from saev_ops import atomic, errors, paths
+from saev_ops.loaders import IndexedDataset, ShardSelection
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,6 @@ def load_or_compute(reader: object, *, runs_root: str, dataset_hash: str, layer:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from saev_ops.loaders import IndexedDataset, ShardSelection
 
     ds = IndexedDataset(reader, ShardSelection(layers=(layer,), tokens=tokens))  # type: ignore[arg-type]
     rows = sample_rows(len(ds), n)

@@ -23,6 +23,16 @@ import torch
 
 from saev_ops import atomic, errors, paths
 from saev_ops.jobs import Job
+from saev_ops.loaders import IndexedDataset, ShardSelection, ShuffledConfig, ShuffledDataLoader
+from saev_ops.loaders.feed import DeviceFeed
+from saev_ops.loaders.selection import examples_of
+from saev_ops.progress import Progress
+from saev_ops.sae import build_sae
+from saev_ops.sae.evaluate import reconstruction_metrics
+from saev_ops.sae.io import save_sae
+from saev_ops.shards import ShardReader
+from saev_ops.train import candidates
+from saev_ops.train.metrics import Window
 from saev_ops.train.spec import TrainJobSpec
 
 CKPT_SCHEMA = 1
@@ -64,10 +74,6 @@ class Trainer:
     """Train the runs of ``spec``. ``registry`` may be None (metrics then go to files only)."""
 
     def __init__(self, spec: TrainJobSpec, registry: Any) -> None:
-        from saev_ops.loaders import ShardSelection, ShuffledConfig, ShuffledDataLoader
-        from saev_ops.loaders.feed import DeviceFeed
-        from saev_ops.sae import build_sae
-        from saev_ops.shards import ShardReader
 
         self.spec = spec
         self.registry = registry
@@ -108,7 +114,6 @@ class Trainer:
 
     def _set_candidates(self, mean: torch.Tensor) -> None:
         """Give the archetypal SAEs their candidates: one tensor on the device per number of candidates, shared."""
-        from saev_ops.train import candidates
 
         wanted = sorted({sae.cfg.n_candidates for sae in self.saes if sae.cfg.arch == "archetypal"})
         for n in wanted:
@@ -123,8 +128,6 @@ class Trainer:
         """The held-out rows every evaluation of this job reads (training scale, on the device): ``val_tokens`` rows
         of the job's layer and tokens, drawn without replacement with a fixed seed, so every evaluation and every job
         of a sweep sees the same rows."""
-        from saev_ops.loaders import IndexedDataset, ShardSelection
-        from saev_ops.shards import ShardReader
 
         s = self.spec.settings
         if self.spec.val_dataset_path is None:
@@ -140,7 +143,6 @@ class Trainer:
 
     def evaluate(self, journal: Any, failed: dict[int, str]) -> None:
         """Held-out metrics of every SAE still training, as ``val/...`` points at the current step."""
-        from saev_ops.sae.evaluate import reconstruction_metrics
 
         assert self.val_x is not None
         for run, sae in zip(self.spec.runs, self.saes, strict=True):
@@ -152,7 +154,6 @@ class Trainer:
     def _centred_scale(self, mean: torch.Tensor) -> float:
         """sqrt(d_model) over the mean norm of the selected rows minus ``mean``, on a fixed sample of at most
         :data:`SCALE_SAMPLE` rows (the same in every attempt: a resumed job scales as the first did)."""
-        from saev_ops.loaders import IndexedDataset, ShardSelection
 
         ds = IndexedDataset(self.reader, ShardSelection(layers=(self.spec.layer,), tokens=self.spec.tokens))
         n = min(len(ds), SCALE_SAMPLE)
@@ -166,7 +167,6 @@ class Trainer:
     def _init_sample(self, center: torch.Tensor) -> torch.Tensor:
         """Centred activations (training scale) for data-point initialisation: as many as the widest SAE has latents,
         drawn without replacement from the selected rows with the data seed, independent of the training order."""
-        from saev_ops.loaders import IndexedDataset, ShardSelection
 
         ds = IndexedDataset(self.reader, ShardSelection(layers=(self.spec.layer,), tokens=self.spec.tokens))
         n = min(len(ds), max(r.sae.d_sae for r in self.spec.runs))
@@ -177,7 +177,6 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> pathlib.Path:
-        from saev_ops.sae.io import save_sae
 
         jd = job_dir(self.spec)
         tmp = atomic.fresh_dir(jd / "ckpt.tmp")
@@ -213,8 +212,6 @@ class Trainer:
         """Train to ``n_steps``, reporting to ``journal`` (default: one over this trainer's registry and run
         directories). Returns run id -> error for runs that failed on their own (non-finite loss or weights); the
         others trained to the end. A batch with non-finite activations fails every run (raises DataError)."""
-        from saev_ops.progress import Progress
-        from saev_ops.train.metrics import Window
 
         if journal is None:
             journal = _journal(self.spec, self.registry)
@@ -307,7 +304,6 @@ class Trainer:
     def _check_batch(self, step: int, batch: Any, finite: torch.Tensor) -> None:
         if bool(finite):
             return
-        from saev_ops.loaders.selection import examples_of
 
         act = batch["act"].float() * self.scale
         bad_rows = ~torch.isfinite(act.pow(2).sum(dim=1))
