@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -15,6 +15,9 @@ from saev_ops.sae import interop
 from saev_ops.sae.io import load_sae, save_sae
 from saev_ops.shards import ShardReader
 from saev_ops.shards.format import TokenLayout
+
+if TYPE_CHECKING:
+    from saev_ops.sae.modules import SAE
 
 FORMATS = ("saev", "saelens")
 log = logging.getLogger(__name__)
@@ -64,7 +67,7 @@ SAMPLE_ROWS = 8192
 """Rows of a run's dataset the saev export checks its TopK's ReLU on."""
 
 
-def relu_topk_difference(sae: Any, dataset_path: str, layer: int, tokens: str, scale: float) -> float:
+def relu_topk_difference(sae: SAE, dataset_path: str, layer: int, tokens: str, scale: float) -> float:
     """The share of the first :data:`SAMPLE_ROWS` rows of the dataset (the run's layer and tokens) whose k largest
     pre-activations include a negative one: where a TopK with a ReLU and saev's TopK (none) give other latents."""
     import torch

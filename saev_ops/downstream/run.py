@@ -24,7 +24,7 @@ import dataclasses
 import json
 import logging
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from saev_ops.registry import DatasetRecord, EvaluationRecord, Registry, RunReco
 from saev_ops.shards import ShardReader
 from saev_ops.shards.format import TokenLayout
 from saev_ops.shards.index import IndexReader
+
+if TYPE_CHECKING:
+    from saev_ops.sae.modules import SAE
 
 log = logging.getLogger(__name__)
 KIND = "splice"
@@ -99,7 +102,7 @@ def _constant(row: Any) -> Any:
     return edit
 
 
-def _sae_edit(sae: Any, scale: float) -> Any:
+def _sae_edit(sae: SAE, scale: float) -> Any:
     def edit(x: Any) -> Any:
         xs = x.float() * scale
         return sae.decode(sae.encode(xs)) / scale

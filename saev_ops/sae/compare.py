@@ -15,7 +15,7 @@ runs shared an initialisation.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ import torch
 from saev_ops import errors
 from saev_ops.sae import build_sae
 from saev_ops.sae.config import SAEConfig
+
+if TYPE_CHECKING:
+    from saev_ops.sae.modules import SAE
 
 MAX_MATCHING = 8192
 CHUNK = 4096
@@ -38,7 +41,7 @@ class Similarity:
     """(n, 2) matched atom indices (A, B), where matched."""
 
 
-def _directions(sae: Any) -> torch.Tensor:
+def _directions(sae: SAE) -> torch.Tensor:
     w = sae.W_dec.detach().float()
     return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
 

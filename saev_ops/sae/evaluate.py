@@ -20,10 +20,13 @@ device synchronisation.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from saev_ops.sae.modules import SAE
 
 DENSE_FREQUENCY = 0.1
 METRIC_KEYS = ("nmse", "explained_variance", "l0", "unfired_frac", "dense_frac", "cosine", "shrinkage")
@@ -89,7 +92,7 @@ class ReconMetrics:
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: Any, x: torch.Tensor, batch_size: int = 4096) -> dict[str, float | None]:
+def reconstruction_metrics(sae: SAE, x: torch.Tensor, batch_size: int = 4096) -> dict[str, float | None]:
     """The metrics of ``sae`` over the rows ``x`` (already in its training scale), in batches of ``batch_size``."""
     was_training = sae.training
     sae.eval()

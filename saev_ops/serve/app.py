@@ -18,11 +18,14 @@ import math
 import pathlib
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from saev_ops import errors
 from saev_ops.extras import require
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +152,7 @@ def create_app(db_url: str, *, token: str | None = None) -> Any:
     return app
 
 
-def _path_int(request: Any, name: str) -> int:
+def _path_int(request: Request, name: str) -> int:
     value = int(request.path_params[name])
     if not 0 <= value < 2**62:
         raise BadParameter(f"{name}: out of range")
@@ -200,7 +203,7 @@ class Explorer:
     def error_page(self, code: int, message: str) -> Any:
         return self.page("error.html", code, status=code, message=message)
 
-    def not_found(self, request: Any, exc: Exception) -> Any:
+    def not_found(self, request: Request, exc: Exception) -> Any:
         code = int(getattr(exc, "status_code", 404))
         return self.error_page(code, "no such page" if code == 404 else str(getattr(exc, "detail", "")))
 
@@ -209,7 +212,7 @@ class Explorer:
         /api/), anything else a 500 page with the traceback in the log only."""
         from starlette.responses import JSONResponse
 
-        def endpoint(request: Any) -> Any:
+        def endpoint(request: Request) -> Any:
             try:
                 return fn(request, Params(request.query_params))
             except errors.SaevOpsError as exc:
@@ -226,23 +229,23 @@ class Explorer:
         return endpoint
 
     # -- sweeps and runs -------------------------------------------------------------------------------------------
-    def home(self, request: Any, p: Params) -> Any:
+    def home(self, request: Request, p: Params) -> Any:
         from saev_ops.serve import views
 
         return self.page("home.html", **views.home(self.registry))
 
-    def sweep(self, request: Any, p: Params) -> Any:
+    def sweep(self, request: Request, p: Params) -> Any:
         from saev_ops.serve import views
 
         return self.page("sweep.html", **views.sweep(self.registry, request.path_params["name"], p.where(), p.sort()))
 
-    def sweep_table(self, request: Any, p: Params) -> Any:
+    def sweep_table(self, request: Request, p: Params) -> Any:
         from saev_ops.serve import views
 
         return self.page("_runs_table.html", **views.sweep(self.registry, request.path_params["name"], p.where(),
                                                            p.sort()))
 
-    def sweep_points(self, request: Any, p: Params) -> Any:
+    def sweep_points(self, request: Request, p: Params) -> Any:
         from starlette.responses import JSONResponse
 
         from saev_ops.serve import views
@@ -251,7 +254,7 @@ class Explorer:
         return JSONResponse(views.points(self.registry, request.path_params["name"], x, y, p.key("group_by"),
                                          p.where()))
 
-    def sweep_curves(self, request: Any, p: Params) -> Any:
+    def sweep_curves(self, request: Request, p: Params) -> Any:
         from starlette.responses import JSONResponse
 
         from saev_ops.registry import RunQuery
@@ -262,12 +265,12 @@ class Explorer:
         ids = [r.run.id for r in self.registry.list_runs(RunQuery(sweep=name, where=p.where()))][:MAX_CURVES]
         return JSONResponse(views.curves(self.registry, ids, p.key("key", "nmse") or "nmse"))
 
-    def run(self, request: Any, p: Params) -> Any:
+    def run(self, request: Request, p: Params) -> Any:
         from saev_ops.serve import views
 
         return self.page("run.html", **views.run(self.registry, _path_int(request, "run_id")))
 
-    def run_curves(self, request: Any, p: Params) -> Any:
+    def run_curves(self, request: Request, p: Params) -> Any:
         from starlette.responses import JSONResponse
 
         from saev_ops.serve import views
@@ -276,7 +279,7 @@ class Explorer:
         self.registry.get_run(rid)
         return JSONResponse(views.curves(self.registry, [rid], p.key("key", "nmse") or "nmse"))
 
-    def run_compare(self, request: Any, p: Params) -> Any:
+    def run_compare(self, request: Request, p: Params) -> Any:
         from saev_ops.serve import views
 
         other = p.integer("other", -1, 0)
@@ -285,7 +288,7 @@ class Explorer:
         return self.page("compare.html", **views.compare(self.registry, _path_int(request, "run_id"), other))
 
     # -- outputs, latents, images ----------------------------------------------------------------------------------
-    def output(self, request: Any, p: Params) -> Any:
+    def output(self, request: Request, p: Params) -> Any:
         from starlette.responses import RedirectResponse
 
         from saev_ops.serve import views
@@ -300,19 +303,19 @@ class Explorer:
                             p.choice("show", "all", ("all", "alive", "dead", "dense")))
         return self.page("output.html", **data)
 
-    def latent(self, request: Any, p: Params) -> Any:
+    def latent(self, request: Request, p: Params) -> Any:
         from saev_ops.serve import views
 
         view = self.cache.get(self.registry, _path_int(request, "output_id"))
         return self.page("latent.html", **views.latent(view, _path_int(request, "latent"), p.integer("page", 0)))
 
-    def image(self, request: Any, p: Params) -> Any:
+    def image(self, request: Request, p: Params) -> Any:
         from saev_ops.serve import views
 
         view = self.cache.get(self.registry, _path_int(request, "output_id"))
         return self.page("image.html", **views.image(view, _path_int(request, "example")))
 
-    def find_image(self, request: Any, p: Params) -> Any:
+    def find_image(self, request: Request, p: Params) -> Any:
         from starlette.responses import RedirectResponse
 
         from saev_ops.shards.index import IndexReader
@@ -331,7 +334,7 @@ class Explorer:
         view.check_example(example)
         return RedirectResponse(f"/output/{view.record.id}/image/{example}", status_code=303)
 
-    def image_png(self, request: Any, p: Params) -> Any:
+    def image_png(self, request: Request, p: Params) -> Any:
         from starlette.responses import Response
 
         dataset = self.registry.get_dataset_by_id(_path_int(request, "dataset_id"))
@@ -341,7 +344,7 @@ class Explorer:
         png = registered_image_png(dataset, _path_int(request, "example"), size)
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
-    def static_file(self, request: Any, p: Params) -> Any:
+    def static_file(self, request: Request, p: Params) -> Any:
         from starlette.responses import FileResponse
 
         name = request.path_params["name"]

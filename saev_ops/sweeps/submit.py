@@ -12,7 +12,7 @@ from typing import Any
 from saev_ops import errors, paths
 from saev_ops.host import Room
 from saev_ops.jobs import PartialSubmissionError, SlurmSpec, submit
-from saev_ops.registry import Registry, RunQuery, RunRecord, config_hash
+from saev_ops.registry import DatasetRecord, Registry, RunQuery, RunRecord, config_hash
 from saev_ops.runconfig import NEW_SWEEP_SETTINGS, RUN_ONLY_SETTINGS, TrainSettings, run_config, run_identity
 from saev_ops.sae.config import NEW_SWEEP_DEFAULTS, SAEConfig
 from saev_ops.sweeps.spec import Resources, SweepSpec, validate_run
@@ -217,7 +217,7 @@ def keep_first_defaults(registry: Registry, spec: SweepSpec) -> SweepSpec:
     return dataclasses.replace(spec, settings=TrainSettings.model_validate({**spec.settings.model_dump(), **kept}))
 
 
-def held_out(registry: Registry, settings: TrainSettings, dataset: Any,
+def held_out(registry: Registry, settings: TrainSettings, dataset: DatasetRecord,
              configs: list[dict[str, Any]]) -> Any:
     """The held-out dataset of ``settings.val_dataset`` (None without one), checked against the training ``dataset``
     for the runs of ``configs``: complete, other images, and activations of the same kind (model, preprocessing, token
@@ -259,7 +259,7 @@ def requeue_ended(registry: Registry, runs: list[RunRecord]) -> list[RunRecord]:
     return ended
 
 
-def check_batch_size(configs: list[dict[str, Any]], dataset: Any, batch_size: int) -> None:
+def check_batch_size(configs: list[dict[str, Any]], dataset: DatasetRecord, batch_size: int) -> None:
     """Refuse, before anything is written, runs whose token selection gives fewer rows than one batch (the job would
     fail at its start). Needs the dataset's recorded token layout; without one the job checks."""
     from saev_ops.shards.format import TokenLayout
@@ -281,7 +281,7 @@ HOST_OVERHEAD_GB = 2.0
 """What a training job's process holds besides the loader (Python, torch, CUDA's host-side memory), in GiB."""
 
 
-def page_cache_warnings(spec: SweepSpec, dataset: Any, configs: list[dict[str, Any]]) -> tuple[str, ...]:
+def page_cache_warnings(spec: SweepSpec, dataset: DatasetRecord, configs: list[dict[str, Any]]) -> tuple[str, ...]:
     """Slurm jobs whose Shuffled loader groups will not fit in ``resources.mem_gb`` where the cluster counts page
     cache in a job's memory (cgroup memory limits, the usual set-up): the numbers the loader warns with when it
     starts, said before anything is queued. Needs the dataset's recorded token layout; without one the job warns."""
@@ -320,7 +320,7 @@ def window_warnings(configs: list[dict[str, Any]]) -> tuple[str, ...]:
                  "and dead_frac stays 0; set dead_tokens below train.n_tokens" for w, n in long)
 
 
-def _job_spec(registry: Registry, db_url: str, dataset: Any, layer: int, tokens: str,
+def _job_spec(registry: Registry, db_url: str, dataset: DatasetRecord, layer: int, tokens: str,
               members: list[tuple[int, dict[str, Any]]], runs_root: str | pathlib.Path,
               settings: TrainSettings | None = None, val: Any = None) -> TrainJobSpec:
     """One job: runs (id, stored config) that share dataset, layer, tokens and train settings; ``val``: the
@@ -336,7 +336,7 @@ def _job_spec(registry: Registry, db_url: str, dataset: Any, layer: int, tokens:
                         registry_id=registry.registry_id)
 
 
-def job_specs(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[PlannedJob], db_url: str,
+def job_specs(registry: Registry, spec: SweepSpec, dataset: DatasetRecord, jobs: list[PlannedJob], db_url: str,
               val: Any = None) -> list[TrainJobSpec]:
     root = runs_root_for(spec)
     return [_job_spec(registry, db_url, dataset, job.layer, job.tokens,
@@ -379,7 +379,7 @@ def job_for_runs(registry: Registry, run_ids: tuple[int, ...], db_url: str, *, r
                      root, settings, val)
 
 
-def launch(registry: Registry, spec: SweepSpec, dataset: Any, jobs: list[PlannedJob], db_url: str,
+def launch(registry: Registry, spec: SweepSpec, dataset: DatasetRecord, jobs: list[PlannedJob], db_url: str,
            val: Any = None) -> list[str | None]:
     """Submit the planned jobs (``val``: their held-out dataset, :func:`held_out`) and record where each run went.
     When sbatch refuses a chunk of a large sweep, the runs submitted before it are recorded as such and the rest stay

@@ -26,10 +26,13 @@ import json
 import logging
 import os
 import pathlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from saev_ops import atomic, errors, paths
 from saev_ops.registry.models import RunStatus, as_run_status
+
+if TYPE_CHECKING:
+    from saev_ops.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ JOURNAL_NAME = paths.JOURNAL_NAME
 OFFSET_SUFFIX = ".offset"
 
 
-def apply_transition(registry: Any, run_id: int, status: RunStatus, **fields: Any) -> None:
+def apply_transition(registry: Registry, run_id: int, status: RunStatus, **fields: Any) -> None:
     """Move a run to ``status`` the way its job does: a run that never showed ``running`` (the registry was down when
     its job started) gets that step first. A job never revives a cancelled or failed run (InvalidTransitionError);
     reruns are asked for explicitly (`saev-ops train RUN`, `sweep submit --retry-failed`), which queue them first."""
@@ -50,7 +53,7 @@ def apply_transition(registry: Any, run_id: int, status: RunStatus, **fields: An
 class Journal:
     """Metric reports and status changes of a job's runs, to the registry or (when it is unreachable) to files."""
 
-    def __init__(self, registry: Any, run_dirs: dict[int, pathlib.Path], *, registry_id: str,
+    def __init__(self, registry: Registry | None, run_dirs: dict[int, pathlib.Path], *, registry_id: str,
                  identities: dict[int, str]) -> None:
         """``registry_id``: the registry the runs belong to; ``identities``: each run's identity (config hash)."""
         self.registry = registry
@@ -62,13 +65,17 @@ class Journal:
 
     def log(self, run_id: int, step: int, values: dict[str, float]) -> None:
         points = [(k, step, v) for k, v in values.items()]
-        if self._try(lambda: self.registry.log_metrics(run_id, points), f"metrics of run {run_id} at step {step}"):
+        registry = self.registry
+        if registry is not None and self._try(lambda: registry.log_metrics(run_id, points),
+                                              f"metrics of run {run_id} at step {step}"):
             return
         self._append(run_id, {"step": step, "values": values})
 
     def transition(self, run_id: int, status: RunStatus, **fields: Any) -> None:
         """Record a status change; an invalid transition (say, the run was cancelled meanwhile) still raises."""
-        if self._try(lambda: apply_transition(self.registry, run_id, status, **fields), f"run {run_id} -> {status}"):
+        registry = self.registry
+        if registry is not None and self._try(lambda: apply_transition(registry, run_id, status, **fields),
+                                              f"run {run_id} -> {status}"):
             return
         self._append(run_id, {"status": status, "fields": fields})
 
@@ -173,7 +180,7 @@ def _read_new(path: pathlib.Path) -> _Pending:
     return out
 
 
-def _refuse_foreign(registry: Any, pending: list[_Pending]) -> None:
+def _refuse_foreign(registry: Registry, pending: list[_Pending]) -> None:
     """Refuse, before anything is written, journals whose lines name another registry."""
     mine = registry.registry_id
     foreign: dict[str, list[pathlib.Path]] = {}
@@ -191,7 +198,7 @@ def _refuse_foreign(registry: Any, pending: list[_Pending]) -> None:
             "trained in")
 
 
-def _apply(registry: Any, p: _Pending, identities: dict[int, str | None]) -> SyncResult:
+def _apply(registry: Registry, p: _Pending, identities: dict[int, str | None]) -> SyncResult:
     points = transitions = 0
     problems = list(p.problems)
     for ln in p.lines:
@@ -223,12 +230,12 @@ def _apply(registry: Any, p: _Pending, identities: dict[int, str | None]) -> Syn
     return SyncResult(points, transitions, tuple(problems))
 
 
-def sync_file(registry: Any, path: pathlib.Path) -> SyncResult:
+def sync_file(registry: Registry, path: pathlib.Path) -> SyncResult:
     """Ingest the complete lines of ``path`` after its recorded offset, then record the new offset."""
     return sync_files(registry, [path])
 
 
-def sync_files(registry: Any, files: list[pathlib.Path]) -> SyncResult:
+def sync_files(registry: Registry, files: list[pathlib.Path]) -> SyncResult:
     """Ingest journals: all of them are read and checked against this registry first (one of another registry
     refuses the sync, DataError), then each one's lines are applied and its offset recorded."""
     pending = [_read_new(f) for f in files]
@@ -255,7 +262,7 @@ def _lines_before(path: pathlib.Path, offset: int) -> int:
     return n
 
 
-def sync_runs_root(registry: Any, runs_root: pathlib.Path) -> tuple[int, SyncResult]:
+def sync_runs_root(registry: Registry, runs_root: pathlib.Path) -> tuple[int, SyncResult]:
     """Sync every run journal under ``runs_root``; returns the number of files and the totals."""
     files = paths.run_journals(runs_root)
     return len(files), sync_files(registry, files)

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,11 @@ from saev_ops.shards import ShardReader
 from saev_ops.train import candidates
 from saev_ops.train.metrics import Window
 from saev_ops.train.spec import TrainJobSpec
+
+if TYPE_CHECKING:
+    from saev_ops.registry import Registry
+    from saev_ops.sae.modules import SAE
+    from saev_ops.train.journal import Journal
 
 CKPT_SCHEMA = 1
 VAL_SEED = 0  # the held-out sample's rows: the same for every job and attempt
@@ -73,7 +78,7 @@ def _slurm_ids() -> tuple[str | None, int | None]:
 class Trainer:
     """Train the runs of ``spec``. ``registry`` may be None (metrics then go to files only)."""
 
-    def __init__(self, spec: TrainJobSpec, registry: Any) -> None:
+    def __init__(self, spec: TrainJobSpec, registry: Registry | None) -> None:
 
         self.spec = spec
         self.registry = registry
@@ -141,7 +146,7 @@ class Trainer:
         idx = np.sort(np.random.default_rng(VAL_SEED).choice(len(ds), size=n, replace=False))
         return (ds.get_batch(idx)["act"].float() * self.scale).to(self.device)
 
-    def evaluate(self, journal: Any, failed: dict[int, str]) -> None:
+    def evaluate(self, journal: Journal, failed: dict[int, str]) -> None:
         """Held-out metrics of every SAE still training, as ``val/...`` points at the current step."""
 
         assert self.val_x is not None
@@ -208,7 +213,7 @@ class Trainer:
         return True
 
     # -- the pass ------------------------------------------------------------------------------------------------------
-    def train(self, journal: Any = None) -> dict[int, str]:
+    def train(self, journal: Journal | None = None) -> dict[int, str]:
         """Train to ``n_steps``, reporting to ``journal`` (default: one over this trainer's registry and run
         directories). Returns run id -> error for runs that failed on their own (non-finite loss or weights); the
         others trained to the end. A batch with non-finite activations fails every run (raises DataError)."""
@@ -272,7 +277,7 @@ class Trainer:
             x_hat, z, terms = sae.train_step(x, opt, sparsity, self.spec.settings.grad_clip)
             win.add(x, x_hat.detach(), z.detach(), {k: v.detach() for k, v in terms.items()})
 
-    def _report(self, journal: Any, windows: list[Any], failed: dict[int, str], factor: float,
+    def _report(self, journal: Journal, windows: list[Any], failed: dict[int, str], factor: float,
                 window_start: int) -> str:
         """Log each training run's window of metrics and start a new one; a run whose loss or weights became
         non-finite joins ``failed`` (the others go on). Returns the progress line's detail."""
@@ -314,7 +319,7 @@ class Trainer:
         )
 
 
-def _nonfinite(report: dict[str, float], sae: Any) -> str | None:
+def _nonfinite(report: dict[str, float], sae: SAE) -> str | None:
     """What is non-finite: a reported loss term, or the SAE's weights (one device sync per SAE)."""
     bad = sorted(k for k, v in report.items() if not math.isfinite(v))
     if bad:
@@ -325,7 +330,7 @@ def _nonfinite(report: dict[str, float], sae: Any) -> str | None:
     return None
 
 
-def _journal(spec: TrainJobSpec, registry: Any) -> Any:
+def _journal(spec: TrainJobSpec, registry: Registry | None) -> Journal:
     """The job's journal over its runs' directories (created here)."""
     from saev_ops.train.journal import Journal
 
