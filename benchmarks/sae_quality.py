@@ -64,6 +64,7 @@ runs:
   - {{arch: batchtopk, k: {k}, batchtopk_rank: row-share}}
   - {{arch: matryoshka, k: {k}, matryoshka_prefixes: [64, 256]}}
   - {{arch: mp, k: {k}}}
+  - {{arch: omp, k: {k}}}
   - {{arch: archetypal, k: {k}}}
   - {{arch: archetypal, k: {k}, seed: 1}}
   - {{arch: relu, l1_coeff: {l1}}}

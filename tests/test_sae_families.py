@@ -506,3 +506,109 @@ def test_an_exported_archetypal_sae_does_not_promise_unit_decoder_rows(tmp_path:
         out = export_saev(plain, meta, tmp_path / f"{promise}.pt")
         header = json.loads(out.read_bytes().split(b"\n", 1)[0])
         assert header["cfg"]["normalize_w_dec"] is promise
+
+
+# -- Orthogonal matching pursuit -----------------------------------------------------------------------------------------
+def _omp(x: np.ndarray, atoms: np.ndarray, b_dec: np.ndarray, k: int) -> np.ndarray:
+    """OMP with non-negative coefficients, row by row from its equations: add the atom most correlated with the
+    residual (not one already chosen), then the exact non-negative least squares of x - b_dec on the chosen atoms."""
+    from scipy.optimize import nnls as exact_nnls
+
+    z = np.zeros((len(x), len(atoms)))
+    for i, row in enumerate(x - b_dec):
+        chosen: list[int] = []
+        residual = row.copy()
+        for _ in range(k):
+            corr = atoms @ residual
+            corr[chosen] = -np.inf
+            chosen.append(int(corr.argmax()))
+            coeff, _ = exact_nnls(atoms[chosen].T, row)
+            residual = row - coeff @ atoms[chosen]
+        z[i, chosen] = coeff
+    return z
+
+
+def test_orthogonal_matching_pursuit_is_its_equations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With its least squares run to convergence, the batched pursuit is the row-by-row one with an exact NNLS; with
+    the default few steps it is close; the batched NNLS against scipy's on random problems."""
+    from scipy.optimize import nnls as exact_nnls
+
+    from saev_ops.sae import modules
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(64, 5, 12, generator=g, dtype=torch.float64)
+    x = torch.randn(64, 12, generator=g, dtype=torch.float64)
+    z = modules.nnls(a @ a.transpose(1, 2), torch.einsum("bsd,bd->bs", a, x), torch.zeros(64, 5, dtype=torch.float64),
+                     3000)
+    want = np.stack([exact_nnls(a[i].T.numpy(), x[i].numpy())[0] for i in range(64)])
+    assert np.allclose(z.numpy(), want, atol=1e-6)
+    sae = build_sae(SAEConfig(arch="omp", d_model=16, d_sae=40, k=5), seed=1).double()
+    with torch.no_grad():
+        sae.b_dec.copy_(torch.randn(16, generator=g, dtype=torch.float64))
+    rows = torch.randn(32, 16, generator=g, dtype=torch.float64)
+    want = _omp(rows.numpy(), sae.W_dec.detach().numpy(), sae.b_dec.detach().numpy(), 5)
+    monkeypatch.setattr(modules, "OMP_NNLS_STEPS", 3000)
+    assert np.allclose(sae.encode(rows).detach().numpy(), want, atol=1e-6)
+    monkeypatch.undo()
+    few = sae.encode(rows).detach()
+    err = lambda z: float(((rows - sae.b_dec - z @ sae.W_dec).pow(2).sum()).detach())  # noqa: E731
+    assert err(few) <= 1.1 * err(torch.from_numpy(want)), (err(few), err(torch.from_numpy(want)))
+    assert int((few != 0).sum(dim=1).max()) <= 5 and float(few.min()) >= 0
+
+
+def test_orthogonal_matching_pursuit_in_the_loop(tmp_path: pathlib.Path) -> None:
+    """Trains beside a TopK, resumes bit-exactly after a kill, infers, is compared, and is refused by the exports."""
+    import dataclasses
+
+    from saev_ops.datasets import import_dataset
+    from saev_ops.explore.compare import compare_runs
+    from saev_ops.infer import InferSpec, run_inference
+    from saev_ops.registry import Registry
+    from saev_ops.runconfig import TrainSettings
+    from saev_ops.sae.interop import export_saelens, export_saev
+    from saev_ops.sae.io import load_sae
+    from saev_ops.train import RunSpec, TrainJobSpec, run_train_job
+    from saev_ops.train.trainer import Trainer
+    from tests.shard_helpers import write_dataset
+
+    path = write_dataset(tmp_path / "data", n_examples=40, layers=(7,), n_patches=16, d_model=32)
+    url = f"sqlite:///{tmp_path / 'r.sqlite'}"
+    reg = Registry(url)
+    import_dataset(reg, path, "tiny")
+    saes = [SAEConfig(arch="omp", d_model=32, d_sae=64, k=4), SAEConfig(arch="topk", d_model=32, d_sae=64, k=4)]
+    runs = reg.add_runs("tiny", [{"sae": s.to_dict(), "lr": 1e-3, "seed": 0, "layer": 7, "tokens": "patches"}
+                                 for s in saes])
+    settings = TrainSettings(batch_size=64, n_tokens=64 * 13, log_every=5, ckpt_every=5, lr_warmup_steps=3,
+                             buffer_mb=0.2, heartbeat_s=0.0)
+    spec = TrainJobSpec(db_url=url, dataset="tiny", dataset_path=str(path), dataset_hash="h", layer=7, tokens="patches",
+                        settings=settings, runs_root=str(tmp_path / "a"), registry_id=reg.registry_id,
+                        runs=tuple(RunSpec(run_id=r.id, sae=s, lr=1e-3, identity=r.config_hash)
+                                   for (r, _), s in zip(runs, saes, strict=True)))
+    ref = Trainer(spec, None)
+    ref.train()
+    other = dataclasses.replace(spec, runs_root=str(tmp_path / "b"))
+    interrupted = Trainer(other, None)
+    save = interrupted.save_checkpoint
+
+    def save_then_die() -> pathlib.Path:
+        save()
+        raise KeyboardInterrupt
+
+    interrupted.save_checkpoint = save_then_die  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.train()
+    resumed = Trainer(other, None)
+    assert resumed.load_checkpoint() and resumed.step == 5
+    resumed.train()
+    assert_same_weights(ref.saes, resumed.saes)
+    out = run_train_job(dataclasses.replace(spec, runs_root=str(tmp_path / "c")))
+    omp_id, topk_id = (r.id for r, _ in runs)
+    assert reg.get_run(omp_id).status == "completed" and reg.summary(omp_id)["l0"] <= 4
+    (o,) = run_inference(InferSpec(db_url=url, run_ids=(omp_id,), dataset="tiny", out_root=str(tmp_path / "o")))
+    assert 0 < o.nnz <= 4 * o.n_rows and o.n_cols == 64
+    (c,) = compare_runs(reg, (omp_id, topk_id))
+    assert 0 < c.trained.best_match_ab <= 1
+    sae, meta = load_sae(pathlib.Path(out[omp_id]))
+    for export in (export_saev, export_saelens):
+        with pytest.raises(errors.ConfigError, match=r"matching-pursuit SAE \(omp\) .* cannot express"):
+            export(sae, meta, tmp_path / "x")

@@ -8,7 +8,8 @@ from typing import Any
 
 from saev_ops import errors
 
-ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka", "signed-topk", "mp", "archetypal")
+ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka", "signed-topk", "mp", "omp", "archetypal")
+PURSUITS = ("mp", "omp")  # encoders that are greedy pursuits over the decoder: no encoder weights
 # The SAE fields each architecture reads; the others cannot change its weights and stay out of a run's identity.
 _COMMON = ("arch", "d_model", "d_sae")
 _AUXK = ("aux_k", "aux_coeff", "dead_tokens")  # the AuxK loss revives dead latents
@@ -20,6 +21,7 @@ ARCH_FIELDS: dict[str, tuple[str, ...]] = {
     "signed-topk": (*_COMMON, "k"),
     "jumprelu": (*_COMMON, "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth"),
     "mp": (*_COMMON, "k"),  # k pursuit steps; no encoder weights
+    "omp": (*_COMMON, "k"),  # k orthogonal pursuit steps, each a non-negative least-squares refit
     "archetypal": (*_COMMON, "archetypal_encoder", "archetypal_candidates", "archetypal_delta", "k", *_AUXK,
                    "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth"),  # read as its encoder does
 }
@@ -60,7 +62,8 @@ LEGACY_KEYS = {"dead_steps": "dead_steps was replaced by dead_tokens (the dead w
 class SAEConfig:
     arch: str = "topk"
     """relu (L1), topk (+AuxK), batchtopk, jumprelu, matryoshka (nested TopK prefixes), signed-topk, mp (matching
-    pursuit: k greedy steps over the decoder's atoms, no encoder weights), archetypal (RA-SAE: atoms are convex
+    pursuit: k greedy steps over the decoder's atoms, no encoder weights), omp (orthogonal matching pursuit: each step
+    refits the coefficients of every chosen atom by non-negative least squares), archetypal (RA-SAE: atoms are convex
     combinations of k-means centroids of the data plus a bounded relaxation; a TopK or JumpReLU encoder)."""
     d_model: int
     """Input width (set from the dataset)."""
@@ -68,7 +71,7 @@ class SAEConfig:
     """Number of latents."""
     k: int = 32
     """Active latents per token (topk, batchtopk, matryoshka, signed-topk); pursuit steps (mp: at most k active, an
-    atom chosen twice counts once)."""
+    atom chosen twice counts once; omp: k distinct atoms, some coefficients may be 0)."""
     l1_coeff: float = 1e-3
     """L1 weight (relu), scaled by decoder norms."""
     l0_coeff: float = 1.0

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from saev_ops import __version__, atomic, errors
-from saev_ops.sae.config import SAEConfig
+from saev_ops.sae.config import PURSUITS, SAEConfig
 from saev_ops.sae.modules import SAE, build_sae
 
 SAEV_SCHEMA = 5
@@ -51,8 +51,8 @@ _ROW_SHARE = ("this BatchTopK SAE ranks each activation by its share of its row'
               "every row, so it would compute other latents")
 
 
-_NO_PURSUIT = ("a matching-pursuit SAE encodes by k greedy steps over its decoder, with no encoder weights; {fmt}'s "
-               "SAEs encode with one linear map and an activation, so it cannot express this one")
+_NO_PURSUIT = ("a matching-pursuit SAE ({arch}) encodes by k greedy steps over its decoder, with no encoder weights; "
+               "{fmt}'s SAEs encode with one linear map and an activation, so it cannot express this one")
 
 
 def _payload(cls: str, **params: Any) -> dict[str, Any]:
@@ -77,8 +77,8 @@ def _folded(sae: SAE, scale: float, *, b_dec_into_b_enc: bool) -> dict[str, torc
 def export_saev(sae: SAE, meta: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
     """Write ``sae`` as a saev checkpoint file at ``path`` (atomically)."""
     arch = sae.cfg.arch
-    if arch == "mp":
-        raise errors.ConfigError(_NO_PURSUIT.format(fmt="saev"))
+    if arch in PURSUITS:
+        raise errors.ConfigError(_NO_PURSUIT.format(fmt="saev", arch=arch))
     if arch not in _SAEV_ACT:
         raise errors.ConfigError(f"saev has no {arch} activation (it has ReLU, TopK and BatchTopK); export this SAE "
                                  "to SAELens instead" if arch == "jumprelu" else
@@ -158,8 +158,8 @@ def export_saelens(sae: SAE, meta: dict[str, Any], directory: pathlib.Path) -> p
     from safetensors.torch import save_file
 
     arch = sae.cfg.arch
-    if arch == "mp":
-        raise errors.ConfigError(_NO_PURSUIT.format(fmt="SAELens"))
+    if arch in PURSUITS:
+        raise errors.ConfigError(_NO_PURSUIT.format(fmt="SAELens", arch=arch))
     if arch not in _SAELENS_ARCH:
         raise errors.ConfigError(f"SAELens has no {arch} architecture (standard, topk, jumprelu)")
     if arch == "topk" and not sae.cfg.topk_relu:

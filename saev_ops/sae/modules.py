@@ -314,6 +314,54 @@ class MatchingPursuitSAE(SAE):
         return z
 
 
+OMP_NNLS_STEPS = 10
+"""Projected-gradient steps of each pursuit step's non-negative least squares (warm-started from the last step's)."""
+
+
+def nnls(gram: torch.Tensor, rhs: torch.Tensor, z: torch.Tensor, steps: int) -> torch.Tensor:
+    """Batched non-negative least squares ``min_{z >= 0} ||x - z A||^2`` from its normal equations, ``gram = A A^T``
+    (B x s x s) and ``rhs = A x`` (B x s): ``steps`` projected-gradient steps ``z <- max(0, z - (z G - b) / L)`` from
+    ``z``, with L an upper bound of G's largest eigenvalue (the least of its trace and its largest absolute row sum),
+    so every step descends."""
+    bound = torch.minimum(gram.diagonal(dim1=1, dim2=2).sum(1), gram.abs().sum(2).amax(1)).clamp_min(1e-12)
+    for _ in range(steps):
+        grad = torch.einsum("bj,bji->bi", z, gram) - rhs
+        z = torch.clamp(z - grad / bound.unsqueeze(1), min=0.0)
+    return z
+
+
+class OrthogonalMatchingPursuitSAE(SAE):
+    """Orthogonal matching pursuit with non-negative coefficients (as Overcomplete's OMP-SAE): ``k`` steps, each adding
+    the atom most correlated with what is left of the input (``r = x - b_dec - z D``; an atom already chosen is not
+    chosen again), then refitting the coefficients of every chosen atom by non-negative least squares
+    (:func:`nnls`, warm-started). The code is computed without a graph; the dictionary learns through the
+    reconstruction ``z D + b_dec``. No encoder weights."""
+
+    def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None) -> None:
+        super().__init__(cfg, generator)
+        del self.W_enc, self.b_enc
+
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        return x - self.b_dec
+
+    @torch.no_grad()
+    def activate(self, pre: torch.Tensor) -> torch.Tensor:
+        d = self.W_dec.detach()
+        rows = torch.arange(pre.shape[0], device=pre.device)
+        chosen = torch.empty(pre.shape[0], 0, dtype=torch.long, device=pre.device)
+        coeff = torch.empty(pre.shape[0], 0, dtype=pre.dtype, device=pre.device)
+        residual = pre
+        for _ in range(min(self.cfg.k, self.cfg.d_sae)):
+            corr = residual @ d.t()
+            corr[rows.unsqueeze(1), chosen] = -torch.inf
+            chosen = torch.cat([chosen, corr.argmax(dim=1, keepdim=True)], dim=1)
+            atoms = d[chosen]  # B x s x d
+            coeff = nnls(atoms @ atoms.transpose(1, 2), torch.einsum("bsd,bd->bs", atoms, pre),
+                         torch.cat([coeff, coeff.new_zeros(pre.shape[0], 1)], dim=1), OMP_NNLS_STEPS)
+            residual = pre - torch.einsum("bs,bsd->bd", coeff, atoms)
+        return torch.zeros(pre.shape[0], self.cfg.d_sae, dtype=pre.dtype, device=pre.device).scatter(1, chosen, coeff)
+
+
 class _Archetypal:
     """Relaxed archetypal dictionary (Fel et al. 2025, "Archetypal SAE", eq. 4): atom i is a convex combination of
     candidate points C (n_candidates x d_model, k-means centroids of the layer's centred activations) plus a bounded
@@ -406,7 +454,7 @@ class ArchetypalJumpReLUSAE(_Archetypal, JumpReLUSAE):  # type: ignore[misc]
 
 _CLASSES: dict[str, type[SAE]] = {
     "relu": ReLUSAE, "topk": TopKSAE, "batchtopk": BatchTopKSAE, "jumprelu": JumpReLUSAE, "matryoshka": MatryoshkaSAE,
-    "signed-topk": SignedTopKSAE, "mp": MatchingPursuitSAE}
+    "signed-topk": SignedTopKSAE, "mp": MatchingPursuitSAE, "omp": OrthogonalMatchingPursuitSAE}
 _ARCHETYPAL: dict[str, type[SAE]] = {"topk": ArchetypalTopKSAE, "jumprelu": ArchetypalJumpReLUSAE}
 
 

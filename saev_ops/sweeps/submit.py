@@ -59,6 +59,11 @@ def estimate_memory_gb(sae: dict[str, Any], d_model: int, batch_size: int) -> fl
         params = d_model * d_sae + d_model
         steps = int(sae.get("k", 32))
         return (params * 4 * 4 + batch_size * d_sae * 4 * 3 + steps * batch_size * d_model * 4 * 3) / 2**30
+    if sae.get("arch") == "omp":  # no graph through the pursuit: a step's chosen atoms and their Gram matrices
+        params = d_model * d_sae + d_model
+        steps = int(sae.get("k", 32))
+        return (params * 4 * 4 + batch_size * d_sae * 4 * 3
+                + batch_size * steps * (d_model + steps) * 4 * 2) / 2**30
     params = 2 * d_model * d_sae + d_sae + d_model
     return (params * 4 * 4 + batch_size * d_sae * 4 * 4) / 2**30
 
