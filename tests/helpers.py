@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pathlib
 import uuid
+from typing import Any
 
 from saev_ops.registry import Registry
 from saev_ops.sae.config import SAEConfig
@@ -152,6 +153,24 @@ def planted(n: int, *, d: int = 32, n_atoms: int = 128, k: int = 4, seed: int = 
         x[i] = (scales[idx] * rng.exponential(1.0, m)) @ atoms[idx]
     x += mean + 0.05 * rng.normal(size=(n, d))
     return x.astype(np.float32), atoms.astype(np.float32)
+
+
+def train_killed_after(trainer: Any, checkpoints: int) -> None:
+    """Train until ``checkpoints`` checkpoints are written, then die as a preempted job does (KeyboardInterrupt)."""
+    import pytest
+
+    save = trainer.save_checkpoint
+    written = []
+
+    def save_then_die() -> pathlib.Path:
+        written.append(save())
+        if len(written) == checkpoints:
+            raise KeyboardInterrupt
+        return written[-1]
+
+    trainer.save_checkpoint = save_then_die
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
 
 
 def assert_same_weights(a: list, b: list) -> None:

@@ -14,7 +14,7 @@ from saev_ops.sae.io import load_sae
 from saev_ops.train import TrainJobSpec, run_train_job
 from saev_ops.train.journal import sync_file
 from saev_ops.train.trainer import Trainer
-from tests.helpers import assert_same_weights, make_dataset, make_spec
+from tests.helpers import assert_same_weights, make_dataset, make_spec, train_killed_after
 from tests.shard_helpers import write_dataset
 
 ARCHS = ["relu", "topk", "batchtopk", "jumprelu", "matryoshka", "signed-topk"]
@@ -89,19 +89,7 @@ def test_resume_equals_uninterrupted(setup, tmp_path: pathlib.Path) -> None:  # 
     ref = Trainer(spec, None)
     ref.train()  # 23 steps straight through
     interrupted = Trainer(spec := TrainJobSpec(**{**spec.__dict__, "runs_root": str(tmp_path / "b")}), None)
-    orig_save = interrupted.save_checkpoint
-    calls = {"n": 0}
-
-    def save_then_die() -> pathlib.Path:
-        p = orig_save()
-        calls["n"] += 1
-        if calls["n"] == 3:  # after the step-15 checkpoint the job is preempted
-            raise KeyboardInterrupt
-        return p
-
-    interrupted.save_checkpoint = save_then_die  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
-        interrupted.train()
+    train_killed_after(interrupted, 3)  # after the step-15 checkpoint the job is preempted
     resumed = Trainer(spec, None)
     assert resumed.load_checkpoint() and resumed.step == 15
     resumed.train()
