@@ -112,6 +112,7 @@ def run_identity(config: dict[str, Any]) -> dict[str, Any]:
     if isinstance(sae, dict) and sae.get("arch") in ARCH_FIELDS:
         out["sae"] = {k: v for k, v in sae.items() if k in fields_read(sae)
                       or (k == "apply_b_dec_to_input" and v is False)  # in the identity only where it changes it
+                      or (k == "encoder_hidden" and v != 0)
                       or (k == "topk_relu" and v is False and sae["arch"] == "topk")
                       or (k == "batchtopk_rank" and v != "value" and sae["arch"] == "batchtopk")}
     if isinstance(config.get("tokens"), str) and config["tokens"] in {*tokens.SELECTIONS, *tokens.OLD_NAMES}:

@@ -574,3 +574,33 @@ def test_orthogonal_matching_pursuit_in_the_loop(tmp_path: pathlib.Path) -> None
     for export in (export_saev, export_saelens):
         with pytest.raises(errors.ConfigError, match=r"matching-pursuit SAE \(omp\) .* cannot express"):
             export(sae, meta, tmp_path / "x")
+
+
+# -- MLP encoder -----------------------------------------------------------------------------------------------------------
+def test_an_mlp_encoder_is_its_equation_trains_resumes_and_is_not_exported(tmp_path: pathlib.Path) -> None:
+    """``encoder_hidden: h``: pre = relu((x - b_dec) W_1 + b_1) W_enc + b_enc, then the family's activation; a run
+    without it keeps its identity; pursuits refuse it; it trains and resumes in the one-pass trainer; the formats
+    whose encoders are one linear map refuse it."""
+    from saev_ops.runconfig import run_identity
+    from saev_ops.sae.interop import export_saelens, export_saev
+    from saev_ops.sweeps import parse_sweep
+
+    sae = build_sae(SAEConfig(arch="topk", d_model=8, d_sae=32, k=3, encoder_hidden=16), seed=2)
+    x = torch.randn(10, 8)
+    hidden = torch.relu((x - sae.b_dec) @ sae.W_1 + sae.b_1)
+    pre = hidden @ sae.W_enc + sae.b_enc
+    vals, idx = pre.topk(3, dim=-1)
+    assert torch.allclose(sae.encode(x), torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals)))
+    plain = SAEConfig(arch="topk", d_model=8, d_sae=32, k=3).to_dict()
+    old = {k: v for k, v in plain.items() if k != "encoder_hidden"}  # a run registered before the field existed
+    assert run_identity({"sae": plain, "lr": 1e-3}) == run_identity({"sae": old, "lr": 1e-3})
+    assert run_identity({"sae": {**plain, "encoder_hidden": 16}, "lr": 1e-3}) != run_identity({"sae": plain, "lr": 1e-3})
+    with pytest.raises(errors.ConfigError, match=r"grid.yaml:3: base.encoder_hidden: must be 0 .* \(not mp, omp\)"):
+        parse_sweep("name: s\ndataset: d\nbase: {arch: mp, encoder_hidden: 8}\n")
+    saes = [SAEConfig(arch="topk", d_model=32, d_sae=64, k=4, encoder_hidden=48),
+            SAEConfig(arch="jumprelu", d_model=32, d_sae=64, encoder_hidden=16)]
+    _, _, _, spec = _one_pass(tmp_path, saes, 13)
+    _resumes_bit_exactly(spec, tmp_path, 2)
+    for export in (export_saev, export_saelens):
+        with pytest.raises(errors.ConfigError, match="encoder is an MLP"):
+            export(sae, {"scale": 1.0}, tmp_path / "x")

@@ -52,7 +52,7 @@ BATCHTOPK_RANKS = ("value", "row-share")
 # runs the old one: a resubmission finds its runs).
 NEW_SWEEP_DEFAULTS: dict[str, tuple[Any, Any]] = {"batchtopk_rank": ("row-share", "value")}
 
-_INTS = ("d_model", "d_sae", "k", "aux_k", "dead_tokens", "archetypal_candidates")
+_INTS = ("d_model", "d_sae", "k", "aux_k", "dead_tokens", "archetypal_candidates", "encoder_hidden")
 _FLOATS = ("l1_coeff", "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth", "aux_coeff", "archetypal_delta")
 # Keys of stored configs that no longer exist; read (registry rows, SAE files) and ignored. grid.yaml refuses them.
 LEGACY_KEYS = {"dead_steps": "dead_steps was replaced by dead_tokens (the dead window in training tokens)"}
@@ -84,6 +84,10 @@ class SAEConfig:
     jumprelu_bandwidth: float = 0.1
     """Width of the rectangle kernel of the straight-through estimator, in the same units: pre-activations within
     bandwidth/2 of the threshold carry the L0 gradient to the threshold and to the encoder."""
+    encoder_hidden: int = 0
+    """The encoder: 0, one linear map (every family's default); a width h > 0, an MLP with one hidden ReLU layer of h
+    units, ``pre = relu((x - b_dec) W_1 + b_1) W_enc + b_enc`` (as Overcomplete's MLP encoder; not for the pursuits,
+    which have no encoder; not exportable to saev or SAELens, whose encoders are one linear map)."""
     archetypal_encoder: str = "topk"
     """archetypal: the encoder, ``topk`` (with ``k``, AuxK) or ``jumprelu`` (with ``l0_coeff``, threshold and
     bandwidth)."""
@@ -151,8 +155,7 @@ class SAEConfig:
             p = list(self.matryoshka_prefixes)
             if p != sorted(set(p)) or any(x <= 0 or x >= self.d_sae for x in p):
                 out.append(("matryoshka_prefixes", f"must be ascending, unique and in 1..d_sae-1, got {p}"))
-        if self.arch == "archetypal":
-            out += self._archetypal_problems()
+        out += self._encoder_problems()
         for name in ("l1_coeff", "l0_coeff", "aux_coeff", "archetypal_delta"):
             if getattr(self, name) < 0:
                 out.append((name, f"must be >= 0, got {getattr(self, name)}"))
@@ -161,8 +164,14 @@ class SAEConfig:
                 out.append((name, f"must be > 0, got {getattr(self, name)}"))
         return out
 
-    def _archetypal_problems(self) -> list[tuple[str, str]]:
+    def _encoder_problems(self) -> list[tuple[str, str]]:
+        """The encoder's own fields: an MLP's width, an archetypal SAE's encoder and candidates."""
         out = []
+        if self.encoder_hidden < 0 or (self.encoder_hidden and self.arch in PURSUITS):
+            out.append(("encoder_hidden", f"must be 0 (a linear encoder) or a width > 0 for a family with an encoder "
+                        f"(not {', '.join(PURSUITS)}), got {self.encoder_hidden}"))
+        if self.arch != "archetypal":
+            return out
         if self.archetypal_encoder not in ARCHETYPAL_ENCODERS:
             out.append(("archetypal_encoder", f"must be one of {', '.join(ARCHETYPAL_ENCODERS)}, got "
                         f"{self.archetypal_encoder!r}"))

@@ -51,6 +51,8 @@ _ROW_SHARE = ("this BatchTopK SAE ranks each activation by its share of its row'
               "every row, so it would compute other latents")
 
 
+_MLP = ("this SAE's encoder is an MLP (encoder_hidden > 0); {fmt}'s SAEs encode with one linear map and an activation, "
+        "so it cannot express this one")
 _NO_PURSUIT = ("a matching-pursuit SAE ({arch}) encodes by k greedy steps over its decoder, with no encoder weights; "
                "{fmt}'s SAEs encode with one linear map and an activation, so it cannot express this one")
 
@@ -79,6 +81,8 @@ def export_saev(sae: SAE, meta: dict[str, Any], path: pathlib.Path) -> pathlib.P
     arch = sae.cfg.arch
     if arch in PURSUITS:
         raise errors.ConfigError(_NO_PURSUIT.format(fmt="saev", arch=arch))
+    if sae.cfg.encoder_hidden:
+        raise errors.ConfigError(_MLP.format(fmt="saev"))
     if arch not in _SAEV_ACT:
         raise errors.ConfigError(f"saev has no {arch} activation (it has ReLU, TopK and BatchTopK); export this SAE "
                                  "to SAELens instead" if arch == "jumprelu" else
@@ -160,6 +164,8 @@ def export_saelens(sae: SAE, meta: dict[str, Any], directory: pathlib.Path) -> p
     arch = sae.cfg.arch
     if arch in PURSUITS:
         raise errors.ConfigError(_NO_PURSUIT.format(fmt="SAELens", arch=arch))
+    if sae.cfg.encoder_hidden:
+        raise errors.ConfigError(_MLP.format(fmt="SAELens"))
     if arch not in _SAELENS_ARCH:
         raise errors.ConfigError(f"SAELens has no {arch} architecture (standard, topk, jumprelu)")
     if arch == "topk" and not sae.cfg.topk_relu:

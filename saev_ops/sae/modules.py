@@ -30,11 +30,19 @@ class SAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(w))
         self.b_dec = nn.Parameter(torch.zeros(d))
         self.register_buffer("tokens_since_fired", torch.zeros(w, dtype=torch.long))
+        if cfg.encoder_hidden:  # an MLP encoder: x -> relu(x W_1 + b_1) W_enc + b_enc
+            h = cfg.encoder_hidden
+            bound = (6.0 / d) ** 0.5  # Kaiming-uniform for the ReLU layer
+            self.W_1 = nn.Parameter((torch.rand(d, h, generator=generator) * 2 - 1) * bound)
+            self.b_1 = nn.Parameter(torch.zeros(h))
+            self.W_enc = nn.Parameter(torch.randn(h, w, generator=generator) / h**0.5)
 
     # -- shared parts -------------------------------------------------------------------------------------------------
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.apply_b_dec_to_input:
-            return (x - self.b_dec) @ self.W_enc + self.b_enc
+            x = x - self.b_dec
+        if self.cfg.encoder_hidden:
+            x = torch.relu(x @ self.W_1 + self.b_1)
         return x @ self.W_enc + self.b_enc
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -65,7 +73,7 @@ class SAE(nn.Module):
         mixed = blend * rows + (1 - blend) * random
         mixed = mixed / mixed.norm(dim=1, keepdim=True).clamp_min(1e-8)
         self.W_dec.copy_(mixed.to(self.W_dec.device))
-        if "W_enc" in self._parameters:  # matching pursuit has none
+        if "W_enc" in self._parameters and not self.cfg.encoder_hidden:  # pursuits have none; an MLP's is its own
             self.W_enc.copy_(self.W_dec.t())
 
     @torch.no_grad()
@@ -410,7 +418,8 @@ class _Archetypal:
             module.log_scale.zero_()
             module.log_scale.fill_(-float(self.W_dec.norm(dim=1).mean().clamp_min(1e-8).log()))
             atoms = self.W_dec
-            module.W_enc.copy_((atoms / atoms.norm(dim=1, keepdim=True).clamp_min(1e-8)).t())
+            if not self.cfg.encoder_hidden:  # an MLP encoder keeps its own initialisation
+                module.W_enc.copy_((atoms / atoms.norm(dim=1, keepdim=True).clamp_min(1e-8)).t())
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

@@ -64,8 +64,10 @@ def estimate_memory_gb(sae: dict[str, Any], d_model: int, batch_size: int) -> fl
         steps = int(sae.get("k", 32))
         return (params * 4 * 4 + batch_size * d_sae * 4 * 3
                 + batch_size * steps * (d_model + steps) * 4 * 2) / 2**30
-    params = 2 * d_model * d_sae + d_sae + d_model
-    return (params * 4 * 4 + batch_size * d_sae * 4 * 4) / 2**30
+    hidden = int(sae.get("encoder_hidden") or 0)  # an MLP encoder: its two layers and the batch's hidden units
+    params = (d_model * d_sae if not hidden else d_model * hidden + hidden + hidden * d_sae) + d_model * d_sae \
+        + d_sae + d_model
+    return (params * 4 * 4 + batch_size * d_sae * 4 * 4 + batch_size * hidden * 4 * 3) / 2**30
 
 
 def run_memory_gb(rid: int, cfg: dict[str, Any], d_model: int, settings: TrainSettings,
