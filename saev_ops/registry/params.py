@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from saev_ops import tokens
+from saev_ops.runconfig import ADDED_SETTINGS, RUN_KEY_DEFAULTS
 from saev_ops.sae.config import ARCH_FIELDS, fields_read
 
 PARAMS: dict[str, type] = {
@@ -18,14 +19,12 @@ PARAMS: dict[str, type] = {
     "aux_coeff": float, "dead_tokens": int, "lr": float, "seed": int, "layer": int, "tokens": str,
     "batch_size": int, "n_tokens": int, "grad_clip": float, "data_init_blend": float,
 }
-_TOP = ("lr", "seed", "layer", "tokens")
+_TOP = tuple(RUN_KEY_DEFAULTS)  # lr, seed, layer, tokens
 _TRAIN = ("batch_size", "n_tokens", "grad_clip", "data_init_blend")
 
 
 def params_of(config: dict[str, Any]) -> dict[str, Any]:
     """The typed parameters of a stored run config (None where absent, not read by the architecture, or mistyped)."""
-    from saev_ops.runconfig import ADDED_SETTINGS
-
     sae_value, train_value = config.get("sae"), config.get("train")
     sae: dict[str, Any] = sae_value if isinstance(sae_value, dict) else {}
     train: dict[str, Any] | None = train_value if isinstance(train_value, dict) else None
