@@ -1,6 +1,6 @@
 """Batches to the device: pinned batch buffers (CUDA only, refused clearly elsewhere) and DeviceFeed's copies.
 
-The CUDA tests run where a GPU is (benchmarks/device_check.sh runs them on a lent GPU host); CI has none.
+The CUDA tests run where a GPU is (benchmarks/device_check.sh runs them on a GPU host); CI has none.
 """
 
 from __future__ import annotations
