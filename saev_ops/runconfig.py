@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from saev_ops import tokens
-from saev_ops.sae.config import ARCH_FIELDS, fields_read
+from saev_ops.sae.config import ARCH_FIELDS, identity_fields
 from saev_ops.schema import Schema
 
 
@@ -104,17 +104,14 @@ NEW_SWEEP_SETTINGS: dict[str, Any] = {"scale_by": "centred-norm"}
 
 def run_identity(config: dict[str, Any]) -> dict[str, Any]:
     """What determines a run's result, hashed into its identity (:func:`saev_ops.registry.config_hash`): the config
-    without the settings of :data:`RUN_ONLY_SETTINGS` and without SAE fields its architecture does not read. So the
-    same sweep resubmitted on ``device: cuda`` finds its runs, and a ReLU entry needs no ``k``."""
+    without the settings of :data:`RUN_ONLY_SETTINGS` and without SAE fields its architecture does not read
+    (:func:`saev_ops.sae.config.identity_fields`). So the same sweep resubmitted on ``device: cuda`` finds its runs,
+    and a ReLU entry needs no ``k``."""
 
     out = dict(config)
     sae = config.get("sae")
     if isinstance(sae, dict) and sae.get("arch") in ARCH_FIELDS:
-        out["sae"] = {k: v for k, v in sae.items() if k in fields_read(sae)
-                      or (k == "apply_b_dec_to_input" and v is False)  # in the identity only where it changes it
-                      or (k == "encoder_hidden" and v != 0)
-                      or (k == "topk_relu" and v is False and sae["arch"] == "topk")
-                      or (k == "batchtopk_rank" and v != "value" and sae["arch"] == "batchtopk")}
+        out["sae"] = identity_fields(sae)
     if isinstance(config.get("tokens"), str) and config["tokens"] in {*tokens.SELECTIONS, *tokens.OLD_NAMES}:
         out["tokens"] = tokens.identity_name(config["tokens"])  # one identity whichever name the grid used
     train = config.get("train")

@@ -604,3 +604,29 @@ def test_an_mlp_encoder_is_its_equation_trains_resumes_and_is_not_exported(tmp_p
     for export in (export_saev, export_saelens):
         with pytest.raises(errors.ConfigError, match="encoder is an MLP"):
             export(sae, {"scale": 1.0}, tmp_path / "x")
+
+
+def test_an_archetypal_topk_without_relu_is_another_run() -> None:
+    """An archetypal SAE's TopK encoder reads `topk_relu` as a TopK does, so a run that sets it false is another run
+    (its identity was the same as the default's: two different SAEs would have been one run)."""
+    from saev_ops.runconfig import run_identity
+
+    sae = SAEConfig(arch="archetypal", d_model=8, d_sae=16, k=2).to_dict()
+    assert run_identity({"sae": {**sae, "topk_relu": False}}) != run_identity({"sae": sae})
+    jump = {**sae, "archetypal_encoder": "jumprelu"}  # a JumpReLU encoder does not read it
+    assert run_identity({"sae": {**jump, "topk_relu": False}}) == run_identity({"sae": jump})
+    relu = SAEConfig(arch="relu", d_model=8, d_sae=16).to_dict()  # nor does a ReLU, as before
+    assert run_identity({"sae": {**relu, "topk_relu": False}}) == run_identity({"sae": relu})
+
+
+def test_the_memory_estimate_counts_an_archetypal_sae_s_mlp_encoder() -> None:
+    """An archetypal SAE differs from a TopK by its decoder alone, whatever its encoder: with an MLP encoder its
+    estimate counted a linear one (and no hidden units)."""
+    from saev_ops.sweeps.submit import estimate_memory_gb
+
+    def gap(hidden: int) -> float:
+        ra = SAEConfig(arch="archetypal", d_model=128, d_sae=1024, k=8, encoder_hidden=hidden).to_dict()
+        topk = SAEConfig(arch="topk", d_model=128, d_sae=1024, k=8, encoder_hidden=hidden).to_dict()
+        return estimate_memory_gb(ra, 128, 512) - estimate_memory_gb(topk, 128, 512)
+
+    assert gap(64) == pytest.approx(gap(0), rel=1e-12)

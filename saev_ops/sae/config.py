@@ -28,15 +28,39 @@ ARCH_FIELDS: dict[str, tuple[str, ...]] = {
 ARCHETYPAL_ENCODERS = ("topk", "jumprelu")
 
 
+# Fields added after runs were registered: the value that reproduces what came before, and the encoder families that
+# read the field (None: every family). In a run's identity only where set otherwise for a family that reads it, so
+# runs registered before the field existed keep their identities.
+ADDED_FIELDS: dict[str, tuple[Any, tuple[str, ...] | None]] = {
+    "apply_b_dec_to_input": (True, None), "encoder_hidden": (0, None), "topk_relu": (True, ("topk",)),
+    "batchtopk_rank": ("value", ("batchtopk",))}
+
+
+def encoder_arch(sae: dict[str, Any]) -> Any:
+    """The family whose encoder and losses a config trains with: its own, or an archetypal SAE's encoder."""
+    return sae.get("archetypal_encoder", "topk") if sae.get("arch") == "archetypal" else sae.get("arch")
+
+
 def fields_read(sae: dict[str, Any]) -> tuple[str, ...]:
     """The SAE fields a config's architecture reads (an archetypal SAE: those of its encoder); the others cannot
     change its weights and stay out of a run's identity and typed parameters."""
     arch = sae.get("arch")
     if arch == "archetypal":
-        encoder = sae.get("archetypal_encoder", "topk")
         own = ("archetypal_encoder", "archetypal_candidates", "archetypal_delta")
-        return (*_COMMON, *own, *(f for f in ARCH_FIELDS.get(encoder, ()) if f not in _COMMON))
+        return (*_COMMON, *own, *(f for f in ARCH_FIELDS.get(encoder_arch(sae), ()) if f not in _COMMON))
     return ARCH_FIELDS.get(arch, ()) if isinstance(arch, str) else ()
+
+
+def identity_fields(sae: dict[str, Any]) -> dict[str, Any]:
+    """The SAE part of a run's identity: the fields its architecture reads, and the :data:`ADDED_FIELDS` set to
+    something other than what came before them, for a family that reads them."""
+    read, family = fields_read(sae), encoder_arch(sae)
+
+    def changed(key: str, value: Any) -> bool:
+        before, readers = ADDED_FIELDS[key]
+        return value != before and (readers is None or family in readers)
+
+    return {k: v for k, v in sae.items() if k in read or (k in ADDED_FIELDS and changed(k, v))}
 
 
 def sparsity_field(arch: str) -> str:
@@ -182,8 +206,8 @@ class SAEConfig:
 
     @property
     def encoder_arch(self) -> str:
-        """The architecture whose encoder and losses it trains with: its own, or an archetypal SAE's encoder."""
-        return self.archetypal_encoder if self.arch == "archetypal" else self.arch
+        """The architecture whose encoder and losses it trains with (:func:`encoder_arch`)."""
+        return str(encoder_arch({"arch": self.arch, "archetypal_encoder": self.archetypal_encoder}))
 
     @property
     def n_candidates(self) -> int:

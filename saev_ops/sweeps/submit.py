@@ -14,7 +14,7 @@ from saev_ops.host import Room
 from saev_ops.jobs import PartialSubmissionError, SlurmSpec, submit
 from saev_ops.registry import DatasetRecord, Registry, RunQuery, RunRecord, config_hash
 from saev_ops.runconfig import NEW_SWEEP_SETTINGS, RUN_ONLY_SETTINGS, TrainSettings, run_config, run_identity
-from saev_ops.sae.config import NEW_SWEEP_DEFAULTS, SAEConfig
+from saev_ops.sae.config import NEW_SWEEP_DEFAULTS, PURSUITS, SAEConfig
 from saev_ops.sweeps.spec import Resources, SweepSpec, validate_run
 from saev_ops.train.spec import RunSpec, TrainJobSpec
 
@@ -45,29 +45,28 @@ class SubmitResult:
 
 
 def estimate_memory_gb(sae: dict[str, Any], d_model: int, batch_size: int) -> float:
-    """Parameters with grads and two Adam moments, plus the batch's latent activations (pre, z and their grads); for
-    matching pursuit (no encoder weights), the decoder, z and a correlation product, and the ``k`` residuals and
-    chosen atoms its backward keeps; for an archetypal SAE, its archetype weights (d_sae x candidates) and relaxation
-    in place of the decoder, with their grads and Adam moments, the dictionary they make and its grad, and the
-    candidates themselves (counted for each such run, though the runs of a job that share them hold one copy)."""
-    d_sae = int(sae.get("d_sae", 16384))
-    if sae.get("arch") == "archetypal":
+    """Parameters with grads and two Adam moments, plus what a step holds besides: the encoder (one linear map, or an
+    MLP and its batch of hidden units; none for the pursuits) and the decoder of each family. Most families: the
+    decoder and the batch's latent activations (pre, z and their grads). Matching pursuit: z, a correlation product,
+    and the ``k`` residuals and chosen atoms its backward keeps; orthogonal pursuit (no graph through it): a step's
+    chosen atoms and their Gram matrices. An archetypal SAE: archetype weights (d_sae x candidates) and relaxation in
+    place of the decoder, the dictionary they make and its grad, and the candidates themselves (counted for each such
+    run, though the runs of a job that share them hold one copy)."""
+    arch, d_sae, steps = sae.get("arch"), int(sae.get("d_sae", 16384)), int(sae.get("k", 32))
+    hidden = int(sae.get("encoder_hidden") or 0)
+    encoder = d_model * hidden + hidden + hidden * d_sae if hidden else d_model * d_sae
+    encoder = 0 if arch in PURSUITS else encoder + d_sae
+    decoder = d_model * d_sae + d_model
+    held = batch_size * d_sae * 4 * 4 + batch_size * hidden * 4 * 3
+    if arch == "mp":
+        held = batch_size * d_sae * 4 * 3 + steps * batch_size * d_model * 4 * 3
+    elif arch == "omp":
+        held = batch_size * d_sae * 4 * 3 + batch_size * steps * (d_model + steps) * 4 * 2
+    elif arch == "archetypal":
         n = int(sae.get("archetypal_candidates") or d_sae)
-        params = d_model * d_sae + d_sae * n + d_sae * d_model + d_sae + d_model + 1
-        return (params * 4 * 4 + 2 * d_sae * d_model * 4 + n * d_model * 4 + batch_size * d_sae * 4 * 4) / 2**30
-    if sae.get("arch") == "mp":
-        params = d_model * d_sae + d_model
-        steps = int(sae.get("k", 32))
-        return (params * 4 * 4 + batch_size * d_sae * 4 * 3 + steps * batch_size * d_model * 4 * 3) / 2**30
-    if sae.get("arch") == "omp":  # no graph through the pursuit: a step's chosen atoms and their Gram matrices
-        params = d_model * d_sae + d_model
-        steps = int(sae.get("k", 32))
-        return (params * 4 * 4 + batch_size * d_sae * 4 * 3
-                + batch_size * steps * (d_model + steps) * 4 * 2) / 2**30
-    hidden = int(sae.get("encoder_hidden") or 0)  # an MLP encoder: its two layers and the batch's hidden units
-    params = (d_model * d_sae if not hidden else d_model * hidden + hidden + hidden * d_sae) + d_model * d_sae \
-        + d_sae + d_model
-    return (params * 4 * 4 + batch_size * d_sae * 4 * 4 + batch_size * hidden * 4 * 3) / 2**30
+        decoder = d_sae * n + d_sae * d_model + 1 + d_model
+        held += 2 * d_sae * d_model * 4 + n * d_model * 4
+    return ((encoder + decoder) * 4 * 4 + held) / 2**30
 
 
 def run_memory_gb(rid: int, cfg: dict[str, Any], d_model: int, settings: TrainSettings,
