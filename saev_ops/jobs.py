@@ -206,7 +206,6 @@ class Job:
     (:mod:`saev_ops.record.jobs`, :mod:`saev_ops.infer.jobs`, :class:`saev_ops.train.TrainJob`)."""
 
     def __call__(self) -> Any:
-
         configure()
         return self.run()
 
@@ -222,7 +221,6 @@ class Job:
 def _share_cores(n_processes: int) -> None:
     """Each of ``n_processes`` torch processes takes its share of the cores (not all of them each)."""
     import torch
-
 
     torch.set_num_threads(max(1, host.usable_cpus() // n_processes))
 

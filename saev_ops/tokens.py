@@ -33,7 +33,11 @@ def canonical(name: str) -> str:
     return name
 
 
+_IDENTITY_NAMES = {new: old for old, new in OLD_NAMES.items()}
+
+
 def identity_name(name: str) -> str:
     """The name a run's identity hashes for a selection: the one runs were registered with before the vocabulary was
     one (``no-registers`` for ``cls+patches``), so a selection has one identity whichever name a grid file uses."""
-    return {new: old for old, new in OLD_NAMES.items()}.get(canonical(name), canonical(name))
+    name = canonical(name)
+    return _IDENTITY_NAMES.get(name, name)

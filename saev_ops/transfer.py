@@ -72,7 +72,6 @@ def relu_topk_difference(sae: SAE, dataset_path: str, layer: int, tokens: str, s
     pre-activations include a negative one: where a TopK with a ReLU and saev's TopK (none) give other latents."""
     import torch
 
-
     reader = ShardReader(dataset_path)
     cols = reader.layout.indices(tokens)
     n = min(reader.md.n_examples, -(-SAMPLE_ROWS // len(cols)))

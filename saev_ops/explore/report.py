@@ -190,7 +190,6 @@ def _latent_strip(output: Any, latent: int, n: int, out_dir: pathlib.Path) -> li
     """Figures (HTML) for ``latent``: one per image, its top patch value, heat map over the image, and label."""
     from PIL import Image
 
-
     tiles: list[tuple[int, float, dict[str, Any]]] = []
     seen: set[int] = set()
     for row, value in output.top_rows(latent, n * 16):  # several rows per image: keep each image's best once

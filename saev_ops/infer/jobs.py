@@ -16,7 +16,6 @@ class InferJob(Job):
         self.spec = spec
 
     def run(self) -> list[int]:
-
         return [o.id for o in run_inference(self.spec)]
 
 
@@ -28,6 +27,5 @@ class InferPartJob(Job):
         self.spec, self.task = spec, task
 
     def run(self) -> list[int] | None:
-
         out = infer_part(self.spec, self.task)
         return None if out is None else [o.id for o in out]

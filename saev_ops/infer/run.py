@@ -308,7 +308,6 @@ def _tmp_of(spec: InferSpec, run_id: int, dataset: DatasetRecord) -> pathlib.Pat
 
 # -- a pass split across jobs -----------------------------------------------------------------------------------------
 def _split_key(spec: InferSpec, dataset: DatasetRecord, run_ids: list[int]) -> str:
-
     return hashlib.sha256(json.dumps({"dataset": dataset.content_hash, "runs": sorted(run_ids),
                                       "batch_size": spec.batch_size}).encode()).hexdigest()
 

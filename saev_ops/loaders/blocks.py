@@ -145,7 +145,6 @@ def require_pinnable(who: str) -> None:
     """Raise ``ConfigError`` naming ``who`` unless pinned memory can be allocated (it needs CUDA)."""
     import torch
 
-
     if not torch.cuda.is_available():
         raise errors.ConfigError(f"{who}: pin_memory needs CUDA, and torch.cuda.is_available() is False here "
                                  "(set pin_memory=False; pinning only speeds copies to a GPU)")

@@ -17,7 +17,6 @@ class RecordJob(Job):
         self.db_url, self.spec = db_url, spec
 
     def run(self) -> str:
-
         return record_dataset(Registry(self.db_url), self.spec).path
 
 
@@ -30,6 +29,5 @@ class RecordPartJob(Job):
         self.db_url, self.spec, self.task, self.n_jobs = db_url, spec, task, n_jobs
 
     def run(self) -> str | None:
-
         d = record_part(Registry(self.db_url, hold_connections=False), self.spec, self.task, self.n_jobs)
         return None if d is None else d.path

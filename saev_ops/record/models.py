@@ -216,7 +216,6 @@ class HFAdapter(ModelAdapter):
     (NaFlex) gets a fixed square of ``resolution`` (default: its ``num_patches`` as a square grid)."""
 
     def __init__(self, family: str, ckpt: str, device: torch.device, resolution: int | None = None) -> None:
-
         transformers = require("transformers", "hf", f"--model {family}:")
 
         self.family, self.ckpt = family, ckpt

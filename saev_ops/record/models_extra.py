@@ -61,7 +61,6 @@ def blocks_output(blocks: Sequence[nn.Module], layers: list[int], run: Callable[
 
 
 def import_optional(family: str, module: str, extra: str) -> Any:
-
     try:
         return importlib.import_module(module)
     except Exception as exc:  # torchvision mismatches raise RuntimeError, not ImportError

@@ -544,7 +544,6 @@ class MaskSource:
         return self.masks_root / rel.with_suffix(".png")
 
     def load(self, image: str) -> tuple[np.ndarray, np.ndarray]:
-
         pixels = self.preprocess(image)
         mask_path = self.path(image)
         if not mask_path.is_file():

@@ -384,7 +384,6 @@ def _check_reader(dbapi: Any) -> str:
     PUBLIC, with :data:`~saev_ops.registry.reader_setup.READ_BODY` as its body. Returns the schema."""
     import psycopg
 
-
     dangerous = " OR ".join(f"pg_has_role(p.proowner, '{r}', 'USAGE')" for r in _PG_DANGEROUS_ROLES)
     how = "run `saev-ops db reader-setup` (docs/sql.md)"
     with dbapi.cursor() as cur:

@@ -338,19 +338,12 @@ def nnls(gram: torch.Tensor, rhs: torch.Tensor, z: torch.Tensor, steps: int) -> 
     return z
 
 
-class OrthogonalMatchingPursuitSAE(SAE):
+class OrthogonalMatchingPursuitSAE(MatchingPursuitSAE):
     """Orthogonal matching pursuit with non-negative coefficients (as Overcomplete's OMP-SAE): ``k`` steps, each adding
     the atom most correlated with what is left of the input (``r = x - b_dec - z D``; an atom already chosen is not
     chosen again), then refitting the coefficients of every chosen atom by non-negative least squares
     (:func:`nnls`, warm-started). The code is computed without a graph; the dictionary learns through the
-    reconstruction ``z D + b_dec``. No encoder weights."""
-
-    def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None) -> None:
-        super().__init__(cfg, generator)
-        del self.W_enc, self.b_enc
-
-    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
-        return x - self.b_dec
+    reconstruction ``z D + b_dec``. No encoder weights, as matching pursuit: only the pursuit differs."""
 
     @torch.no_grad()
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
@@ -359,7 +352,7 @@ class OrthogonalMatchingPursuitSAE(SAE):
         chosen = torch.empty(pre.shape[0], 0, dtype=torch.long, device=pre.device)
         coeff = torch.empty(pre.shape[0], 0, dtype=pre.dtype, device=pre.device)
         residual = pre
-        for _ in range(min(self.cfg.k, self.cfg.d_sae)):
+        for _ in range(self.cfg.k):  # k <= d_sae (validated): every step finds an atom not yet chosen
             corr = residual @ d.t()
             corr[rows.unsqueeze(1), chosen] = -torch.inf
             chosen = torch.cat([chosen, corr.argmax(dim=1, keepdim=True)], dim=1)

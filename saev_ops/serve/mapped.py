@@ -116,7 +116,6 @@ class LatentIndex:
 
 
 def _source(csr: MappedCsr, labels: np.ndarray, per: int) -> dict[str, Any]:
-
     return {"format": INDEX_FORMAT, "npz_bytes": csr.path.stat().st_size, "nnz": csr.nnz,
             "shape": [csr.n_rows, csr.n_cols], "rows_per_example": per,
             "labels": hashlib.blake2b(np.ascontiguousarray(labels).tobytes(), digest_size=8).hexdigest()}

@@ -115,7 +115,6 @@ def curves(registry: Registry, run_ids: list[int], key: str) -> dict[str, Any]:
 
 
 def run(registry: Registry, run_id: int) -> dict[str, Any]:
-
     detail = registry.run_detail(run_id)
     row = detail.row
     keys = sorted({p.key for p in registry.metric_history(run_id)})

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from saev_ops import atomic, errors, paths
-from saev_ops.loaders import IndexedDataset, ShardSelection
+from saev_ops.loaders import IndexedDataset
 
 log = logging.getLogger(__name__)
 
@@ -94,15 +94,14 @@ def _metadata(dataset_hash: str, layer: int, tokens: str, n: int, rows: int) -> 
             "version": VERSION}
 
 
-def load_or_compute(reader: object, *, runs_root: str, dataset_hash: str, layer: int, tokens: str, n: int,
+def load_or_compute(ds: IndexedDataset, *, runs_root: str, dataset_hash: str, layer: int, tokens: str, n: int,
                     mean: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The ``n`` candidates of this layer in the dataset's own units, centred (``mean`` subtracted), float32 on
-    ``device``: read from the sweep's file when it says it holds them, else computed and stored there."""
+    """The ``n`` candidates of ``ds`` (the job's rows: its dataset's ``layer`` and ``tokens``) in the dataset's own
+    units, centred (``mean`` subtracted), float32 on ``device``: read from the sweep's file when it says it holds them,
+    else computed and stored there."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-
-    ds = IndexedDataset(reader, ShardSelection(layers=(layer,), tokens=tokens))  # type: ignore[arg-type]
     rows = sample_rows(len(ds), n)
     want = _metadata(dataset_hash, layer, tokens, n, len(rows))
     path = paths.candidates_file(runs_root, dataset_hash, layer, tokens, n)

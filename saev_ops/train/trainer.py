@@ -79,13 +79,15 @@ class Trainer:
     """Train the runs of ``spec``. ``registry`` may be None (metrics then go to files only)."""
 
     def __init__(self, spec: TrainJobSpec, registry: Registry | None) -> None:
-
         self.spec = spec
         self.registry = registry
         self.device = torch.device(spec.settings.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls: ~8x fp32 throughput on Ampere and later
         self.reader = ShardReader(spec.dataset_path)
+        selection = ShardSelection(layers=(spec.layer,), tokens=spec.tokens)
+        self.rows = IndexedDataset(self.reader, selection)
+        """The job's selected rows by index: the samples drawn before training (scale, data init, candidates)."""
         layer_idx = self.reader.layer_index(spec.layer)
         stats = self.reader.stats()
         s = spec.settings
@@ -94,7 +96,7 @@ class Trainer:
         center = mean * self.scale
         self.feed = DeviceFeed(self.device)
         self.loader = ShuffledDataLoader(self.reader, ShuffledConfig(
-            selection=ShardSelection(layers=(spec.layer,), tokens=spec.tokens), batch_size=s.batch_size, seed=s.seed,
+            selection=selection, batch_size=s.batch_size, seed=s.seed,
             buffer_mb=s.buffer_mb, drop_last=True, pin_memory=self.feed.pin_memory))
         if len(self.loader) == 0:
             raise errors.ConfigError(f"batch_size {s.batch_size} is larger than the dataset's "
@@ -119,11 +121,10 @@ class Trainer:
 
     def _set_candidates(self, mean: torch.Tensor) -> None:
         """Give the archetypal SAEs their candidates: one tensor on the device per number of candidates, shared."""
-
         wanted = sorted({sae.cfg.n_candidates for sae in self.saes if sae.cfg.arch == "archetypal"})
         for n in wanted:
             points = candidates.load_or_compute(
-                self.reader, runs_root=self.spec.runs_root, dataset_hash=self.spec.dataset_hash, layer=self.spec.layer,
+                self.rows, runs_root=self.spec.runs_root, dataset_hash=self.spec.dataset_hash, layer=self.spec.layer,
                 tokens=self.spec.tokens, n=n, mean=mean, device=self.device) * self.scale
             for sae in self.saes:
                 if sae.cfg.arch == "archetypal" and sae.cfg.n_candidates == n:
@@ -141,7 +142,7 @@ class Trainer:
         if reader.d_model != self.reader.d_model:
             raise errors.ConfigError(f"val_dataset {s.val_dataset!r}: d_model {reader.d_model} != "
                                      f"{self.reader.d_model}")
-        ds = IndexedDataset(reader, ShardSelection(layers=(self.spec.layer,), tokens=self.spec.tokens))
+        ds = IndexedDataset(reader, self.rows.selection)
         n = min(len(ds), s.val_tokens)
         idx = np.sort(np.random.default_rng(VAL_SEED).choice(len(ds), size=n, replace=False))
         return (ds.get_batch(idx)["act"].float() * self.scale).to(self.device)
@@ -159,11 +160,9 @@ class Trainer:
     def _centred_scale(self, mean: torch.Tensor) -> float:
         """sqrt(d_model) over the mean norm of the selected rows minus ``mean``, on a fixed sample of at most
         :data:`SCALE_SAMPLE` rows (the same in every attempt: a resumed job scales as the first did)."""
-
-        ds = IndexedDataset(self.reader, ShardSelection(layers=(self.spec.layer,), tokens=self.spec.tokens))
-        n = min(len(ds), SCALE_SAMPLE)
-        idx = np.sort(np.random.default_rng(SCALE_SEED).choice(len(ds), size=n, replace=False))
-        norm = float((ds.get_batch(idx)["act"].float() - mean).norm(dim=1).mean())
+        n = min(len(self.rows), SCALE_SAMPLE)
+        idx = np.sort(np.random.default_rng(SCALE_SEED).choice(len(self.rows), size=n, replace=False))
+        norm = float((self.rows.get_batch(idx)["act"].float() - mean).norm(dim=1).mean())
         if not math.isfinite(norm) or norm <= 0:
             raise errors.DataError(f"{self.spec.dataset_path}: layer {self.spec.layer}'s activations have no spread "
                                    f"about their mean (centred norm {norm}); use scale_by: norm")
@@ -172,17 +171,14 @@ class Trainer:
     def _init_sample(self, center: torch.Tensor) -> torch.Tensor:
         """Centred activations (training scale) for data-point initialisation: as many as the widest SAE has latents,
         drawn without replacement from the selected rows with the data seed, independent of the training order."""
-
-        ds = IndexedDataset(self.reader, ShardSelection(layers=(self.spec.layer,), tokens=self.spec.tokens))
-        n = min(len(ds), max(r.sae.d_sae for r in self.spec.runs))
+        n = min(len(self.rows), max(r.sae.d_sae for r in self.spec.runs))
         rng = np.random.default_rng(self.spec.settings.seed)
-        idx = np.sort(rng.choice(len(ds), size=n, replace=False))  # sampled without a permutation of every row
-        rows = ds.get_batch(idx)["act"].float() * self.scale
+        idx = np.sort(rng.choice(len(self.rows), size=n, replace=False))  # sampled without a permutation of every row
+        rows = self.rows.get_batch(idx)["act"].float() * self.scale
         return rows - center
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> pathlib.Path:
-
         jd = job_dir(self.spec)
         tmp = atomic.fresh_dir(jd / "ckpt.tmp")
         state = {"schema": CKPT_SCHEMA, "step": self.step, "loader": self.loader.state_dict(),
