@@ -46,7 +46,7 @@ def held_out(args: argparse.Namespace, root: pathlib.Path) -> None:
                                  log_every=max(1, args.steps // 4), ckpt_every=10**9, device=args.device,
                                  lr_warmup_steps=5, buffer_mb=1024, val_dataset=val, eval_every=args.eval_every,
                                  val_tokens=args.val_tokens)
-        runs = (RunSpec(run_id=1, sae=SAEConfig(arch="topk", d_model=768, d_sae=args.d_sae, k=args.k), lr=4e-4),)
+        runs = (RunSpec(run_id=1, sae=SAEConfig.of(arch="topk", d_model=768, d_sae=args.d_sae, k=args.k), lr=4e-4),)
         spec = TrainJobSpec(db_url="", dataset="bench", dataset_path=str(path), dataset_hash="bench", layer=11,
                             tokens="patches", settings=settings, runs=runs, runs_root=str(root / label),
                             val_dataset_path=str(path) if val else None)
@@ -86,7 +86,7 @@ def downstream(args: argparse.Namespace) -> None:
     pixels = pixels.to(args.device)
     pos = model_positions(adapter.layout, adapter.layout, "patches")
     d = adapter.d_model
-    saes = [build_sae(SAEConfig(arch="topk", d_model=d, d_sae=8 * d, k=32), seed=i).to(args.device).eval()
+    saes = [build_sae(SAEConfig.of(arch="topk", d_model=d, d_sae=8 * d, k=32), seed=i).to(args.device).eval()
             for i in range(8)]
     mean = torch.zeros(d, device=args.device)
 

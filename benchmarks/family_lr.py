@@ -44,7 +44,7 @@ def main() -> None:
     candidates = kmeans(train[:16384] - mean, 1024) * scale
 
     def nmse(arch: str, delta: float, lr: float) -> tuple[float, float]:
-        cfg = SAEConfig(arch=arch, d_model=128, d_sae=1024, k=8, dead_tokens=500_000, archetypal_delta=delta,
+        cfg = SAEConfig.of(arch=arch, d_model=128, d_sae=1024, k=8, dead_tokens=500_000, archetypal_delta=delta,
                         batchtopk_rank="row-share")
         sae = build_sae(cfg, seed=0)
         sae.init_bias(mean * scale)

@@ -42,7 +42,7 @@ def main() -> None:
         path = generate(tmp, args.gib, 768, 257, 1, "float32")
         warm_cache(path)
         for n in (1, 8):
-            saes = [build_sae(SAEConfig(arch="topk", d_model=768, d_sae=args.d_sae, k=args.k), seed=i).to(args.device)
+            saes = [build_sae(SAEConfig.of(arch="topk", d_model=768, d_sae=args.d_sae, k=args.k), seed=i).to(args.device)
                     for i in range(n)]
             writers = []
             for i in range(n):

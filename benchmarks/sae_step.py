@@ -30,7 +30,7 @@ def main() -> None:
     dev = torch.device(args.device)
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # as the trainer does
-    sae = build_sae(SAEConfig(arch=args.arch, d_model=args.d_model, d_sae=args.d_sae, k=args.k)).to(dev)
+    sae = build_sae(SAEConfig.of(arch=args.arch, d_model=args.d_model, d_sae=args.d_sae, k=args.k)).to(dev)
     opt = torch.optim.Adam(sae.parameters(), lr=4e-4)
     x = torch.randn(args.batch_size, args.d_model, device=dev)
 

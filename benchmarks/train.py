@@ -49,7 +49,7 @@ def main() -> None:
                                  lr_warmup_steps=5, buffer_mb=1536)
         results = {}
         for n in [int(x) for x in args.counts.split(",")]:
-            runs = tuple(RunSpec(run_id=i + 1, sae=SAEConfig(arch="topk", d_model=768, d_sae=args.d_sae, k=args.k),
+            runs = tuple(RunSpec(run_id=i + 1, sae=SAEConfig.of(arch="topk", d_model=768, d_sae=args.d_sae, k=args.k),
                                  lr=4e-4, seed=i) for i in range(n))
             spec = TrainJobSpec(db_url="", dataset="bench", dataset_path=str(path), dataset_hash="bench", layer=11,
                                 tokens="patches", settings=settings, runs=runs, runs_root=str(pathlib.Path(tmp) / f"r{n}"))

@@ -12,6 +12,7 @@ import numpy as np
 from saev_ops import errors, paths
 from saev_ops.registry import Registry, RunRecord
 from saev_ops.sae import interop
+from saev_ops.sae.config import TopKConfig
 from saev_ops.sae.io import load_sae, save_sae
 from saev_ops.shards import ShardReader
 from saev_ops.shards.format import TokenLayout
@@ -67,8 +68,8 @@ SAMPLE_ROWS = 8192
 """Rows of a run's dataset the saev export checks its TopK's ReLU on."""
 
 
-def relu_topk_difference(sae: SAE, dataset_path: str, layer: int, tokens: str, scale: float) -> float:
-    """The share of the first :data:`SAMPLE_ROWS` rows of the dataset (the run's layer and tokens) whose k largest
+def relu_topk_difference(sae: SAE, k: int, dataset_path: str, layer: int, tokens: str, scale: float) -> float:
+    """The share of the first :data:`SAMPLE_ROWS` rows of the dataset (the run's layer and tokens) whose ``k`` largest
     pre-activations include a negative one: where a TopK with a ReLU and saev's TopK (none) give other latents."""
     import torch
 
@@ -78,7 +79,7 @@ def relu_topk_difference(sae: SAE, dataset_path: str, layer: int, tokens: str, s
     rows = reader.read(0, n, reader.layer_index(layer))[:, cols].reshape(-1, reader.md.d_model)
     with torch.no_grad():
         pre = sae.pre_acts(torch.from_numpy(np.ascontiguousarray(rows)).float() * scale)
-        low = pre.topk(sae.cfg.k, dim=-1).values[:, -1]
+        low = pre.topk(k, dim=-1).values[:, -1]
     return float((low < 0).float().mean())
 
 
@@ -94,8 +95,8 @@ def export_run(reg: Registry, run_id: int, fmt: str, out: pathlib.Path, *, stric
     sae, meta = load_sae(pathlib.Path(run.checkpoint_path))
     ds = reg.get_dataset_by_id(run.dataset_id)
     meta = {**meta, "model": f"{ds.model_family}:{ds.model_ckpt}", "dataset": ds.name, "run_id": run_id}
-    if fmt == "saev" and sae.cfg.arch == "topk" and sae.cfg.topk_relu:
-        share = relu_topk_difference(sae, ds.path, int(meta["layer"]), str(meta.get("tokens", run.config.get(
+    if fmt == "saev" and isinstance(sae.cfg, TopKConfig) and sae.cfg.topk_relu:
+        share = relu_topk_difference(sae, sae.cfg.k, ds.path, int(meta["layer"]), str(meta.get("tokens", run.config.get(
             "tokens", "patches"))), float(meta.get("scale", 1.0)))
         note = (f"saev's TopK has no ReLU: run {run_id}'s TopK keeps only positive values, so saev computes other "
                 f"latents on {100 * share:.2f}% of the first rows of {ds.name!r} (rows whose k largest pre-activations "

@@ -37,9 +37,9 @@ def make_spec(reg: Registry, url: str, path: pathlib.Path, root: pathlib.Path, *
               ckpt_every: int = 5) -> TrainJobSpec:
     settings = TrainSettings(batch_size=64, n_tokens=n_tokens, log_every=5, ckpt_every=ckpt_every, lr_warmup_steps=3,
                              sparsity_warmup_steps=3, buffer_mb=0.2, heartbeat_s=0.0)
-    saes = [SAEConfig(arch="topk", d_model=32, d_sae=64, k=4, dead_tokens=640),
-            SAEConfig(arch="relu", d_model=32, d_sae=128),
-            SAEConfig(arch="jumprelu", d_model=32, d_sae=48)]
+    saes = [SAEConfig.of(arch="topk", d_model=32, d_sae=64, k=4, dead_tokens=640),
+            SAEConfig.of(arch="relu", d_model=32, d_sae=128),
+            SAEConfig.of(arch="jumprelu", d_model=32, d_sae=48)]
     configs = [{"sae": s.to_dict(), "lr": 1e-3, "seed": i, "layer": 7, "tokens": "patches"} for i, s in enumerate(saes)]
     runs = reg.add_runs("tiny", configs)
     return TrainJobSpec(db_url=url, dataset="tiny", dataset_path=str(path), dataset_hash="h", layer=7,
@@ -79,7 +79,7 @@ def identity_sae(d: int):  # noqa: ANN201 - an SAE module
 
     from saev_ops.sae import build_sae
 
-    sae = build_sae(SAEConfig(arch="relu", d_model=d, d_sae=2 * d))
+    sae = build_sae(SAEConfig.of(arch="relu", d_model=d, d_sae=2 * d))
     eye = torch.eye(d)
     with torch.no_grad():
         sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
@@ -95,7 +95,7 @@ def constant_sae(d: int, row):  # noqa: ANN001, ANN201 - a tensor in, an SAE mod
 
     from saev_ops.sae import build_sae
 
-    sae = build_sae(SAEConfig(arch="relu", d_model=d, d_sae=4))
+    sae = build_sae(SAEConfig.of(arch="relu", d_model=d, d_sae=4))
     with torch.no_grad():
         sae.b_enc.fill_(-1e9)
         sae.b_dec.copy_(row)

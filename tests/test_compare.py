@@ -21,7 +21,7 @@ from tests.helpers import make_dataset
 
 
 def _with_decoder(rows: torch.Tensor) -> torch.nn.Module:
-    sae = build_sae(SAEConfig(arch="topk", d_model=rows.shape[1], d_sae=rows.shape[0], k=2))
+    sae = build_sae(SAEConfig.of(arch="topk", d_model=rows.shape[1], d_sae=rows.shape[0], k=2))
     with torch.no_grad():
         sae.W_dec.copy_(rows / rows.norm(dim=1, keepdim=True))
     return sae
@@ -74,7 +74,7 @@ def test_runs_compare(tmp_path: pathlib.Path) -> None:
     assert row["init_ab"] is None  # these configs name no seed or train settings: no initial decoder to rebuild
     with pytest.raises(errors.ConfigError, match="read different layers"):
         compare_runs(reg, (ids[0], ids[2]))
-    ((queued, _),) = reg.add_runs("d", [{"sae": SAEConfig(d_model=8).to_dict(), "layer": 11, "tokens": "patches"}])
+    ((queued, _),) = reg.add_runs("d", [{"sae": SAEConfig.of(d_model=8).to_dict(), "layer": 11, "tokens": "patches"}])
     res = CliRunner().invoke(cli, ["--db", url, "runs", "compare", str(ids[0]), str(queued.id)])
     assert res.exit_code == 1 and f"run {queued.id} is queued" in res.output
     assert np.isfinite(row["best_match_ab"])
@@ -90,7 +90,7 @@ def test_runs_compare_reports_the_shared_initialisation(tmp_path: pathlib.Path) 
     make_dataset(reg, name="d", d_model=32, status="complete")
     ids = []
     for i, (arch, d_sae, seed) in enumerate([("relu", 64, 0), ("topk", 128, 0), ("topk", 128, 7)]):
-        cfg = SAEConfig(arch=arch, d_model=32, d_sae=d_sae, k=4)
+        cfg = SAEConfig.of(arch=arch, d_model=32, d_sae=d_sae, k=4)
         sae = build_sae(cfg, seed=seed)  # "trained" zero steps: the decoder is where it started
         config = {"sae": cfg.to_dict(), "lr": 1e-3, "seed": seed, "layer": 11, "tokens": "patches", "train": {}}
         ((run, _),) = reg.add_runs("d", [config])

@@ -153,7 +153,7 @@ def test_identity_scores_one_and_mean_ablation_zero(recorded, caplog) -> None:  
     ident = _register_sae(reg, "d", identity_sae(128), layer=2, tokens="patches", scale=scale, root=tmp, tag="id")
     ablate = _register_sae(reg, "d", constant_sae(128, mean * scale), layer=2, tokens="patches", scale=scale,
                            root=tmp, tag="mean")
-    other = _register_sae(reg, "d", build_sae(SAEConfig(arch="topk", d_model=128, d_sae=256, k=8), seed=4),
+    other = _register_sae(reg, "d", build_sae(SAEConfig.of(arch="topk", d_model=128, d_sae=256, k=8), seed=4),
                           layer=5, tokens="all", scale=1.0, root=tmp, tag="rand")
     results = {e.run_id: e for e in run_eval(EvalSpec(db_url=url, run_ids=(ident, ablate, other), dataset="d",
                                                       n_images=12, batch_size=5))}
@@ -197,7 +197,7 @@ def test_a_missing_probe_says_why() -> None:
 def test_eval_refuses_runs_without_weights_and_changed_models(recorded) -> None:  # noqa: ANN001
     url, tmp = recorded
     reg = Registry(url)
-    ((run, _),) = reg.add_runs("d", [{"sae": SAEConfig(d_model=128).to_dict(), "layer": 2, "tokens": "patches",
+    ((run, _),) = reg.add_runs("d", [{"sae": SAEConfig.of(d_model=128).to_dict(), "layer": 2, "tokens": "patches",
                                        "tag": "queued"}])
     with pytest.raises(errors.ConfigError, match=f"run {run.id} is queued"):
         run_eval(EvalSpec(db_url=url, run_ids=(run.id,), dataset="d"))

@@ -50,7 +50,7 @@ def _spec(reg: Registry, url: str, path: pathlib.Path, root: pathlib.Path, *, n_
 
     settings = TrainSettings(batch_size=64, n_tokens=n_tokens, log_every=5, ckpt_every=5, lr_warmup_steps=2,
                              sparsity_warmup_steps=2, buffer_mb=0.2, heartbeat_s=0.0)
-    saes = [SAEConfig(arch="topk", d_model=32, d_sae=64, k=4), SAEConfig(arch="relu", d_model=32, d_sae=48)][:n_runs]
+    saes = [SAEConfig.of(arch="topk", d_model=32, d_sae=64, k=4), SAEConfig.of(arch="relu", d_model=32, d_sae=48)][:n_runs]
     configs = [run_config(s.to_dict(), 1e-3, i, 7, "patches", settings) for i, s in enumerate(saes)]
     added = reg.add_runs("tiny", configs)
     return TrainJobSpec(db_url=url, dataset="tiny", dataset_path=str(path), dataset_hash="h", layer=7,

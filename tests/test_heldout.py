@@ -12,7 +12,6 @@ import torch
 from saev_ops import errors
 from saev_ops.registry import Registry, RunQuery
 from saev_ops.registry.records import OUTPUT_METRICS
-from saev_ops.runconfig import run_identity
 from saev_ops.sae import SAEConfig, build_sae
 from saev_ops.sae.evaluate import METRIC_KEYS, ReconMetrics, reconstruction_metrics
 from saev_ops.sweeps import parse_sweep, submit_sweep
@@ -49,7 +48,7 @@ def test_mean_and_zero_reconstructions() -> None:
 
 def test_streamed_metrics_equal_direct_formulas() -> None:
     torch.manual_seed(0)
-    sae = build_sae(SAEConfig(arch="topk", d_model=10, d_sae=40, k=3), seed=2).eval()
+    sae = build_sae(SAEConfig.of(arch="topk", d_model=10, d_sae=40, k=3), seed=2).eval()
     x = torch.randn(300, 10)
     acc = ReconMetrics(40)
     for part in x.split(70):
@@ -127,7 +126,8 @@ def test_held_out_sample_is_fixed(tmp_path: pathlib.Path, env) -> None:  # noqa:
     spec = parse_sweep(GRID.format(val="tiny-val", root=tmp_path / "runs"))
     reg.get_or_create_sweep("held", spec.text)
     configs = bind_configs(spec, 32)
-    ids = [r.id for r, _ in reg.add_runs("tiny", configs, sweep="held", identities=[run_identity(c) for c in configs])]
+    ids = [r.id for r, _ in reg.add_runs("tiny", [c.stored() for c in configs], sweep="held",
+                                         identities=[c.identity() for c in configs])]
     job = job_for_runs(reg, tuple(ids), url, runs_root=str(tmp_path / "runs"))
     assert job.val_dataset_path == reg.get_dataset("tiny-val").path
     a, b = Trainer(job, None).val_x, Trainer(job, None).val_x
@@ -163,7 +163,7 @@ def test_too_few_rows_give_no_unfired_share() -> None:
     SAE); below four rows a latent the sample cannot tell a rare latent from a dead one."""
     from saev_ops.sae.evaluate import MIN_ROWS_PER_LATENT
 
-    sae = build_sae(SAEConfig(arch="topk", d_model=10, d_sae=40, k=3), seed=2)
+    sae = build_sae(SAEConfig.of(arch="topk", d_model=10, d_sae=40, k=3), seed=2)
     assert reconstruction_metrics(sae, torch.randn(MIN_ROWS_PER_LATENT * 40 - 1, 10))["unfired_frac"] is None
     assert reconstruction_metrics(sae, torch.randn(MIN_ROWS_PER_LATENT * 40, 10))["unfired_frac"] is not None
     from saev_ops.directions import MEANING

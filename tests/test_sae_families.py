@@ -51,7 +51,7 @@ def test_batchtopk_row_share_is_the_paper_rule_on_each_rows_share() -> None:
     torch.manual_seed(0)
     pre = torch.randn(6, 10) * torch.tensor([0.1, 1, 5, 1, 20, 2]).unsqueeze(1)  # rows of very different norms
     for rank in ("value", "row-share"):
-        sae = build_sae(SAEConfig(arch="batchtopk", d_model=4, d_sae=10, k=2, batchtopk_rank=rank))
+        sae = build_sae(SAEConfig.of(arch="batchtopk", d_model=4, d_sae=10, k=2, batchtopk_rank=rank))
         acts = pre.relu()
         keys = acts / acts.norm(dim=1, keepdim=True) if rank == "row-share" else acts
         cut = keys.flatten().sort(descending=True).values[2 * 6 - 1]
@@ -61,7 +61,7 @@ def test_batchtopk_row_share_is_the_paper_rule_on_each_rows_share() -> None:
         sae.eval()
         assert torch.equal(sae.activate(pre), torch.where(keys > sae.threshold, acts, torch.zeros_like(acts)))
     # row-share: scaling a row does not change which of its latents fire; with value it moves the budget
-    sae = build_sae(SAEConfig(arch="batchtopk", d_model=4, d_sae=10, k=2, batchtopk_rank="row-share"))
+    sae = build_sae(SAEConfig.of(arch="batchtopk", d_model=4, d_sae=10, k=2, batchtopk_rank="row-share"))
     scaled = pre.clone()
     scaled[0] *= 100
     assert torch.equal(sae.activate(pre) != 0, sae.activate(scaled) != 0)
@@ -72,14 +72,34 @@ def test_batchtopk_trains_as_well_as_topk_on_rows_of_uneven_norm() -> None:
     all its activations): the same data and budget gave BatchTopK twice TopK's held-out error."""
     x, _ = planted(24000)
     train, held = x[:20000], x[20000:]
-    topk = _nmse_l0(_fit(SAEConfig(arch="topk", d_model=32, d_sae=256, k=4, dead_tokens=50000), train, 500), held)
-    value = _nmse_l0(_fit(SAEConfig(arch="batchtopk", d_model=32, d_sae=256, k=4, dead_tokens=50000,
+    topk = _nmse_l0(_fit(SAEConfig.of(arch="topk", d_model=32, d_sae=256, k=4, dead_tokens=50000), train, 500), held)
+    value = _nmse_l0(_fit(SAEConfig.of(arch="batchtopk", d_model=32, d_sae=256, k=4, dead_tokens=50000,
                                     batchtopk_rank="value"), train, 500), held)
-    share = _nmse_l0(_fit(SAEConfig(arch="batchtopk", d_model=32, d_sae=256, k=4, dead_tokens=50000,
+    share = _nmse_l0(_fit(SAEConfig.of(arch="batchtopk", d_model=32, d_sae=256, k=4, dead_tokens=50000,
                                     batchtopk_rank="row-share"), train, 500), held)
     assert abs(share[1] - 4) < 0.5 and abs(value[1] - 4) < 0.5  # the same mean L0 at inference
     assert value[0] > 1.8 * share[0]  # 0.159 against 0.068 when this was written
     assert share[0] <= topk[0] * 1.1, (share, topk)
+
+
+def test_a_resubmitted_sweep_keeps_row_share_whatever_family_its_first_run_is(tmp_path: pathlib.Path) -> None:
+    """A run's stored SAE config holds its own family's fields: a sweep whose first run is a ReLU stores no
+    batchtopk_rank there, and its resubmission must still find the BatchTopK runs (ranked by row share)."""
+    from saev_ops.registry import Registry
+    from saev_ops.sweeps import parse_sweep
+    from saev_ops.sweeps.submit import bind_configs, keep_first_defaults
+    from tests.helpers import make_dataset
+
+    reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    make_dataset(reg, "d", d_model=8, status="complete")
+    grid = "name: s\ndataset: d\nbase: {d_sae: 16, k: 2}\nruns: [{arch: relu}, {arch: batchtopk}]\n"
+    first = bind_configs(keep_first_defaults(reg, parse_sweep(grid)), 8)
+    assert [c.sae.arch for c in first] == ["relu", "batchtopk"] and "batchtopk_rank" not in first[0].stored()["sae"]
+    reg.get_or_create_sweep("s")
+    reg.add_runs("d", [c.stored() for c in first], sweep="s", identities=[c.identity() for c in first])
+    again = bind_configs(keep_first_defaults(reg, parse_sweep(grid)), 8)
+    assert [c.stored()["sae"].get("batchtopk_rank") for c in again] == [None, "row-share"]
+    assert [c.identity() for c in again] == [c.identity() for c in first]
 
 
 def test_a_new_sweep_ranks_by_row_share_and_an_old_one_keeps_value(tmp_path: pathlib.Path) -> None:
@@ -96,7 +116,7 @@ def test_a_new_sweep_ranks_by_row_share_and_an_old_one_keeps_value(tmp_path: pat
     assert [c["batchtopk_rank"] for c in fresh.configs] == ["row-share"]
     # a sweep whose runs were stored before the field existed: a resubmission finds them, ranked by value
     reg.get_or_create_sweep("old")
-    stored = {"sae": SAEConfig(arch="batchtopk", d_model=8, d_sae=16, k=2).to_dict(), "lr": 0.001, "seed": 0,
+    stored = {"sae": SAEConfig.of(arch="batchtopk", d_model=8, d_sae=16, k=2).to_dict(), "lr": 0.001, "seed": 0,
               "layer": -1, "tokens": "patches"}
     del stored["sae"]["batchtopk_rank"]
     reg.add_runs("d", [stored], sweep="old")
@@ -110,13 +130,13 @@ def test_a_new_sweep_ranks_by_row_share_and_an_old_one_keeps_value(tmp_path: pat
     assert run_identity(with_value) == run_identity(stored)
     assert run_identity({**stored, "sae": {**stored["sae"], "batchtopk_rank": "row-share"}}) != run_identity(stored)
     with pytest.raises(errors.ConfigError, match="batchtopk_rank must be one of value, row-share"):
-        SAEConfig(arch="batchtopk", d_model=8, batchtopk_rank="rows")
+        SAEConfig.of(arch="batchtopk", d_model=8, batchtopk_rank="rows")
 
 
 def test_a_row_share_batchtopk_is_not_exported_as_a_global_threshold(tmp_path: pathlib.Path) -> None:
     from saev_ops.sae.interop import export_saelens, export_saev
 
-    sae = build_sae(SAEConfig(arch="batchtopk", d_model=8, d_sae=16, k=2, batchtopk_rank="row-share"))
+    sae = build_sae(SAEConfig.of(arch="batchtopk", d_model=8, d_sae=16, k=2, batchtopk_rank="row-share"))
     sae.threshold.fill_(0.1)
     for export, name in ((export_saev, "saev"), (export_saelens, "SAELens")):
         with pytest.raises(errors.ConfigError, match=f"row-share.*{name}"):
@@ -144,7 +164,7 @@ def test_jumprelu_defaults_mean_something_once_scaled_by_the_centred_norm() -> N
     fifth of the size the defaults assume, and the default l0_coeff switches every latent off."""
     x, _ = planted(24000)
     train, held = x[:20000], x[20000:]
-    cfg = SAEConfig(arch="jumprelu", d_model=32, d_sae=256)  # the documented defaults
+    cfg = SAEConfig.of(arch="jumprelu", d_model=32, d_sae=256)  # the documented defaults
     _, l0_norm = _nmse_l0(_fit_scaled(cfg, train, "norm"), held)
     nmse, l0 = _nmse_l0(_fit_scaled(cfg, train, "centred-norm"), held)
     assert l0_norm < 0.5  # 0.07 when this was written: NMSE ~1, nothing learned
@@ -189,7 +209,7 @@ def test_a_new_sweep_scales_by_the_centred_norm_and_an_old_one_keeps_the_norm(tm
     assert keep_first_defaults(reg, parse_sweep(grid.format(name="new", train=""))).settings.scale_by == "centred-norm"
     named = grid.format(name="new", train="train: {scale_by: norm}\n")
     assert keep_first_defaults(reg, parse_sweep(named)).settings.scale_by == "norm"
-    old = run_config(SAEConfig(arch="jumprelu", d_model=8, d_sae=16).to_dict(), 4e-4, 0, -1, "patches",
+    old = run_config(SAEConfig.of(arch="jumprelu", d_model=8, d_sae=16).to_dict(), 4e-4, 0, -1, "patches",
                      TrainSettings())
     del old["train"]["scale_by"]  # stored before the setting existed
     reg.get_or_create_sweep("old")
@@ -214,7 +234,7 @@ def _pursuit(x: np.ndarray, atoms: np.ndarray, b_dec: np.ndarray, k: int) -> np.
 
 def test_matching_pursuit_is_the_greedy_pursuit_of_its_equations() -> None:
     torch.manual_seed(0)
-    sae = build_sae(SAEConfig(arch="mp", d_model=12, d_sae=40, k=5), seed=3)
+    sae = build_sae(SAEConfig.of(arch="mp", d_model=12, d_sae=40, k=5), seed=3)
     with torch.no_grad():
         sae.b_dec.copy_(torch.randn(12))
     x = torch.randn(30, 12, dtype=torch.float64)
@@ -232,7 +252,7 @@ def test_matching_pursuit_is_the_greedy_pursuit_of_its_equations() -> None:
 def test_matching_pursuits_gradient_equals_the_full_graphs() -> None:
     """The argmax is taken without a graph; the gradient must equal the one through the full correlation products."""
     torch.manual_seed(1)
-    sae = build_sae(SAEConfig(arch="mp", d_model=10, d_sae=32, k=4), seed=0).double()
+    sae = build_sae(SAEConfig.of(arch="mp", d_model=10, d_sae=32, k=4), seed=0).double()
     x = torch.randn(16, 10, dtype=torch.float64)
     _, _, terms = sae(x)
     terms["loss"].backward()
@@ -252,9 +272,9 @@ def test_matching_pursuits_gradient_equals_the_full_graphs() -> None:
 def test_matching_pursuit_learns_the_planted_dictionary() -> None:
     x, atoms = planted(24000)
     train, held = x[:20000], x[20000:]
-    mp = _fit(SAEConfig(arch="mp", d_model=32, d_sae=256, k=4), train, 500)
+    mp = _fit(SAEConfig.of(arch="mp", d_model=32, d_sae=256, k=4), train, 500)
     nmse, l0 = _nmse_l0(mp, held)
-    topk = _nmse_l0(_fit(SAEConfig(arch="topk", d_model=32, d_sae=256, k=4, dead_tokens=50000), train, 500), held)
+    topk = _nmse_l0(_fit(SAEConfig.of(arch="topk", d_model=32, d_sae=256, k=4, dead_tokens=50000), train, 500), held)
     w = mp.W_dec.detach() / mp.W_dec.detach().norm(dim=1, keepdim=True)
     found = float(((atoms @ w.T).max(dim=1).values > 0.9).float().mean())
     assert l0 <= 4 and nmse < 0.2 and found > 0.3, (nmse, l0, found, topk)
@@ -310,7 +330,7 @@ def test_matching_pursuit_in_the_loop_trains_resumes_infers_and_refuses_export(t
     from saev_ops.sae.interop import export_saelens, export_saev
     from saev_ops.train import run_train_job
 
-    saes = [SAEConfig(arch="mp", d_model=32, d_sae=64, k=4), SAEConfig(arch="topk", d_model=32, d_sae=64, k=4)]
+    saes = [SAEConfig.of(arch="mp", d_model=32, d_sae=64, k=4), SAEConfig.of(arch="topk", d_model=32, d_sae=64, k=4)]
     reg, url, runs, spec = _one_pass(tmp_path, saes, 23, data_init_blend=0.5)
     _resumes_bit_exactly(spec, tmp_path, 2)
     out = run_train_job(dataclasses.replace(spec, runs_root=str(tmp_path / "c")))  # with the registry this time
@@ -334,7 +354,7 @@ def test_archetypal_is_its_papers_equations() -> None:
     """D = (W C + Lambda) exp(s) with W row-stochastic and ||Lambda_i|| <= delta (Fel et al. 2025, eq. 4), a TopK code
     over it, written out by hand; after a step the projection restores the constraints; the fused plain TopK SAE
     computes the same function."""
-    cfg = SAEConfig(arch="archetypal", d_model=6, d_sae=12, k=3, archetypal_candidates=5, archetypal_delta=0.25)
+    cfg = SAEConfig.of(arch="archetypal", d_model=6, d_sae=12, k=3, archetypal_candidates=5, archetypal_delta=0.25)
     sae = build_sae(cfg, seed=3)
     g = torch.Generator().manual_seed(0)
     c = torch.randn(5, 6, generator=g)
@@ -391,7 +411,7 @@ def test_archetypal_grid_fields_are_checked_and_only_its_encoders_count() -> Non
         parse_sweep("name: s\ndataset: d\nbase: {arch: archetypal, archetypal_encoder: relu}\n")
     with pytest.raises(errors.ConfigError, match=r"archetypal_candidates: must be >= 0"):
         parse_sweep("name: s\ndataset: d\nbase: {arch: archetypal, archetypal_candidates: -1}\n")
-    cfg = {"sae": {**SAEConfig(arch="archetypal", d_model=8, d_sae=16, k=2).to_dict()}, "lr": 1e-3}
+    cfg = {"sae": {**SAEConfig.of(arch="archetypal", d_model=8, d_sae=16, k=2).to_dict()}, "lr": 1e-3}
     other = {"sae": {**cfg["sae"], "l0_coeff": 5.0}, "lr": 1e-3}  # a JumpReLU field: not read by a TopK encoder
     assert run_identity(cfg) == run_identity(other)
     jump = {"sae": {**other["sae"], "archetypal_encoder": "jumprelu"}, "lr": 1e-3}
@@ -425,9 +445,9 @@ def test_archetypal_in_the_loop_trains_resumes_infers_compares_and_exports(tmp_p
     url = f"sqlite:///{tmp_path / 'r.sqlite'}"
     reg = Registry(url)
     ds = import_dataset(reg, path, "tiny")
-    saes = [SAEConfig(arch="archetypal", d_model=32, d_sae=64, k=4, archetypal_candidates=48),
-            SAEConfig(arch="archetypal", archetypal_encoder="jumprelu", d_model=32, d_sae=64, archetypal_candidates=48),
-            SAEConfig(arch="topk", d_model=32, d_sae=64, k=4)]
+    saes = [SAEConfig.of(arch="archetypal", d_model=32, d_sae=64, k=4, archetypal_candidates=48),
+            SAEConfig.of(arch="archetypal", archetypal_encoder="jumprelu", d_model=32, d_sae=64, archetypal_candidates=48),
+            SAEConfig.of(arch="topk", d_model=32, d_sae=64, k=4)]
     runs = reg.add_runs("tiny", [{"sae": s.to_dict(), "lr": 1e-3, "seed": 0, "layer": 7, "tokens": "patches"}
                                  for s in saes])
     settings = TrainSettings(batch_size=64, n_tokens=64 * 23, log_every=5, ckpt_every=5, lr_warmup_steps=3,
@@ -479,8 +499,8 @@ def test_archetypal_in_the_loop_trains_resumes_infers_compares_and_exports(tmp_p
     assert 0 < c.trained.best_match_ab <= 1
     export_saelens(plain, meta, tmp_path / "saelens")
     assert (tmp_path / "saelens").exists()
-    topk_gb = estimate_memory_gb(saes[2].to_dict(), 32, 64)
-    ra_gb = estimate_memory_gb(saes[0].to_dict(), 32, 64)
+    topk_gb = estimate_memory_gb(saes[2], 32, 64)
+    ra_gb = estimate_memory_gb(saes[0], 32, 64)
     assert ra_gb - topk_gb == pytest.approx((64 * 48 * 4 * 4 + 2 * 64 * 32 * 4 + 48 * 32 * 4 + 4 * 4) / 2**30)
     assert candidates.sample_rows(640, 48).tolist() == list(range(640))
 
@@ -491,7 +511,7 @@ def test_an_exported_archetypal_sae_does_not_promise_unit_decoder_rows(tmp_path:
 
     from saev_ops.sae.interop import export_saev
 
-    sae = build_sae(SAEConfig(arch="archetypal", d_model=8, d_sae=16, k=2, archetypal_candidates=4), seed=0)
+    sae = build_sae(SAEConfig.of(arch="archetypal", d_model=8, d_sae=16, k=2, archetypal_candidates=4), seed=0)
     sae.set_candidates(torch.randn(4, 8) * 3)
     plain = sae.fused()
     assert not torch.allclose(plain.W_dec.norm(dim=1), torch.ones(16))
@@ -536,7 +556,7 @@ def test_orthogonal_matching_pursuit_is_its_equations(monkeypatch: pytest.Monkey
                      3000)
     want = np.stack([exact_nnls(a[i].T.numpy(), x[i].numpy())[0] for i in range(64)])
     assert np.allclose(z.numpy(), want, atol=1e-6)
-    sae = build_sae(SAEConfig(arch="omp", d_model=16, d_sae=40, k=5), seed=1).double()
+    sae = build_sae(SAEConfig.of(arch="omp", d_model=16, d_sae=40, k=5), seed=1).double()
     with torch.no_grad():
         sae.b_dec.copy_(torch.randn(16, generator=g, dtype=torch.float64))
     rows = torch.randn(32, 16, generator=g, dtype=torch.float64)
@@ -560,7 +580,7 @@ def test_orthogonal_matching_pursuit_in_the_loop(tmp_path: pathlib.Path) -> None
     from saev_ops.sae.io import load_sae
     from saev_ops.train import run_train_job
 
-    saes = [SAEConfig(arch="omp", d_model=32, d_sae=64, k=4), SAEConfig(arch="topk", d_model=32, d_sae=64, k=4)]
+    saes = [SAEConfig.of(arch="omp", d_model=32, d_sae=64, k=4), SAEConfig.of(arch="topk", d_model=32, d_sae=64, k=4)]
     reg, url, runs, spec = _one_pass(tmp_path, saes, 13)
     _resumes_bit_exactly(spec, tmp_path, 1)
     out = run_train_job(dataclasses.replace(spec, runs_root=str(tmp_path / "c")))
@@ -585,20 +605,20 @@ def test_an_mlp_encoder_is_its_equation_trains_resumes_and_is_not_exported(tmp_p
     from saev_ops.sae.interop import export_saelens, export_saev
     from saev_ops.sweeps import parse_sweep
 
-    sae = build_sae(SAEConfig(arch="topk", d_model=8, d_sae=32, k=3, encoder_hidden=16), seed=2)
+    sae = build_sae(SAEConfig.of(arch="topk", d_model=8, d_sae=32, k=3, encoder_hidden=16), seed=2)
     x = torch.randn(10, 8)
     hidden = torch.relu((x - sae.b_dec) @ sae.W_1 + sae.b_1)
     pre = hidden @ sae.W_enc + sae.b_enc
     vals, idx = pre.topk(3, dim=-1)
     assert torch.allclose(sae.encode(x), torch.zeros_like(pre).scatter(-1, idx, torch.relu(vals)))
-    plain = SAEConfig(arch="topk", d_model=8, d_sae=32, k=3).to_dict()
+    plain = SAEConfig.of(arch="topk", d_model=8, d_sae=32, k=3).to_dict()
     old = {k: v for k, v in plain.items() if k != "encoder_hidden"}  # a run registered before the field existed
     assert run_identity({"sae": plain, "lr": 1e-3}) == run_identity({"sae": old, "lr": 1e-3})
     assert run_identity({"sae": {**plain, "encoder_hidden": 16}, "lr": 1e-3}) != run_identity({"sae": plain, "lr": 1e-3})
     with pytest.raises(errors.ConfigError, match=r"grid.yaml:3: base.encoder_hidden: must be 0 .* \(not mp, omp\)"):
         parse_sweep("name: s\ndataset: d\nbase: {arch: mp, encoder_hidden: 8}\n")
-    saes = [SAEConfig(arch="topk", d_model=32, d_sae=64, k=4, encoder_hidden=48),
-            SAEConfig(arch="jumprelu", d_model=32, d_sae=64, encoder_hidden=16)]
+    saes = [SAEConfig.of(arch="topk", d_model=32, d_sae=64, k=4, encoder_hidden=48),
+            SAEConfig.of(arch="jumprelu", d_model=32, d_sae=64, encoder_hidden=16)]
     _, _, _, spec = _one_pass(tmp_path, saes, 13)
     _resumes_bit_exactly(spec, tmp_path, 2)
     for export in (export_saev, export_saelens):
@@ -611,11 +631,11 @@ def test_an_archetypal_topk_without_relu_is_another_run() -> None:
     (its identity was the same as the default's: two different SAEs would have been one run)."""
     from saev_ops.runconfig import run_identity
 
-    sae = SAEConfig(arch="archetypal", d_model=8, d_sae=16, k=2).to_dict()
+    sae = SAEConfig.of(arch="archetypal", d_model=8, d_sae=16, k=2).to_dict()
     assert run_identity({"sae": {**sae, "topk_relu": False}}) != run_identity({"sae": sae})
     jump = {**sae, "archetypal_encoder": "jumprelu"}  # a JumpReLU encoder does not read it
     assert run_identity({"sae": {**jump, "topk_relu": False}}) == run_identity({"sae": jump})
-    relu = SAEConfig(arch="relu", d_model=8, d_sae=16).to_dict()  # nor does a ReLU, as before
+    relu = SAEConfig.of(arch="relu", d_model=8, d_sae=16).to_dict()  # nor does a ReLU, as before
     assert run_identity({"sae": {**relu, "topk_relu": False}}) == run_identity({"sae": relu})
 
 
@@ -625,8 +645,8 @@ def test_the_memory_estimate_counts_an_archetypal_sae_s_mlp_encoder() -> None:
     from saev_ops.sweeps.submit import estimate_memory_gb
 
     def gap(hidden: int) -> float:
-        ra = SAEConfig(arch="archetypal", d_model=128, d_sae=1024, k=8, encoder_hidden=hidden).to_dict()
-        topk = SAEConfig(arch="topk", d_model=128, d_sae=1024, k=8, encoder_hidden=hidden).to_dict()
+        ra = SAEConfig.of(arch="archetypal", d_model=128, d_sae=1024, k=8, encoder_hidden=hidden)
+        topk = SAEConfig.of(arch="topk", d_model=128, d_sae=1024, k=8, encoder_hidden=hidden)
         return estimate_memory_gb(ra, 128, 512) - estimate_memory_gb(topk, 128, 512)
 
     assert gap(64) == pytest.approx(gap(0), rel=1e-12)

@@ -92,7 +92,7 @@ def test_saev_checkpoint_round_trip_bit_for_bit(tmp_path: pathlib.Path, activati
 
 @pytest.mark.parametrize("arch", ["topk", "relu", "batchtopk"])
 def test_saev_ops_sae_to_saev_computes_the_same_latents(tmp_path: pathlib.Path, arch: str) -> None:
-    sae = build_sae(SAEConfig(arch=arch, d_model=D, d_sae=W, k=8), seed=3)
+    sae = build_sae(SAEConfig.of(arch=arch, d_model=D, d_sae=W, k=8), seed=3)
     with torch.no_grad():
         sae.b_dec.normal_(0, 0.5)
         sae.b_enc.normal_(0, 0.1)
@@ -123,7 +123,7 @@ def test_saev_ops_sae_to_saev_computes_the_same_latents(tmp_path: pathlib.Path, 
 
 def test_saev_refuses_what_it_cannot_hold(tmp_path: pathlib.Path) -> None:
     with pytest.raises(errors.ConfigError, match="saev has no jumprelu activation.*SAELens"):
-        export_saev(build_sae(SAEConfig(arch="jumprelu", d_model=D, d_sae=W)), {}, tmp_path / "x.pt")
+        export_saev(build_sae(SAEConfig.of(arch="jumprelu", d_model=D, d_sae=W)), {}, tmp_path / "x.pt")
     (tmp_path / "bad.pt").write_bytes(b"not json\n")
     with pytest.raises(errors.DataError, match="not a saev checkpoint"):
         read_saev(tmp_path / "bad.pt")
@@ -143,7 +143,7 @@ def saelens_encode(cfg: dict, state: dict[str, torch.Tensor], x: torch.Tensor) -
 
 @pytest.mark.parametrize("arch", ["topk", "relu", "jumprelu", "batchtopk"])
 def test_saelens_export_and_round_trip(tmp_path: pathlib.Path, arch: str) -> None:
-    sae = build_sae(SAEConfig(arch=arch, d_model=D, d_sae=W, k=8), seed=4)
+    sae = build_sae(SAEConfig.of(arch=arch, d_model=D, d_sae=W, k=8), seed=4)
     with torch.no_grad():
         sae.b_dec.normal_(0, 0.5)
         if arch == "batchtopk":
@@ -242,7 +242,7 @@ def _saelens_6_metadata(cfg: dict) -> dict:
 def test_saelens_6_reads_the_exported_names(tmp_path: pathlib.Path) -> None:
     """The export wrote its names under ``meta``, which SAELens 6 does not read: model, hook and dataset came back as
     None."""
-    sae = build_sae(SAEConfig(arch="topk", d_model=8, d_sae=16, k=2), seed=0)
+    sae = build_sae(SAEConfig.of(arch="topk", d_model=8, d_sae=16, k=2), seed=0)
     out = export_saelens(sae, {"scale": 1.0, "layer": 5, "model": "clip:/models/b16", "dataset": "inat21"},
                          tmp_path / "lens")
     md = _saelens_6_metadata(json.loads((out / "cfg.json").read_text()))
@@ -292,7 +292,7 @@ def test_exporting_a_relu_topk_to_saev_says_how_often_it_differs(tmp_path: pathl
     path = write_dataset(tmp_path / "data", n_examples=40, layers=(3,), n_patches=16, d_model=D)
     reg = Registry(f"sqlite:///{tmp_path / 'r.sqlite'}")
     make_dataset(reg, "d", path=str(path), d_model=D, layers=[3], status="complete")
-    sae = build_sae(SAEConfig(arch="topk", d_model=D, d_sae=W, k=8), seed=1)
+    sae = build_sae(SAEConfig.of(arch="topk", d_model=D, d_sae=W, k=8), seed=1)
     with torch.no_grad():
         sae.b_enc.fill_(-0.5)  # some rows' top k include negative pre-activations
     (run, _), = reg.add_runs("d", [{"sae": sae.cfg.to_dict(), "layer": 3, "tokens": "patches"}])

@@ -113,7 +113,7 @@ def _register(reg: Registry, sweep: str, n_tokens: int) -> int:
     reg.get_or_create_sweep(sweep)
     settings = TrainSettings(batch_size=960, n_tokens=n_tokens, log_every=20, ckpt_every=1000, buffer_mb=0.2,
                              heartbeat_s=1.0)
-    sae = SAEConfig(arch="topk", d_model=32, d_sae=2048, k=8).to_dict()
+    sae = SAEConfig.of(arch="topk", d_model=32, d_sae=2048, k=8).to_dict()
     ((run, _),) = reg.add_runs("tiny", [run_config(sae, 1e-3, 0, 7, "patches", settings)], sweep=sweep)
     return run.id
 

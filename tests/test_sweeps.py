@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from saev_ops import errors
 from saev_ops.cli import cli
 from saev_ops.registry import Registry, RunQuery
+from saev_ops.sae.config import SAEConfig
 from saev_ops.sweeps import parse_sweep, submit_sweep
 from saev_ops.sweeps.submit import group_runs
 from tests.helpers import make_dataset
@@ -91,8 +92,14 @@ def test_grouping_fits_device_memory() -> None:
     from saev_ops.runconfig import TrainSettings
     from saev_ops.sweeps.spec import Resources
 
-    items = [(i, {"sae": {"d_sae": 16384}, "layer": 11, "tokens": "patches"}) for i in range(6)]
-    items += [(10, {"sae": {"d_sae": 1024}, "layer": 6, "tokens": "patches"})]
+    from saev_ops.runconfig import RunConfig
+
+    def run(d_sae: int, layer: int) -> RunConfig:
+        return RunConfig(sae=SAEConfig.of(d_model=768, d_sae=d_sae), lr=4e-4, seed=0, layer=layer, tokens="patches",
+                         train=TrainSettings(batch_size=4096))
+
+    items = [(i, run(16384, 11)) for i in range(6)]
+    items += [(10, run(1024, 6))]
     jobs = group_runs(items, 768, TrainSettings(batch_size=4096), Resources(device_memory_gb=3.0))  # ~1.45 GB each
     assert [j.layer for j in jobs] == [6, 11, 11, 11]
     assert all(j.memory_gb <= 3.0 for j in jobs) and sum(len(j.run_ids) for j in jobs) == 7
@@ -319,7 +326,7 @@ def test_a_resubmitted_sweep_keeps_the_defaults_of_its_first_submission(tmp_path
     # what the old version registered: the same grid, resolved with buffer_mb 1,024
     old = parse_sweep(text)
     old = dataclasses.replace(old, settings=old.settings.model_copy(update={"buffer_mb": 1024.0}))
-    configs = bind_configs(old, 32)
+    configs = [c.stored() for c in bind_configs(old, 32)]
     reg.get_or_create_sweep("s1", text)
     reg.add_runs("tiny", configs, sweep="s1", identities=[run_identity(c) for c in configs])
     assert submit_sweep(reg, parse_sweep(text), url, dry_run=True).new_runs == ()  # the same runs: buffer_mb kept
@@ -469,7 +476,7 @@ def test_the_example_grid_fits_its_slurm_jobs_memory(tmp_path: pathlib.Path) -> 
                               extra={"token_layout": {"n_cls": 1, "n_registers": 0, "n_patches": 64}})
     root = pathlib.Path(__file__).resolve().parents[1]
     spec = dataclasses.replace(parse_sweep((root / "examples" / "grid.yaml").read_text()), executor="slurm")
-    assert page_cache_warnings(spec, quickstart, list(spec.configs)) == ()
+    assert page_cache_warnings(spec, quickstart, {c["tokens"] for c in spec.configs}) == ()
 
 
 def test_one_token_vocabulary_old_name_warns_and_keeps_identity(tmp_path: pathlib.Path, env, caplog) -> None:  # noqa: ANN001
@@ -490,7 +497,7 @@ def test_one_token_vocabulary_old_name_warns_and_keeps_identity(tmp_path: pathli
     assert "grid.yaml:6: base.tokens: tokens 'no-registers' is now called 'cls+patches'" in caplog.text
     assert {c["tokens"] for c in old.configs} == {"cls+patches"}
     # runs an older saev-ops registered from that grid: stored with the old name
-    stored = [{**c, "tokens": "no-registers"} for c in bind_configs(old, 32)]
+    stored = [{**c.stored(), "tokens": "no-registers"} for c in bind_configs(old, 32)]
     reg.get_or_create_sweep("s1", old_text)
     reg.add_runs("tiny", stored, sweep="s1", identities=[run_identity(c) for c in stored])
     assert submit_sweep(reg, parse_sweep(new), url, dry_run=True).new_runs == ()

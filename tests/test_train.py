@@ -26,7 +26,7 @@ def test_each_architecture_reduces_its_loss(arch: str) -> None:
     dirs = torch.randn(32, 16)
     codes = (torch.rand(2048, 32) < 0.1).float() * torch.rand(2048, 32) * 3
     x = codes @ dirs
-    cfg = SAEConfig(arch=arch, d_model=16, d_sae=64, k=4, matryoshka_prefixes=(16,) if arch == "matryoshka" else (),
+    cfg = SAEConfig.of(arch=arch, d_model=16, d_sae=64, k=4, matryoshka_prefixes=(16,) if arch == "matryoshka" else (),
                     l1_coeff=1e-3, l0_coeff=1e-4)
     sae = build_sae(cfg, seed=1)
     sae.init_bias(x.mean(0))
@@ -50,9 +50,9 @@ def test_each_architecture_reduces_its_loss(arch: str) -> None:
 
 def test_bad_sae_configs() -> None:
     with pytest.raises(errors.ConfigError, match="k must be in 1..d_sae"):
-        SAEConfig(arch="topk", d_model=8, d_sae=4, k=8)
+        SAEConfig.of(arch="topk", d_model=8, d_sae=4, k=8)
     with pytest.raises(errors.ConfigError, match="arch must be one of"):
-        SAEConfig(arch="gelu", d_model=8)
+        SAEConfig.of(arch="gelu", d_model=8)
     with pytest.raises(errors.ConfigError, match="unknown keys"):
         SAEConfig.from_dict({"d_model": 8, "widht": 3})
 
@@ -122,7 +122,7 @@ def test_unreachable_registry_buffers_metrics_then_sync(setup, tmp_path: pathlib
 
 
 def test_dead_window_counts_tokens_and_old_files_still_load() -> None:
-    sae = build_sae(SAEConfig(arch="topk", d_model=8, d_sae=16, k=2, dead_tokens=100), seed=0)
+    sae = build_sae(SAEConfig.of(arch="topk", d_model=8, d_sae=16, k=2, dead_tokens=100), seed=0)
     z = torch.zeros(64, 16)
     z[:, 0] = 1.0
     sae.update_fired(z)
@@ -131,7 +131,7 @@ def test_dead_window_counts_tokens_and_old_files_still_load() -> None:
     assert sae.dead_mask().sum() == 15 and not sae.dead_mask()[0]  # 128 tokens: all but the one that fired
     legacy = {k: v for k, v in sae.state_dict().items() if k != "tokens_since_fired"}
     legacy["steps_since_fired"] = torch.full((16,), 7)
-    fresh = build_sae(SAEConfig(arch="topk", d_model=8, d_sae=16, k=2), seed=1)
+    fresh = build_sae(SAEConfig.of(arch="topk", d_model=8, d_sae=16, k=2), seed=1)
     fresh.load_state_dict(legacy)  # an SAE file written before the window was in tokens
     assert torch.equal(fresh.W_dec, sae.W_dec) and not fresh.tokens_since_fired.any()
     cfg = SAEConfig.from_dict({"arch": "topk", "d_model": 8, "d_sae": 16, "k": 2, "dead_steps": 1000})
@@ -185,7 +185,7 @@ def test_jumprelu_l0_coeff_controls_sparsity() -> None:
     gave the same L0 to within a few tenths; now each tenfold rise of l0_coeff lowers L0 clearly."""
     l0s = []
     for coeff in (0.01, 0.1, 1.0, 10.0):
-        sae = build_sae(SAEConfig(arch="jumprelu", d_model=32, d_sae=128, l0_coeff=coeff), seed=0)
+        sae = build_sae(SAEConfig.of(arch="jumprelu", d_model=32, d_sae=128, l0_coeff=coeff), seed=0)
         g = torch.Generator().manual_seed(1)
         sae.init_bias(_planted(4096, g).mean(0))
         opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
@@ -201,7 +201,7 @@ def test_gradient_clipping_bounds_the_step() -> None:
     x = _planted(256, torch.Generator().manual_seed(2)) * 100  # a large loss: a large gradient
     norms = {}
     for clip in (0.0, 1.0):
-        sae = build_sae(SAEConfig(arch="topk", d_model=32, d_sae=64, k=4), seed=0)
+        sae = build_sae(SAEConfig.of(arch="topk", d_model=32, d_sae=64, k=4), seed=0)
         before = [p.detach().clone() for p in sae.parameters()]
         opt = torch.optim.SGD(sae.parameters(), lr=1.0)
         _, _, terms = sae.train_step(x, opt, grad_clip=clip)
@@ -236,7 +236,7 @@ def test_new_settings_at_their_old_behaviour_keep_run_identities() -> None:
     from saev_ops.registry.store import config_hash
     from saev_ops.runconfig import TrainSettings, run_config, run_identity
 
-    sae = SAEConfig(arch="topk", d_model=8, d_sae=16, k=2).to_dict()
+    sae = SAEConfig.of(arch="topk", d_model=8, d_sae=16, k=2).to_dict()
     now = run_config(sae, 1e-3, 0, 7, "patches", TrainSettings())
     before = {**now, "train": {k: v for k, v in now["train"].items() if k not in ("grad_clip", "data_init_blend")}}
     assert config_hash("d", run_identity(now)) == config_hash("d", run_identity(before))

@@ -26,6 +26,7 @@ def submit(obj: CliContext, grid: str, dry_run: bool, retry_failed: bool, execut
     """Validate GRID (grid.yaml), register its runs and launch the new ones."""
     import dataclasses
 
+    from saev_ops.sae.config import sparsity_field
     from saev_ops.sweeps import load_sweep, submit_sweep
 
     spec = load_sweep(grid, max_runs=max_runs)
@@ -42,8 +43,9 @@ def submit(obj: CliContext, grid: str, dry_run: bool, retry_failed: bool, execut
             click.echo(f"  job {i}: layer {job.layer}, tokens {job.tokens}, {len(job.run_ids)} runs, "
                        f"~{job.memory_gb:.2f} GB")
             for cfg in job.configs:
-                sae = cfg["sae"]
-                click.echo(f"    {sae['arch']} d_sae={sae['d_sae']} k={sae['k']} lr={cfg['lr']} seed={cfg['seed']}")
+                sparsity = sparsity_field(cfg.sae.encoder_arch)
+                click.echo(f"    {cfg.sae.arch} d_sae={cfg.sae.d_sae} {sparsity}={getattr(cfg.sae, sparsity)} "
+                           f"lr={cfg.lr} seed={cfg.seed}")
         return
     click.echo(f"sweep {res.sweep}: {res.n_runs} runs, {len(res.new_runs)} new, {len(res.resubmitted)} resubmitted, "
                f"{len(res.jobs)} job(s) on {spec.executor}" + (f": {', '.join(j for j in res.job_ids if j)}"

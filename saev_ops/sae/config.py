@@ -1,66 +1,481 @@
-"""SAE configurations: one frozen dataclass, the architecture as a tagged field, validated when built."""
+"""SAE configurations: a tagged union by architecture (``arch``), one frozen schema per family holding only the
+fields that family reads, validated when built, every problem with its field.
+
+:class:`SAEConfig` is the common base (the type every SAE's ``cfg`` has); :meth:`SAEConfig.of` builds the family's
+config from flat keys (grid.yaml's, a stored config's, an imported file's), where a field only other families read is
+checked for its type and left out (a ReLU entry that picks up a zipped ``k``). What of a config is a run's identity
+is derived from the same declarations: a family's fields, less those marked :class:`Added` at the value that
+reproduces what came before them and those marked :class:`Reporting`."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Discriminator, PlainValidator, Tag, TypeAdapter, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from saev_ops import errors
+from saev_ops.schema import Schema
 
-ARCHS = ("relu", "topk", "batchtopk", "jumprelu", "matryoshka", "signed-topk", "mp", "omp", "archetypal")
+
+class Added:
+    """Field metadata: the field was added after runs were registered; ``before`` reproduces what came before it.
+    Left out of a run's identity at that value, so runs registered before it keep their identities."""
+
+    def __init__(self, before: Any) -> None:
+        self.before = before
+
+
+class Reporting:
+    """Field metadata: the field changes what is reported (the dead window of ``dead_frac``), not what the family
+    learns: out of its runs' identity."""
+
+
+def _problem(message: str, value: Any) -> PydanticCustomError:
+    return PydanticCustomError("saev_ops", message + ", got {got}", {"got": repr(value)})
+
+
+def _integer(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _problem("must be an integer", value)
+    return value
+
+
+def _number(value: Any) -> float:
+    """A finite number, kept as given (an integer stays one: a run's identity hashes it as written)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise _problem("must be a finite number", value)
+    return value
+
+
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _problem("must be true or false", value)
+    return value
+
+
+def _sizes(value: Any) -> tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or any(not isinstance(v, int) or isinstance(v, bool) for v in value):
+        raise _problem("must be a list of integers", value)
+    return tuple(value)
+
+
+def _choice(*options: str) -> PlainValidator:
+    def check(value: Any) -> str:
+        if value not in options:
+            raise _problem(f"must be one of {', '.join(options)}", value)
+        return str(value)
+
+    return PlainValidator(check, json_schema_input_type=str)
+
+
+Integer = Annotated[int, PlainValidator(_integer, json_schema_input_type=int)]
+Number = Annotated[float, PlainValidator(_number, json_schema_input_type=float)]
+Flag = Annotated[bool, PlainValidator(_flag, json_schema_input_type=bool)]
+Sizes = Annotated[tuple[int, ...], PlainValidator(_sizes, json_schema_input_type=list[int])]
+
+
+class FieldProblems(ValueError):
+    """What a config's checks across fields found: (field, what is wrong) for each."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{k} {m}" for k, m in problems))
+        self.problems = problems
+
+
+class SAEConfig(Schema):
+    """What every family has. Build one with :meth:`of` (flat keys) or a family's class."""
+
+    ARCH: ClassVar[str] = ""
+    arch: str = "topk"
+    """relu (L1), topk (+AuxK), batchtopk, jumprelu, matryoshka (nested TopK prefixes), signed-topk, mp (matching
+    pursuit: k greedy steps over the decoder's atoms, no encoder weights), omp (orthogonal matching pursuit: each step
+    refits the coefficients of every chosen atom by non-negative least squares), archetypal (RA-SAE: atoms are convex
+    combinations of k-means centroids of the data plus a bounded relaxation; a TopK or JumpReLU encoder). Each has
+    the fields below that name it."""
+    d_model: Integer
+    """Input width (set from the dataset)."""
+    d_sae: Integer = 16384
+    """Number of latents."""
+    apply_b_dec_to_input: Annotated[Flag, Added(True)] = True
+    """Subtract the decoder bias from the input before encoding (saev-ops' and SAELens' default); False for SAEs
+    imported from saev, whose encoder reads the input as it is."""
+    dead_tokens: Annotated[Integer, Reporting()] = 10_000_000
+    """A latent that has not fired on any of the last this-many training tokens counts as dead (``dead_frac``, and
+    the latents AuxK revives). In tokens, not steps, so the window means the same at any batch size; `sweep submit`
+    warns when it is longer than the run."""
+    encoder_hidden: Annotated[Integer, Added(0)] = 0
+    """The encoder: 0, one linear map (every family's default); a width h > 0, an MLP with one hidden ReLU layer of h
+    units, ``pre = relu((x - b_dec) W_1 + b_1) W_enc + b_enc`` (as Overcomplete's MLP encoder; not for the pursuits,
+    which have no encoder; not exportable to saev or SAELens, whose encoders are one linear map)."""
+
+    @model_validator(mode="after")
+    def _checks(self) -> SAEConfig:
+        problems = self.problems()
+        if problems:
+            raise FieldProblems(problems)
+        return self
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, what is wrong) for what the types alone cannot say (a family adds its own)."""
+        out = [(name, f"must be > 0, got {getattr(self, name)}") for name in ("d_model", "d_sae", "dead_tokens")
+               if getattr(self, name) <= 0]
+        if self.encoder_hidden < 0 or (self.encoder_hidden and self.arch in PURSUITS):
+            out.append(("encoder_hidden", f"must be 0 (a linear encoder) or a width > 0 for a family with an encoder "
+                        f"(not {', '.join(PURSUITS)}), got {self.encoder_hidden}"))
+        return out
+
+    @property
+    def encoder_arch(self) -> str:
+        """The family whose encoder and losses it trains with: its own (an archetypal SAE: its encoder's)."""
+        return self.arch
+
+    @classmethod
+    def of(cls, **fields: Any) -> SAEConfig:
+        """The config of ``fields["arch"]`` (default ``topk``) from flat keys: fields only other families read are
+        checked for their type and left out; ConfigError listing every problem, each with its field."""
+        out, problems = _parse(fields)
+        if out is None:
+            raise errors.ConfigError("SAE config: " + "; ".join(f"{k} {m}" for k, m in problems))
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
+        """A stored config (a registry row's, an SAE file's): keys of stored configs that no longer exist
+        (:data:`LEGACY_KEYS`) are ignored, keys no family has refused."""
+        d = {k: v for k, v in d.items() if k not in LEGACY_KEYS}
+        unknown = sorted(set(d) - set(FIELDS))
+        if unknown:
+            raise errors.ConfigError(f"SAE config: unknown keys {unknown}; valid keys: {sorted(FIELDS)}")
+        return cls.of(**d)
+
+    @staticmethod
+    def problems_of(d: dict[str, Any]) -> list[tuple[str, str]]:
+        """(field, what is wrong) for every problem the config of flat keys ``d`` has, without raising (known keys
+        only; defaults fill in)."""
+        return _parse({k: v for k, v in d.items() if k in FIELDS})[1]
+
+    def to_dict(self) -> dict[str, Any]:
+        """As stored (JSON): its family's fields."""
+        d = self.model_dump()
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+
+class _TopKLike(SAEConfig):
+    """Families that keep ``k`` latents a token (or k x batch a batch)."""
+
+    k: Integer = 32
+    """Active latents per token (topk, batchtopk, matryoshka, signed-topk); pursuit steps (mp: at most k active, an
+    atom chosen twice counts once; omp: k distinct atoms, some coefficients may be 0)."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        if not 0 < self.k <= self.d_sae:
+            out.append(("k", f"must be in 1..d_sae ({self.d_sae}), got {self.k}"))
+        return out
+
+
+class AuxKConfig(_TopKLike):
+    """The TopK families whose dead latents the AuxK loss revives: the dead window is part of what they learn."""
+
+    dead_tokens: Integer = 10_000_000
+    """A latent that has not fired on any of the last this-many training tokens counts as dead (``dead_frac``, and
+    the latents AuxK revives). In tokens, not steps, so the window means the same at any batch size; `sweep submit`
+    warns when it is longer than the run."""
+    aux_k: Integer = 256
+    """Dead latents used by the AuxK loss (topk, batchtopk, matryoshka, archetypal with a TopK encoder)."""
+    aux_coeff: Number = 1.0 / 32
+    """Weight of the AuxK loss (topk, batchtopk, matryoshka, archetypal with a TopK encoder)."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        if self.aux_coeff < 0:
+            out.append(("aux_coeff", f"must be >= 0, got {self.aux_coeff}"))
+        return out
+
+
+class ReLUConfig(SAEConfig):
+    """ReLU with an L1 penalty."""
+
+    ARCH: ClassVar[str] = "relu"
+    arch: Literal["relu"] = "relu"
+    l1_coeff: Number = 1e-3
+    """L1 weight (relu), scaled by decoder norms."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        if self.l1_coeff < 0:
+            out.append(("l1_coeff", f"must be >= 0, got {self.l1_coeff}"))
+        return out
+
+
+class TopKConfig(AuxKConfig):
+    """TopK (+ AuxK)."""
+
+    ARCH: ClassVar[str] = "topk"
+    arch: Literal["topk"] = "topk"
+    topk_relu: Annotated[Flag, Added(True)] = True
+    """topk: keep the k largest pre-activations only where positive (saev-ops' and SAELens' TopK); False keeps them
+    as they are, negative ones included, as saev's TopK does (SAEs imported from saev)."""
+
+
+class BatchTopKConfig(AuxKConfig):
+    """BatchTopK (+ AuxK): k x batch activations a batch, a learned threshold at inference."""
+
+    ARCH: ClassVar[str] = "batchtopk"
+    arch: Literal["batchtopk"] = "batchtopk"
+    batchtopk_rank: Annotated[str, _choice("value", "row-share"), Added("value")] = "value"
+    """batchtopk: how the batch's k x batch activations are chosen. ``row-share`` (new sweeps' default): by each
+    activation's share of its row's activation norm, ``relu(pre) / ||relu(pre)||``, and at inference a latent fires
+    where that share passes the learned threshold; rows of large norm no longer take the batch's budget first, which
+    on data of uneven norms trained worse dictionaries than TopK (docs/performance.md). ``value``: by the activations
+    themselves, one threshold for every row (Bussmann et al. 2024; runs trained before ``row-share`` existed)."""
+
+
+class MatryoshkaConfig(AuxKConfig):
+    """Matryoshka: TopK whose nested prefixes of latents each reconstruct the input."""
+
+    ARCH: ClassVar[str] = "matryoshka"
+    arch: Literal["matryoshka"] = "matryoshka"
+    matryoshka_prefixes: Sizes = ()
+    """Nested prefix sizes (ascending, the last < d_sae); the full width is always included."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        p = list(self.matryoshka_prefixes)
+        if p != sorted(set(p)) or any(x <= 0 or x >= self.d_sae for x in p):
+            out.append(("matryoshka_prefixes", f"must be ascending, unique and in 1..d_sae-1, got {p}"))
+        return out
+
+
+class SignedTopKConfig(_TopKLike):
+    """TopK by absolute value, signs kept."""
+
+    ARCH: ClassVar[str] = "signed-topk"
+    arch: Literal["signed-topk"] = "signed-topk"
+
+
+class _JumpFields(SAEConfig):
+    """JumpReLU's fields (a JumpReLU SAE's, an archetypal SAE's with a JumpReLU encoder)."""
+
+    l0_coeff: Number = 1.0
+    """L0 weight (jumprelu): the loss is squared error + l0_coeff x active latents per token. Activations are scaled
+    to mean norm sqrt(d_model), so one active latent costs as much as l0_coeff units of squared error; raising it
+    lowers L0 (0.01 -> 10 spans dense to very sparse)."""
+    jumprelu_init_threshold: Number = 0.1
+    """Initial threshold, in units of the scaled activations (the JumpReLU paper's 1e-3 was for data of unit mean
+    squared norm; at mean norm sqrt(d_model) it lets nearly every positive pre-activation through, like a ReLU)."""
+    jumprelu_bandwidth: Number = 0.1
+    """Width of the rectangle kernel of the straight-through estimator, in the same units: pre-activations within
+    bandwidth/2 of the threshold carry the L0 gradient to the threshold and to the encoder."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        if self.l0_coeff < 0:
+            out.append(("l0_coeff", f"must be >= 0, got {self.l0_coeff}"))
+        if self.encoder_arch == "jumprelu":
+            out += [(name, f"must be > 0, got {getattr(self, name)}")
+                    for name in ("jumprelu_init_threshold", "jumprelu_bandwidth") if not getattr(self, name) > 0]
+        return out
+
+
+class JumpReLUConfig(_JumpFields):
+    """JumpReLU with an L0 penalty (straight-through estimator)."""
+
+    ARCH: ClassVar[str] = "jumprelu"
+    arch: Literal["jumprelu"] = "jumprelu"
+
+
+class _Pursuit(SAEConfig):
+    """The pursuits: ``k`` greedy steps over the decoder's atoms, no encoder weights."""
+
+    k: Integer = 32
+    """Pursuit steps (mp: at most k active, an atom chosen twice counts once; omp: k distinct atoms, some
+    coefficients may be 0)."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        if not 0 < self.k <= self.d_sae:
+            out.append(("k", f"must be in 1..d_sae ({self.d_sae}), got {self.k}"))
+        return out
+
+
+class MPConfig(_Pursuit):
+    """Matching pursuit (Costa et al. 2025)."""
+
+    ARCH: ClassVar[str] = "mp"
+    arch: Literal["mp"] = "mp"
+
+
+class OMPConfig(_Pursuit):
+    """Orthogonal matching pursuit: each step refits the coefficients of every chosen atom by non-negative least
+    squares."""
+
+    ARCH: ClassVar[str] = "omp"
+    arch: Literal["omp"] = "omp"
+
+
+class ArchetypalConfig(AuxKConfig, _JumpFields):
+    """RA-SAE (Fel et al. 2025): atoms are convex combinations of k-means centroids of the data plus a bounded
+    relaxation; a TopK or JumpReLU encoder, whose fields it reads."""
+
+    ARCH: ClassVar[str] = "archetypal"
+    arch: Literal["archetypal"] = "archetypal"
+    archetypal_encoder: Annotated[str, _choice("topk", "jumprelu")] = "topk"
+    """archetypal: the encoder, ``topk`` (with ``k``, AuxK) or ``jumprelu`` (with ``l0_coeff``, threshold and
+    bandwidth)."""
+    archetypal_candidates: Integer = 0
+    """archetypal: how many candidate points (k-means centroids of the layer's centred activations, computed once per
+    layer and stored with the sweep) the atoms are convex combinations of; 0: as many as ``d_sae``."""
+    archetypal_delta: Number = 1.0
+    """archetypal: the largest norm of an atom's relaxation away from the candidates' convex hull, in units of the
+    scaled activations (whose centred mean norm is sqrt(d_model) with ``scale_by: centred-norm``); 0: atoms stay in
+    the hull."""
+    topk_relu: Annotated[Flag, Added(True)] = True
+    """topk: keep the k largest pre-activations only where positive (saev-ops' and SAELens' TopK); False keeps them
+    as they are, negative ones included, as saev's TopK does (SAEs imported from saev)."""
+
+    @property
+    def encoder_arch(self) -> str:
+        return self.archetypal_encoder
+
+    @property
+    def n_candidates(self) -> int:
+        """The number of candidate points."""
+        return self.archetypal_candidates or self.d_sae
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        if self.encoder_arch != "topk":  # k and AuxK are its TopK encoder's
+            out = [p for p in out if p[0] != "k"]
+        if self.archetypal_candidates < 0:
+            out.append(("archetypal_candidates", f"must be >= 0 (0: as many as d_sae), got "
+                        f"{self.archetypal_candidates}"))
+        if self.archetypal_delta < 0:
+            out.append(("archetypal_delta", f"must be >= 0, got {self.archetypal_delta}"))
+        return out
+
+
+FAMILIES: dict[str, type[SAEConfig]] = {c.ARCH: c for c in (
+    ReLUConfig, TopKConfig, BatchTopKConfig, JumpReLUConfig, MatryoshkaConfig, SignedTopKConfig, MPConfig, OMPConfig,
+    ArchetypalConfig)}
+ARCHS = tuple(FAMILIES)
 PURSUITS = ("mp", "omp")  # encoders that are greedy pursuits over the decoder: no encoder weights
-# The SAE fields each architecture reads; the others cannot change its weights and stay out of a run's identity.
-_COMMON = ("arch", "d_model", "d_sae")
-_AUXK = ("aux_k", "aux_coeff", "dead_tokens")  # the AuxK loss revives dead latents
-ARCH_FIELDS: dict[str, tuple[str, ...]] = {
-    "relu": (*_COMMON, "l1_coeff"),
-    "topk": (*_COMMON, "k", *_AUXK),
-    "batchtopk": (*_COMMON, "k", *_AUXK),
-    "matryoshka": (*_COMMON, "k", "matryoshka_prefixes", *_AUXK),
-    "signed-topk": (*_COMMON, "k"),
-    "jumprelu": (*_COMMON, "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth"),
-    "mp": (*_COMMON, "k"),  # k pursuit steps; no encoder weights
-    "omp": (*_COMMON, "k"),  # k orthogonal pursuit steps, each a non-negative least-squares refit
-    "archetypal": (*_COMMON, "archetypal_encoder", "archetypal_candidates", "archetypal_delta", "k", *_AUXK,
-                   "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth"),  # read as its encoder does
-}
 ARCHETYPAL_ENCODERS = ("topk", "jumprelu")
+BATCHTOPK_RANKS = ("value", "row-share")
+# Keys of stored configs that no longer exist; read (registry rows, SAE files) and ignored. grid.yaml refuses them.
+LEGACY_KEYS = {"dead_steps": "dead_steps was replaced by dead_tokens (the dead window in training tokens)"}
+# Fields whose default for new sweeps differs from what earlier runs did: (for new sweeps, what runs before it did).
+# The field's default is the earlier behaviour, so every stored config without the field reads as it was trained;
+# `sweep submit` gives a new sweep the new value where its grid leaves the field unset (and a sweep that already has
+# runs the old one: a resubmission finds its runs).
+NEW_SWEEP_DEFAULTS: dict[str, tuple[Any, Any]] = {"batchtopk_rank": ("row-share", "value")}
+
+FIELDS: dict[str, FieldInfo] = {}
+"""Every field some family has, as :class:`SAEConfig` or else the first family (in :data:`FAMILIES`' order) declares
+it."""
+_TYPES: dict[str, TypeAdapter[Any]] = {}  # each field's type and validators: they check it where a family that does
+for _family in (SAEConfig, *FAMILIES.values()):  # not read it is given it
+    for _name, _field in _family.model_fields.items():
+        if _name not in FIELDS:
+            FIELDS[_name] = _field
+            _parts = (_field.annotation, *_field.metadata)
+            _type: Any = Annotated[_parts] if _field.metadata else _field.annotation  # a type built from the field
+            _TYPES[_name] = TypeAdapter(_type)
+
+_UNION: TypeAdapter[SAEConfig] = TypeAdapter(Annotated[
+    Annotated[ReLUConfig, Tag("relu")] | Annotated[TopKConfig, Tag("topk")]
+    | Annotated[BatchTopKConfig, Tag("batchtopk")] | Annotated[JumpReLUConfig, Tag("jumprelu")]
+    | Annotated[MatryoshkaConfig, Tag("matryoshka")] | Annotated[SignedTopKConfig, Tag("signed-topk")]
+    | Annotated[MPConfig, Tag("mp")] | Annotated[OMPConfig, Tag("omp")]
+    | Annotated[ArchetypalConfig, Tag("archetypal")],
+    Discriminator(lambda v: v.get("arch", "topk") if isinstance(v, dict) else getattr(v, "arch", None)),
+])
 
 
-# Fields added after runs were registered: the value that reproduces what came before, and the encoder families that
-# read the field (None: every family). In a run's identity only where set otherwise for a family that reads it, so
-# runs registered before the field existed keep their identities.
-ADDED_FIELDS: dict[str, tuple[Any, tuple[str, ...] | None]] = {
-    "apply_b_dec_to_input": (True, None), "encoder_hidden": (0, None), "topk_relu": (True, ("topk",)),
-    "batchtopk_rank": ("value", ("batchtopk",))}
+def _parse(fields: dict[str, Any]) -> tuple[SAEConfig | None, list[tuple[str, str]]]:
+    """The config of flat keys, or None and every problem (field, what is wrong)."""
+    arch = fields.get("arch", "topk")
+    family = FAMILIES.get(arch) if isinstance(arch, str) else None
+    problems: list[tuple[str, str]] = []
+    if family is None:
+        problems.append(("arch", f"must be one of {', '.join(ARCHS)}, got {arch!r}"))
+    own = {k: v for k, v in fields.items() if family is not None and k in family.model_fields}
+    for key, value in fields.items():  # the fields only other families read: their types
+        if key != "arch" and key not in own and key in FIELDS:
+            try:
+                _TYPES[key].validate_python(value)
+            except ValidationError as exc:
+                problems += [(key, m) for _, m in _problems(exc)]
+    if family is None:
+        return None, problems
+    try:
+        out = _UNION.validate_python({**own, "arch": arch})
+    except ValidationError as exc:
+        return None, problems + _problems(exc)
+    return (None, problems) if problems else (out, [])
 
 
-def encoder_arch(sae: dict[str, Any]) -> Any:
-    """The family whose encoder and losses a config trains with: its own, or an archetypal SAE's encoder."""
-    return sae.get("archetypal_encoder", "topk") if sae.get("arch") == "archetypal" else sae.get("arch")
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for e in exc.errors():
+        error = (e.get("ctx") or {}).get("error")
+        if isinstance(error, FieldProblems):
+            out += error.problems
+            continue
+        loc = [str(x) for x in e["loc"] if str(x) not in ARCHS]
+        out.append((".".join(loc) or "sae", e["msg"]))
+    return out
 
 
 def fields_read(sae: dict[str, Any]) -> tuple[str, ...]:
-    """The SAE fields a config's architecture reads (an archetypal SAE: those of its encoder); the others cannot
-    change its weights and stay out of a run's identity and typed parameters."""
+    """The SAE fields a stored config's family reads and that decide what it learns (an archetypal SAE: its own and
+    its encoder's); the others stay out of a run's identity and typed parameters."""
     arch = sae.get("arch")
-    if arch == "archetypal":
-        own = ("archetypal_encoder", "archetypal_candidates", "archetypal_delta")
-        return (*_COMMON, *own, *(f for f in ARCH_FIELDS.get(encoder_arch(sae), ()) if f not in _COMMON))
-    return ARCH_FIELDS.get(arch, ()) if isinstance(arch, str) else ()
+    family = FAMILIES.get(arch) if isinstance(arch, str) else None
+    if family is None:
+        return ()
+    if family is ArchetypalConfig:
+        encoder = encoder_arch(sae)
+        return (*_ARCHETYPAL_OWN, *(f for f in fields_read({"arch": encoder}) if f not in _ARCHETYPAL_OWN)) \
+            if encoder in ARCHETYPAL_ENCODERS else _ARCHETYPAL_OWN
+    return tuple(name for name, field in family.model_fields.items()
+                 if not any(isinstance(m, (Added, Reporting)) for m in field.metadata))
+
+
+_ARCHETYPAL_OWN = ("arch", "d_model", "d_sae", "archetypal_encoder", "archetypal_candidates", "archetypal_delta")
+
+
+def encoder_arch(sae: dict[str, Any]) -> Any:
+    """The family whose encoder and losses a stored config trains with: its own, or an archetypal SAE's encoder."""
+    return sae.get("archetypal_encoder", "topk") if sae.get("arch") == "archetypal" else sae.get("arch")
+
+
+def added_fields(arch: str) -> dict[str, Any]:
+    """The fields of family ``arch`` added after runs were registered, with the value that reproduces what came
+    before them (:class:`Added`)."""
+    family = FAMILIES.get(arch)
+    out = {}
+    for name, field in (family.model_fields.items() if family else ()):
+        for m in field.metadata:
+            if isinstance(m, Added):
+                out[name] = m.before
+    return out
 
 
 def identity_fields(sae: dict[str, Any]) -> dict[str, Any]:
-    """The SAE part of a run's identity: the fields its architecture reads, and the :data:`ADDED_FIELDS` set to
-    something other than what came before them, for a family that reads them."""
-    read, family = fields_read(sae), encoder_arch(sae)
-
-    def changed(key: str, value: Any) -> bool:
-        before, readers = ADDED_FIELDS[key]
-        return value != before and (readers is None or family in readers)
-
-    return {k: v for k, v in sae.items() if k in read or (k in ADDED_FIELDS and changed(k, v))}
+    """The SAE part of a run's identity: the fields its family reads (:func:`fields_read`), and the :class:`Added`
+    fields it has, set to something other than what came before them."""
+    read = fields_read(sae)
+    added = added_fields(sae["arch"]) if isinstance(sae.get("arch"), str) else {}
+    if sae.get("arch") == "archetypal" and encoder_arch(sae) != "topk":
+        added.pop("topk_relu", None)  # its JumpReLU encoder does not read it
+    return {k: v for k, v in sae.items() if k in read or (k in added and v != added[k])}
 
 
 def sparsity_field(arch: str) -> str:
@@ -69,180 +484,9 @@ def sparsity_field(arch: str) -> str:
     return {"relu": "l1_coeff", "jumprelu": "l0_coeff"}.get(arch, "k")
 
 
-BATCHTOPK_RANKS = ("value", "row-share")
-# Fields whose default for new sweeps differs from what earlier runs did: (for new sweeps, what runs before it did).
-# The dataclass default is the earlier behaviour, so every stored config without the field reads as it was trained;
-# `sweep submit` gives a new sweep the new value where its grid leaves the field unset (and a sweep that already has
-# runs the old one: a resubmission finds its runs).
-NEW_SWEEP_DEFAULTS: dict[str, tuple[Any, Any]] = {"batchtopk_rank": ("row-share", "value")}
-
-_INTS = ("d_model", "d_sae", "k", "aux_k", "dead_tokens", "archetypal_candidates", "encoder_hidden")
-_FLOATS = ("l1_coeff", "l0_coeff", "jumprelu_init_threshold", "jumprelu_bandwidth", "aux_coeff", "archetypal_delta")
-# Keys of stored configs that no longer exist; read (registry rows, SAE files) and ignored. grid.yaml refuses them.
-LEGACY_KEYS = {"dead_steps": "dead_steps was replaced by dead_tokens (the dead window in training tokens)"}
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class SAEConfig:
-    arch: str = "topk"
-    """relu (L1), topk (+AuxK), batchtopk, jumprelu, matryoshka (nested TopK prefixes), signed-topk, mp (matching
-    pursuit: k greedy steps over the decoder's atoms, no encoder weights), omp (orthogonal matching pursuit: each step
-    refits the coefficients of every chosen atom by non-negative least squares), archetypal (RA-SAE: atoms are convex
-    combinations of k-means centroids of the data plus a bounded relaxation; a TopK or JumpReLU encoder)."""
-    d_model: int
-    """Input width (set from the dataset)."""
-    d_sae: int = 16384
-    """Number of latents."""
-    k: int = 32
-    """Active latents per token (topk, batchtopk, matryoshka, signed-topk); pursuit steps (mp: at most k active, an
-    atom chosen twice counts once; omp: k distinct atoms, some coefficients may be 0)."""
-    l1_coeff: float = 1e-3
-    """L1 weight (relu), scaled by decoder norms."""
-    l0_coeff: float = 1.0
-    """L0 weight (jumprelu): the loss is squared error + l0_coeff x active latents per token. Activations are scaled
-    to mean norm sqrt(d_model), so one active latent costs as much as l0_coeff units of squared error; raising it
-    lowers L0 (0.01 -> 10 spans dense to very sparse)."""
-    jumprelu_init_threshold: float = 0.1
-    """Initial threshold, in units of the scaled activations (the JumpReLU paper's 1e-3 was for data of unit mean
-    squared norm; at mean norm sqrt(d_model) it lets nearly every positive pre-activation through, like a ReLU)."""
-    jumprelu_bandwidth: float = 0.1
-    """Width of the rectangle kernel of the straight-through estimator, in the same units: pre-activations within
-    bandwidth/2 of the threshold carry the L0 gradient to the threshold and to the encoder."""
-    encoder_hidden: int = 0
-    """The encoder: 0, one linear map (every family's default); a width h > 0, an MLP with one hidden ReLU layer of h
-    units, ``pre = relu((x - b_dec) W_1 + b_1) W_enc + b_enc`` (as Overcomplete's MLP encoder; not for the pursuits,
-    which have no encoder; not exportable to saev or SAELens, whose encoders are one linear map)."""
-    archetypal_encoder: str = "topk"
-    """archetypal: the encoder, ``topk`` (with ``k``, AuxK) or ``jumprelu`` (with ``l0_coeff``, threshold and
-    bandwidth)."""
-    archetypal_candidates: int = 0
-    """archetypal: how many candidate points (k-means centroids of the layer's centred activations, computed once per
-    layer and stored with the sweep) the atoms are convex combinations of; 0: as many as ``d_sae``."""
-    archetypal_delta: float = 1.0
-    """archetypal: the largest norm of an atom's relaxation away from the candidates' convex hull, in units of the
-    scaled activations (whose centred mean norm is sqrt(d_model) with ``scale_by: centred-norm``); 0: atoms stay in
-    the hull."""
-    aux_k: int = 256
-    """Dead latents used by the AuxK loss (topk, batchtopk, matryoshka)."""
-    aux_coeff: float = 1.0 / 32
-    """Weight of the AuxK loss (topk, batchtopk, matryoshka)."""
-    dead_tokens: int = 10_000_000
-    """A latent that has not fired on any of the last this-many training tokens counts as dead (``dead_frac``, AuxK).
-    In tokens, not steps, so the window means the same at any batch size; `sweep submit` warns when it is longer than
-    the run."""
-    matryoshka_prefixes: tuple[int, ...] = ()
-    """Nested prefix sizes (ascending, the last < d_sae); the full width is always included."""
-    apply_b_dec_to_input: bool = True
-    """Subtract the decoder bias from the input before encoding (saev-ops' and SAELens' default); False for SAEs
-    imported from saev, whose encoder reads the input as it is."""
-    batchtopk_rank: str = "value"
-    """batchtopk: how the batch's k x batch activations are chosen. ``row-share`` (new sweeps' default): by each
-    activation's share of its row's activation norm, ``relu(pre) / ||relu(pre)||``, and at inference a latent fires
-    where that share passes the learned threshold; rows of large norm no longer take the batch's budget first, which
-    on data of uneven norms trained worse dictionaries than TopK (docs/performance.md). ``value``: by the activations
-    themselves, one threshold for every row (Bussmann et al. 2024; runs trained before ``row-share`` existed)."""
-    topk_relu: bool = True
-    """topk: keep the k largest pre-activations only where positive (saev-ops' and SAELens' TopK); False keeps them
-    as they are, negative ones included, as saev's TopK does (SAEs imported from saev)."""
-
-    def __post_init__(self) -> None:
-        problems = self.problems()
-        if problems:
-            raise errors.ConfigError("SAE config: " + "; ".join(f"{k} {msg}" for k, msg in problems))
-
-    def problems(self) -> list[tuple[str, str]]:
-        """(field, what is wrong) for every invalid value; empty when the config is sound."""
-        out = []
-        if self.arch not in ARCHS:
-            out.append(("arch", f"must be one of {', '.join(ARCHS)}, got {self.arch!r}"))
-        for name in _INTS:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                out.append((name, f"must be an integer, got {value!r}"))
-        for name in _FLOATS:
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                out.append((name, f"must be a finite number, got {value!r}"))
-        for name in ("apply_b_dec_to_input", "topk_relu"):
-            if not isinstance(getattr(self, name), bool):
-                out.append((name, f"must be true or false, got {getattr(self, name)!r}"))
-        if self.batchtopk_rank not in BATCHTOPK_RANKS:
-            out.append(("batchtopk_rank", f"must be one of {', '.join(BATCHTOPK_RANKS)}, got {self.batchtopk_rank!r}"))
-        if out:
-            return out  # the comparisons below need numbers
-        for name in ("d_model", "d_sae", "dead_tokens"):
-            if getattr(self, name) <= 0:
-                out.append((name, f"must be > 0, got {getattr(self, name)}"))
-        if sparsity_field(self.encoder_arch) == "k" and not 0 < self.k <= self.d_sae:
-            out.append(("k", f"must be in 1..d_sae ({self.d_sae}), got {self.k}"))
-        if self.arch == "matryoshka":
-            p = list(self.matryoshka_prefixes)
-            if p != sorted(set(p)) or any(x <= 0 or x >= self.d_sae for x in p):
-                out.append(("matryoshka_prefixes", f"must be ascending, unique and in 1..d_sae-1, got {p}"))
-        out += self._encoder_problems()
-        for name in ("l1_coeff", "l0_coeff", "aux_coeff", "archetypal_delta"):
-            if getattr(self, name) < 0:
-                out.append((name, f"must be >= 0, got {getattr(self, name)}"))
-        for name in ("jumprelu_init_threshold", "jumprelu_bandwidth"):
-            if self.encoder_arch == "jumprelu" and not getattr(self, name) > 0:
-                out.append((name, f"must be > 0, got {getattr(self, name)}"))
-        return out
-
-    def _encoder_problems(self) -> list[tuple[str, str]]:
-        """The encoder's own fields: an MLP's width, an archetypal SAE's encoder and candidates."""
-        out = []
-        if self.encoder_hidden < 0 or (self.encoder_hidden and self.arch in PURSUITS):
-            out.append(("encoder_hidden", f"must be 0 (a linear encoder) or a width > 0 for a family with an encoder "
-                        f"(not {', '.join(PURSUITS)}), got {self.encoder_hidden}"))
-        if self.arch != "archetypal":
-            return out
-        if self.archetypal_encoder not in ARCHETYPAL_ENCODERS:
-            out.append(("archetypal_encoder", f"must be one of {', '.join(ARCHETYPAL_ENCODERS)}, got "
-                        f"{self.archetypal_encoder!r}"))
-        if self.archetypal_candidates < 0:
-            out.append(("archetypal_candidates", f"must be >= 0 (0: as many as d_sae), got "
-                        f"{self.archetypal_candidates}"))
-        return out
-
-    @property
-    def encoder_arch(self) -> str:
-        """The architecture whose encoder and losses it trains with (:func:`encoder_arch`)."""
-        return str(encoder_arch({"arch": self.arch, "archetypal_encoder": self.archetypal_encoder}))
-
-    @property
-    def n_candidates(self) -> int:
-        """archetypal: the number of candidate points."""
-        return self.archetypal_candidates or self.d_sae
-
-    @classmethod
-    def problems_of(cls, d: dict[str, Any]) -> list[tuple[str, str]]:
-        """:meth:`problems` of the config ``d`` would make, without raising (known keys only; defaults fill in)."""
-        obj = cls.__new__(cls)
-        for f in dataclasses.fields(cls):
-            object.__setattr__(obj, f.name, d.get(f.name, f.default))
-        if isinstance(obj.matryoshka_prefixes, list):
-            object.__setattr__(obj, "matryoshka_prefixes", tuple(obj.matryoshka_prefixes))
-        try:
-            return obj.problems()
-        except TypeError as exc:  # a value of the wrong type (a string for k, ...)
-            return [("sae", f"a value has the wrong type ({exc})")]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["matryoshka_prefixes"] = list(self.matryoshka_prefixes)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SAEConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        d = {k: v for k, v in d.items() if k not in LEGACY_KEYS}  # configs stored before the key was replaced
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise errors.ConfigError(f"SAE config: unknown keys {unknown}; valid keys: {sorted(names)}")
-        d = dict(d)
-        if "matryoshka_prefixes" in d:
-            d["matryoshka_prefixes"] = tuple(d["matryoshka_prefixes"])
-        try:
-            return cls(**d)
-        except TypeError as exc:
-            raise errors.ConfigError(f"SAE config: {exc}") from None
+ARCH_FIELDS: dict[str, tuple[str, ...]] = {
+    arch: fields_read({"arch": arch}) if arch != "archetypal" else tuple(
+        n for n in FAMILIES[arch].model_fields
+        if not any(isinstance(m, (Added, Reporting)) for m in FAMILIES[arch].model_fields[n].metadata))
+    for arch in ARCHS}
+"""The SAE fields each family reads (an archetypal SAE: those of both its encoders); derived from the families."""

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from saev_ops import __version__, atomic, errors
-from saev_ops.sae.config import PURSUITS, SAEConfig
+from saev_ops.sae.config import PURSUITS, AuxKConfig, BatchTopKConfig, ReLUConfig, SAEConfig, TopKConfig
 from saev_ops.sae.modules import SAE, build_sae
 
 SAEV_SCHEMA = 5
@@ -87,18 +87,19 @@ def export_saev(sae: SAE, meta: dict[str, Any], path: pathlib.Path) -> pathlib.P
         raise errors.ConfigError(f"saev has no {arch} activation (it has ReLU, TopK and BatchTopK); export this SAE "
                                  "to SAELens instead" if arch == "jumprelu" else
                                  f"saev has no {arch} activation (it has ReLU, TopK and BatchTopK)")
-    if arch == "batchtopk" and sae.cfg.batchtopk_rank != "value":
+    c = sae.cfg
+    if isinstance(c, BatchTopKConfig) and c.batchtopk_rank != "value":
         raise errors.ConfigError(_ROW_SHARE.format(fmt="saev"))
     no_sparsity = _payload("NoSparsity", key="no-sparsity")
-    auxk = _payload("AuxK", key="auxk", k_aux=sae.cfg.aux_k, alpha=sae.cfg.aux_coeff)
-    activation = {
-        "Relu": lambda: _payload("Relu", key="relu", sparsity=_payload("L1Sparsity", key="l1-sparsity",
-                                                                      coeff=sae.cfg.l1_coeff),
-                                 aux=_payload("NoAux", key="no-aux")),
-        "TopK": lambda: _payload("TopK", key="top-k", top_k=sae.cfg.k, sparsity=no_sparsity, aux=auxk),
-        "BatchTopK": lambda: _payload("BatchTopK", key="batch-top-k", top_k=sae.cfg.k, sparsity=no_sparsity,
-                                      momentum=0.01, aux=auxk),
-    }[_SAEV_ACT[arch]]()
+    if isinstance(c, ReLUConfig):
+        activation = _payload("Relu", key="relu", sparsity=_payload("L1Sparsity", key="l1-sparsity", coeff=c.l1_coeff),
+                              aux=_payload("NoAux", key="no-aux"))
+    else:  # the TopK families saev has (_SAEV_ACT): each with AuxK
+        assert isinstance(c, AuxKConfig), c.arch
+        auxk = _payload("AuxK", key="auxk", k_aux=c.aux_k, alpha=c.aux_coeff)
+        activation = _payload("TopK", key="top-k", top_k=c.k, sparsity=no_sparsity, aux=auxk) \
+            if _SAEV_ACT[arch] == "TopK" else _payload("BatchTopK", key="batch-top-k", top_k=c.k,
+                                                       sparsity=no_sparsity, momentum=0.01, aux=auxk)
     cfg = {"d_model": sae.cfg.d_model, "d_sae": sae.cfg.d_sae, "activation": activation, "reinit_blend": 0.0,
            "reinit_enc_dec_tranpose": True, "remove_parallel_grads": True,
            # an archetypal SAE's fused atoms have the norms its simplex and scale gave them: not unit rows
@@ -148,7 +149,7 @@ def read_saev(path: pathlib.Path) -> tuple[SAE, dict[str, Any]]:
     sparsity = params.get("sparsity") or {}
     if arch == "relu" and sparsity.get("cls") == "L1Sparsity":
         fields["l1_coeff"] = float((sparsity.get("params") or {}).get("coeff", 0.0))
-    sae = build_sae(SAEConfig(**fields))
+    sae = build_sae(SAEConfig.of(**fields))
     ours: dict[str, torch.Tensor] = {k: state[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec") if k in state}
     if arch == "batchtopk" and "activation.threshold" in state:
         ours["threshold"] = state["activation.threshold"].reshape(())
@@ -168,10 +169,10 @@ def export_saelens(sae: SAE, meta: dict[str, Any], directory: pathlib.Path) -> p
         raise errors.ConfigError(_MLP.format(fmt="SAELens"))
     if arch not in _SAELENS_ARCH:
         raise errors.ConfigError(f"SAELens has no {arch} architecture (standard, topk, jumprelu)")
-    if arch == "topk" and not sae.cfg.topk_relu:
+    if isinstance(sae.cfg, TopKConfig) and not sae.cfg.topk_relu:
         raise errors.ConfigError("SAELens' TopK applies a ReLU to the k largest pre-activations and this SAE (saev's "
                                  "TopK, topk_relu false) keeps negative ones: export it to saev instead")
-    if arch == "batchtopk" and sae.cfg.batchtopk_rank != "value":
+    if isinstance(sae.cfg, BatchTopKConfig) and sae.cfg.batchtopk_rank != "value":
         raise errors.ConfigError(_ROW_SHARE.format(fmt="SAELens (as a JumpReLU)"))
     scale = float(meta.get("scale", 1.0))
     state = _folded(sae, scale, b_dec_into_b_enc=False)
@@ -192,6 +193,7 @@ def export_saelens(sae: SAE, meta: dict[str, Any], directory: pathlib.Path) -> p
                      "saev_ops": _origin(sae, meta)},
     }
     if _SAELENS_ARCH[arch] == "topk":
+        assert isinstance(sae.cfg, AuxKConfig), arch  # topk, matryoshka
         cfg["k"] = sae.cfg.k
     directory = pathlib.Path(directory)
     tmp = atomic.fresh_dir(directory.with_name(directory.name + ".tmp"))
@@ -228,7 +230,7 @@ def read_saelens(directory: pathlib.Path) -> tuple[SAE, dict[str, Any]]:
         if k is None:
             raise errors.DataError(f"{cfg_path}: a topk SAE without k")
         fields["k"] = int(k)
-    sae = build_sae(SAEConfig(**fields))
+    sae = build_sae(SAEConfig.of(**fields))
     try:
         state = load_file(str(weights), device="cpu")
     except FileNotFoundError:

@@ -7,13 +7,24 @@ All share: ``pre = (x - b_dec) @ W_enc + b_enc``, ``x_hat = z @ W_dec + b_dec``,
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 from torch import nn
 
-from saev_ops.sae.config import SAEConfig
+from saev_ops.sae.config import (
+    ArchetypalConfig,
+    AuxKConfig,
+    BatchTopKConfig,
+    JumpReLUConfig,
+    MatryoshkaConfig,
+    MPConfig,
+    OMPConfig,
+    ReLUConfig,
+    SAEConfig,
+    SignedTopKConfig,
+    TopKConfig,
+)
 
 
 class SAE(nn.Module):
@@ -141,11 +152,14 @@ class SAE(nn.Module):
 
     def auxk_loss(self, x: torch.Tensor, x_hat: torch.Tensor, pre: torch.Tensor) -> torch.Tensor:
         """AuxK (Gao et al. 2024): reconstruct the residual with the top-aux_k dead latents."""
+        cfg = self.cfg
+        if not isinstance(cfg, AuxKConfig):
+            raise TypeError(f"AuxK needs a TopK family's config, not {cfg.arch}'s")
         dead = self.dead_mask()
         n_dead = int(dead.sum())
-        if n_dead == 0 or self.cfg.aux_coeff == 0:
+        if n_dead == 0 or cfg.aux_coeff == 0:
             return x.new_zeros(())
-        k_aux = min(self.cfg.aux_k, n_dead)
+        k_aux = min(cfg.aux_k, n_dead)
         masked = torch.where(dead, torch.relu(pre), torch.zeros_like(pre))
         vals, idx = masked.topk(k_aux, dim=-1)
         z_aux = torch.zeros_like(pre).scatter(-1, idx, vals)
@@ -153,10 +167,12 @@ class SAE(nn.Module):
         resid_hat = z_aux @ self.W_dec
         err = (resid_hat - resid).pow(2).sum(-1).mean()
         scale = resid.pow(2).sum(-1).mean().clamp_min(1e-8)
-        return self.cfg.aux_coeff * err / scale
+        return cfg.aux_coeff * err / scale
 
 
 class ReLUSAE(SAE):
+    cfg: ReLUConfig
+
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         return torch.relu(pre)
 
@@ -172,6 +188,8 @@ def _topk(pre: torch.Tensor, k: int, relu: bool = True) -> torch.Tensor:
 
 
 class TopKSAE(SAE):
+    cfg: TopKConfig | ArchetypalConfig  # an archetypal SAE's TopK encoder
+
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         return _topk(pre, self.cfg.k, self.cfg.topk_relu)
 
@@ -181,6 +199,8 @@ class TopKSAE(SAE):
 
 class SignedTopKSAE(SAE):
     """Keeps the k largest-magnitude pre-activations of either sign: opposite features as opposite directions."""
+
+    cfg: SignedTopKConfig
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         _, idx = pre.abs().topk(self.cfg.k, dim=-1)
@@ -192,9 +212,11 @@ class BatchTopKSAE(SAE):
     ranked (``batchtopk_rank``): the activations (``value``) or their share of their row's activation norm
     (``row-share``), so that the threshold is relative to each row's own scale."""
 
+    cfg: BatchTopKConfig
+
     threshold: torch.Tensor  # buffer: the running threshold used at inference (-1 until trained)
 
-    def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None) -> None:
+    def __init__(self, cfg: BatchTopKConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator)
         self.register_buffer("threshold", torch.tensor(-1.0))
 
@@ -261,7 +283,9 @@ class _JumpSTE(torch.autograd.Function):
 
 
 class JumpReLUSAE(SAE):
-    def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None) -> None:
+    cfg: JumpReLUConfig | ArchetypalConfig  # an archetypal SAE's JumpReLU encoder
+
+    def __init__(self, cfg: JumpReLUConfig | ArchetypalConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator)
         log_init = float(torch.log(torch.tensor(cfg.jumprelu_init_threshold)))
         self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), log_init))
@@ -277,6 +301,8 @@ class JumpReLUSAE(SAE):
 class MatryoshkaSAE(SAE):
     """TopK latents; the reconstruction loss is summed over nested prefixes of the latents, so early latents learn
     general features on their own."""
+
+    cfg: MatryoshkaConfig
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
         return _topk(pre, self.cfg.k)
@@ -301,6 +327,8 @@ class MatchingPursuitSAE(SAE):
 
     The argmax is taken without a graph (``k`` products of B x d_sae are not kept for backward); the coefficients
     are recomputed from the chosen atoms with gradients, so backward holds ``k`` B x d_model residuals."""
+
+    cfg: MPConfig | OMPConfig
 
     def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator)
@@ -376,11 +404,11 @@ class _Archetypal:
     one of the encoder's family with ``W_dec = D``: what its SAE file holds, so inference, export and `runs compare`
     read it as they read any other."""
 
-    cfg: SAEConfig
+    cfg: ArchetypalConfig
     candidates: torch.Tensor
     first_candidate: torch.Tensor  # buffer: the candidate each atom starts as (and returns to if its row empties)
 
-    def __init__(self, cfg: SAEConfig, generator: torch.Generator | None = None) -> None:
+    def __init__(self, cfg: ArchetypalConfig, generator: torch.Generator | None = None) -> None:
         super().__init__(cfg, generator)  # type: ignore[call-arg]  # the SAE class it is mixed into
         module: Any = self
         del module.W_dec
@@ -436,7 +464,7 @@ class _Archetypal:
     def fused(self) -> SAE:
         """The same SAE as a plain one of its encoder's family, the dictionary fused into ``W_dec``."""
         module: Any = self
-        cfg = dataclasses.replace(self.cfg, arch=self.cfg.archetypal_encoder)
+        cfg = SAEConfig.of(**{**self.cfg.to_dict(), "arch": self.cfg.archetypal_encoder})  # its own fields left out
         plain = _CLASSES[cfg.arch](cfg)
         state = {k: v for k, v in module.state_dict().items()
                  if k not in ("arch_weights", "relax", "log_scale", "first_candidate")}
@@ -462,6 +490,6 @@ _ARCHETYPAL: dict[str, type[SAE]] = {"topk": ArchetypalTopKSAE, "jumprelu": Arch
 
 def build_sae(cfg: SAEConfig, seed: int = 0) -> SAE:
     g = torch.Generator().manual_seed(seed)
-    if cfg.arch == "archetypal":
+    if isinstance(cfg, ArchetypalConfig):
         return _ARCHETYPAL[cfg.archetypal_encoder](cfg, g)
     return _CLASSES[cfg.arch](cfg, g)

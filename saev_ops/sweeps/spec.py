@@ -13,8 +13,8 @@ zip: {d_sae: [4096, 16384], aux_k: [128, 512]}        # zipped: same length, wal
 runs: [{arch: relu, l1_coeff: 0.001}, {}]              # explicit entries x grid x zip; an entry's keys win
 resources: {partition: gpu, gpus: 1, cpus: 8, mem_gb: 64, time_min: 240, max_parallel: 8}
 ```
-Per-run keys: every :class:`~saev_ops.sae.SAEConfig` field (but ``d_model``, taken from the dataset), ``lr``, ``seed``,
-``layer``, ``tokens``.
+Per-run keys: every field of an SAE family (:mod:`saev_ops.sae.config`; but ``d_model``, taken from the dataset),
+``lr``, ``seed``, ``layer``, ``tokens``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ from pydantic import Field, ValidationError, model_validator
 from saev_ops import errors, tokens
 from saev_ops.jobs import SlurmSpec
 from saev_ops.registry.names import MAX_NAME_LENGTH, NAME_PATTERN
-from saev_ops.runconfig import RUN_KEY_DEFAULTS, TrainSettings
-from saev_ops.sae.config import LEGACY_KEYS, SAEConfig
+from saev_ops.runconfig import RUN_KEY_DEFAULTS, TrainSettings, entry_problems
+from saev_ops.sae.config import FIELDS as SAE_FIELDS
+from saev_ops.sae.config import LEGACY_KEYS
 from saev_ops.schema import Schema
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ MAX_RUNS = 100_000
 """Default of ``sweep submit --max-runs``: a larger grid is refused before anything is expanded."""
 MAX_YAML_NODES = 1_000_000
 """A grid file whose YAML, aliases expanded, has more nodes than this is refused before it is built."""
-RUN_KEYS = {f.name for f in dataclasses.fields(SAEConfig)} - {"d_model"} | set(RUN_KEY_DEFAULTS)
+RUN_KEYS = set(SAE_FIELDS) - {"d_model"} | set(RUN_KEY_DEFAULTS)
 
 
 class Resources(SlurmSpec):
@@ -311,7 +312,7 @@ def _runs(sections: RunsSections, root: yaml.Node | None, source: str) -> list[s
     shortest = min((len(v) for v in sections.zip.values()), default=0)
     zipped = {k: v[:shortest] for k, v in sections.zip.items()}
     for cfg, origin in zip(*expand(sections.model_copy(update={"grid": grid, "zip": zipped})), strict=True):
-        for key, message in run_problems(cfg):
+        for key, message in entry_problems(cfg):
             problem = f"{_where(source, root, origin.get(key), key)}: {message}"
             if problem not in out:
                 out.append(problem)
@@ -365,28 +366,3 @@ def expand(model: RunsSections) -> tuple[list[dict[str, Any]], list[dict[str, tu
                 out.append(cfg)
                 origins.append(origin)
     return out, origins
-
-
-def run_problems(cfg: dict[str, Any]) -> list[tuple[str, str]]:
-    """(key, what is wrong) for one expanded run, all of them."""
-    out = []
-    lr = cfg.get("lr")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not (math.isfinite(lr) and lr > 0):
-        out.append(("lr", f"must be a finite number > 0, got {lr!r}"))
-    if not isinstance(cfg.get("seed"), int) or isinstance(cfg.get("seed"), bool):
-        out.append(("seed", f"must be an integer, got {cfg.get('seed')!r}"))
-    if cfg.get("tokens") not in {*tokens.SELECTIONS, *tokens.OLD_NAMES}:
-        out.append(("tokens", f"must be one of {', '.join(tokens.SELECTIONS)}, got {cfg.get('tokens')!r}"))
-    if not isinstance(cfg.get("layer"), int):
-        out.append(("layer", f"must be an integer, got {cfg.get('layer')!r}"))
-    sae_keys = {k: v for k, v in cfg.items() if k not in RUN_KEY_DEFAULTS}
-    return out + [(k, m) for k, m in SAEConfig.problems_of({**sae_keys, "d_model": 1}) if k != "d_model"]
-
-
-def validate_run(cfg: dict[str, Any], d_model: int) -> SAEConfig:
-    """The run's SAE config for a dataset of width ``d_model``; ConfigError listing every problem."""
-    problems = run_problems(cfg)
-    if problems:
-        raise errors.ConfigError("; ".join(f"{k}: {m}" for k, m in problems))
-    sae_keys = {k: v for k, v in cfg.items() if k not in RUN_KEY_DEFAULTS}
-    return SAEConfig.from_dict({**sae_keys, "d_model": d_model})

@@ -13,9 +13,9 @@ from saev_ops import errors, paths
 from saev_ops.host import Room
 from saev_ops.jobs import PartialSubmissionError, SlurmSpec, submit
 from saev_ops.registry import DatasetRecord, Registry, RunQuery, RunRecord, config_hash
-from saev_ops.runconfig import NEW_SWEEP_SETTINGS, RUN_ONLY_SETTINGS, TrainSettings, run_config, run_identity
-from saev_ops.sae.config import NEW_SWEEP_DEFAULTS, PURSUITS, SAEConfig
-from saev_ops.sweeps.spec import Resources, SweepSpec, validate_run
+from saev_ops.runconfig import NEW_SWEEP_SETTINGS, RUN_ONLY_SETTINGS, RunConfig, TrainSettings
+from saev_ops.sae.config import FAMILIES, NEW_SWEEP_DEFAULTS, PURSUITS, ArchetypalConfig, SAEConfig
+from saev_ops.sweeps.spec import Resources, SweepSpec
 from saev_ops.train.spec import RunSpec, TrainJobSpec
 
 log = logging.getLogger(__name__)
@@ -26,8 +26,14 @@ class PlannedJob:
     layer: int
     tokens: str
     run_ids: tuple[int, ...]
-    configs: tuple[dict[str, Any], ...]
+    configs: tuple[RunConfig, ...]
     memory_gb: float
+    identities: tuple[str, ...] = ()
+    """Each run's identity in the registry (its config hash, named on its journal's lines), once known."""
+
+    def identified(self, hashes: dict[int, str]) -> PlannedJob:
+        """The job with its runs' identities from ``hashes`` (run id -> config hash)."""
+        return dataclasses.replace(self, identities=tuple(hashes[r] for r in self.run_ids))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +50,7 @@ class SubmitResult:
     than its memory), said before anything trains."""
 
 
-def estimate_memory_gb(sae: dict[str, Any], d_model: int, batch_size: int) -> float:
+def estimate_memory_gb(sae: SAEConfig, d_model: int, batch_size: int) -> float:
     """Parameters with grads and two Adam moments, plus what a step holds besides: the encoder (one linear map, or an
     MLP and its batch of hidden units; none for the pursuits) and the decoder of each family. Most families: the
     decoder and the batch's latent activations (pre, z and their grads). Matching pursuit: z, a correlation product,
@@ -52,8 +58,8 @@ def estimate_memory_gb(sae: dict[str, Any], d_model: int, batch_size: int) -> fl
     chosen atoms and their Gram matrices. An archetypal SAE: archetype weights (d_sae x candidates) and relaxation in
     place of the decoder, the dictionary they make and its grad, and the candidates themselves (counted for each such
     run, though the runs of a job that share them hold one copy)."""
-    arch, d_sae, steps = sae.get("arch"), int(sae.get("d_sae", 16384)), int(sae.get("k", 32))
-    hidden = int(sae.get("encoder_hidden") or 0)
+    arch, d_sae, hidden = sae.arch, sae.d_sae, sae.encoder_hidden
+    steps = getattr(sae, "k", 0)  # the pursuits' steps
     encoder = d_model * hidden + hidden + hidden * d_sae if hidden else d_model * d_sae
     encoder = 0 if arch in PURSUITS else encoder + d_sae
     decoder = d_model * d_sae + d_model
@@ -62,39 +68,39 @@ def estimate_memory_gb(sae: dict[str, Any], d_model: int, batch_size: int) -> fl
         held = batch_size * d_sae * 4 * 3 + steps * batch_size * d_model * 4 * 3
     elif arch == "omp":
         held = batch_size * d_sae * 4 * 3 + batch_size * steps * (d_model + steps) * 4 * 2
-    elif arch == "archetypal":
-        n = int(sae.get("archetypal_candidates") or d_sae)
+    elif isinstance(sae, ArchetypalConfig):
+        n = sae.n_candidates
         decoder = d_sae * n + d_sae * d_model + 1 + d_model
         held += 2 * d_sae * d_model * 4 + n * d_model * 4
     return ((encoder + decoder) * 4 * 4 + held) / 2**30
 
 
-def run_memory_gb(rid: int, cfg: dict[str, Any], d_model: int, settings: TrainSettings,
+def run_memory_gb(rid: int, cfg: RunConfig, d_model: int, settings: TrainSettings,
                   resources: Resources) -> float:
     """The device memory run ``rid`` (a negative id: one not registered yet) needs, or a ConfigError naming it where
     that is more than one job's ``device_memory_gb``."""
-    mem = estimate_memory_gb(cfg["sae"], d_model, settings.batch_size)
+    mem = estimate_memory_gb(cfg.sae, d_model, settings.batch_size)
     if mem > resources.device_memory_gb:
         which = f"run {rid}" if rid >= 0 else "a run"
-        raise errors.ConfigError(f"{which} ({cfg['sae']}) needs about {mem:.1f} GB, more than "
+        raise errors.ConfigError(f"{which} ({cfg.sae.to_dict()}) needs about {mem:.1f} GB, more than "
                                  f"resources.device_memory_gb={resources.device_memory_gb}")
     return mem
 
 
-def group_runs(items: list[tuple[int, dict[str, Any]]], d_model: int, settings: TrainSettings,
+def group_runs(items: list[tuple[int, RunConfig]], d_model: int, settings: TrainSettings,
                resources: Resources) -> list[PlannedJob]:
     """Runs that share layer and tokens share a job, split so each job's SAEs fit ``device_memory_gb`` and at most
     ``max_runs_per_job`` runs. Greedy, largest first."""
-    by_key: dict[tuple[int, str], list[tuple[int, dict[str, Any], float]]] = {}
+    by_key: dict[tuple[int, str], list[tuple[int, RunConfig, float]]] = {}
     cap, room = resources.max_runs_per_job, resources.device_memory_gb
     for rid, cfg in items:
         mem = run_memory_gb(rid, cfg, d_model, settings, resources)
-        by_key.setdefault((cfg["layer"], cfg["tokens"]), []).append((rid, cfg, mem))
+        by_key.setdefault((cfg.layer, cfg.tokens), []).append((rid, cfg, mem))
     jobs = []
     for (layer, tokens), members in sorted(by_key.items()):
         members.sort(key=lambda m: -m[2])
-        bins: list[list[tuple[int, dict[str, Any], float]]] = []
-        open_bins: list[tuple[list[tuple[int, dict[str, Any], float]], list[float]]] = []  # (bin, [memory used])
+        bins: list[list[tuple[int, RunConfig, float]]] = []
+        open_bins: list[tuple[list[tuple[int, RunConfig, float]], list[float]]] = []  # (bin, [memory used])
         for m in members:  # first fit over the bins with room left (full ones leave the list: linear in runs)
             for i, (b, used) in enumerate(open_bins):
                 if used[0] + m[2] <= room:
@@ -118,18 +124,17 @@ def runs_root_for(spec: SweepSpec) -> pathlib.Path:
     return pathlib.Path(spec.runs_root) if spec.runs_root else paths.default_runs_root(spec.name)
 
 
-def bind_configs(spec: SweepSpec, d_model: int) -> list[dict[str, Any]]:
-    """The sweep's full run configs, one per identity: entries that differ only in what their architecture does not
+def bind_configs(spec: SweepSpec, d_model: int) -> list[RunConfig]:
+    """The sweep's run configs, one per identity: entries that differ only in what their architecture does not
     read (a ReLU entry picking up a zipped ``k``) are one run."""
 
     out, seen = [], set()
-    for cfg in spec.configs:
-        sae = validate_run(cfg, d_model).to_dict()
-        full = run_config(sae, float(cfg["lr"]), int(cfg["seed"]), int(cfg["layer"]), cfg["tokens"], spec.settings)
-        key = json.dumps(run_identity(full), sort_keys=True)
+    for entry in spec.configs:
+        cfg = RunConfig.from_entry(entry, d_model, spec.settings)
+        key = json.dumps(cfg.identity(), sort_keys=True)
         if key not in seen:
             seen.add(key)
-            out.append(full)
+            out.append(cfg)
     return out
 
 
@@ -144,35 +149,42 @@ def submit_sweep(registry: Registry, spec: SweepSpec, db_url: str, *, dry_run: b
     configs = bind_configs(spec, dataset.d_model)
     check_batch_size(configs, dataset, spec.settings.batch_size)
     for cfg in configs:  # the layer must exist in the dataset
-        if cfg["layer"] != -1 and cfg["layer"] not in dataset.layers:
-            raise errors.ConfigError(f"layer {cfg['layer']} is not recorded in dataset {dataset.name!r} "
+        if cfg.layer != -1 and cfg.layer not in dataset.layers:
+            raise errors.ConfigError(f"layer {cfg.layer} is not recorded in dataset {dataset.name!r} "
                                      f"(layers {list(dataset.layers)})")
     val = held_out(registry, spec.settings, dataset, configs)
     # every refusal before the first write: a run too large for one job is refused here, not after it is registered
     for i, cfg in enumerate(configs):
         run_memory_gb(-(i + 1), cfg, dataset.d_model, spec.settings, spec.resources)
     if dry_run:
-        hashes = [config_hash(dataset.content_hash, run_identity(cfg)) for cfg in configs]
+        hashes = [config_hash(dataset.content_hash, cfg.identity()) for cfg in configs]
         known = registry.runs_by_hash(hashes)
         fresh = [(-(i + 1), cfg) for i, (cfg, h) in enumerate(zip(configs, hashes, strict=True)) if h not in known]
-        jobs = group_runs(fresh, dataset.d_model, spec.settings, spec.resources)
+        ident = {-(i + 1): h for i, h in enumerate(hashes)}
+        jobs = [j.identified(ident) for j in group_runs(fresh, dataset.d_model, spec.settings, spec.resources)]
         return SubmitResult(spec.name, len(configs), tuple(r for r, _ in fresh), (), tuple(jobs), (), True,
-                            window_warnings(configs) + page_cache_warnings(spec, dataset, configs)
+                            window_warnings(configs) + page_cache_warnings(spec, dataset, selections(configs))
                             + held_out_warnings(registry, spec, list(known.values())))
 
     registry.get_or_create_sweep(spec.name, spec.text)
-    added = registry.add_runs(spec.dataset, configs, sweep=spec.name, identities=[run_identity(c) for c in configs])
-    new = [(r.id, r.config) for r, created in added if created]
-    # runs a refused submission left pending: queued, never handed to an executor
-    new += [(r.id, r.config) for r, created in added if not created and r.status == "queued" and r.executor is None]
-    retried: list[tuple[int, dict[str, Any]]] = []
+    added = registry.add_runs(spec.dataset, [c.stored() for c in configs], sweep=spec.name,
+                              identities=[c.identity() for c in configs])
+    new = [(r.id, cfg) for (r, created), cfg in zip(added, configs, strict=True) if created]
+    # runs a refused submission left pending (queued, never handed to an executor) and, with retry_failed, runs that
+    # ended without completing: as their rows stored them
+    new += [(r.id, RunConfig.from_stored(r.config)) for r, created in added
+            if not created and r.status == "queued" and r.executor is None]
+    retried: list[tuple[int, RunConfig]] = []
     if retry_failed:
-        retried = [(r.id, r.config) for r in requeue_ended(registry, [r for r, created in added if not created])]
+        retried = [(r.id, RunConfig.from_stored(r.config))
+                   for r in requeue_ended(registry, [r for r, created in added if not created])]
     todo = new + retried
-    jobs = group_runs(todo, dataset.d_model, spec.settings, spec.resources)
+    ident = {r.id: r.config_hash for r, _ in added}
+    jobs = [j.identified(ident) for j in group_runs(todo, dataset.d_model, spec.settings, spec.resources)]
     job_ids = launch(registry, spec, dataset, jobs, db_url, val)
     return SubmitResult(spec.name, len(configs), tuple(r for r, _ in new), tuple(r for r, _ in retried), tuple(jobs),
-                        tuple(job_ids), False, window_warnings(configs) + page_cache_warnings(spec, dataset, configs)
+                        tuple(job_ids), False, window_warnings(configs)
+                        + page_cache_warnings(spec, dataset, selections(configs))
                         + held_out_warnings(registry, spec, [r for r, created in added if not created]))
 
 
@@ -197,16 +209,17 @@ def keep_first_defaults(registry: Registry, spec: SweepSpec) -> SweepSpec:
     what it was first given, so a default that changed since (such as ``buffer_mb``, part of a run's identity) does
     not turn its runs into new ones. Settings the grid names win. The SAE fields of
     :data:`~saev_ops.sae.config.NEW_SWEEP_DEFAULTS` and the settings of
-    :data:`~saev_ops.runconfig.NEW_SWEEP_SETTINGS` get their new value in a new sweep and their earlier one in a
-    sweep that has runs."""
+    :data:`~saev_ops.runconfig.NEW_SWEEP_SETTINGS` get their new value in a new sweep and in a sweep that has runs
+    what its runs were given (an SAE field: what its first run of a family with the field stored, :func:`_first_value`;
+    a run stores only its own family's fields)."""
 
     try:
         registry.get_sweep(spec.name)
         first = registry.list_runs(RunQuery(sweep=spec.name, limit=1))
     except errors.NotFoundError:
         first = []
-    stored_sae = first[0].run.config.get("sae", {}) if first else {}
-    fill = {k: stored_sae.get(k, old) if first else new for k, (new, old) in NEW_SWEEP_DEFAULTS.items()}
+    fill = {k: _first_value(registry, spec.name, k, new, old) if first else new
+            for k, (new, old) in NEW_SWEEP_DEFAULTS.items()}
     configs = tuple({**{k: v for k, v in fill.items() if k not in cfg}, **cfg} for cfg in spec.configs)
     spec = dataclasses.replace(spec, configs=configs)
     if not first:
@@ -223,8 +236,25 @@ def keep_first_defaults(registry: Registry, spec: SweepSpec) -> SweepSpec:
     return dataclasses.replace(spec, settings=TrainSettings.model_validate({**spec.settings.model_dump(), **kept}))
 
 
+def selections(configs: list[RunConfig]) -> set[str]:
+    """The token selections the runs read."""
+    return {c.tokens for c in configs}
+
+
+def _first_value(registry: Registry, sweep: str, field: str, new: Any, old: Any) -> Any:
+    """What the sweep's first run of a family that has SAE field ``field`` stored for it (``old`` where it stored
+    none: it was registered before the field existed); ``new`` where the sweep has no such run (no run's identity
+    depends on it)."""
+    for arch, family in FAMILIES.items():
+        if field in family.model_fields:
+            runs = registry.list_runs(RunQuery(sweep=sweep, where=(f"arch={arch}",), limit=1))
+            if runs:
+                return runs[0].run.config.get("sae", {}).get(field, old)
+    return new
+
+
 def held_out(registry: Registry, settings: TrainSettings, dataset: DatasetRecord,
-             configs: list[dict[str, Any]]) -> Any:
+             configs: list[RunConfig]) -> Any:
     """The held-out dataset of ``settings.val_dataset`` (None without one), checked against the training ``dataset``
     for the runs of ``configs``: complete, other images, and activations of the same kind (model, preprocessing, token
     layout, width and the runs' layers). ConfigError naming every difference otherwise."""
@@ -242,11 +272,11 @@ def held_out(registry: Registry, settings: TrainSettings, dataset: DatasetRecord
         raise errors.ConfigError(f"{where} is the training dataset {dataset.name!r}; a held-out dataset is recorded "
                                  "from other images with the same model")
     problems = []
-    for tokens in sorted({c["tokens"] for c in configs}):
+    for tokens in sorted(selections(configs)):
         problems += [p for p in provenance.mismatches(dataset, val, tokens=tokens) if p not in problems]
     if val.d_model != dataset.d_model:
         problems.append(f"width: d_model {val.d_model} vs {dataset.d_model}")
-    layers = sorted({dataset.layers[-1] if c["layer"] == -1 else c["layer"] for c in configs})
+    layers = sorted({dataset.layers[-1] if c.layer == -1 else c.layer for c in configs})
     missing = [la for la in layers if la not in val.layers]
     if missing:
         problems.append(f"layers: the runs read {layers}, {val.name!r} has {list(val.layers)}")
@@ -265,7 +295,7 @@ def requeue_ended(registry: Registry, runs: list[RunRecord]) -> list[RunRecord]:
     return ended
 
 
-def check_batch_size(configs: list[dict[str, Any]], dataset: DatasetRecord, batch_size: int) -> None:
+def check_batch_size(configs: list[RunConfig], dataset: DatasetRecord, batch_size: int) -> None:
     """Refuse, before anything is written, runs whose token selection gives fewer rows than one batch (the job would
     fail at its start). Needs the dataset's recorded token layout; without one the job checks."""
     from saev_ops.shards.format import TokenLayout
@@ -274,7 +304,7 @@ def check_batch_size(configs: list[dict[str, Any]], dataset: DatasetRecord, batc
     if not layout:
         return
     short = []
-    for tokens in sorted({c["tokens"] for c in configs}):
+    for tokens in sorted(selections(configs)):
         rows = dataset.n_examples * len(TokenLayout.from_json_dict(layout).indices(tokens))
         if batch_size > rows:
             short.append(f"tokens={tokens}: {rows:,} rows")
@@ -287,7 +317,7 @@ HOST_OVERHEAD_GB = 2.0
 """What a training job's process holds besides the loader (Python, torch, CUDA's host-side memory), in GiB."""
 
 
-def page_cache_warnings(spec: SweepSpec, dataset: DatasetRecord, configs: list[dict[str, Any]]) -> tuple[str, ...]:
+def page_cache_warnings(spec: SweepSpec, dataset: DatasetRecord, selections: set[str]) -> tuple[str, ...]:
     """Slurm jobs whose Shuffled loader groups will not fit in ``resources.mem_gb`` where the cluster counts page
     cache in a job's memory (cgroup memory limits, the usual set-up): the numbers the loader warns with when it
     starts, said before anything is queued. Needs the dataset's recorded token layout; without one the job warns."""
@@ -303,7 +333,7 @@ def page_cache_warnings(spec: SweepSpec, dataset: DatasetRecord, configs: list[d
                 f"resources.mem_gb={res.mem_gb:g} less ~{HOST_OVERHEAD_GB:g} for Python and torch")
     row_bytes = dataset.d_model * dtypes.disk_dtype(dataset.dtype).itemsize
     out = []
-    for tokens in sorted({c["tokens"] for c in configs}):
+    for tokens in sorted(selections):
         size = sizing.sizing(
             n_examples=dataset.n_examples, rows_per_example=len(TokenLayout.from_json_dict(layout).indices(tokens)),
             d_model=dataset.d_model, row_bytes=row_bytes, read_bytes=dataset.tokens_per_example * row_bytes,
@@ -318,26 +348,24 @@ def page_cache_warnings(spec: SweepSpec, dataset: DatasetRecord, configs: list[d
     return tuple(out)
 
 
-def window_warnings(configs: list[dict[str, Any]]) -> tuple[str, ...]:
+def window_warnings(configs: list[RunConfig]) -> tuple[str, ...]:
     """Runs whose dead window (``dead_tokens``) is longer than the tokens they train on: their dead_frac stays 0."""
-    long = sorted({(c["sae"]["dead_tokens"], c["train"]["n_tokens"]) for c in configs
-                   if c["sae"]["dead_tokens"] > c["train"]["n_tokens"]})
+    long = sorted({(c.sae.dead_tokens, c.train.n_tokens) for c in configs if c.sae.dead_tokens > c.train.n_tokens})
     return tuple(f"dead_tokens={w:,} is longer than the {n:,} tokens each SAE trains on: no latent can count as dead "
                  "and dead_frac stays 0; set dead_tokens below train.n_tokens" for w, n in long)
 
 
 def _job_spec(registry: Registry, db_url: str, dataset: DatasetRecord, layer: int, tokens: str,
-              members: list[tuple[int, dict[str, Any]]], runs_root: str | pathlib.Path,
+              members: list[tuple[int, RunConfig, str]], runs_root: str | pathlib.Path,
               settings: TrainSettings | None = None, val: Any = None) -> TrainJobSpec:
-    """One job: runs (id, stored config) that share dataset, layer, tokens and train settings; ``val``: the
-    held-out dataset (:func:`held_out`)."""
+    """One job: runs (id, config, identity in the registry) that share dataset, layer, tokens and train settings;
+    ``val``: the held-out dataset (:func:`held_out`)."""
 
-    runs = tuple(RunSpec(run_id=rid, sae=SAEConfig.from_dict(cfg["sae"]), lr=cfg["lr"], seed=cfg["seed"],
-                         identity=config_hash(dataset.content_hash, run_identity(cfg)))
-                 for rid, cfg in members)
+    runs = tuple(RunSpec(run_id=rid, sae=cfg.sae, lr=cfg.lr, seed=cfg.seed, identity=identity)
+                 for rid, cfg, identity in members)
     return TrainJobSpec(db_url=db_url, dataset=dataset.name, dataset_path=dataset.path,
                         dataset_hash=dataset.content_hash, layer=dataset.layers[-1] if layer == -1 else layer,
-                        tokens=tokens, settings=settings or TrainSettings(**members[0][1]["train"]), runs=runs,
+                        tokens=tokens, settings=settings or members[0][1].train, runs=runs,
                         runs_root=str(runs_root), val_dataset_path=val.path if val is not None else None,
                         registry_id=registry.registry_id)
 
@@ -346,7 +374,7 @@ def job_specs(registry: Registry, spec: SweepSpec, dataset: DatasetRecord, jobs:
               val: Any = None) -> list[TrainJobSpec]:
     root = runs_root_for(spec)
     return [_job_spec(registry, db_url, dataset, job.layer, job.tokens,
-                      list(zip(job.run_ids, job.configs, strict=True)), root, val=val) for job in jobs]
+                      list(zip(job.run_ids, job.configs, job.identities, strict=True)), root, val=val) for job in jobs]
 
 
 def job_for_runs(registry: Registry, run_ids: tuple[int, ...], db_url: str, *, runs_root: str | None = None,
@@ -357,14 +385,15 @@ def job_for_runs(registry: Registry, run_ids: tuple[int, ...], db_url: str, *, r
     from saev_ops.datasets import require_complete
 
     runs = [registry.get_run(i) for i in run_ids]
-    keys = {(r.dataset_id, r.config["layer"], r.config["tokens"], repr(sorted(r.config["train"].items())))
-            for r in runs}
+    configs = [RunConfig.from_stored(r.config) for r in runs]
+    keys = {(r.dataset_id, c.layer, c.tokens, repr(sorted(c.train.model_dump().items())))
+            for r, c in zip(runs, configs, strict=True)}
     if len(keys) != 1:
         raise errors.ConfigError("these runs do not share dataset, layer, tokens and train settings; train them "
                                  "in separate commands")
     dataset = registry.get_dataset_by_id(runs[0].dataset_id)
     require_complete(registry, dataset.name)
-    settings = TrainSettings(**runs[0].config["train"])
+    settings = configs[0].train
     if device:
         settings = settings.model_copy(update={"device": device})
     recorded = {str(pathlib.Path(r.run_dir).parent) for r in runs if r.run_dir}
@@ -379,10 +408,9 @@ def job_for_runs(registry: Registry, run_ids: tuple[int, ...], db_url: str, *, r
         sweep_id = runs[0].sweep_id
         names = {s.id: s.name for s, _ in registry.list_sweeps()} if sweep_id is not None else {}
         root = paths.default_runs_root(names.get(sweep_id) if sweep_id is not None else None)
-    first = runs[0].config
-    val = held_out(registry, settings, dataset, [r.config for r in runs])
-    return _job_spec(registry, db_url, dataset, first["layer"], first["tokens"], [(r.id, r.config) for r in runs],
-                     root, settings, val)
+    val = held_out(registry, settings, dataset, configs)
+    return _job_spec(registry, db_url, dataset, configs[0].layer, configs[0].tokens,
+                     [(r.id, c, r.config_hash) for r, c in zip(runs, configs, strict=True)], root, settings, val)
 
 
 def launch(registry: Registry, spec: SweepSpec, dataset: DatasetRecord, jobs: list[PlannedJob], db_url: str,

@@ -28,6 +28,7 @@ from saev_ops.loaders.feed import DeviceFeed
 from saev_ops.loaders.selection import examples_of
 from saev_ops.progress import Progress
 from saev_ops.sae import build_sae
+from saev_ops.sae.config import ArchetypalConfig
 from saev_ops.sae.evaluate import reconstruction_metrics
 from saev_ops.sae.io import save_sae
 from saev_ops.shards import ShardReader
@@ -121,13 +122,14 @@ class Trainer:
 
     def _set_candidates(self, mean: torch.Tensor) -> None:
         """Give the archetypal SAEs their candidates: one tensor on the device per number of candidates, shared."""
-        wanted = sorted({sae.cfg.n_candidates for sae in self.saes if sae.cfg.arch == "archetypal"})
+        archetypal = [(sae, sae.cfg.n_candidates) for sae in self.saes if isinstance(sae.cfg, ArchetypalConfig)]
+        wanted = sorted({n for _, n in archetypal})
         for n in wanted:
             points = candidates.load_or_compute(
                 self.rows, runs_root=self.spec.runs_root, dataset_hash=self.spec.dataset_hash, layer=self.spec.layer,
                 tokens=self.spec.tokens, n=n, mean=mean, device=self.device) * self.scale
-            for sae in self.saes:
-                if sae.cfg.arch == "archetypal" and sae.cfg.n_candidates == n:
+            for sae, its_n in archetypal:
+                if its_n == n:
                     sae.set_candidates(points)  # type: ignore[operator]  # an archetypal SAE has it
 
     def _val_sample(self) -> torch.Tensor:
