@@ -42,8 +42,8 @@ def main() -> None:
         path = generate(tmp, args.gib, 768, 257, 1, "float32")
         warm_cache(path)
         for n in (1, 8):
-            saes = [build_sae(SAEConfig.of(arch="topk", d_model=768, d_sae=args.d_sae, k=args.k), seed=i).to(args.device)
-                    for i in range(n)]
+            cfg = SAEConfig.of(arch="topk", d_model=768, d_sae=args.d_sae, k=args.k)
+            saes = [build_sae(cfg, seed=i).to(args.device) for i in range(n)]
             writers = []
             for i in range(n):
                 (tmp / f"w{n}-{i}").mkdir()

@@ -46,8 +46,8 @@ def job_spec(path: pathlib.Path, n_saes: int, args: argparse.Namespace, root: pa
     layer = reader.md.layers[-1]
     settings = TrainSettings(batch_size=args.batch_size, n_tokens=args.batch_size * args.steps, device=args.device,
                              log_every=max(1, args.steps // 4), ckpt_every=10**9, heartbeat_s=10**9)
-    runs = tuple(RunSpec(run_id=i + 1, sae=SAEConfig.of(arch="topk", d_model=reader.d_model, d_sae=args.d_sae, k=args.k),
-                         lr=1e-3, seed=i) for i in range(n_saes))
+    sae = SAEConfig.of(arch="topk", d_model=reader.d_model, d_sae=args.d_sae, k=args.k)
+    runs = tuple(RunSpec(run_id=i + 1, sae=sae, lr=1e-3, seed=i) for i in range(n_saes))
     return TrainJobSpec(db_url="sqlite://", dataset="bench", dataset_path=str(path), dataset_hash="bench",
                         layer=layer, tokens="all", settings=settings, runs=runs, runs_root=str(root))
 
