@@ -7,8 +7,8 @@ rows, the same atoms) are written once as saev shard directories and registered 
 (`datasets import`); every family then trains in one multi-SAE pass over the same batches (`sweep submit`, executor
 debug), ReLU and JumpReLU over a range of penalties so they can be compared with TopK at a matching L0. Printed per
 run: held-out NMSE and L0, training dead fraction, the share of true atoms recovered (a decoder row with cosine > 0.9),
-and the stability of TopK and the archetypal SAE: the mean best-match cosine between the decoders (`runs compare`) of two
-init seeds, and of two data orders (a second sweep of the two with train seed 1).
+and the stability of TopK and the archetypal SAE: the mean best-match cosine between the decoders (`runs compare`) of
+two init seeds, and of two data orders (a second sweep of the two with train seed 1).
 
     python benchmarks/sae_quality.py                       # new sweeps' defaults (scale_by centred-norm)
     python benchmarks/sae_quality.py --scale-by norm       # as runs before centred-norm were trained
@@ -60,8 +60,10 @@ base: {{layer: 0, tokens: patches, d_sae: {d_sae}, lr: 0.001, dead_tokens: 50000
 runs:
   - {{arch: topk, k: {k}}}
   - {{arch: topk, k: {k}, seed: 1}}
+  - {{arch: topk, k: {k}, encoder_hidden: 256}}
   - {{arch: batchtopk, k: {k}, batchtopk_rank: value}}
   - {{arch: batchtopk, k: {k}, batchtopk_rank: row-share}}
+  - {{arch: batchtopk, k: {k}, batchtopk_rank: row-relative}}
   - {{arch: matryoshka, k: {k}, matryoshka_prefixes: [64, 256]}}
   - {{arch: mp, k: {k}}}
   - {{arch: omp, k: {k}}}
@@ -126,6 +128,7 @@ def main() -> None:
             label = sae["arch"] + {"relu": f" l1 {sae['l1_coeff']}", "jumprelu": f" l0c {sae['l0_coeff']}"}.get(
                 sae["arch"], f" k{sae['k']}")
             label += f" {sae['batchtopk_rank']}" if sae["arch"] == "batchtopk" else ""
+            label += f" MLP {sae['encoder_hidden']}" if sae.get("encoder_hidden") else ""
             label += f" seed {r.run.config['seed']}" if r.run.config["seed"] else ""
             w = load_sae(pathlib.Path(r.run.checkpoint_path or ""))[0].W_dec.detach()
             w = w / w.norm(dim=1, keepdim=True)
@@ -137,12 +140,13 @@ def main() -> None:
         # a second data order: the same TopK and archetypal entries in a sweep of train seed 1 (other batches)
         other = grid.replace("name: planted", "name: planted-order").replace("scale_by:", "seed: 1, scale_by:")
         other = "\n".join(line for line in other.splitlines()
-                          if not line.startswith("  - ") or ("seed" not in line and (
+                          if not line.startswith("  - ") or ("seed" not in line and "encoder_hidden" not in line and (
                               "{arch: topk," in line or "{arch: archetypal," in line))) + "\n"
         submit_sweep(reg, parse_sweep(other), url)
         reordered = {r.run.config["sae"]["arch"]: r.run.id for r in reg.list_runs(RunQuery(sweep="planted-order"))}
         for arch in ("topk", "archetypal"):
-            seeds = [r.run.id for r in rows if r.run.config["sae"]["arch"] == arch]
+            seeds = [r.run.id for r in rows if r.run.config["sae"]["arch"] == arch
+                     and not r.run.config["sae"].get("encoder_hidden")]
             pairs = [("init seeds 0 and 1", tuple(seeds))] if len(seeds) == 2 else []
             pairs += [("data orders 0 and 1", (seeds[0], reordered[arch]))] if seeds and arch in reordered else []
             for what, pair in pairs:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import Field
 
 from saev_ops import errors, tokens
-from saev_ops.sae.config import ARCH_FIELDS, SAEConfig, fields_read, identity_fields
+from saev_ops.sae.config import FAMILIES, AnySAEConfig, SAEConfig, fields_read, identity_fields
 from saev_ops.schema import Schema
 
 
@@ -114,7 +114,7 @@ def run_identity(config: dict[str, Any]) -> dict[str, Any]:
 
     out = dict(config)
     sae = config.get("sae")
-    if isinstance(sae, dict) and sae.get("arch") in ARCH_FIELDS:
+    if isinstance(sae, dict) and sae.get("arch") in FAMILIES:
         out["sae"] = identity_fields(sae)
     if isinstance(config.get("tokens"), str) and config["tokens"] in {*tokens.SELECTIONS, *tokens.OLD_NAMES}:
         out["tokens"] = tokens.identity_name(config["tokens"])  # one identity whichever name the grid used
@@ -140,9 +140,7 @@ class RunConfig(RunKeys):
     hyperparameter a field of :class:`~saev_ops.sae.config.SAEConfig`, a new setting shared by a job's runs a field
     of :class:`TrainSettings`."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)  # SAEConfig: a frozen dataclass that validates itself
-
-    sae: SAEConfig
+    sae: AnySAEConfig
     train: TrainSettings
 
     @classmethod
@@ -219,7 +217,7 @@ def params_of(config: dict[str, Any]) -> dict[str, Any]:
     sae: dict[str, Any] = sae_value if isinstance(sae_value, dict) else {}
     train: dict[str, Any] | None = train_value if isinstance(train_value, dict) else None
     arch = sae.get("arch")
-    reads = set(fields_read(sae)) | {"arch", "d_model", "d_sae"} if arch in ARCH_FIELDS else set(sae)
+    reads = set(fields_read(sae)) if arch in FAMILIES else set(sae)
     raw: dict[str, Any] = {k: sae.get(k) for k in PARAMS if k in reads}
     raw.update({k: config.get(k) for k in RUN_KEY_DEFAULTS})
     raw["tokens"] = tokens.OLD_NAMES.get(raw["tokens"], raw["tokens"])  # one name per selection (migration 0008)

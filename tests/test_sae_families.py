@@ -47,24 +47,27 @@ def _nmse_l0(sae: torch.nn.Module, x: torch.Tensor) -> tuple[float, float]:
 # -- BatchTopK -------------------------------------------------------------------------------------------------------
 def test_batchtopk_row_share_is_the_paper_rule_on_each_rows_share() -> None:
     """row-share keeps the k x B largest of relu(pre) / ||relu(pre)|| over the batch, and at inference the latents
-    whose share passes the learned threshold; value keeps the k x B largest activations (Bussmann et al. 2024)."""
+    whose share passes the learned threshold; row-relative the same of relu(pre) over the row's ceil(1.5 k)-th
+    largest; value keeps the k x B largest activations (Bussmann et al. 2024)."""
     torch.manual_seed(0)
     pre = torch.randn(6, 10) * torch.tensor([0.1, 1, 5, 1, 20, 2]).unsqueeze(1)  # rows of very different norms
-    for rank in ("value", "row-share"):
+    for rank in ("value", "row-share", "row-relative"):
         sae = build_sae(SAEConfig.of(arch="batchtopk", d_model=4, d_sae=10, k=2, batchtopk_rank=rank))
         acts = pre.relu()
-        keys = acts / acts.norm(dim=1, keepdim=True) if rank == "row-share" else acts
+        keys = {"value": acts, "row-share": acts / acts.norm(dim=1, keepdim=True),
+                "row-relative": acts / acts.sort(dim=1, descending=True).values[:, 2:3]}[rank]  # the 3rd = 1.5 k
         cut = keys.flatten().sort(descending=True).values[2 * 6 - 1]
         expect = torch.where(keys >= cut, acts, torch.zeros_like(acts))
         assert torch.equal(sae.activate(pre), expect)
         assert float(sae.threshold) == pytest.approx(float(cut))
         sae.eval()
         assert torch.equal(sae.activate(pre), torch.where(keys > sae.threshold, acts, torch.zeros_like(acts)))
-    # row-share: scaling a row does not change which of its latents fire; with value it moves the budget
-    sae = build_sae(SAEConfig.of(arch="batchtopk", d_model=4, d_sae=10, k=2, batchtopk_rank="row-share"))
-    scaled = pre.clone()
-    scaled[0] *= 100
-    assert torch.equal(sae.activate(pre) != 0, sae.activate(scaled) != 0)
+    # row-share, row-relative: scaling a row does not change which of its latents fire; with value it moves the budget
+    for rank in ("row-share", "row-relative"):
+        sae = build_sae(SAEConfig.of(arch="batchtopk", d_model=4, d_sae=10, k=2, batchtopk_rank=rank))
+        scaled = pre.clone()
+        scaled[0] *= 100
+        assert torch.equal(sae.activate(pre) != 0, sae.activate(scaled) != 0)
 
 
 def test_batchtopk_trains_as_well_as_topk_on_rows_of_uneven_norm() -> None:
@@ -77,9 +80,12 @@ def test_batchtopk_trains_as_well_as_topk_on_rows_of_uneven_norm() -> None:
                                     batchtopk_rank="value"), train, 500), held)
     share = _nmse_l0(_fit(SAEConfig.of(arch="batchtopk", d_model=32, d_sae=256, k=4, dead_tokens=50000,
                                     batchtopk_rank="row-share"), train, 500), held)
-    assert abs(share[1] - 4) < 0.5 and abs(value[1] - 4) < 0.5  # the same mean L0 at inference
+    relative = _nmse_l0(_fit(SAEConfig.of(arch="batchtopk", d_model=32, d_sae=256, k=4, dead_tokens=50000,
+                                       batchtopk_rank="row-relative"), train, 500), held)
+    assert abs(share[1] - 4) < 0.5 and abs(value[1] - 4) < 0.5 and abs(relative[1] - 4) < 0.5  # the same mean L0
     assert value[0] > 1.8 * share[0]  # 0.159 against 0.068 when this was written
     assert share[0] <= topk[0] * 1.1, (share, topk)
+    assert relative[0] <= topk[0], (relative, topk)  # 0.073 against 0.077 when this was written
 
 
 def test_a_resubmitted_sweep_keeps_row_share_whatever_family_its_first_run_is(tmp_path: pathlib.Path) -> None:
@@ -98,7 +104,7 @@ def test_a_resubmitted_sweep_keeps_row_share_whatever_family_its_first_run_is(tm
     reg.get_or_create_sweep("s")
     reg.add_runs("d", [c.stored() for c in first], sweep="s", identities=[c.identity() for c in first])
     again = bind_configs(keep_first_defaults(reg, parse_sweep(grid)), 8)
-    assert [c.stored()["sae"].get("batchtopk_rank") for c in again] == [None, "row-share"]
+    assert [c.stored()["sae"].get("batchtopk_rank") for c in again] == [None, "row-relative"]
     assert [c.identity() for c in again] == [c.identity() for c in first]
 
 
@@ -113,7 +119,13 @@ def test_a_new_sweep_ranks_by_row_share_and_an_old_one_keeps_value(tmp_path: pat
     make_dataset(reg, "d", d_model=8, status="complete")
     grid = "name: {name}\ndataset: d\nbase: {{arch: batchtopk, d_sae: 16, k: 2}}\ngrid: {{lr: [0.001]}}\n"
     fresh = keep_first_defaults(reg, parse_sweep(grid.format(name="new")))
-    assert [c["batchtopk_rank"] for c in fresh.configs] == ["row-share"]
+    assert [c["batchtopk_rank"] for c in fresh.configs] == ["row-relative"]
+    # a sweep first submitted when row-share was new sweeps' default keeps it
+    reg.get_or_create_sweep("shared")
+    reg.add_runs("d", [{"sae": SAEConfig.of(arch="batchtopk", d_model=8, d_sae=16, k=2,
+                                            batchtopk_rank="row-share").to_dict()}], sweep="shared")
+    kept = keep_first_defaults(reg, parse_sweep(grid.format(name="shared")))
+    assert [c["batchtopk_rank"] for c in kept.configs] == ["row-share"]
     # a sweep whose runs were stored before the field existed: a resubmission finds them, ranked by value
     reg.get_or_create_sweep("old")
     stored = {"sae": SAEConfig.of(arch="batchtopk", d_model=8, d_sae=16, k=2).to_dict(), "lr": 0.001, "seed": 0,
@@ -129,18 +141,19 @@ def test_a_new_sweep_ranks_by_row_share_and_an_old_one_keeps_value(tmp_path: pat
     with_value = {**stored, "sae": {**stored["sae"], "batchtopk_rank": "value"}}
     assert run_identity(with_value) == run_identity(stored)
     assert run_identity({**stored, "sae": {**stored["sae"], "batchtopk_rank": "row-share"}}) != run_identity(stored)
-    with pytest.raises(errors.ConfigError, match="batchtopk_rank must be one of value, row-share"):
+    with pytest.raises(errors.ConfigError, match="batchtopk_rank must be one of value, row-share, row-relative"):
         SAEConfig.of(arch="batchtopk", d_model=8, batchtopk_rank="rows")
 
 
 def test_a_row_share_batchtopk_is_not_exported_as_a_global_threshold(tmp_path: pathlib.Path) -> None:
     from saev_ops.sae.interop import export_saelens, export_saev
 
-    sae = build_sae(SAEConfig.of(arch="batchtopk", d_model=8, d_sae=16, k=2, batchtopk_rank="row-share"))
-    sae.threshold.fill_(0.1)
-    for export, name in ((export_saev, "saev"), (export_saelens, "SAELens")):
-        with pytest.raises(errors.ConfigError, match=f"row-share.*{name}"):
-            export(sae, {"scale": 1.0}, tmp_path / name)
+    for rank in ("row-share", "row-relative"):
+        sae = build_sae(SAEConfig.of(arch="batchtopk", d_model=8, d_sae=16, k=2, batchtopk_rank=rank))
+        sae.threshold.fill_(0.1)
+        for export, name in ((export_saev, "saev"), (export_saelens, "SAELens")):
+            with pytest.raises(errors.ConfigError, match=f"{rank}.*{name}"):
+                export(sae, {"scale": 1.0}, tmp_path / name)
 
 
 # -- the scale penalties and thresholds are sized in ---------------------------------------------------------------

@@ -7,6 +7,7 @@ All share: ``pre = (x - b_dec) @ W_enc + b_enc``, ``x_hat = z @ W_dec + b_dec``,
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -209,8 +210,9 @@ class SignedTopKSAE(SAE):
 
 class BatchTopKSAE(SAE):
     """TopK over the whole batch (k x batch activations); at inference a learned threshold replaces the batch. What is
-    ranked (``batchtopk_rank``): the activations (``value``) or their share of their row's activation norm
-    (``row-share``), so that the threshold is relative to each row's own scale."""
+    ranked (``batchtopk_rank``): the activations (``value``), their share of their row's activation norm
+    (``row-share``) or their size relative to their row's ceil(1.5 k)-th largest (``row-relative``), so that the
+    threshold is relative to each row's own scale."""
 
     cfg: BatchTopKConfig
 
@@ -221,9 +223,12 @@ class BatchTopKSAE(SAE):
         self.register_buffer("threshold", torch.tensor(-1.0))
 
     def rank_keys(self, acts: torch.Tensor) -> torch.Tensor:
-        """What the batch's top k x batch and the threshold are taken over."""
+        """What the batch's top k x batch and the threshold are taken over (``batchtopk_rank``)."""
         if self.cfg.batchtopk_rank == "row-share":
             return acts / acts.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        if self.cfg.batchtopk_rank == "row-relative":  # a row with fewer positive activations keeps all of them
+            m = min(math.ceil(1.5 * self.cfg.k), acts.shape[-1])
+            return acts / acts.topk(m, dim=-1).values[..., -1:].clamp_min(1e-12)
         return acts
 
     def activate(self, pre: torch.Tensor) -> torch.Tensor:
