@@ -8,14 +8,16 @@ trainer alike (downwards)."""
 
 from __future__ import annotations
 
-import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from saev_ops import errors, tokens
 from saev_ops.sae.config import FAMILIES, AnySAEConfig, SAEConfig, fields_read, identity_fields
-from saev_ops.schema import Schema
+from saev_ops.schema import Integer, Positive, Schema, choice, field_problems
+
+Selection = Annotated[str, choice(*tokens.SELECTIONS, *tokens.OLD_NAMES, listed=tokens.SELECTIONS)]
+"""A token selection's name (an old one too: read as its current name, :func:`saev_ops.tokens.canonical`)."""
 
 
 class RunKeys(Schema):
@@ -23,13 +25,13 @@ class RunKeys(Schema):
     Their defaults and descriptions (grid.yaml's per-run keys beside the SAE's fields); the sweep's validation checks
     each value with its key and line."""
 
-    lr: float = 4e-4
+    lr: Positive = 4e-4
     """Adam's learning rate (peak, after warm-up)."""
-    seed: int = 0
+    seed: Integer = 0
     """Seed of the SAE's initialisation (the data order is ``train.seed``)."""
-    layer: int = -1
+    layer: Integer = -1
     """Recorded layer the SAE reads (``-1``: the last recorded)."""
-    tokens: str = "patches"
+    tokens: Selection = "patches"
     """Tokens the SAE reads, a selection of :data:`saev_ops.tokens.SELECTIONS` (``cls+patches``, ``patches``, ``cls``,
     ``special``, ``all``; ``no-registers`` is read as ``cls+patches``)."""
 
@@ -188,17 +190,11 @@ def entry_problems(entry: dict[str, Any]) -> list[tuple[str, str]]:
 
 def run_key_problems(entry: dict[str, Any]) -> list[tuple[str, str]]:
     """(key, what is wrong) for the per-run keys of :class:`RunKeys` in an expanded grid entry."""
-    out = []
-    lr = entry.get("lr")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not (math.isfinite(lr) and lr > 0):
-        out.append(("lr", f"must be a finite number > 0, got {lr!r}"))
-    if not isinstance(entry.get("seed"), int) or isinstance(entry.get("seed"), bool):
-        out.append(("seed", f"must be an integer, got {entry.get('seed')!r}"))
-    if entry.get("tokens") not in {*tokens.SELECTIONS, *tokens.OLD_NAMES}:
-        out.append(("tokens", f"must be one of {', '.join(tokens.SELECTIONS)}, got {entry.get('tokens')!r}"))
-    if not isinstance(entry.get("layer"), int):
-        out.append(("layer", f"must be an integer, got {entry.get('layer')!r}"))
-    return out
+    try:
+        RunKeys.model_validate({k: entry[k] for k in RunKeys.model_fields if k in entry})
+    except ValidationError as exc:
+        return field_problems(exc)
+    return []
 
 
 PARAMS: dict[str, type] = {

@@ -9,15 +9,13 @@ reproduces what came before them and those marked :class:`Reporting`."""
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Discriminator, PlainValidator, Tag, TypeAdapter, ValidationError, model_validator
+from pydantic import Discriminator, Tag, TypeAdapter, ValidationError, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticCustomError
 
 from saev_ops import errors
-from saev_ops.schema import Schema
+from saev_ops.schema import FieldProblems, Flag, Integer, Number, Schema, Sizes, choice, field_problems
 
 
 class Added:
@@ -33,60 +31,8 @@ class Reporting:
     learns: out of its runs' identity."""
 
 
-def _problem(message: str, value: Any) -> PydanticCustomError:
-    return PydanticCustomError("saev_ops", message + ", got {got}", {"got": repr(value)})
-
-
-def _integer(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _problem("must be an integer", value)
-    return value
-
-
-def _number(value: Any) -> float:
-    """A finite number, kept as given (an integer stays one: a run's identity hashes it as written)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise _problem("must be a finite number", value)
-    return value
-
-
-def _flag(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _problem("must be true or false", value)
-    return value
-
-
-def _sizes(value: Any) -> tuple[int, ...]:
-    if not isinstance(value, (list, tuple)) or any(not isinstance(v, int) or isinstance(v, bool) for v in value):
-        raise _problem("must be a list of integers", value)
-    return tuple(value)
-
-
-def _choice(*options: str) -> PlainValidator:
-    def check(value: Any) -> str:
-        if value not in options:
-            raise _problem(f"must be one of {', '.join(options)}", value)
-        return str(value)
-
-    return PlainValidator(check, json_schema_input_type=str)
-
-
-Integer = Annotated[int, PlainValidator(_integer, json_schema_input_type=int)]
-Number = Annotated[float, PlainValidator(_number, json_schema_input_type=float)]
-Flag = Annotated[bool, PlainValidator(_flag, json_schema_input_type=bool)]
-Sizes = Annotated[tuple[int, ...], PlainValidator(_sizes, json_schema_input_type=list[int])]
-
-
 BATCHTOPK_RANKS = ("value", "row-share", "row-relative")
 """How a BatchTopK SAE ranks the batch's activations (``batchtopk_rank``)."""
-
-
-class FieldProblems(ValueError):
-    """What a config's checks across fields found: (field, what is wrong) for each."""
-
-    def __init__(self, problems: list[tuple[str, str]]) -> None:
-        super().__init__("; ".join(f"{k} {m}" for k, m in problems))
-        self.problems = problems
 
 
 class SAEConfig(Schema):
@@ -233,7 +179,7 @@ class BatchTopKConfig(AuxKConfig):
 
     ARCH: ClassVar[str] = "batchtopk"
     arch: Literal["batchtopk"] = "batchtopk"
-    batchtopk_rank: Annotated[str, _choice(*BATCHTOPK_RANKS), Added("value")] = "value"
+    batchtopk_rank: Annotated[str, choice(*BATCHTOPK_RANKS), Added("value")] = "value"
     """batchtopk: how the batch's k x batch activations are chosen, and at inference which pass the learned threshold.
     ``row-relative`` (new sweeps' default): each activation relative to its row's ceil(1.5 k)-th largest,
     ``relu(pre) / relu(pre)_(1.5k)``: every row keeps about k, more where its activations stand out, fewer where they
@@ -333,7 +279,7 @@ class ArchetypalConfig(AuxKConfig, _JumpFields):
 
     ARCH: ClassVar[str] = "archetypal"
     arch: Literal["archetypal"] = "archetypal"
-    archetypal_encoder: Annotated[str, _choice("topk", "jumprelu")] = "topk"
+    archetypal_encoder: Annotated[str, choice("topk", "jumprelu")] = "topk"
     """archetypal: the encoder, ``topk`` (with ``k``, AuxK) or ``jumprelu`` (with ``l0_coeff``, threshold and
     bandwidth)."""
     archetypal_candidates: Integer = 0
@@ -426,26 +372,14 @@ def _parse(fields: dict[str, Any]) -> tuple[SAEConfig | None, list[tuple[str, st
             try:
                 _TYPES[key].validate_python(value)
             except ValidationError as exc:
-                problems += [(key, m) for _, m in _problems(exc)]
+                problems += [(key, m) for _, m in field_problems(exc)]
     if family is None:
         return None, problems
     try:
         out = _UNION.validate_python({**own, "arch": arch})
     except ValidationError as exc:
-        return None, problems + _problems(exc)
+        return None, problems + [(k.removeprefix(f"{arch}."), m) for k, m in field_problems(exc)]
     return (None, problems) if problems else (out, [])
-
-
-def _problems(exc: ValidationError) -> list[tuple[str, str]]:
-    out = []
-    for e in exc.errors():
-        error = (e.get("ctx") or {}).get("error")
-        if isinstance(error, FieldProblems):
-            out += error.problems
-            continue
-        loc = [str(x) for x in e["loc"] if str(x) not in ARCHS]
-        out.append((".".join(loc) or "sae", e["msg"]))
-    return out
 
 
 def fields_read(sae: dict[str, Any]) -> tuple[str, ...]:
