@@ -5,7 +5,7 @@ fields that family reads, validated when built, every problem with its field.
 config from flat keys (grid.yaml's, a stored config's, an imported file's), where a field only other families read is
 checked for its type and left out (a ReLU entry that picks up a zipped ``k``). What of a config is a run's identity
 is derived from the same declarations: a family's fields, less those marked :class:`Added` at the value that
-reproduces what came before them and those marked :class:`Reporting`."""
+reproduces what came before them and its :attr:`SAEConfig.REPORTING` fields."""
 
 from __future__ import annotations
 
@@ -26,11 +26,6 @@ class Added:
         self.before = before
 
 
-class Reporting:
-    """Field metadata: the field changes what is reported (the dead window of ``dead_frac``), not what the family
-    learns: out of its runs' identity."""
-
-
 BATCHTOPK_RANKS = ("value", "row-share", "row-relative")
 """How a BatchTopK SAE ranks the batch's activations (``batchtopk_rank``)."""
 
@@ -39,6 +34,9 @@ class SAEConfig(Schema):
     """What every family has. Build one with :meth:`of` (flat keys) or a family's class."""
 
     ARCH: ClassVar[str] = ""
+    REPORTING: ClassVar[frozenset[str]] = frozenset({"dead_tokens"})
+    """Fields that change what is reported of the family (the dead window of ``dead_frac``), not what it learns: out
+    of its runs' identity."""
     arch: str = "topk"
     """relu (L1), topk (+AuxK), batchtopk, jumprelu, matryoshka (nested TopK prefixes), signed-topk, mp (matching
     pursuit: k greedy steps over the decoder's atoms, no encoder weights), omp (orthogonal matching pursuit: each step
@@ -52,7 +50,7 @@ class SAEConfig(Schema):
     apply_b_dec_to_input: Annotated[Flag, Added(True)] = True
     """Subtract the decoder bias from the input before encoding (saev-ops' and SAELens' default); False for SAEs
     imported from saev, whose encoder reads the input as it is."""
-    dead_tokens: Annotated[Integer, Reporting()] = 10_000_000
+    dead_tokens: Integer = 10_000_000
     """A latent that has not fired on any of the last this-many training tokens counts as dead (``dead_frac``, and
     the latents AuxK revives). In tokens, not steps, so the window means the same at any batch size; `sweep submit`
     warns when it is longer than the run."""
@@ -116,8 +114,9 @@ class SAEConfig(Schema):
         return d
 
 
-class _TopKLike(SAEConfig):
-    """Families that keep ``k`` latents a token (or k x batch a batch)."""
+class _KConfig(SAEConfig):
+    """Families with a ``k``: the TopK ones keep k latents a token (or k x batch a batch), the pursuits take k greedy
+    steps over the decoder's atoms."""
 
     k: Integer = 32
     """Active latents per token (topk, batchtopk, matryoshka, signed-topk); pursuit steps (mp: at most k active, an
@@ -130,13 +129,10 @@ class _TopKLike(SAEConfig):
         return out
 
 
-class AuxKConfig(_TopKLike):
+class AuxKConfig(_KConfig):
     """The TopK families whose dead latents the AuxK loss revives: the dead window is part of what they learn."""
 
-    dead_tokens: Integer = 10_000_000
-    """A latent that has not fired on any of the last this-many training tokens counts as dead (``dead_frac``, and
-    the latents AuxK revives). In tokens, not steps, so the window means the same at any batch size; `sweep submit`
-    warns when it is longer than the run."""
+    REPORTING: ClassVar[frozenset[str]] = frozenset()
     aux_k: Integer = 256
     """Dead latents used by the AuxK loss (topk, batchtopk, matryoshka, archetypal with a TopK encoder)."""
     aux_coeff: Number = 1.0 / 32
@@ -206,7 +202,7 @@ class MatryoshkaConfig(AuxKConfig):
         return out
 
 
-class SignedTopKConfig(_TopKLike):
+class SignedTopKConfig(_KConfig):
     """TopK by absolute value, signs kept."""
 
     ARCH: ClassVar[str] = "signed-topk"
@@ -244,28 +240,14 @@ class JumpReLUConfig(_JumpFields):
     arch: Literal["jumprelu"] = "jumprelu"
 
 
-class _Pursuit(SAEConfig):
-    """The pursuits: ``k`` greedy steps over the decoder's atoms, no encoder weights."""
-
-    k: Integer = 32
-    """Pursuit steps (mp: at most k active, an atom chosen twice counts once; omp: k distinct atoms, some
-    coefficients may be 0)."""
-
-    def problems(self) -> list[tuple[str, str]]:
-        out = super().problems()
-        if not 0 < self.k <= self.d_sae:
-            out.append(("k", f"must be in 1..d_sae ({self.d_sae}), got {self.k}"))
-        return out
-
-
-class MPConfig(_Pursuit):
+class MPConfig(_KConfig):
     """Matching pursuit (Costa et al. 2025)."""
 
     ARCH: ClassVar[str] = "mp"
     arch: Literal["mp"] = "mp"
 
 
-class OMPConfig(_Pursuit):
+class OMPConfig(_KConfig):
     """Orthogonal matching pursuit: each step refits the coefficients of every chosen atom by non-negative least
     squares."""
 
@@ -394,7 +376,7 @@ def fields_read(sae: dict[str, Any]) -> tuple[str, ...]:
         return (*_ARCHETYPAL_OWN, *(f for f in fields_read({"arch": encoder}) if f not in _ARCHETYPAL_OWN)) \
             if encoder in ARCHETYPAL_ENCODERS else _ARCHETYPAL_OWN
     return tuple(name for name, field in family.model_fields.items()
-                 if not any(isinstance(m, (Added, Reporting)) for m in field.metadata))
+                 if name not in family.REPORTING and not any(isinstance(m, Added) for m in field.metadata))
 
 
 _ARCHETYPAL_OWN = ("arch", "d_model", "d_sae", "archetypal_encoder", "archetypal_candidates", "archetypal_delta")
