@@ -65,6 +65,18 @@ def _positive(value: Any) -> float:
     return value
 
 
+def _positive_integer(value: Any) -> int:
+    if _integer(value) <= 0:
+        raise _problem("must be > 0", value)
+    return value
+
+
+def _non_negative(value: Any) -> float:
+    if _number(value) < 0:
+        raise _problem("must be >= 0", value)
+    return value
+
+
 def _number(value: Any) -> float:
     """A finite number, kept as given (an integer stays one: a run's identity hashes it as written)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
@@ -97,6 +109,8 @@ def choice(*options: str, listed: tuple[str, ...] | None = None) -> PlainValidat
 
 Integer = Annotated[int, PlainValidator(_integer, json_schema_input_type=int)]
 Number = Annotated[float, PlainValidator(_number, json_schema_input_type=float)]
+PositiveInteger = Annotated[int, PlainValidator(_positive_integer, json_schema_input_type=int)]
+NonNegative = Annotated[float, PlainValidator(_non_negative, json_schema_input_type=float)]
 Positive = Annotated[float, PlainValidator(_positive, json_schema_input_type=float)]
 Flag = Annotated[bool, PlainValidator(_flag, json_schema_input_type=bool)]
 Sizes = Annotated[tuple[int, ...], PlainValidator(_sizes, json_schema_input_type=list[int])]

@@ -15,7 +15,18 @@ from pydantic import Discriminator, Tag, TypeAdapter, ValidationError, model_val
 from pydantic.fields import FieldInfo
 
 from saev_ops import errors
-from saev_ops.schema import FieldProblems, Flag, Integer, Number, Schema, Sizes, choice, field_problems
+from saev_ops.schema import (
+    FieldProblems,
+    Flag,
+    Integer,
+    NonNegative,
+    Number,
+    PositiveInteger,
+    Schema,
+    Sizes,
+    choice,
+    field_problems,
+)
 
 
 class Added:
@@ -43,14 +54,14 @@ class SAEConfig(Schema):
     refits the coefficients of every chosen atom by non-negative least squares), archetypal (RA-SAE: atoms are convex
     combinations of k-means centroids of the data plus a bounded relaxation; a TopK or JumpReLU encoder). Each has
     the fields below that name it."""
-    d_model: Integer
+    d_model: PositiveInteger
     """Input width (set from the dataset)."""
-    d_sae: Integer = 16384
+    d_sae: PositiveInteger = 16384
     """Number of latents."""
     apply_b_dec_to_input: Annotated[Flag, Added(True)] = True
     """Subtract the decoder bias from the input before encoding (saev-ops' and SAELens' default); False for SAEs
     imported from saev, whose encoder reads the input as it is."""
-    dead_tokens: Integer = 10_000_000
+    dead_tokens: PositiveInteger = 10_000_000
     """A latent that has not fired on any of the last this-many training tokens counts as dead (``dead_frac``, and
     the latents AuxK revives). In tokens, not steps, so the window means the same at any batch size; `sweep submit`
     warns when it is longer than the run."""
@@ -68,8 +79,7 @@ class SAEConfig(Schema):
 
     def problems(self) -> list[tuple[str, str]]:
         """(field, what is wrong) for what the types alone cannot say (a family adds its own)."""
-        out = [(name, f"must be > 0, got {getattr(self, name)}") for name in ("d_model", "d_sae", "dead_tokens")
-               if getattr(self, name) <= 0]
+        out = []
         if self.encoder_hidden < 0 or (self.encoder_hidden and self.arch in PURSUITS):
             out.append(("encoder_hidden", f"must be 0 (a linear encoder) or a width > 0 for a family with an encoder "
                         f"(not {', '.join(PURSUITS)}), got {self.encoder_hidden}"))
@@ -135,14 +145,8 @@ class AuxKConfig(_KConfig):
     REPORTING: ClassVar[frozenset[str]] = frozenset()
     aux_k: Integer = 256
     """Dead latents used by the AuxK loss (topk, batchtopk, matryoshka, archetypal with a TopK encoder)."""
-    aux_coeff: Number = 1.0 / 32
+    aux_coeff: NonNegative = 1.0 / 32
     """Weight of the AuxK loss (topk, batchtopk, matryoshka, archetypal with a TopK encoder)."""
-
-    def problems(self) -> list[tuple[str, str]]:
-        out = super().problems()
-        if self.aux_coeff < 0:
-            out.append(("aux_coeff", f"must be >= 0, got {self.aux_coeff}"))
-        return out
 
 
 class ReLUConfig(SAEConfig):
@@ -150,14 +154,8 @@ class ReLUConfig(SAEConfig):
 
     ARCH: ClassVar[str] = "relu"
     arch: Literal["relu"] = "relu"
-    l1_coeff: Number = 1e-3
+    l1_coeff: NonNegative = 1e-3
     """L1 weight (relu), scaled by decoder norms."""
-
-    def problems(self) -> list[tuple[str, str]]:
-        out = super().problems()
-        if self.l1_coeff < 0:
-            out.append(("l1_coeff", f"must be >= 0, got {self.l1_coeff}"))
-        return out
 
 
 class TopKConfig(AuxKConfig):
@@ -212,7 +210,7 @@ class SignedTopKConfig(_KConfig):
 class _JumpFields(SAEConfig):
     """JumpReLU's fields (a JumpReLU SAE's, an archetypal SAE's with a JumpReLU encoder)."""
 
-    l0_coeff: Number = 1.0
+    l0_coeff: NonNegative = 1.0
     """L0 weight (jumprelu): the loss is squared error + l0_coeff x active latents per token. Activations are scaled
     to mean norm sqrt(d_model), so one active latent costs as much as l0_coeff units of squared error; raising it
     lowers L0 (0.01 -> 10 spans dense to very sparse)."""
@@ -225,8 +223,6 @@ class _JumpFields(SAEConfig):
 
     def problems(self) -> list[tuple[str, str]]:
         out = super().problems()
-        if self.l0_coeff < 0:
-            out.append(("l0_coeff", f"must be >= 0, got {self.l0_coeff}"))
         if self.encoder_arch == "jumprelu":
             out += [(name, f"must be > 0, got {getattr(self, name)}")
                     for name in ("jumprelu_init_threshold", "jumprelu_bandwidth") if not getattr(self, name) > 0]
@@ -267,7 +263,7 @@ class ArchetypalConfig(AuxKConfig, _JumpFields):
     archetypal_candidates: Integer = 0
     """archetypal: how many candidate points (k-means centroids of the layer's centred activations, computed once per
     layer and stored with the sweep) the atoms are convex combinations of; 0: as many as ``d_sae``."""
-    archetypal_delta: Number = 1.0
+    archetypal_delta: NonNegative = 1.0
     """archetypal: the largest norm of an atom's relaxation away from the candidates' convex hull, in units of the
     scaled activations (whose centred mean norm is sqrt(d_model) with ``scale_by: centred-norm``); 0: atoms stay in
     the hull."""
@@ -291,8 +287,6 @@ class ArchetypalConfig(AuxKConfig, _JumpFields):
         if self.archetypal_candidates < 0:
             out.append(("archetypal_candidates", f"must be >= 0 (0: as many as d_sae), got "
                         f"{self.archetypal_candidates}"))
-        if self.archetypal_delta < 0:
-            out.append(("archetypal_delta", f"must be >= 0, got {self.archetypal_delta}"))
         return out
 
 
