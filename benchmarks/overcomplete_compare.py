@@ -78,7 +78,7 @@ def main() -> None:
     candidates = kmeans(train[:16384] - mean, D_SAE) * scale
 
     def ours(arch: str) -> tuple[Any, Any]:
-        cfg = SAEConfig.of(arch=arch, d_model=D, d_sae=D_SAE, k=K, dead_tokens=500_000, batchtopk_rank="row-share")
+        cfg = SAEConfig.of(arch=arch, d_model=D, d_sae=D_SAE, k=K, dead_tokens=500_000, batchtopk_rank="row-relative")
         sae = build_sae(cfg, seed=0)
         sae.init_bias(mean * scale)
         if arch == "archetypal":

@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--scale-by", choices=["norm", "centred-norm"], default="centred-norm")
     ap.add_argument("--l1", default="[0.3, 1.0, 3.0, 10.0]", help="ReLU's l1_coeff values (a YAML list)")
     ap.add_argument("--l0", default="[0.3, 1.0, 3.0, 10.0]", help="JumpReLU's l0_coeff values (a YAML list)")
-    ap.add_argument("--keep", type=pathlib.Path, help="keep the registry and runs here")
+    ap.add_argument("--keep", type=pathlib.Path, help="keep the registry and runs here (an earlier run's: reused)")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     tmp = args.keep or pathlib.Path(tempfile.mkdtemp(prefix="saev-quality-"))
@@ -101,8 +101,9 @@ def main() -> None:
         x, atoms = planted(args.rows + 8192, d=D, n_atoms=ATOMS, k=K, atoms_seed=123)
         url = f"sqlite:///{tmp / 'r.sqlite'}"
         reg = Registry(url)
-        import_dataset(reg, write_dataset(tmp / "data", x[: args.rows], "planted"), "planted")
-        import_dataset(reg, write_dataset(tmp / "data", x[args.rows :], "planted-val"), "planted-val")
+        if not any(d.name == "planted" for d in reg.list_datasets()):  # --keep of an earlier run: its data and runs
+            import_dataset(reg, write_dataset(tmp / "data", x[: args.rows], "planted"), "planted")
+            import_dataset(reg, write_dataset(tmp / "data", x[args.rows :], "planted-val"), "planted-val")
         raw, centred = np.linalg.norm(x, axis=1).mean(), np.linalg.norm(x - x.mean(0), axis=1).mean()
         print(f"data: {args.rows:,} training rows, 8,192 held out; mean norm {raw:.1f}, about the mean {centred:.1f} "
               f"({time.perf_counter() - t0:.0f} s)")
@@ -125,8 +126,8 @@ def main() -> None:
         print(f"{'run':>4} {'family':<34}{'val/nmse':>9}{'val/l0':>8}{'dead':>7}{'atoms found':>13}")
         for r in rows:
             sae = r.run.config["sae"]
-            label = sae["arch"] + {"relu": f" l1 {sae['l1_coeff']}", "jumprelu": f" l0c {sae['l0_coeff']}"}.get(
-                sae["arch"], f" k{sae['k']}")
+            label = sae["arch"] + {"relu": f" l1 {sae.get('l1_coeff')}", "jumprelu": f" l0c {sae.get('l0_coeff')}"}.get(
+                sae["arch"], f" k{sae.get('k')}")  # a run stores its own family's fields
             label += f" {sae['batchtopk_rank']}" if sae["arch"] == "batchtopk" else ""
             label += f" MLP {sae['encoder_hidden']}" if sae.get("encoder_hidden") else ""
             label += f" seed {r.run.config['seed']}" if r.run.config["seed"] else ""
