@@ -46,7 +46,7 @@ _SAELENS_ARCH = {"relu": "standard", "topk": "topk", "matryoshka": "topk", "jump
                  "batchtopk": "jumprelu"}
 
 
-_ROW_SHARE = ("this BatchTopK SAE ranks each activation relative to its own row (batchtopk_rank {rank}): its "
+_PER_ROW_RANK = ("this BatchTopK SAE ranks each activation relative to its own row (batchtopk_rank {rank}): its "
               "threshold is relative to each row, and {fmt}'s BatchTopK fires on one threshold for every row, so it "
               "would compute other latents")
 
@@ -89,7 +89,7 @@ def export_saev(sae: SAE, meta: dict[str, Any], path: pathlib.Path) -> pathlib.P
                                  f"saev has no {arch} activation (it has ReLU, TopK and BatchTopK)")
     c = sae.cfg
     if isinstance(c, BatchTopKConfig) and c.batchtopk_rank != "value":
-        raise errors.ConfigError(_ROW_SHARE.format(fmt="saev", rank=c.batchtopk_rank))
+        raise errors.ConfigError(_PER_ROW_RANK.format(fmt="saev", rank=c.batchtopk_rank))
     no_sparsity = _payload("NoSparsity", key="no-sparsity")
     if isinstance(c, ReLUConfig):
         activation = _payload("Relu", key="relu", sparsity=_payload("L1Sparsity", key="l1-sparsity", coeff=c.l1_coeff),
@@ -173,7 +173,7 @@ def export_saelens(sae: SAE, meta: dict[str, Any], directory: pathlib.Path) -> p
         raise errors.ConfigError("SAELens' TopK applies a ReLU to the k largest pre-activations and this SAE (saev's "
                                  "TopK, topk_relu false) keeps negative ones: export it to saev instead")
     if isinstance(sae.cfg, BatchTopKConfig) and sae.cfg.batchtopk_rank != "value":
-        raise errors.ConfigError(_ROW_SHARE.format(fmt="SAELens (as a JumpReLU)", rank=sae.cfg.batchtopk_rank))
+        raise errors.ConfigError(_PER_ROW_RANK.format(fmt="SAELens (as a JumpReLU)", rank=sae.cfg.batchtopk_rank))
     scale = float(meta.get("scale", 1.0))
     state = _folded(sae, scale, b_dec_into_b_enc=False)
     if arch == "jumprelu":

@@ -226,7 +226,7 @@ class BatchTopKSAE(SAE):
         """What the batch's top k x batch and the threshold are taken over (``batchtopk_rank``)."""
         if self.cfg.batchtopk_rank == "row-share":
             return acts / acts.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        if self.cfg.batchtopk_rank == "row-relative":  # a row with fewer positive activations keeps all of them
+        if self.cfg.batchtopk_rank == "row-relative":  # a row with fewer positive ones than that keeps them all
             m = min(math.ceil(1.5 * self.cfg.k), acts.shape[-1])
             return acts / acts.topk(m, dim=-1).values[..., -1:].clamp_min(1e-12)
         return acts
