@@ -37,6 +37,8 @@ class Added:
         self.before = before
 
 
+PURSUITS = ("mp", "omp")  # encoders that are greedy pursuits over the decoder: no encoder weights
+ARCHETYPAL_ENCODERS = ("topk", "jumprelu")
 BATCHTOPK_RANKS = ("value", "row-share", "row-relative")
 """How a BatchTopK SAE ranks the batch's activations (``batchtopk_rank``)."""
 
@@ -257,7 +259,7 @@ class ArchetypalConfig(AuxKConfig, _JumpFields):
 
     ARCH: ClassVar[str] = "archetypal"
     arch: Literal["archetypal"] = "archetypal"
-    archetypal_encoder: Annotated[str, choice("topk", "jumprelu")] = "topk"
+    archetypal_encoder: Annotated[str, choice(*ARCHETYPAL_ENCODERS)] = "topk"
     """archetypal: the encoder, ``topk`` (with ``k``, AuxK) or ``jumprelu`` (with ``l0_coeff``, threshold and
     bandwidth)."""
     archetypal_candidates: Integer = 0
@@ -294,8 +296,6 @@ FAMILIES: dict[str, type[SAEConfig]] = {c.ARCH: c for c in (
     ReLUConfig, TopKConfig, BatchTopKConfig, JumpReLUConfig, MatryoshkaConfig, SignedTopKConfig, MPConfig, OMPConfig,
     ArchetypalConfig)}
 ARCHS = tuple(FAMILIES)
-PURSUITS = ("mp", "omp")  # encoders that are greedy pursuits over the decoder: no encoder weights
-ARCHETYPAL_ENCODERS = ("topk", "jumprelu")
 # Keys of stored configs that no longer exist; read (registry rows, SAE files) and ignored. grid.yaml refuses them.
 LEGACY_KEYS = {"dead_steps": "dead_steps was replaced by dead_tokens (the dead window in training tokens)"}
 # Fields whose default for new sweeps differs from what earlier runs did: (for new sweeps, what runs before it did).
