@@ -139,8 +139,9 @@ class RunConfig(RunKeys):
     job shares. What grid expansion produces (:meth:`from_entry`), the registry stores (:meth:`stored`, hashed by
     :meth:`identity`, its typed columns :meth:`params`) and the training job reads (in the job spec as it is, or from
     a registered run's row by :meth:`from_stored`). A new per-run key is a field of :class:`RunKeys`, a new SAE
-    hyperparameter a field of :class:`~saev_ops.sae.config.SAEConfig`, a new setting shared by a job's runs a field
-    of :class:`TrainSettings`."""
+    hyperparameter a field of the family that reads it (:mod:`saev_ops.sae.config`; every family's, a field of
+    :class:`~saev_ops.sae.config.SAEConfig`), a new setting shared by a job's runs a field of :class:`TrainSettings`;
+    a typed column of the registry's ``run_params`` also an entry of :data:`PARAMS` and a migration."""
 
     sae: AnySAEConfig
     train: TrainSettings
