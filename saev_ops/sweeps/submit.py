@@ -14,7 +14,15 @@ from saev_ops.host import Room
 from saev_ops.jobs import PartialSubmissionError, SlurmSpec, submit
 from saev_ops.registry import DatasetRecord, Registry, RunQuery, RunRecord, config_hash
 from saev_ops.runconfig import NEW_SWEEP_SETTINGS, RUN_ONLY_SETTINGS, RunConfig, TrainSettings
-from saev_ops.sae.config import FAMILIES, NEW_SWEEP_DEFAULTS, PURSUITS, ArchetypalConfig, SAEConfig
+from saev_ops.sae.config import (
+    FAMILIES,
+    NEW_SWEEP_DEFAULTS,
+    PURSUITS,
+    ArchetypalConfig,
+    MPConfig,
+    OMPConfig,
+    SAEConfig,
+)
 from saev_ops.sweeps.spec import Resources, SweepSpec
 from saev_ops.train.spec import RunSpec, TrainJobSpec
 
@@ -58,16 +66,15 @@ def estimate_memory_gb(sae: SAEConfig, d_model: int, batch_size: int) -> float:
     chosen atoms and their Gram matrices. An archetypal SAE: archetype weights (d_sae x candidates) and relaxation in
     place of the decoder, the dictionary they make and its grad, and the candidates themselves (counted for each such
     run, though the runs of a job that share them hold one copy)."""
-    arch, d_sae, hidden = sae.arch, sae.d_sae, sae.encoder_hidden
-    steps = getattr(sae, "k", 0)  # the pursuits' steps
+    d_sae, hidden = sae.d_sae, sae.encoder_hidden
     encoder = d_model * hidden + hidden + hidden * d_sae if hidden else d_model * d_sae
-    encoder = 0 if arch in PURSUITS else encoder + d_sae
+    encoder = 0 if sae.arch in PURSUITS else encoder + d_sae
     decoder = d_model * d_sae + d_model
     held = batch_size * d_sae * 4 * 4 + batch_size * hidden * 4 * 3
-    if arch == "mp":
-        held = batch_size * d_sae * 4 * 3 + steps * batch_size * d_model * 4 * 3
-    elif arch == "omp":
-        held = batch_size * d_sae * 4 * 3 + batch_size * steps * (d_model + steps) * 4 * 2
+    if isinstance(sae, MPConfig):
+        held = batch_size * d_sae * 4 * 3 + sae.k * batch_size * d_model * 4 * 3
+    elif isinstance(sae, OMPConfig):
+        held = batch_size * d_sae * 4 * 3 + batch_size * sae.k * (d_model + sae.k) * 4 * 2
     elif isinstance(sae, ArchetypalConfig):
         n = sae.n_candidates
         decoder = d_sae * n + d_sae * d_model + 1 + d_model
